@@ -1,0 +1,144 @@
+"""Splits an analytics graph into stages and evaluates them on workers and the coordinator.
+
+A node is *row-wise* when it depends on a worker's rows (a source, or an operation on a row-wise
+node) and *aggregate* otherwise. Each reduction of a row-wise node runs in a stage: one round in
+which every selected worker computes the additive parts of all reductions of that stage. A
+reduction whose rows use aggregates of earlier reductions (``x - x.mean()``) waits for their stage.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any
+
+from sdk.analytics.graph import Graph, map_output, output_nodes
+from sdk.analytics.ops import KNOWN_OPS, REDUCTIONS, add_parts, apply_row_op, reduce_locally
+
+Parts = dict[int, dict[str, Any]]  # reduction node id -> its named additive parts
+
+
+class Plan:
+    """A validated graph with each node's placement and each federated reduction's stage."""
+
+    def __init__(self, graph: Graph, output: Any) -> None:
+        self.graph = graph
+        self.output = output
+        self.row_wise: set[int] = set()
+        self.stage_of: dict[int, int] = {}  # federated reduction -> stage
+        ready: dict[int, int] = {}  # node -> rounds needed before its value is known
+        for node in graph.nodes:
+            if node.op not in KNOWN_OPS:
+                raise ValueError(f"unknown operation {node.op!r} in node {node.id}")
+            if node.op == "reduce" and node.params.get("kind") not in REDUCTIONS:
+                raise ValueError(f"unknown reduction {node.params.get('kind')!r} in node {node.id}")
+            after = max((ready[i] for i in node.inputs), default=0)
+            row_input = any(i in self.row_wise for i in node.inputs)
+            if node.op == "reduce" and row_input:
+                self.stage_of[node.id] = after
+                ready[node.id] = after + 1
+            else:
+                ready[node.id] = after
+                if node.op == "source" or row_input:
+                    self.row_wise.add(node.id)
+        for node_id in output_nodes(output):
+            if node_id in self.row_wise:
+                raise ValueError(
+                    f"the result would hold rows ({graph[node_id].op} node {node_id}); "
+                    "execute() must return aggregates"
+                )
+        self.stage_count = max(self.stage_of.values(), default=-1) + 1
+
+    def reductions_in(self, stage: int) -> list[int]:
+        return [n for n, s in self.stage_of.items() if s == stage]
+
+    def inputs_of(self, stage: int) -> list[int]:
+        """Aggregate nodes whose values the workers need in this stage."""
+        needed: set[int] = set()
+        seen: set[int] = set()
+        pending = list(self.reductions_in(stage))
+        while pending:
+            node = self.graph[pending.pop()]
+            for i in node.inputs:
+                if i in seen:
+                    continue
+                seen.add(i)
+                if i in self.row_wise:
+                    pending.append(i)
+                elif i not in self.stage_of and self.graph[i].op == "const":
+                    pending.append(i)  # constants are evaluated where they are used
+                else:
+                    needed.add(i)
+        return sorted(needed)
+
+    def source_arguments(self) -> set[str]:
+        return {n.params["argument"] for n in self.graph.nodes if n.op == "source"}
+
+
+def worker_parts(
+    plan: Plan, stage: int, frames: dict[str, Any], inputs: dict[int, Any]
+) -> Parts:
+    """A worker's additive parts of every reduction in `stage`, over its own rows."""
+    memo: dict[int, Any] = dict(inputs)
+
+    def value(node_id: int) -> Any:
+        if node_id not in memo:
+            node = plan.graph[node_id]
+            if node.op == "source":
+                memo[node_id] = frames[node.params["argument"]]
+            elif node_id not in plan.row_wise and node.op != "const":
+                raise ValueError(f"stage {stage} needs the aggregate of node {node_id}, not sent")
+            else:
+                memo[node_id] = apply_row_op(node.op, node.params, [value(i) for i in node.inputs])
+        return memo[node_id]
+
+    parts: Parts = {}
+    for node_id in plan.reductions_in(stage):
+        node = plan.graph[node_id]
+        kwargs = {k: v for k, v in node.params.items() if k != "kind"}
+        parts[node_id] = REDUCTIONS[node.params["kind"]].partial(value(node.inputs[0]), **kwargs)
+    return parts
+
+
+class Aggregation:
+    """The coordinator's side of a plan: adds workers' parts stage by stage, then the result."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.values: dict[int, Any] = {}
+
+    def inputs_for(self, stage: int) -> dict[int, Any]:
+        return {node_id: self.value(node_id) for node_id in self.plan.inputs_of(stage)}
+
+    def add_stage(self, stage: int, parts_per_worker: list[Parts]) -> None:
+        """Adds up the parts that every worker sent for `stage` and finalizes its reductions."""
+        for node_id in self.plan.reductions_in(stage):
+            node = self.plan.graph[node_id]
+            names = parts_per_worker[0][node_id].keys()
+            total = {
+                name: reduce(add_parts, (parts[node_id][name] for parts in parts_per_worker))
+                for name in names
+            }
+            kwargs = {k: v for k, v in node.params.items() if k != "kind"}
+            self.values[node_id] = REDUCTIONS[node.params["kind"]].finalize(total, **kwargs)
+
+    def value(self, node_id: int) -> Any:
+        if node_id not in self.values:
+            node = self.plan.graph[node_id]
+            args = [self.value(i) for i in node.inputs]
+            if node.op == "reduce":
+                self.values[node_id] = reduce_locally(node.params, args[0])
+            else:
+                self.values[node_id] = apply_row_op(node.op, node.params, args)
+        return self.values[node_id]
+
+    def result(self) -> Any:
+        return map_output(self.plan.output, self.value)
+
+
+def run_in_process(plan: Plan, holders: list[dict[str, Any]]) -> Any:
+    """Runs every stage over the given holders' frames in this process: for tests and checks."""
+    aggregation = Aggregation(plan)
+    for stage in range(plan.stage_count):
+        inputs = aggregation.inputs_for(stage)
+        aggregation.add_stage(stage, [worker_parts(plan, stage, f, inputs) for f in holders])
+    return aggregation.result()

@@ -1,0 +1,35 @@
+"""Datasets a task names: files that each worker holds under its data dir."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+TABULAR_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+
+
+def check_relative_name(name: str) -> str:
+    """The dataset name, normalised, or ValueError if it could leave a worker's data dir."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("a dataset needs a file name, relative to each worker's data dir")
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or name.startswith("~"):
+        raise ValueError(
+            f"dataset {name!r} escapes the worker's data dir: name a file relative to it, "
+            "without '..' or a leading '/'"
+        )
+    return str(path)
+
+
+class DataFrame:
+    """A table in each worker's data dir (.csv or .tsv), read with pandas on the worker."""
+
+    def __init__(self, name: str) -> None:
+        self.name = check_relative_name(name)
+        suffix = PurePosixPath(self.name).suffix.lower()
+        if suffix not in TABULAR_SUFFIXES:
+            raise ValueError(
+                f"dataset {name!r}: a DataFrame is read from a .csv or .tsv file, not {suffix or 'a file without a suffix'!r}"
+            )
+
+    def __repr__(self) -> str:
+        return f"dataset.DataFrame({self.name!r})"

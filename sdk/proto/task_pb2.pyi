@@ -1,0 +1,107 @@
+from . import values_pb2 as _values_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_KIND_UNSPECIFIED: _ClassVar[TaskKind]
+    TASK_KIND_ANALYTICS: _ClassVar[TaskKind]
+    TASK_KIND_LEARNING: _ClassVar[TaskKind]
+TASK_KIND_UNSPECIFIED: TaskKind
+TASK_KIND_ANALYTICS: TaskKind
+TASK_KIND_LEARNING: TaskKind
+
+class RoundRules(_message.Message):
+    __slots__ = ("min_clients", "max_clients", "wait_timeout", "connection_timeout")
+    MIN_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    min_clients: int
+    max_clients: int
+    wait_timeout: float
+    connection_timeout: float
+    def __init__(self, min_clients: _Optional[int] = ..., max_clients: _Optional[int] = ..., wait_timeout: _Optional[float] = ..., connection_timeout: _Optional[float] = ...) -> None: ...
+
+class DatasetRef(_message.Message):
+    __slots__ = ("argument", "file")
+    ARGUMENT_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    argument: str
+    file: str
+    def __init__(self, argument: _Optional[str] = ..., file: _Optional[str] = ...) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("id", "op", "inputs", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _values_pb2.Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    op: str
+    inputs: _containers.RepeatedScalarFieldContainer[int]
+    params: _containers.MessageMap[str, _values_pb2.Value]
+    def __init__(self, id: _Optional[int] = ..., op: _Optional[str] = ..., inputs: _Optional[_Iterable[int]] = ..., params: _Optional[_Mapping[str, _values_pb2.Value]] = ...) -> None: ...
+
+class Output(_message.Message):
+    __slots__ = ("node", "tuple", "list", "dict")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    DICT_FIELD_NUMBER: _ClassVar[int]
+    node: int
+    tuple: OutputList
+    list: OutputList
+    dict: OutputDict
+    def __init__(self, node: _Optional[int] = ..., tuple: _Optional[_Union[OutputList, _Mapping]] = ..., list: _Optional[_Union[OutputList, _Mapping]] = ..., dict: _Optional[_Union[OutputDict, _Mapping]] = ...) -> None: ...
+
+class OutputList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Output]
+    def __init__(self, items: _Optional[_Iterable[_Union[Output, _Mapping]]] = ...) -> None: ...
+
+class OutputDict(_message.Message):
+    __slots__ = ("keys", "values")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[_values_pb2.Scalar]
+    values: _containers.RepeatedCompositeFieldContainer[Output]
+    def __init__(self, keys: _Optional[_Iterable[_Union[_values_pb2.Scalar, _Mapping]]] = ..., values: _Optional[_Iterable[_Union[Output, _Mapping]]] = ...) -> None: ...
+
+class AnalyticsPlan(_message.Message):
+    __slots__ = ("nodes", "output")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    output: Output
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., output: _Optional[_Union[Output, _Mapping]] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    ANALYTICS_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    name: str
+    kind: TaskKind
+    rules: RoundRules
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetRef]
+    analytics: AnalyticsPlan
+    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ...) -> None: ...
