@@ -1,0 +1,161 @@
+"""The workers the coordinator knows: their sessions, liveness, and answers they owe.
+
+A worker registers (name and dataset names), then attaches its live channel. It is *connected*
+while that channel is open and its heartbeats keep coming; a worker that closes the channel,
+vanishes, or stops sending heartbeats (a hung or SIGSTOPped process keeps its TCP connection
+open) is dropped, and every answer it owed fails at once with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from sdk.proto import services_pb2 as pb
+
+log = logging.getLogger("deltaflow.coordinator")
+
+
+class WorkerGone(Exception):
+    """The worker can no longer answer: the message says why."""
+
+
+@dataclass
+class WorkerSession:
+    name: str
+    session_id: str
+    datasets: frozenset[str]
+    outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
+    last_seen: float = field(default_factory=time.monotonic)
+    attached: bool = False
+    closed_reason: str = ""
+
+    @property
+    def connected(self) -> bool:
+        return self.attached and not self.closed_reason
+
+    def send(self, message: pb.CoordinatorMessage) -> None:
+        if not self.closed_reason:
+            self.outbox.put_nowait(message)
+
+
+@dataclass
+class _Pending:
+    worker: WorkerSession
+    future: asyncio.Future[bytes]
+
+
+class WorkerRegistry:
+    """Sessions by name and id, answers owed by exchange id, and the heartbeat watchdog."""
+
+    def __init__(self, heartbeat_interval: float, heartbeat_timeout: float) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._by_name: dict[str, WorkerSession] = {}
+        self._by_id: dict[str, WorkerSession] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._exchange_ids = itertools.count(1)
+        self._changed = asyncio.Event()
+
+    # Sessions ---------------------------------------------------------------------------------
+
+    def register(self, name: str, datasets: list[str]) -> WorkerSession:
+        previous = self._by_name.get(name)
+        if previous is not None:
+            self.drop(previous, "it registered again (restarted or reconnected)")
+        session = WorkerSession(name, secrets.token_hex(16), frozenset(datasets))
+        self._by_name[name] = session
+        self._by_id[session.session_id] = session
+        return session
+
+    def session(self, session_id: str) -> WorkerSession | None:
+        session = self._by_id.get(session_id)
+        return session if session is not None and not session.closed_reason else None
+
+    def attach(self, session: WorkerSession) -> None:
+        session.attached = True
+        session.last_seen = time.monotonic()
+        log.info("worker %s connected, holding %d datasets", session.name, len(session.datasets))
+        self._notify()
+
+    def saw(self, session: WorkerSession) -> None:
+        session.last_seen = time.monotonic()
+
+    def update_datasets(self, session: WorkerSession, datasets: list[str]) -> None:
+        session.datasets = frozenset(datasets)
+        self._notify()
+
+    def drop(self, session: WorkerSession, reason: str) -> None:
+        """Closes a session for good; everything it owed fails with `reason`."""
+        if session.closed_reason:
+            return
+        session.closed_reason = reason
+        session.outbox.put_nowait(None)
+        if self._by_name.get(session.name) is session:
+            del self._by_name[session.name]
+        self._by_id.pop(session.session_id, None)
+        for exchange_id, pending in list(self._pending.items()):
+            if pending.worker is session:
+                del self._pending[exchange_id]
+                if not pending.future.done():
+                    pending.future.set_exception(WorkerGone(reason))
+        if session.attached:
+            log.info("worker %s dropped: %s", session.name, reason)
+        self._notify()
+
+    def connected(self) -> list[WorkerSession]:
+        return [s for s in self._by_name.values() if s.connected]
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Returns when a worker connects, drops or changes its datasets, or after `timeout`."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # Answers ----------------------------------------------------------------------------------
+
+    def expect(self, worker: WorkerSession) -> tuple[int, asyncio.Future[bytes]]:
+        """A new exchange id for a request to `worker`, and the future its answer resolves."""
+        exchange_id = next(self._exchange_ids)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if worker.closed_reason:
+            future.set_exception(WorkerGone(worker.closed_reason))
+        else:
+            self._pending[exchange_id] = _Pending(worker, future)
+        return exchange_id, future
+
+    def forget(self, exchange_id: int) -> None:
+        self._pending.pop(exchange_id, None)
+
+    def answer(self, session_id: str, exchange_id: int, data: bytes, error: str) -> bool:
+        """Resolves an exchange with a worker's answer; False if nobody waits for it any more."""
+        pending = self._pending.get(exchange_id)
+        if pending is None or pending.worker.session_id != session_id or pending.future.done():
+            return False
+        del self._pending[exchange_id]
+        if error:
+            pending.future.set_exception(WorkerGone(f"it reported an error: {error}"))
+        else:
+            pending.future.set_result(data)
+        return True
+
+    # Watchdog ---------------------------------------------------------------------------------
+
+    async def watch_heartbeats(self) -> None:
+        """Drops every worker whose heartbeats stopped for longer than the timeout."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval / 2)
+            now = time.monotonic()
+            for session in self.connected():
+                silent = now - session.last_seen
+                if silent > self.heartbeat_timeout:
+                    self.drop(session, f"no heartbeat for {silent:.1f} s (hung, stopped or cut off)")

@@ -1,0 +1,122 @@
+"""A round: selected workers, and phases that each end the moment every one has answered.
+
+Every phase is bounded by a deadline that is a ceiling, never a sleep. A worker that misses it,
+reports an error, or disconnects is dropped from the round with the reason in the task's log; the
+round goes on while at least `min_clients` remain and fails with a clear message otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from coordinator.registry import WorkerGone, WorkerRegistry, WorkerSession
+from sdk import values
+from sdk.proto import services_pb2 as pb
+from sdk.proto import task_pb2
+
+
+class RoundFailed(Exception):
+    """The round cannot go on: the message says who came and who was missing."""
+
+
+async def select_workers(
+    registry: WorkerRegistry,
+    rules: task_pb2.RoundRules,
+    files: list[str],
+    log: Callable[[str], None],
+) -> list[WorkerSession]:
+    """Up to `max_clients` connected workers holding every file, once at least `min_clients` do.
+
+    Waits at most `connection_timeout` for enough eligible workers to connect.
+    """
+    deadline = time.monotonic() + rules.connection_timeout
+    reported_missing: set[str] = set()
+    while True:
+        eligible = []
+        for worker in registry.connected():
+            lacking = [f for f in files if f not in worker.datasets]
+            if not lacking:
+                eligible.append(worker)
+            elif worker.name not in reported_missing:
+                reported_missing.add(worker.name)
+                log(f"worker {worker.name} lacks {', '.join(lacking)}; not eligible")
+        if len(eligible) >= rules.min_clients:
+            return random.sample(eligible, min(len(eligible), rules.max_clients))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            names = ", ".join(sorted(w.name for w in eligible)) or "none"
+            raise RoundFailed(
+                f"only {len(eligible)} eligible worker(s) came within connection_timeout="
+                f"{rules.connection_timeout:g}s ({names}); the task needs min_clients="
+                f"{rules.min_clients} connected workers holding {', '.join(files)}"
+            )
+        await registry.wait_for_change(remaining)
+
+
+class Round:
+    """The workers of one round of one task, and the phases they go through."""
+
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        task_id: int,
+        number: int,
+        workers: list[WorkerSession],
+        min_clients: int,
+        log: Callable[[str], None],
+    ) -> None:
+        self.registry = registry
+        self.task_id = task_id
+        self.number = number
+        self.workers = list(workers)
+        self.min_clients = min_clients
+        self.log = log
+
+    @property
+    def names(self) -> str:
+        return ", ".join(sorted(w.name for w in self.workers))
+
+    async def phase(
+        self, name: str, timeout: float, stage: int = 0, inputs: Any = None
+    ) -> dict[str, bytes]:
+        """Sends the phase to every worker of the round; their answers, by worker name.
+
+        Returns as soon as all have answered or dropped, at the latest after `timeout` seconds.
+        """
+        assignment = pb.Assignment(
+            task_id=self.task_id, round=self.number, phase=name, stage=stage, timeout=timeout,
+            inputs=values.encode(inputs),
+        )
+        futures: dict[asyncio.Future[bytes], tuple[WorkerSession, int]] = {}
+        for worker in self.workers:
+            exchange_id, future = self.registry.expect(worker)
+            message = pb.Assignment()
+            message.CopyFrom(assignment)
+            message.exchange_id = exchange_id
+            worker.send(pb.CoordinatorMessage(assignment=message))
+            futures[future] = (worker, exchange_id)
+        done, late = await asyncio.wait(futures, timeout=timeout) if futures else (set(), set())
+        answers: dict[str, bytes] = {}
+        dropped: list[tuple[WorkerSession, str]] = []
+        for future, (worker, exchange_id) in futures.items():
+            self.registry.forget(exchange_id)
+            if future in late:
+                future.cancel()
+                dropped.append((worker, f"no answer within {timeout:g}s"))
+            elif isinstance(future.exception(), WorkerGone):
+                dropped.append((worker, str(future.exception())))
+            else:
+                answers[worker.name] = future.result()
+        for worker, reason in dropped:
+            self.workers.remove(worker)
+            self.log(f"round {self.number}: worker {worker.name} dropped in {name}: {reason}")
+        if len(self.workers) < self.min_clients:
+            raise RoundFailed(
+                f"round {self.number} failed in {name}: {len(self.workers)} of the workers "
+                f"remain ({self.names or 'none'}), fewer than min_clients={self.min_clients}"
+            )
+        return answers

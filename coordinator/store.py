@@ -1,0 +1,155 @@
+"""The coordinator's durable state: tasks, their logs and results, in SQLite under the state dir.
+
+Large blobs (built tasks, results) are files beside the database. Everything is written before
+the call that caused it returns, so a coordinator killed at any moment restarts knowing every task.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdk.proto import services_pb2 as pb
+from sdk.proto import task_pb2
+
+ENDED = {pb.TASK_STATE_FINISHED, pb.TASK_STATE_ERROR, pb.TASK_STATE_CANCELLED}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    finished_at REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS logs (
+    task_id INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    time REAL NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (task_id, offset)
+);
+"""
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: int
+    name: str
+    kind: int
+    state: int
+    error: str
+    created_at: float
+    finished_at: float
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def state_name(self) -> str:
+        return pb.TaskState.Name(self.state).removeprefix("TASK_STATE_")
+
+
+class Store:
+    """SQLite tables for tasks and logs, and a blob folder for specs and results."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.blobs = state_dir / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(state_dir / "coordinator.sqlite3", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # Tasks ------------------------------------------------------------------------------------
+
+    def create_task(self, spec: task_pb2.TaskSpec, spec_bytes: bytes) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO tasks (name, kind, state, created_at) VALUES (?, ?, ?, ?)",
+            (spec.name, spec.kind, pb.TASK_STATE_PENDING, time.time()),
+        )
+        task_id = int(cursor.lastrowid)
+        self._write_blob(f"task-{task_id}.spec", spec_bytes)
+        return task_id
+
+    def get_task(self, task_id: int) -> TaskRecord | None:
+        row = self._db.execute(
+            "SELECT id, name, kind, state, error, created_at, finished_at FROM tasks WHERE id = ?",
+            (task_id,),
+        ).fetchone()
+        return TaskRecord(*row) if row else None
+
+    def list_tasks(self, limit: int, before: int = 0) -> list[TaskRecord]:
+        rows = self._db.execute(
+            "SELECT id, name, kind, state, error, created_at, finished_at FROM tasks "
+            "WHERE (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?",
+            (before, before, limit),
+        ).fetchall()
+        return [TaskRecord(*row) for row in rows]
+
+    def set_state(self, task_id: int, state: int, error: str = "") -> None:
+        finished_at = time.time() if state in ENDED else 0.0
+        self._db.execute(
+            "UPDATE tasks SET state = ?, error = ?, finished_at = ? WHERE id = ?",
+            (state, error, finished_at, task_id),
+        )
+
+    def unfinished_tasks(self) -> list[TaskRecord]:
+        rows = self._db.execute(
+            "SELECT id, name, kind, state, error, created_at, finished_at FROM tasks "
+            "WHERE state IN (?, ?) ORDER BY id",
+            (pb.TASK_STATE_PENDING, pb.TASK_STATE_RUNNING),
+        ).fetchall()
+        return [TaskRecord(*row) for row in rows]
+
+    def load_spec(self, task_id: int) -> bytes:
+        return (self.blobs / f"task-{task_id}.spec").read_bytes()
+
+    # Logs -------------------------------------------------------------------------------------
+
+    def append_log(self, task_id: int, message: str) -> pb.LogEntry:
+        now = time.time()
+        offset = self.log_length(task_id)
+        self._db.execute(
+            "INSERT INTO logs (task_id, offset, time, message) VALUES (?, ?, ?, ?)",
+            (task_id, offset, now, message),
+        )
+        return pb.LogEntry(offset=offset, time=now, message=message)
+
+    def log_length(self, task_id: int) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM logs WHERE task_id = ?", (task_id,)).fetchone()
+        return int(row[0])
+
+    def read_logs(self, task_id: int, offset: int, limit: int = 1000) -> list[pb.LogEntry]:
+        rows = self._db.execute(
+            "SELECT offset, time, message FROM logs WHERE task_id = ? AND offset >= ? "
+            "ORDER BY offset LIMIT ?",
+            (task_id, offset, limit),
+        ).fetchall()
+        return [pb.LogEntry(offset=o, time=t, message=m) for o, t, m in rows]
+
+    # Results ----------------------------------------------------------------------------------
+
+    def save_result(self, task_id: int, data: bytes) -> None:
+        self._write_blob(f"task-{task_id}.result", data)
+
+    def load_result(self, task_id: int) -> bytes:
+        return (self.blobs / f"task-{task_id}.result").read_bytes()
+
+    def _write_blob(self, name: str, data: bytes) -> None:
+        """Writes a blob atomically: a reader never sees half of it."""
+        partial = self.blobs / (name + ".partial")
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(self.blobs / name)

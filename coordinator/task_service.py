@@ -1,0 +1,136 @@
+"""TaskService: what users call, through the SDK's Client, grpcurl or buf curl."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from coordinator.store import TaskRecord
+from coordinator.tasks import TaskManager
+from sdk import values
+from sdk.analytics.graph import Graph
+from sdk.analytics.plan import Plan
+from sdk.dataset import check_relative_name
+from sdk.proto import services_pb2 as pb
+from sdk.proto import services_pb2_grpc
+from sdk.proto import task_pb2, values_pb2
+from sdk.task import FORMAT_VERSION, TaskError, check_rules
+from sdk.wire import split_chunks
+
+RESULT_FORMAT = "deltaflow.v1.Value"
+PREVIEW_CHARS = 4000
+
+
+class TaskService(services_pb2_grpc.TaskServiceServicer):
+    def __init__(self, tasks: TaskManager) -> None:
+        self.tasks = tasks
+        self.store = tasks.store
+
+    async def CreateTask(self, request_iterator: AsyncIterator[pb.CreateTaskRequest],
+                         context: grpc.aio.ServicerContext) -> pb.CreateTaskResponse:
+        data = b"".join([request.chunk async for request in request_iterator])
+        spec = task_pb2.TaskSpec()
+        try:
+            spec.ParseFromString(data)
+            _validate(spec)
+        except (DecodeError, TaskError, ValueError) as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"not a valid built task ({len(data)} bytes): {error}")
+        return pb.CreateTaskResponse(task_id=self.tasks.create(spec, data))
+
+    async def GetTask(self, request: pb.GetTaskRequest,
+                      context: grpc.aio.ServicerContext) -> pb.TaskInfo:
+        return self._info(await self._task(request.task_id, context))
+
+    async def ListTasks(self, request: pb.ListTasksRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
+        limit = min(request.limit or 100, 1000)
+        records = self.store.list_tasks(limit, request.before_task_id)
+        return pb.ListTasksResponse(tasks=[self._info(r) for r in records])
+
+    async def StreamLogs(self, request: pb.StreamLogsRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogEntry]:
+        await self._task(request.task_id, context)
+        offset = request.offset
+        while True:
+            changed = self.tasks.changed(request.task_id)
+            entries = self.store.read_logs(request.task_id, offset)
+            for entry in entries:
+                yield entry
+            if entries:
+                offset = entries[-1].offset + 1
+                continue
+            task = self.store.get_task(request.task_id)
+            if not request.follow or task is None or task.ended:
+                return
+            await changed.wait()
+
+    async def GetResult(self, request: pb.GetResultRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
+        task = await self._task(request.task_id, context)
+        if task.state != pb.TASK_STATE_FINISHED:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, _no_result(task))
+        data = await asyncio.to_thread(self.store.load_result, task.id)
+        message = values_pb2.Value()
+        message.ParseFromString(data)
+        preview = repr(values.decode(message))[:PREVIEW_CHARS]
+        for index, chunk in enumerate(split_chunks(data)):
+            if index == 0:
+                yield pb.ResultChunk(format=RESULT_FORMAT, preview=preview, chunk=chunk)
+            else:
+                yield pb.ResultChunk(chunk=chunk)
+
+    async def CancelTask(self, request: pb.CancelTaskRequest,
+                         context: grpc.aio.ServicerContext) -> pb.TaskInfo:
+        task = await self._task(request.task_id, context)
+        if task.ended:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"task {task.id} has already ended ({task.state_name})")
+        self.tasks.cancel(task)
+        return self._info(await self._task(request.task_id, context))
+
+    async def _task(self, task_id: int, context: grpc.aio.ServicerContext) -> TaskRecord:
+        task = self.store.get_task(task_id)
+        if task is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} does not exist")
+        return task
+
+    def _info(self, task: TaskRecord) -> pb.TaskInfo:
+        spec = task_pb2.TaskSpec()
+        spec.ParseFromString(self.store.load_spec(task.id))
+        return pb.TaskInfo(
+            task_id=task.id, name=task.name, kind=task.kind, state=task.state, error=task.error,
+            created_at=task.created_at, finished_at=task.finished_at, rules=spec.rules,
+            datasets=spec.datasets, log_length=self.store.log_length(task.id),
+        )
+
+
+def _validate(spec: task_pb2.TaskSpec) -> None:
+    """Raises ValueError or TaskError saying what is wrong with a parsed spec."""
+    if spec.format_version != FORMAT_VERSION:
+        raise ValueError(f"format_version is {spec.format_version}, expected {FORMAT_VERSION}; "
+                         "build the task with the SDK's task.build()")
+    rules = spec.rules
+    check_rules(spec.name, rules.min_clients, rules.max_clients, rules.wait_timeout,
+                rules.connection_timeout)
+    if not spec.datasets:
+        raise ValueError("the task names no dataset")
+    for ref in spec.datasets:
+        check_relative_name(ref.file)
+    if spec.kind != task_pb2.TASK_KIND_ANALYTICS:
+        raise ValueError(f"task kind {task_pb2.TaskKind.Name(spec.kind)} is not supported yet")
+    plan = Plan(*Graph.from_proto(spec.analytics))
+    missing = plan.source_arguments() - {ref.argument for ref in spec.datasets}
+    if missing:
+        raise ValueError(f"the graph reads datasets that the task does not name: {sorted(missing)}")
+
+
+def _no_result(task: TaskRecord) -> str:
+    if task.state == pb.TASK_STATE_ERROR:
+        return f"task {task.id} failed, so it has no result: {task.error}"
+    if task.state == pb.TASK_STATE_CANCELLED:
+        return f"task {task.id} was cancelled, so it has no result"
+    return f"task {task.id} is {task.state_name}; its result is ready once it has FINISHED"

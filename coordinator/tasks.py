@@ -1,0 +1,106 @@
+"""Tasks on the coordinator: creation, their logs as they grow, their runs and their end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+
+from coordinator.analytics import run_analytics
+from coordinator.registry import WorkerRegistry
+from coordinator.rounds import RoundFailed
+from coordinator.store import Store, TaskRecord
+from sdk import values
+from sdk.proto import services_pb2 as pb
+from sdk.proto import task_pb2
+
+log = logging.getLogger("deltaflow.coordinator")
+
+
+class TaskManager:
+    """Owns every task's life: PENDING -> RUNNING -> FINISHED | ERROR | CANCELLED."""
+
+    def __init__(self, store: Store, registry: WorkerRegistry) -> None:
+        self.store = store
+        self.registry = registry
+        self._runs: dict[int, asyncio.Task[None]] = {}
+        self._changed: dict[int, asyncio.Event] = {}
+
+    def recover(self) -> None:
+        """Ends the tasks that were running when the coordinator last stopped."""
+        for task in self.store.unfinished_tasks():
+            reason = "the coordinator restarted while the task was running; submit it again"
+            self.log(task.id, f"task {task.id} failed: {reason}")
+            self.store.set_state(task.id, pb.TASK_STATE_ERROR, reason)
+
+    def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes) -> int:
+        task_id = self.store.create_task(spec, spec_bytes)
+        rules = spec.rules
+        kind = task_pb2.TaskKind.Name(spec.kind).removeprefix("TASK_KIND_").lower()
+        self.log(task_id, f"task {task_id} created: {spec.name} ({kind}; min_clients="
+                 f"{rules.min_clients}, max_clients={rules.max_clients}, wait_timeout="
+                 f"{rules.wait_timeout:g}s, connection_timeout={rules.connection_timeout:g}s)")
+        self._runs[task_id] = asyncio.create_task(self._run(task_id, spec))
+        return task_id
+
+    def log(self, task_id: int, message: str) -> None:
+        self.store.append_log(task_id, message)
+        log.info("task %d: %s", task_id, message)
+        self._notify(task_id)
+
+    def changed(self, task_id: int) -> asyncio.Event:
+        """An event set the next time the task's log or state changes."""
+        return self._changed.setdefault(task_id, asyncio.Event())
+
+    def cancel(self, task: TaskRecord) -> None:
+        run = self._runs.get(task.id)
+        self._end(task.id, pb.TASK_STATE_CANCELLED, "cancelled by the user")
+        if run is not None:
+            run.cancel()
+
+    async def shutdown(self) -> None:
+        for run in self._runs.values():
+            run.cancel()
+        await asyncio.gather(*self._runs.values(), return_exceptions=True)
+
+    async def _run(self, task_id: int, spec: task_pb2.TaskSpec) -> None:
+        self.store.set_state(task_id, pb.TASK_STATE_RUNNING)
+        self._notify(task_id)
+        try:
+            result = await run_analytics(
+                self.registry, task_id, spec, lambda message: self.log(task_id, message)
+            )
+            self.store.save_result(task_id, values.encode(result).SerializeToString())
+            self._end(task_id, pb.TASK_STATE_FINISHED)
+        except asyncio.CancelledError:
+            pass
+        except RoundFailed as error:
+            self._end(task_id, pb.TASK_STATE_ERROR, str(error))
+        except Exception as error:  # noqa: BLE001 - any failure ends the task, never the daemon
+            log.exception("task %d failed", task_id)
+            self._end(task_id, pb.TASK_STATE_ERROR, f"{type(error).__name__}: {error}",
+                      traceback.format_exc())
+        finally:
+            self._runs.pop(task_id, None)
+            self._release(task_id)
+
+    def _end(self, task_id: int, state: int, error: str = "", details: str = "") -> None:
+        task = self.store.get_task(task_id)
+        if task is None or task.ended:
+            return
+        if state == pb.TASK_STATE_FINISHED:
+            self.log(task_id, f"task {task_id} finished")
+        else:
+            word = "cancelled" if state == pb.TASK_STATE_CANCELLED else "failed"
+            self.log(task_id, f"task {task_id} {word}: {error}" + (f"\n{details}" if details else ""))
+        self.store.set_state(task_id, state, error)
+        self._notify(task_id)
+
+    def _release(self, task_id: int) -> None:
+        for worker in self.registry.connected():
+            worker.send(pb.CoordinatorMessage(release_task_id=task_id))
+
+    def _notify(self, task_id: int) -> None:
+        event = self._changed.pop(task_id, None)
+        if event is not None:
+            event.set()

@@ -1,0 +1,90 @@
+"""WorkerService: registration, the live channel, task downloads and answers from workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from coordinator.registry import WorkerRegistry, WorkerSession
+from coordinator.store import Store
+from sdk.proto import services_pb2 as pb
+from sdk.proto import services_pb2_grpc
+from sdk.wire import split_chunks
+
+
+class WorkerService(services_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, registry: WorkerRegistry, store: Store) -> None:
+        self.registry = registry
+        self.store = store
+
+    async def Register(self, request: pb.RegisterRequest,
+                       context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        if not request.name.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker needs a name")
+        session = self.registry.register(request.name, list(request.datasets))
+        return pb.RegisterResponse(session_id=session.session_id,
+                                   heartbeat_interval=self.registry.heartbeat_interval)
+
+    async def Connect(self, request_iterator: AsyncIterator[pb.WorkerMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CoordinatorMessage]:
+        first = await anext(aiter(request_iterator), None)
+        session = self.registry.session(first.session_id) if first is not None else None
+        if session is None or session.attached:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "unknown or used session: register again")
+        self.registry.attach(session)
+        reader = asyncio.create_task(self._read(request_iterator, session))
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(session.outbox.get(),
+                                                     self.registry.heartbeat_interval)
+                except asyncio.TimeoutError:
+                    message = pb.CoordinatorMessage(heartbeat=pb.Heartbeat())
+                if message is None:
+                    return
+                yield message
+        finally:
+            reader.cancel()
+            self.registry.drop(session, "its connection closed")
+
+    async def _read(self, requests: AsyncIterator[pb.WorkerMessage],
+                    session: WorkerSession) -> None:
+        try:
+            async for message in requests:
+                self.registry.saw(session)
+                if message.HasField("datasets"):
+                    self.registry.update_datasets(session, list(message.datasets.names))
+            reason = "it closed its connection"
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            reason = "its connection broke"
+        self.registry.drop(session, reason)
+
+    async def FetchTask(self, request: pb.FetchTaskRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
+        if self.registry.session(request.session_id) is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "unknown session: register again")
+        if self.store.get_task(request.task_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"task {request.task_id} does not exist")
+        data = await asyncio.to_thread(self.store.load_spec, request.task_id)
+        for chunk in split_chunks(data):
+            yield pb.DataChunk(chunk=chunk)
+
+    async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest],
+                     context: grpc.aio.ServicerContext) -> pb.UploadResponse:
+        header: pb.UploadHeader | None = None
+        chunks: list[bytes] = []
+        async for request in request_iterator:
+            if request.HasField("header"):
+                header = request.header
+            else:
+                chunks.append(request.chunk)
+        if header is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
+        accepted = self.registry.answer(header.session_id, header.exchange_id, b"".join(chunks),
+                                        header.error)
+        return pb.UploadResponse(accepted=accepted)

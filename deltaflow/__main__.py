@@ -1,0 +1,5 @@
+import sys
+
+from deltaflow.cli import main
+
+sys.exit(main())

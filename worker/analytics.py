@@ -1,0 +1,33 @@
+"""An analytics task on a worker: its datasets read once, then the parts of each stage.
+
+The task arrives as a graph of named operations and is evaluated with pandas; nothing the
+submitter wrote is executed here. What leaves is only the additive parts of reductions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdk import values
+from sdk.analytics.graph import Graph
+from sdk.analytics.plan import Plan, worker_parts
+from sdk.proto import task_pb2
+from worker.datasets import DataDir
+
+
+class AnalyticsJob:
+    """A joined analytics task: its plan and this worker's frames."""
+
+    def __init__(self, spec: task_pb2.TaskSpec, data_dir: DataDir) -> None:
+        self.plan = Plan(*Graph.from_proto(spec.analytics))
+        self.frames = {ref.argument: data_dir.read_frame(ref.file) for ref in spec.datasets}
+
+    def describe(self) -> str:
+        return ", ".join(f"{name}: {len(frame)} rows" for name, frame in self.frames.items())
+
+    def compute(self, stage: int, inputs: Any) -> bytes:
+        """This worker's parts of the reductions of `stage`, serialized."""
+        if not 0 <= stage < self.plan.stage_count:
+            raise ValueError(f"the task has no step {stage + 1}")
+        parts = worker_parts(self.plan, stage, self.frames, {int(k): v for k, v in inputs.items()})
+        return values.encode(parts).SerializeToString()

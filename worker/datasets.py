@@ -1,0 +1,54 @@
+"""A worker's data dir: which dataset files it holds, and reading one safely."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from sdk.dataset import TABULAR_SUFFIXES, check_relative_name
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be used here: the message says which and why."""
+
+
+class DataDir:
+    """The folder whose files this worker offers; no name may reach outside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def names(self) -> list[str]:
+        """Every regular file under the data dir, as a relative POSIX path (hidden ones skipped)."""
+        found = []
+        for folder, subfolders, files in os.walk(self.root):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            relative = Path(folder).relative_to(self.root)
+            found.extend((relative / f).as_posix() for f in sorted(files) if not f.startswith("."))
+        return found
+
+    def resolve(self, name: str) -> Path:
+        """The file a dataset name stands for, or DatasetError if it escapes or is missing."""
+        try:
+            check_relative_name(name)
+        except ValueError as error:
+            raise DatasetError(str(error)) from None
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root):
+            raise DatasetError(f"dataset {name!r} escapes the worker's data dir (through a link)")
+        if not path.is_file():
+            raise DatasetError(f"dataset {name!r} is not in this worker's data dir {self.root}")
+        return path
+
+    def read_frame(self, name: str) -> pd.DataFrame:
+        """A .csv or .tsv dataset as a pandas DataFrame."""
+        path = self.resolve(name)
+        separator = TABULAR_SUFFIXES.get(path.suffix.lower())
+        if separator is None:
+            raise DatasetError(f"dataset {name!r} is not a .csv or .tsv file")
+        try:
+            return pd.read_csv(path, sep=separator)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+            raise DatasetError(f"dataset {name!r} cannot be read as a table: {error}") from None
