@@ -61,6 +61,11 @@ class Client:
     def cancel_task(self, task_id: int) -> pb.TaskInfo:
         return self._call(self._tasks.CancelTask, pb.CancelTaskRequest(task_id=task_id))
 
+    def logs(self, task_id: int, offset: int = 0) -> list[pb.LogEntry]:
+        """The task's log so far, from `offset` on, without waiting for more."""
+        request = pb.StreamLogsRequest(task_id=task_id, offset=offset)
+        return list(self._call_stream(self._tasks.StreamLogs, request))
+
     def trace(self, task_id: int, out: TextIO | None = None) -> bool:
         """Prints the task's log until it ends; True if it finished well."""
         stream = out or sys.stdout
