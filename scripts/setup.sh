@@ -8,7 +8,12 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
+echo "setting up .venv (the first time takes a few minutes; pip's output: .venv/setup.log)" >&2
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+if ! { .venv/bin/python -m pip install --upgrade pip &&
+       .venv/bin/python -m pip install -e '.[dev]'; } > .venv/setup.log 2>&1; then
+    tail -n 40 .venv/setup.log >&2
+    echo "setup failed; the whole log is in .venv/setup.log" >&2
+    exit 1
+fi
 echo "$want" > "$stamp"

@@ -1,10 +1,10 @@
 import pytest
 
-from cluster import Cluster
+from cluster import LocalCluster
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path)
+    c = LocalCluster(tmp_path)
     yield c
     c.stop()

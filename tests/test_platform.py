@@ -132,8 +132,7 @@ def test_a_dataset_that_links_out_of_the_data_dir_is_refused_by_the_worker(clust
     outside = tmp_path / "secret.csv"
     wages(5, 9).to_csv(outside, index=False)
     for seed, name in enumerate(("w1", "w2", "w3")):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        (tmp_path / "data" / name / "link.csv").symlink_to(outside)
+        (cluster.data_dir(name) / "link.csv").symlink_to(outside)
         cluster.start_worker(name, {"wages.csv": wages(10, seed)})
     client = Client(cluster.address)
     task_id = client.create_task(WageAvg(file="link.csv", connection_timeout=5).build())

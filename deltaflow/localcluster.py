@@ -1,0 +1,122 @@
+"""A coordinator and workers as subprocesses on this machine: for the demo, benchmarks, tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "a condition") -> T:
+    """Polls `predicate` until it returns something truthy; TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Daemon:
+    """One `deltaflow` subprocess whose stdout and stderr go to a log file."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deltaflow", *args],
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        """SIGTERM (after SIGCONT, in case it was stopped); SIGKILL if it does not exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+class LocalCluster:
+    """A coordinator and its workers under one folder; `stop()` ends them all."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.daemons: list[Daemon] = []
+        self.coordinator: Daemon | None = None
+        self.address = ""
+        self.workers: dict[str, Daemon] = {}
+
+    def start_coordinator(self, port: int = 0, *extra: str) -> str:
+        """Starts the coordinator on 127.0.0.1 (port 0: any free one); its address."""
+        daemon = Daemon(["coordinator", "--listen", f"127.0.0.1:{port}",
+                         "--state-dir", str(self.root / "state"), *extra],
+                        self.root / "coordinator.log")
+        self.daemons.append(daemon)
+        self.coordinator = daemon
+        start = len(daemon.log())
+        found = wait_for(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)\n",
+                                           daemon.log()[start:]), what="the coordinator to listen")
+        self.address = f"127.0.0.1:{found.group(1)}"
+        return self.address
+
+    def data_dir(self, name: str) -> Path:
+        path = self.root / "data" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start_worker(self, name: str, frames: dict[str, pd.DataFrame] | None = None,
+                     wait: bool = True, *extra: str) -> Daemon:
+        """Writes `frames` as files into the worker's data dir, then starts it."""
+        data_dir = self.data_dir(name)
+        for file, frame in (frames or {}).items():
+            frame.to_csv(data_dir / file, index=False, sep="\t" if file.endswith(".tsv") else ",")
+        daemon = Daemon(["worker", "--coordinator", self.address, "--name", name,
+                         "--data-dir", str(data_dir), *extra], self.root / f"worker-{name}.log")
+        self.daemons.append(daemon)
+        self.workers[name] = daemon
+        if wait:
+            self.wait_connected(name)
+        return daemon
+
+    def wait_connected(self, name: str, after: int = 0) -> None:
+        """Waits until the coordinator's log says the worker connected (after offset `after`)."""
+        assert self.coordinator is not None
+        coordinator = self.coordinator
+        wait_for(lambda: f"worker {name} connected" in coordinator.log()[after:],
+                 what=f"worker {name} to connect")
+
+    def stop(self) -> None:
+        for daemon in reversed(self.daemons):
+            daemon.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
