@@ -38,6 +38,8 @@ def generate(output: Path) -> list[Path]:
         output.mkdir(parents=True, exist_ok=True)
         written = []
         for produced in sorted((Path(tmp) / PACKAGE_DIR).iterdir()):
+            if produced.name.endswith("_pb2_grpc.py") and "class " not in produced.read_text():
+                continue  # a .proto without services
             text = re.sub(r"^from deltaflow\.v1 import ", "from . import ", produced.read_text(), flags=re.M)
             target = output / produced.name
             target.write_text(text)
