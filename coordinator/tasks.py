@@ -45,7 +45,7 @@ class TaskManager:
 
     def log(self, task_id: int, message: str) -> None:
         self.store.append_log(task_id, message)
-        log.info("task %d: %s", task_id, message)
+        log.info("[task %d] %s", task_id, message)
         self._notify(task_id)
 
     def changed(self, task_id: int) -> asyncio.Event:
