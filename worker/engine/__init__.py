@@ -1,0 +1,23 @@
+"""The worker's engine, after Fedflow: tasks in subprocesses, grouped, placed on GPUs.
+
+A ``Task`` loads once on the CPU and then trains on the device the engine picks, in its own
+subprocess. ``Scheduler.execute(group)`` runs a ``TaskGroup``'s tasks concurrently within
+``EngineLimits``; ``EngineSession`` keeps tasks alive to train again and again (one per
+federated task in the worker daemon).
+"""
+
+from .config import EngineLimits, add_engine_arguments, limits_from_args, parse_size
+from .gpu import FakeInventory, GpuInfo, GpuInventory, NvmlInventory
+from .group import TaskGroup
+from .placement import PlacementError, choose_device
+from .scheduler import Scheduler
+from .session import EngineSession, TaskError, TaskHandle
+from .status import TaskStatus
+from .task import Task
+
+__all__ = [
+    "EngineLimits", "EngineSession", "FakeInventory", "GpuInfo", "GpuInventory",
+    "NvmlInventory", "PlacementError", "Scheduler", "Task", "TaskError", "TaskGroup",
+    "TaskHandle", "TaskStatus", "add_engine_arguments", "choose_device", "limits_from_args",
+    "parse_size",
+]
