@@ -315,3 +315,19 @@ def test_reports(tmp_path):
 def test_task_without_load_or_train(tmp_path):
     entry = run(tmp_path, Task("bare"))["bare"]
     assert entry["stage"] == "load" and "NotImplementedError" in entry["message"]
+
+
+def test_task_class_the_subprocess_cannot_import(tmp_path, monkeypatch):
+    (tmp_path / "vanishing_tasks.py").write_text(
+        "from worker.engine import Task\n"
+        "class Vanishing(Task):\n"
+        "    def load(self): pass\n"
+        "    def train(self, device): return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from vanishing_tasks import Vanishing
+
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p != str(tmp_path)])
+    result = run(tmp_path, Vanishing("v"), EchoTask("fine"))
+    assert result["v"]["status"] == "EXCEPTION" and result["v"]["stage"] == "load"
+    assert "exited with code 1" in result["v"]["message"]
+    assert result["fine"]["status"] == "FINISHED"

@@ -133,12 +133,18 @@ def fake_pynvml(monkeypatch, count, fail_init=False):
 
     def init():
         if fail_init:
-            raise NVMLError("NVML Shared Library Not Found")
+            init_error()
+
+    def init_error():
+        raise NVMLError("NVML error")
+
+    uuids = {f"GPU-{i}": i for i in range(count)}
 
     memory = types.SimpleNamespace(free=6 * GiB, total=16 * GiB, used=10 * GiB)
     module = types.SimpleNamespace(
         NVMLError=NVMLError, nvmlInit=init, nvmlDeviceGetCount=lambda: count,
-        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetHandleByIndex=lambda i: i if i < count else init_error(),
+        nvmlDeviceGetHandleByUUID=lambda uuid: uuids[uuid] if uuid in uuids else init_error(),
         nvmlDeviceGetMemoryInfo=lambda h: memory,
         nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=30 + h),
         nvmlDeviceGetComputeRunningProcesses=lambda h: [
@@ -148,6 +154,7 @@ def fake_pynvml(monkeypatch, count, fail_init=False):
 
 
 def test_nvml_inventory_reads_pynvml(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     fake_pynvml(monkeypatch, count=2)
     devices = NvmlInventory().devices()
     assert devices == [
@@ -159,3 +166,11 @@ def test_nvml_inventory_reads_pynvml(monkeypatch):
 def test_nvml_missing_means_no_gpus(monkeypatch):
     fake_pynvml(monkeypatch, count=2, fail_init=True)
     assert NvmlInventory().devices() == []
+
+
+def test_nvml_inventory_follows_cuda_visible_devices(monkeypatch):
+    fake_pynvml(monkeypatch, count=4)
+    # CUDA numbers the visible GPUs 0, 1, ... and ignores everything after an unknown entry
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-0,9,1")
+    devices = NvmlInventory().devices()
+    assert [(d.index, d.utilization_pct) for d in devices] == [(0, 32.0), (1, 30.0)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol
@@ -33,7 +34,11 @@ class GpuInventory(Protocol):
 
 
 class NvmlInventory:
-    """GPUs read through pynvml; no GPUs where NVML or its library is missing."""
+    """GPUs read through pynvml; no GPUs where NVML or its library is missing.
+
+    Indices are CUDA's with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (which task subprocesses set):
+    NVML's own, or positions in ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs) where it is set.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -46,7 +51,7 @@ class NvmlInventory:
             if nvml is None:
                 return []
             try:
-                return [self._read(nvml, i) for i in range(nvml.nvmlDeviceGetCount())]
+                return [self._read(nvml, i, handle) for i, handle in enumerate(_handles(nvml))]
             except nvml.NVMLError:
                 return []
 
@@ -62,8 +67,7 @@ class NvmlInventory:
         return self._nvml
 
     @staticmethod
-    def _read(nvml, index: int) -> GpuInfo:
-        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    def _read(nvml, index: int, handle) -> GpuInfo:
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         try:
             utilization = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
@@ -78,6 +82,21 @@ class NvmlInventory:
         return GpuInfo(index=index, name=name.decode() if isinstance(name, bytes) else name,
                        free_bytes=memory.free, total_bytes=memory.total,
                        utilization_pct=utilization, used_by_pid=used)
+
+
+def _handles(nvml) -> list:
+    """NVML handles of the GPUs CUDA will number 0, 1, ..."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    handles = []
+    for entry in (part.strip() for part in visible.split(",")):
+        try:
+            handles.append(nvml.nvmlDeviceGetHandleByIndex(int(entry)) if entry.isdigit()
+                           else nvml.nvmlDeviceGetHandleByUUID(entry))
+        except nvml.NVMLError:
+            break  # CUDA ignores an unknown entry and every one after it
+    return handles
 
 
 class FakeInventory:

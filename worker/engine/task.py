@@ -44,16 +44,22 @@ def check_device(device: str | None) -> str | None:
 
 
 _context: multiprocessing.context.BaseContext | None = None
+# Slow to import; the fork server imports those the parent has, once for all its children.
+_HEAVY = ("numpy", "pandas", "torch")
 
 
 def mp_context() -> multiprocessing.context.BaseContext:
-    """Forkserver (children forked from a clean server that has imported the main module and
-    this one) where the platform has it, else spawn."""
+    """Forkserver where the platform has one, else spawn.
+
+    Children fork from a clean server process that has already imported this module and
+    whichever of numpy, pandas and torch the parent had imported when the first task started.
+    """
     global _context
     if _context is None:
         if "forkserver" in multiprocessing.get_all_start_methods():
             _context = multiprocessing.get_context("forkserver")
-            _context.set_forkserver_preload(["__main__", __name__])
+            heavy = [name for name in _HEAVY if name in sys.modules]
+            _context.set_forkserver_preload(["__main__", __name__, *heavy])
         else:
             _context = multiprocessing.get_context("spawn")
     return _context
@@ -76,6 +82,7 @@ class Reply(NamedTuple):
     stage: str
     data: dict | None = None
     message: str | None = None
+    seconds: float | None = None
 
 
 class Task:
@@ -104,8 +111,7 @@ class Task:
         self.load_seconds: float | None = None
         self.train_seconds: float | None = None
         self.attempts: list[str] = []
-        self._stage = "start"
-        self._since = 0.0
+        self._stage = "load"
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
@@ -203,14 +209,13 @@ class Task:
             reply = None
         if reply is None:
             reply = Reply("died", self._stage, message=self._death_message())
-        elapsed = time.monotonic() - self._since
+        if reply.stage == "load":
+            self.load_seconds = reply.seconds
+        else:
+            self.train_seconds = reply.seconds
         if reply.kind == "loaded":
-            self.load_seconds = elapsed
             self.status = TaskStatus.WAITING
-            return reply
-        if reply.stage == "train":
-            self.train_seconds = elapsed
-        if reply.kind == "result":
+        elif reply.kind == "result":
             self.result = reply.data
             self.status = TaskStatus.FINISHED
         elif reply.kind == "oom":
@@ -258,10 +263,9 @@ class Task:
             raise RuntimeError(f"task {self.task_id!r} is {self.status.name}, not {names}")
 
     def _command(self, stage: str, message: tuple) -> None:
-        if not self.is_alive():
-            raise RuntimeError(f"task {self.task_id!r} has no running subprocess")
+        if self._process is None:
+            raise RuntimeError(f"task {self.task_id!r} has no subprocess")
         self._stage = stage
-        self._since = time.monotonic()
         self._send(message)
 
     def _send(self, message: tuple) -> None:
@@ -303,8 +307,8 @@ def _child_main(task: Task, conn: Connection) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     faulthandler.enable()
-    # Makes cuda:N the GPU that NVML calls N, as placement assumes.
-    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    # Numbers GPUs as NvmlInventory does.
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     while True:
         try:
             command = conn.recv()
@@ -313,6 +317,7 @@ def _child_main(task: Task, conn: Connection) -> None:
         if command[0] == "exit":
             return
         stage = command[0]
+        started = time.perf_counter()
         try:
             if stage == "load":
                 task.load()
@@ -323,6 +328,7 @@ def _child_main(task: Task, conn: Connection) -> None:
         except (Exception, SystemExit) as error:
             kind = "oom" if _is_cuda_oom(error) else "error"
             reply = Reply(kind, stage, message=traceback.format_exc())
+        reply = reply._replace(seconds=time.perf_counter() - started)
         task.round_input = None
         _release_cuda_cache()
         try:
