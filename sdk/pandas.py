@@ -2,12 +2,14 @@
 
 `execute()` runs once, at `build()` time, on these proxies: each operation records a node of the
 task's graph instead of computing anything. What cannot be federated is refused right there, with
-the operation's name and the reason.
+the operation's name and the reason. docs/pandas.md lists what is supported.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import pandas as _pandas
 
 from sdk.analytics.graph import Graph
 
@@ -17,22 +19,29 @@ class UnsupportedOperation(TypeError):
 
 
 _ROWS_REASON = "it would need rows from every holder in one place, and rows never leave a holder"
+_NOT_A_SUM = "it is not a sum of per-holder parts (only sums and counts leave a holder); "
+_ORDER_REASON = "it depends on the order of rows, which means nothing across holders"
+_CODE_REASON = "it would run arbitrary code on the holders; use column arithmetic instead"
+_LATER_REASON = "its value is known only when the task runs"
+_UNKNOWN_REASON = "it is known only on the holders, when the task runs"
 _REFUSED = {
-    "median": "a median is not a sum of per-holder parts; " + _ROWS_REASON,
-    "quantile": "a quantile is not a sum of per-holder parts; " + _ROWS_REASON,
-    "mode": _ROWS_REASON,
-    "iloc": "row positions mean nothing across holders; " + _ROWS_REASON,
-    "loc": _ROWS_REASON,
-    "head": _ROWS_REASON,
-    "tail": _ROWS_REASON,
-    "sample": _ROWS_REASON,
-    "sort_values": _ROWS_REASON,
-    "apply": "it would run arbitrary code on the holders; use column arithmetic instead",
-    "map": "it would run arbitrary code on the holders; use column arithmetic instead",
-    "to_numpy": _ROWS_REASON,
-    "values": _ROWS_REASON,
-    "to_list": _ROWS_REASON,
-    "tolist": _ROWS_REASON,
+    **dict.fromkeys(["median", "quantile", "mode", "min", "max", "idxmin", "idxmax", "nunique",
+                     "prod", "product", "nlargest", "nsmallest"], _NOT_A_SUM + _ROWS_REASON),
+    **dict.fromkeys(["iloc", "loc", "iat", "at", "head", "tail", "sample", "take", "first",
+                     "last", "unique", "drop_duplicates", "duplicated", "to_numpy", "values",
+                     "to_list", "tolist", "to_dict", "to_csv", "items", "iterrows",
+                     "itertuples"], _ROWS_REASON),
+    **dict.fromkeys(["sort_values", "sort_index", "rank", "cumsum", "cumprod", "cummin",
+                     "cummax", "diff", "shift", "pct_change", "rolling", "expanding", "ewm"],
+                    _ORDER_REASON),
+    **dict.fromkeys(["apply", "map", "applymap", "transform", "pipe", "agg", "aggregate",
+                     "eval", "query"], _CODE_REASON),
+    **dict.fromkeys(["shape", "size", "index", "columns", "dtypes", "dtype", "empty", "name"],
+                    _UNKNOWN_REASON),
+    **dict.fromkeys(["merge", "join"], "it matches rows of two tables, " + _ROWS_REASON),
+    **dict.fromkeys(["corr", "cov", "skew", "kurt"],
+                    "deltaflow does not compute it yet (see docs/pandas.md)"),
+    "value_counts": _ROWS_REASON + "; use groupby(column).size()",
 }
 
 
@@ -42,30 +51,64 @@ def refuse(operation: str, reason: str | None = None) -> UnsupportedOperation:
     )
 
 
+def _refuse_attribute(name: str) -> UnsupportedOperation:
+    return refuse(name, _REFUSED.get(name, "deltaflow's pandas does not have it (see docs/pandas.md)"))
+
+
+# numpy ufuncs that map onto the graph's own unary and binary operations.
+_UFUNC_UNARY = {"negative": "neg", "positive": "pos", "absolute": "abs", "invert": "invert",
+                "sqrt": "sqrt", "exp": "exp", "log": "log", "log10": "log10", "log1p": "log1p"}
+_UFUNC_BINARY = {"add": "add", "subtract": "sub", "multiply": "mul", "divide": "truediv",
+                 "floor_divide": "floordiv", "remainder": "mod", "power": "pow", "less": "lt",
+                 "less_equal": "le", "greater": "gt", "greater_equal": "ge", "equal": "eq",
+                 "not_equal": "ne", "bitwise_and": "and", "bitwise_or": "or",
+                 "bitwise_xor": "xor"}
+
+
 class _Lazy:
     """A value that `execute()` holds: a node of the graph being recorded."""
 
-    def __init__(self, graph: Graph, node: int, rows: bool) -> None:
+    def __init__(self, graph: Graph, node: int, rows: bool, source: int | None = None) -> None:
         self._graph = graph
         self._node = node
         self._rows = rows  # row-wise (on the holders) rather than an aggregate
+        # The dataset (source node) its rows come from; a row-wise node without one is a source.
+        self._source = source if source is not None or not rows else node
 
-    def _new(self, cls: type[_Lazy], operation: str, *others: Any, **params: Any) -> Any:
-        inputs = (self._node, *(_node_of(self._graph, o) for o in others))
-        rows = operation != "reduce" and (
-            self._rows or any(getattr(o, "_rows", False) for o in others))
-        return cls(self._graph, self._graph.add(operation, inputs, **params), rows)
+    def _record(self, cls: type, operation: str, inputs: tuple[Any, ...], rows: bool,
+                source: int | None = None, **params: Any) -> Any:
+        node = self._graph.add(operation, tuple(_node_of(self._graph, v) for v in inputs),
+                               **params)
+        return cls(self._graph, node, rows, source)
+
+    def _derive(self, cls: type, operation: str, operands: tuple[Any, ...], **params: Any) -> Any:
+        """An element-wise result of `operands`, refused where pandas would align row labels."""
+        rows = [v for v in operands if isinstance(v, _Lazy) and v._rows]
+        if len({v._source for v in rows}) > 1:
+            raise refuse("combining rows of two datasets",
+                         "each holder's datasets are separate tables whose rows do not line up")
+        row_series = any(isinstance(v, Series) for v in rows)
+        for value in operands:
+            if rows and isinstance(value, _Lazy) and not value._rows and (
+                    isinstance(value, DataFrame) or isinstance(value, Series) and row_series):
+                raise refuse(f"combining rows with an aggregate {type(value).__name__}",
+                             "pandas would match its labels with row labels, which mean nothing "
+                             "across holders; combine rows with scalars, or a DataFrame with a "
+                             "per-column Series")
+        return self._record(cls, operation, operands, bool(rows),
+                            rows[0]._source if rows else None, **params)
 
     def _binary(self, op: str, other: Any, reflected: bool = False) -> Any:
-        result_type = type(other) if isinstance(other, DataFrame) else type(self)
-        if not reflected:
-            return self._new(result_type, "binary", other, op=op)
-        left = _node_of(self._graph, other)
-        node = self._graph.add("binary", (left, self._node), op=op)
-        return result_type(self._graph, node, self._rows or getattr(other, "_rows", False))
+        operands = (other, self) if reflected else (self, other)
+        return self._derive(_wider(self, other), "binary", operands, op=op)
 
-    def _reduce(self, kind: str, result: type[_Lazy], **params: Any) -> Any:
-        return self._new(result, "reduce", kind=kind, **params)
+    def _unary(self, op: str) -> Any:
+        return self._derive(type(self), "unary", (self,), op=op)
+
+    def _method(self, cls: type, name: str, **arguments: Any) -> Any:
+        """A whitelisted pandas method, its arguments recorded as inputs (constants or lazies)."""
+        return self._derive(cls, "method", (self, *arguments.values()), name=name,
+                            keywords=list(arguments))
 
     def __add__(self, other: Any) -> Any: return self._binary("add", other)
     def __radd__(self, other: Any) -> Any: return self._binary("add", other, True)
@@ -93,28 +136,47 @@ class _Lazy:
     def __ror__(self, other: Any) -> Any: return self._binary("or", other, True)
     def __xor__(self, other: Any) -> Any: return self._binary("xor", other)
     def __rxor__(self, other: Any) -> Any: return self._binary("xor", other, True)
-    def __neg__(self) -> Any: return self._new(type(self), "unary", op="neg")
-    def __pos__(self) -> Any: return self._new(type(self), "unary", op="pos")
-    def __abs__(self) -> Any: return self._new(type(self), "unary", op="abs")
-    def __invert__(self) -> Any: return self._new(type(self), "unary", op="invert")
+    def __neg__(self) -> Any: return self._unary("neg")
+    def __pos__(self) -> Any: return self._unary("pos")
+    def __abs__(self) -> Any: return self._unary("abs")
+    def __invert__(self) -> Any: return self._unary("invert")
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """numpy's element-wise functions (`np.sqrt(d.x)`, `np.float64(2) * d.x`) as graph nodes."""
+        name = ufunc.__name__
+        if method == "__call__" and not kwargs:
+            if len(inputs) == 1 and name in _UFUNC_UNARY:
+                return self._unary(_UFUNC_UNARY[name])
+            if len(inputs) == 2 and name in _UFUNC_BINARY:
+                reflected = inputs[0] is not self
+                return self._binary(_UFUNC_BINARY[name], inputs[0] if reflected else inputs[1],
+                                    reflected)
+        raise refuse(f"numpy.{name}", "deltaflow's pandas runs numpy's arithmetic, comparisons, "
+                     "sqrt, exp, log, log10 and log1p, called plainly")
 
     def abs(self) -> Any:
         return abs(self)
 
     def isna(self) -> Any:
-        return self._new(type(self), "unary", op="isna")
+        return self._unary("isna")
 
     def notna(self) -> Any:
-        return self._new(type(self), "unary", op="notna")
+        return self._unary("notna")
 
     isnull = isna
     notnull = notna
 
     def __bool__(self) -> bool:
         raise refuse("truth testing (if/and/or on a federated value)",
-                     "its value is known only when the task runs; use & | ~ for row-wise logic")
+                     _LATER_REASON + "; use & | ~ for row-wise logic")
+
+    def __float__(self) -> float:
+        raise refuse("float()", _LATER_REASON)
+
+    def __int__(self) -> int:
+        raise refuse("int()", _LATER_REASON)
 
     def __iter__(self) -> Any:
         raise refuse("iteration", _ROWS_REASON)
@@ -125,58 +187,244 @@ class _Lazy:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        if name in _REFUSED:
-            raise refuse(name)
-        raise refuse(name, "deltaflow's pandas does not have it (see the README's table of the API)")
+        raise _refuse_attribute(name)
 
 
-class Series(_Lazy):
+class _Table(_Lazy):
+    """What Series and DataFrame share: element-wise methods and reductions over rows."""
+
+    _reduced: type[_Lazy]  # what a reduction gives: a Scalar for a Series, a Series for a frame
+
+    def _filter(self, mask: _Lazy) -> Any:
+        if not isinstance(mask, Series) or self._rows != mask._rows:
+            raise refuse("filtering by this mask", "filter rows with a boolean Series computed "
+                         "from the same rows (d[d.age > 40]), or aggregates with aggregates")
+        return self._derive(type(self), "filter", (self, mask))
+
+    def fillna(self, value: Any) -> Any:
+        return self._method(type(self), "fillna", value=value)
+
+    def astype(self, dtype: Any) -> Any:
+        names = {k: _dtype_name(v) for k, v in dtype.items()} if isinstance(dtype, dict) else (
+            _dtype_name(dtype))
+        return self._method(type(self), "astype", dtype=names)
+
+    def isin(self, values: Any) -> Any:
+        return self._method(type(self), "isin", values=list(values))
+
+    def clip(self, lower: Any = None, upper: Any = None) -> Any:
+        return self._method(type(self), "clip", lower=lower, upper=upper)
+
+    def round(self, decimals: int = 0) -> Any:
+        return self._method(type(self), "round", decimals=decimals)
+
+    def _reduce(self, kind: str, *aggregates: _Lazy, result: type | None = None,
+                **params: Any) -> Any:
+        return self._record(result or self._reduced, "reduce", (self, *aggregates), False,
+                            kind=kind, **params)
+
+    def sum(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._reduce("sum", skipna=skipna, numeric_only=numeric_only)
+
+    def mean(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._reduce("mean", skipna=skipna, numeric_only=numeric_only)
+
+    def _spread(self, kind: str, ddof: int, skipna: bool, numeric_only: bool) -> Any:
+        """var, std or sem: over rows, a second round sums deviations from the first's mean."""
+        params = {"ddof": ddof, "skipna": skipna, "numeric_only": numeric_only}
+        if not self._rows:
+            return self._reduce(kind, **params)
+        return self._reduce(kind, self.mean(skipna=skipna, numeric_only=numeric_only), **params)
+
+    def var(self, ddof: int = 1, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._spread("var", ddof, skipna, numeric_only)
+
+    def std(self, ddof: int = 1, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._spread("std", ddof, skipna, numeric_only)
+
+    def sem(self, ddof: int = 1, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._spread("sem", ddof, skipna, numeric_only)
+
+    def all(self, skipna: bool = True, bool_only: bool = False) -> Any:
+        return self._reduce("all", skipna=skipna, bool_only=bool_only)
+
+    def any(self, skipna: bool = True, bool_only: bool = False) -> Any:
+        return self._reduce("any", skipna=skipna, bool_only=bool_only)
+
+    def describe(self) -> Any:
+        """count, mean and std of numeric values (pandas' min, quantiles and max are not sums)."""
+        if not self._rows:
+            return self._reduce("describe", result=type(self))
+        data = self if isinstance(self, Series) else self.select_dtypes(include=["number"])
+        return data._reduce("describe", data.mean(), result=type(self),
+                            series=isinstance(self, Series))
+
+
+class Series(_Table):
     """A lazy pandas Series: a column of every holder's rows, or an aggregate."""
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, _Lazy):
-            return self._new(Series, "filter", key)
+            return self._filter(key)
         if self._rows:
-            raise refuse("selecting rows by label", "row labels mean nothing across holders")
-        return self._new(Scalar, "getitem", key=key)
-
-    def sum(self, skipna: bool = True) -> Scalar:
-        return self._reduce("sum", Scalar, skipna=skipna)
+            raise refuse("selecting rows by label or position", "row labels mean nothing "
+                         "across holders; filter with a boolean Series instead")
+        return self._derive(Series if isinstance(key, list) else Scalar, "getitem", (self,),
+                            key=key)
 
     def count(self) -> Scalar:
-        return self._reduce("count", Scalar)
+        return self._reduce("count")
 
-    def mean(self, skipna: bool = True) -> Scalar:
-        return self._reduce("mean", Scalar, skipna=skipna)
+    def between(self, left: Any, right: Any, inclusive: str = "both") -> Series:
+        return self._method(Series, "between", left=left, right=right, inclusive=inclusive)
 
 
-class DataFrame(_Lazy):
+class DataFrame(_Table):
     """A lazy pandas DataFrame: every holder's rows, as if stacked."""
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, _Lazy):
-            return self._new(DataFrame, "filter", key)
-        if isinstance(key, list):
-            return self._new(DataFrame, "getitem", key=key)
-        return self._new(Series, "getitem", key=key)
+            return self._filter(key)
+        if isinstance(key, slice):
+            raise refuse("slicing rows", "row positions mean nothing across holders")
+        return self._derive(DataFrame if isinstance(key, list) else Series, "getitem", (self,),
+                            key=key)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in _REFUSED:
+        if name.startswith("_") or name in _REFUSED or hasattr(_pandas.DataFrame, name):
             return super().__getattr__(name)
         return self[name]
 
-    def sum(self, skipna: bool = True, numeric_only: bool = False) -> Series:
-        return self._reduce("sum", Series, skipna=skipna, numeric_only=numeric_only)
-
     def count(self, numeric_only: bool = False) -> Series:
-        return self._reduce("count", Series, numeric_only=numeric_only)
+        return self._reduce("count", numeric_only=numeric_only)
 
-    def mean(self, skipna: bool = True, numeric_only: bool = False) -> Series:
-        return self._reduce("mean", Series, skipna=skipna, numeric_only=numeric_only)
+    def __setitem__(self, key: str, value: Any) -> None:
+        """`d["new"] = ...`: this proxy now stands for the frame with that column."""
+        if not isinstance(key, str):
+            raise refuse("setting a column whose name is not text", "name new columns with text")
+        new = self.assign(**{key: value})
+        self._node, self._rows, self._source = new._node, new._rows, new._source
+
+    def assign(self, **columns: Any) -> DataFrame:
+        for value in columns.values():
+            if isinstance(value, _Table) and not value._rows:
+                raise refuse("assigning an aggregate Series or DataFrame as a column",
+                             "pandas would match its labels with row labels; assign a scalar "
+                             "or a Series computed from the same rows")
+        return self._method(DataFrame, "assign", **columns)
+
+    def drop(self, columns: Any) -> DataFrame:
+        return self._method(DataFrame, "drop", columns=columns)
+
+    def select_dtypes(self, include: Any = None, exclude: Any = None) -> DataFrame:
+        given = {k: v for k, v in (("include", include), ("exclude", exclude)) if v is not None}
+        return self._method(DataFrame, "select_dtypes", **given)
+
+    def groupby(self, by: Any, sort: bool = True, dropna: bool = True) -> GroupBy:
+        """Reductions per value of one column (or of a Series computed from the same rows)."""
+        if not self._rows:
+            raise refuse("groupby of an aggregate", "group rows; aggregates are already small")
+        if not sort:
+            raise refuse("groupby(sort=False)", "the order in which keys first appear depends on "
+                         "how rows are spread over holders; results are sorted by key")
+        if not dropna:
+            raise refuse("groupby(dropna=False)", "missing keys are not kept as a group; fill "
+                         "them first: d[key] = d[key].fillna(value)")
+        if isinstance(by, list) and len(by) == 1:
+            by = by[0]
+        if isinstance(by, Series):
+            by = _column_of(self, by) or by  # pandas leaves a key that is a column out of the result
+        if isinstance(by, Series):
+            if not by._rows or by._source != self._source:
+                raise refuse("groupby by this Series", "group by a column, or a Series computed "
+                             "from the same rows")
+            return GroupBy(self, by, self)
+        if isinstance(by, (_Lazy, list, tuple, dict)):
+            raise refuse("groupby by several keys or by this value",
+                         "group by one column; a MultiIndex result is not supported")
+        return GroupBy(self, self[by], self.drop(columns=[by]))
 
 
 class Scalar(_Lazy):
     """A lazy aggregate scalar: known on the coordinator once its round is done."""
+
+
+class GroupBy:
+    """`d.groupby(key)`: reductions per key over every holder's rows, sorted by key."""
+
+    def __init__(self, frame: DataFrame, keys: Series, data: _Table) -> None:
+        self._frame = frame
+        self._keys = keys
+        self._data = data  # what the reductions reduce: the frame less its key, or a selection
+
+    def __getitem__(self, key: Any) -> GroupBy:
+        return GroupBy(self._frame, self._keys, self._frame[key])
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in _REFUSED or hasattr(_pandas.api.typing.DataFrameGroupBy, name):
+            raise _refuse_attribute(name)
+        return self[name]
+
+    def __iter__(self) -> Any:
+        raise refuse("iterating over groups", _ROWS_REASON)
+
+    def _reduce(self, kind: str, *aggregates: _Lazy, result: type | None = None,
+                **params: Any) -> Any:
+        return self._data._record(result or type(self._data), "reduce",
+                                  (self._data, self._keys, *aggregates), False,
+                                  kind="groupby_" + kind, **params)
+
+    def size(self) -> Series:
+        return self._reduce("size", result=Series)
+
+    def count(self) -> Any:
+        return self._reduce("count")
+
+    def sum(self, numeric_only: bool = False) -> Any:
+        return self._reduce("sum", numeric_only=numeric_only)
+
+    def mean(self, numeric_only: bool = False) -> Any:
+        return self._reduce("mean", numeric_only=numeric_only)
+
+    def _spread(self, kind: str, ddof: int, numeric_only: bool) -> Any:
+        """var, std or sem per key: a second round sums deviations from each key's mean."""
+        return self._reduce(kind, self.mean(numeric_only=numeric_only), ddof=ddof,
+                            numeric_only=numeric_only)
+
+    def var(self, ddof: int = 1, numeric_only: bool = False) -> Any:
+        return self._spread("var", ddof, numeric_only)
+
+    def std(self, ddof: int = 1, numeric_only: bool = False) -> Any:
+        return self._spread("std", ddof, numeric_only)
+
+    def sem(self, ddof: int = 1, numeric_only: bool = False) -> Any:
+        return self._spread("sem", ddof, numeric_only)
+
+
+Series._reduced = Scalar
+DataFrame._reduced = Series
+
+
+def _wider(*values: Any) -> type:
+    """The type of an element-wise result: a DataFrame over a Series over a Scalar."""
+    for cls in (DataFrame, Series):
+        if any(isinstance(v, cls) for v in values):
+            return cls
+    return Scalar
+
+
+def _column_of(frame: DataFrame, series: Series) -> Any:
+    """The column name when `series` is `frame[name]`, as pandas recognises for a groupby key."""
+    node = frame._graph[series._node]
+    if node.op == "getitem" and node.inputs == (frame._node,):
+        return node.params["key"]
+    return None
+
+
+def _dtype_name(dtype: Any) -> str:
+    return dtype if isinstance(dtype, str) else str(_pandas.api.types.pandas_dtype(dtype))
 
 
 def _node_of(graph: Graph, value: Any) -> int:

@@ -12,7 +12,7 @@ from functools import reduce
 from typing import Any
 
 from sdk.analytics.graph import Graph, map_output, output_nodes
-from sdk.analytics.ops import KNOWN_OPS, REDUCTIONS, add_parts, apply_row_op, reduce_locally
+from sdk.analytics.ops import REDUCTIONS, add_parts, apply_row_op, check_node, reduce_locally
 
 Parts = dict[int, dict[str, Any]]  # reduction node id -> its named additive parts
 
@@ -27,10 +27,7 @@ class Plan:
         self.stage_of: dict[int, int] = {}  # federated reduction -> stage
         ready: dict[int, int] = {}  # node -> rounds needed before its value is known
         for node in graph.nodes:
-            if node.op not in KNOWN_OPS:
-                raise ValueError(f"unknown operation {node.op!r} in node {node.id}")
-            if node.op == "reduce" and node.params.get("kind") not in REDUCTIONS:
-                raise ValueError(f"unknown reduction {node.params.get('kind')!r} in node {node.id}")
+            check_node(node)
             after = max((ready[i] for i in node.inputs), default=0)
             row_input = any(i in self.row_wise for i in node.inputs)
             if node.op == "reduce" and row_input:
@@ -95,7 +92,8 @@ def worker_parts(
     for node_id in plan.reductions_in(stage):
         node = plan.graph[node_id]
         kwargs = {k: v for k, v in node.params.items() if k != "kind"}
-        parts[node_id] = REDUCTIONS[node.params["kind"]].partial(value(node.inputs[0]), **kwargs)
+        arguments = [value(i) for i in node.inputs]  # its rows, then keys or aggregates it uses
+        parts[node_id] = REDUCTIONS[node.params["kind"]].partial(*arguments, **kwargs)
     return parts
 
 
