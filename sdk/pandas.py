@@ -46,13 +46,13 @@ _REFUSED = {
 
 
 def refuse(operation: str, reason: str | None = None) -> UnsupportedOperation:
-    return UnsupportedOperation(
-        f"{operation} is not supported in a federated task: {reason or _REFUSED.get(operation, _ROWS_REASON)}"
-    )
+    reason = reason or _REFUSED.get(operation, _ROWS_REASON)
+    return UnsupportedOperation(f"{operation} is not supported in a federated task: {reason}")
 
 
 def _refuse_attribute(name: str) -> UnsupportedOperation:
-    return refuse(name, _REFUSED.get(name, "deltaflow's pandas does not have it (see docs/pandas.md)"))
+    missing = "deltaflow's pandas does not have it (see docs/pandas.md)"
+    return refuse(name, _REFUSED.get(name, missing))
 
 
 # numpy ufuncs that map onto the graph's own unary and binary operations.
@@ -205,8 +205,8 @@ class _Table(_Lazy):
         return self._method(type(self), "fillna", value=value)
 
     def astype(self, dtype: Any) -> Any:
-        names = {k: _dtype_name(v) for k, v in dtype.items()} if isinstance(dtype, dict) else (
-            _dtype_name(dtype))
+        names = ({k: _dtype_name(v) for k, v in dtype.items()} if isinstance(dtype, dict)
+                 else _dtype_name(dtype))
         return self._method(type(self), "astype", dtype=names)
 
     def isin(self, values: Any) -> Any:
@@ -332,8 +332,9 @@ class DataFrame(_Table):
                          "them first: d[key] = d[key].fillna(value)")
         if isinstance(by, list) and len(by) == 1:
             by = by[0]
-        if isinstance(by, Series):
-            by = _column_of(self, by) or by  # pandas leaves a key that is a column out of the result
+        column = _column_of(self, by) if isinstance(by, Series) else None
+        if column is not None:
+            by = column  # pandas leaves a key that is a column of the frame out of the result
         if isinstance(by, Series):
             if not by._rows or by._source != self._source:
                 raise refuse("groupby by this Series", "group by a column, or a Series computed "
@@ -358,6 +359,8 @@ class GroupBy:
         self._data = data  # what the reductions reduce: the frame less its key, or a selection
 
     def __getitem__(self, key: Any) -> GroupBy:
+        if isinstance(key, _Lazy):
+            raise refuse("filtering a groupby", "filter the rows first: d[mask].groupby(key)")
         return GroupBy(self._frame, self._keys, self._frame[key])
 
     def __getattr__(self, name: str) -> Any:

@@ -90,59 +90,80 @@ def describe(data: Any) -> Any:
     return result if isinstance(data, lazy._Lazy) else result.loc[["count", "mean", "std"]]
 
 
-REDUCTIONS: Body = lambda d, t: {  # noqa: E731
-    "sum": d.sum(numeric_only=True),
-    "mean": d[["i", "f", "big", "b"]].mean(),
-    "count": d.count(),
-    "var": d.var(numeric_only=True),
-    "std": d.std(ddof=0, numeric_only=True),
-    "sem": d.sem(numeric_only=True),
-    "series": (d.i.sum(), d.f.mean(), d.b.sum(), d.big.var(), d.f.std(skipna=False),
-               d.i.sem(ddof=2), d.f.count(), d.f.sum(skipna=False)),
-    "all": d.all(),
-    "any": d.any(bool_only=True),
-    "truth": [d.f.all(skipna=False), d.b.any(), (d.i > t).all(), (d.i > t).any()],
-}
-GROUPBY: Body = lambda d, t: {  # noqa: E731
-    "sum": d.groupby("k").sum(numeric_only=True),
-    "mean": d.groupby("g")[["i", "f", "big", "b"]].mean(),
-    "count": d.groupby("k").count(),
-    "size": d.groupby("g").size(),
-    "derived": d.groupby(d.i // 300).f.mean(),
-    "filtered": d[d.i > t].groupby("g").f.sum(),
-}
-FILTERS: Body = lambda d, t: {  # noqa: E731
-    "mean": d[d.i > t].mean(numeric_only=True),
-    "var": d[d.i > t].big.var(),
-    "count": d[(d.i > t) & d.b].count(),
-    "sum": d.f[d.f.notna() & (d.i <= t)].sum(),
-    "describe": describe(d[d.i > t][["f", "big"]]),
-}
-ROW_WISE: Body = lambda d, t: {  # noqa: E731
-    "arithmetic": (d.i * 2 + d.f // 3 - d.i % 7 + 1.5 / (d.g + 1) - d.g ** 2).sum(),
-    "reflected": (100 - d.i + 3 * d.f + 2 ** d.g - 7 // (d.g + 1) - 50 % (d.g + 1)).mean(),
-    "compare": [(d.i < t).sum(), (d.i <= t).sum(), (d.i >= t).sum(), (d.i == t).sum(),
-                (d.i != t).sum(), (d.f > d.i).sum(), (t < d.i).sum()],
-    "logic": ((d.f.isna() | d.b) & ~(d.i >= 0) ^ d.f.notna()).sum(),
-    "abs": (abs(-d.i) + d.f.abs()).sum(),
-    "methods": (d.f.fillna(0).sum(), d.i.astype("float64").mean(), d.i.clip(-10, 10).sum(),
-                d.f.round(1).mean(), d.k.isin(["a", "b"]).sum(), d.i.between(-5, 5).sum(),
-                d.g.astype(bool).sum(), d.astype({"g": float}).g.mean()),
-    "numpy": (np.sqrt(d.big).mean(), np.log1p(d.i.abs()).sum(), np.float64(2) * d.f.sum()),
-    "columns": d.assign(twice=d.i * 2).drop(columns=["k"]).sum(),
-}
-MULTI_STEP: Body = lambda d, t: {  # noqa: E731
-    "centred": ((d.big - d.big.mean()) ** 2).mean(),
-    "fill_with_mean": d.f.fillna(d.f.mean()).var(),
-    "standardised": ((d.f - d.f.mean()) / d.f.std()).abs().sum(),
-    "third_round": (d.i - d.i.mean()).var(),
-    "frame_centred": (d[["i", "f"]] - d[["i", "f"]].mean()).abs().sum(),
-    "coordinator": (d.i.sum() / d.i.count() - d.i.mean(), d.i.mean() * 2 + 1,
-                    np.sqrt(d.f.var()), d.mean(numeric_only=True)["f"], d.sum(numeric_only=True)[["i", "g"]]),
-    "describe": (describe(d), describe(d.big), describe(d.f + d.i)),
-}
-FAMILIES = {"reductions": REDUCTIONS, "groupby": GROUPBY, "filters": FILTERS,
-            "row_wise": ROW_WISE, "multi_step": MULTI_STEP}
+def reductions(d: Any, t: int) -> Any:
+    return {
+        "sum": d.sum(numeric_only=True),
+        "mean": d[["i", "f", "big", "b"]].mean(),
+        "count": d.count(),
+        "var": d.var(numeric_only=True),
+        "std": d.std(ddof=0, numeric_only=True),
+        "sem": d.sem(numeric_only=True),
+        "series": (d.i.sum(), d.f.mean(), d.b.sum(), d.big.var(), d.f.std(skipna=False),
+                   d.i.sem(ddof=2), d.f.count(), d.f.sum(skipna=False)),
+        "all": d.all(),
+        "any": d.any(bool_only=True),
+        "truth": [d.f.all(skipna=False), d.b.any(), (d.i > t).all(), (d.i > t).any()],
+    }
+
+
+def groupby(d: Any, t: int) -> Any:
+    return {
+        "sum": d.groupby("k").sum(numeric_only=True),
+        "mean": d.groupby("g")[["i", "f", "big", "b"]].mean(),
+        "count": d.groupby("k").count(),
+        "size": d.groupby("g").size(),
+        "derived": d.groupby(d.i // 300).f.mean(),
+        "list_key": d.groupby(["k"]).i.sum(),
+        "filtered": d[d.i > t].groupby("g").f.sum(),
+    }
+
+
+def filters(d: Any, t: int) -> Any:
+    return {
+        "mean": d[d.i > t].mean(numeric_only=True),
+        "var": d[d.i > t].big.var(),
+        "count": d[(d.i > t) & d.b].count(),
+        "sum": d.f[d.f.notna() & (d.i <= t)].sum(),
+        "describe": describe(d[d.i > t][["f", "big"]]),
+    }
+
+
+def row_wise(d: Any, t: int) -> Any:
+    return {
+        "arithmetic": (d.i * 2 + d.f // 3 - d.i % 7 + 1.5 / (d.g + 1) - d.g ** 2).sum(),
+        "reflected": (100 - d.i + 3 * d.f + 2 ** d.g - 7 // (d.g + 1) - 50 % (d.g + 1)).mean(),
+        "compare": [(d.i < t).sum(), (d.i <= t).sum(), (d.i >= t).sum(), (d.i == t).sum(),
+                    (d.i != t).sum(), (d.f > d.i).sum(), (t < d.i).sum()],
+        "logic": ((d.f.isna() | d.b) & ~(d.i >= 0) ^ d.f.notna()).sum(),
+        "abs": (abs(-d.i) + d.f.abs()).sum(),
+        "methods": (d.f.fillna(0).sum(), d.i.astype("float64").mean(), d.i.clip(-10, 10).sum(),
+                    d.f.round(1).mean(), d.k.isin(["a", "b"]).sum(), d.i.between(-5, 5).sum(),
+                    d.g.astype(bool).sum(), d.astype({"g": float}).g.mean()),
+        "numpy": (np.sqrt(d.big).mean(), np.log1p(d.i.abs()).sum(), np.float64(2) * d.f.sum(),
+                  np.exp(d.f / 1000).mean(), np.add(d.i, 1).sum(), np.log10(d.big).mean()),
+        "fill_dict": d.fillna({"f": 0.5}).f.sum(),
+        "columns": d.assign(twice=d.i * 2).drop(columns=["k"]).sum(),
+    }
+
+
+def multi_step(d: Any, t: int) -> Any:
+    means = d.mean(numeric_only=True)
+    return {
+        "centred": ((d.big - d.big.mean()) ** 2).mean(),
+        "fill_with_mean": (d.f.fillna(d.f.mean()).var(), d[["f", "i"]].fillna(means).sum()),
+        "standardised": ((d.f - d.f.mean()) / d.f.std()).abs().sum(),
+        "third_round": (d.i - d.i.mean()).var(),
+        "frame_centred": (d[["i", "f"]] - d[["i", "f"]].mean()).abs().sum(),
+        "coordinator": (d.i.sum() / d.i.count() - d.i.mean(), d.i.mean() * 2 + 1,
+                        np.sqrt(d.f.var()), means["f"], d.sum(numeric_only=True)[["i", "g"]],
+                        means[means > 0], means.sum(), means.var()),
+        "describe": (describe(d), describe(d.big), describe(d.f + d.i)),
+    }
+
+
+# Each family takes a frame (lazy or real) and a threshold and returns a dict of results.
+FAMILIES: dict[str, Body] = {f.__name__: f for f in (reductions, groupby, filters, row_wise,
+                                                     multi_step)}
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
