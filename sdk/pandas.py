@@ -272,6 +272,12 @@ class Series(_Table):
         return self._derive(Series if isinstance(key, list) else Scalar, "getitem", (self,),
                             key=key)
 
+    def __getattr__(self, name: str) -> Any:
+        """`d.mean().age` is the label's value, as in pandas; rows have no meaningful labels."""
+        if name.startswith("_") or self._rows or hasattr(_pandas.Series, name):
+            return super().__getattr__(name)
+        return self[name]
+
     def count(self) -> Scalar:
         return self._reduce("count")
 
@@ -291,7 +297,8 @@ class DataFrame(_Table):
                             key=key)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in _REFUSED or hasattr(_pandas.DataFrame, name):
+        """`d.age` is the column, unless pandas' DataFrame has an attribute of that name."""
+        if name.startswith("_") or hasattr(_pandas.DataFrame, name):
             return super().__getattr__(name)
         return self[name]
 
@@ -366,7 +373,7 @@ class GroupBy:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        if name in _REFUSED or hasattr(_pandas.api.typing.DataFrameGroupBy, name):
+        if hasattr(_pandas.api.typing.DataFrameGroupBy, name):
             raise _refuse_attribute(name)
         return self[name]
 

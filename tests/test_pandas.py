@@ -156,7 +156,7 @@ def multi_step(d: Any, t: int) -> Any:
         "frame_centred": (d[["i", "f"]] - d[["i", "f"]].mean()).abs().sum(),
         "coordinator": (d.i.sum() / d.i.count() - d.i.mean(), d.i.mean() * 2 + 1,
                         np.sqrt(d.f.var()), means["f"], d.sum(numeric_only=True)[["i", "g"]],
-                        means[means > 0], means.sum(), means.var()),
+                        means[means > 0], means.sum(), means.var(), means.big),
         "describe": (describe(d), describe(d.big), describe(d.f + d.i)),
     }
 
@@ -232,6 +232,16 @@ def test_edge_holders_one_row_filtered_empty_all_nan_and_keys_on_one_holder():
         "single_value": (d.x.var(ddof=4), d.x.var(ddof=5), d.x.sem(ddof=5)),
     }
     assert_same(federated(body, [one, many]), body(pd.concat([one, many], ignore_index=True)))
+
+
+def test_a_column_is_an_attribute_unless_pandas_has_one_of_that_name():
+    holders = [pd.DataFrame({"name": [1, 2], "dtype": [3, 4], "total": [0, 1]}),
+               pd.DataFrame({"name": [5], "dtype": [6], "total": [2]})]
+    assert federated(lambda d: (d.name.sum(), d.dtype.sum(), d.sum().total), holders) == (8, 13, 3)
+    with pytest.raises(TypeError, match="index is not supported"):
+        Rows(lambda d: d.index).build()
+    with pytest.raises(TypeError, match="name is not supported"):
+        Rows(lambda d: d.x.name).build()
 
 
 def test_dtypes_are_the_ones_pandas_gives():
