@@ -16,6 +16,7 @@ from sdk.task import BuiltTask
 from sdk.wire import CHANNEL_OPTIONS, normalize_address, split_chunks
 
 RESULT_FORMAT = "deltaflow.v1.Value"
+TENSORS_FORMAT = "deltaflow.v1.Tensors"
 RECONNECT_SECONDS = 30.0  # how long trace/wait keep trying while the coordinator restarts
 
 
@@ -49,8 +50,7 @@ class Client:
         """Submits a built task; its id."""
         if not isinstance(task, BuiltTask):
             raise TypeError(f"create_task takes what task.build() returns, not {type(task).__name__}")
-        requests = (pb.CreateTaskRequest(chunk=c) for c in split_chunks(task.serialize()))
-        return self._call(self._tasks.CreateTask, requests).task_id
+        return self._call(self._tasks.CreateTask, _create_requests(task)).task_id
 
     def get_task(self, task_id: int) -> pb.TaskInfo:
         return self._call(self._tasks.GetTask, pb.GetTaskRequest(task_id=task_id))
@@ -81,9 +81,18 @@ class Client:
         return self._follow(task_id, lambda entry: None)
 
     def get_result(self, task_id: int) -> Any:
-        """The result of a finished task: pandas/Python values for analytics."""
+        """The result of a finished task: pandas/Python values for analytics, the global
+        weights (`Dict[str, torch.Tensor]`) for learning."""
         chunks = self._call_stream(self._tasks.GetResult, pb.GetResultRequest(task_id=task_id))
         first = next(chunks)
+        if first.format == TENSORS_FORMAT:
+            from sdk.tensors import StateDictReader  # torch: only learning results need it
+
+            reader = StateDictReader(list(first.tensors))
+            reader.write(first.chunk)
+            for chunk in chunks:
+                reader.write(chunk.chunk)
+            return reader.result()
         if first.format != RESULT_FORMAT:
             raise ClientError(grpc.StatusCode.UNIMPLEMENTED,
                               f"task {task_id}'s result is in format {first.format!r}, "
@@ -92,6 +101,12 @@ class Client:
         message = values_pb2.Value()
         message.ParseFromString(data)
         return values.decode(message)
+
+    def get_metrics(self, task_id: int) -> list[dict[str, float]]:
+        """A learning task's validation metrics: one dict per round that validated, with its
+        `round` and the number of `workers` whose metrics were averaged."""
+        reply = self._call(self._tasks.GetMetrics, pb.GetMetricsRequest(task_id=task_id))
+        return [{"round": r.round, "workers": r.workers, **dict(r.metrics)} for r in reply.rounds]
 
     def _follow(self, task_id: int, show: Callable[[pb.LogEntry], None]) -> bool:
         """Streams the log from where it got to, riding out a coordinator restart."""
@@ -126,6 +141,17 @@ class Client:
             yield from method(request, timeout=self.timeout)
         except grpc.RpcError as error:
             raise _client_error(error, self.address) from None
+
+
+def _create_requests(task: BuiltTask) -> Iterator[pb.CreateTaskRequest]:
+    """The spec in chunks, then a learning task's initial weights in chunks."""
+    for chunk in split_chunks(task.serialize()):
+        yield pb.CreateTaskRequest(chunk=chunk)
+    if task.weights:
+        from sdk.tensors import iter_chunks  # torch: only learning tasks have weights
+
+        for chunk in iter_chunks(task.weights):
+            yield pb.CreateTaskRequest(weights_chunk=chunk)
 
 
 def _client_error(error: grpc.RpcError, address: str) -> ClientError:

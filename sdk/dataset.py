@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 TABULAR_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+TRAINING_SUFFIXES = (".npz", ".pt", ".csv")
 
 
 def check_relative_name(name: str) -> str:
@@ -33,3 +34,21 @@ class DataFrame:
 
     def __repr__(self) -> str:
         return f"dataset.DataFrame({self.name!r})"
+
+
+class Dataset:
+    """Training data in each worker's data dir, loaded there as a torch Dataset of pairs.
+
+    `.npz` with arrays `x` and `y` (or `arr_0` and `arr_1`); `.pt` holding a saved Dataset, a
+    tuple of tensors or a dict with `x` and `y`; `.csv` whose last column is the target.
+    """
+
+    def __init__(self, dataset: str) -> None:
+        self.name = check_relative_name(dataset)
+        suffix = PurePosixPath(self.name).suffix.lower()
+        if suffix not in TRAINING_SUFFIXES:
+            raise ValueError(f"dataset {dataset!r}: a Dataset is read from a "
+                             f"{', '.join(TRAINING_SUFFIXES)} file, not {suffix or 'a file without a suffix'!r}")
+
+    def __repr__(self) -> str:
+        return f"dataset.Dataset({self.name!r})"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdk import dataset, pandas
@@ -20,9 +20,13 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class BuiltTask:
-    """A validated task as data, ready for `Client.create_task`."""
+    """A validated task as data, ready for `Client.create_task`.
+
+    A learning task also carries its initial global weights, which travel beside the spec.
+    """
 
     spec: task_pb2.TaskSpec
+    weights: dict[str, Any] = field(default_factory=dict)  # name -> torch.Tensor
 
     @property
     def name(self) -> str:
@@ -114,3 +118,115 @@ def _record_output(graph: Graph, value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _record_output(graph, v) for k, v in value.items()}
     return graph.add("const", value=value)
+
+
+@dataclass(frozen=True)
+class FedAvg:
+    """Federated averaging: each round, selected workers train from the global weights and the
+    coordinator averages what they send back, weighted by their training samples.
+
+    Each worker trains `merge_epoch` epochs a round (1 if neither is given) or `merge_iteration`
+    batches, cycling its data.
+    """
+
+    min_clients: int = 2
+    max_clients: int = 2
+    merge_epoch: int | None = None
+    merge_iteration: int | None = None
+    wait_timeout: float = 60
+    connection_timeout: float = 60
+
+    def merge(self) -> tuple[int, int]:
+        """(epochs, iterations) per round: exactly one of them is non-zero."""
+        if self.merge_epoch is not None and self.merge_iteration is not None:
+            raise TaskError("give FedAvg merge_epoch or merge_iteration, not both")
+        if self.merge_iteration is not None:
+            if not isinstance(self.merge_iteration, int) or self.merge_iteration < 1:
+                raise TaskError(f"merge_iteration must be a positive integer, not {self.merge_iteration!r}")
+            return 0, self.merge_iteration
+        epochs = 1 if self.merge_epoch is None else self.merge_epoch
+        if not isinstance(epochs, int) or epochs < 1:
+            raise TaskError(f"merge_epoch must be a positive integer, not {epochs!r}")
+        return epochs, 0
+
+
+class HorizontalLearning:
+    """A PyTorch model trained across every holder's data with FedAvg; the result is the final
+    global `state_dict()`.
+
+    Subclasses implement `dataset()`, `make_train_dataloader(ds)`, `make_validate_dataloader(ds)`,
+    `train(dataloader)`, `validate(dataloader) -> dict[str, float]` and `state_dict()`. On a
+    worker, `self.device` is the device the engine picked for the round ("cpu" or "cuda:N").
+    """
+
+    device: str = "cpu"
+
+    def __init__(self, name: str, max_rounds: int, validate_interval: int = 1,
+                 validate_frac: float = 0.2, strategy: FedAvg | None = None) -> None:
+        self.name = name
+        self.max_rounds = max_rounds
+        self.validate_interval = validate_interval
+        self.validate_frac = validate_frac
+        self.strategy = strategy or FedAvg()
+
+    def dataset(self) -> dataset.Dataset:
+        raise NotImplementedError("implement dataset(): return dataset.Dataset(file name)")
+
+    def make_train_dataloader(self, ds: Any) -> Any:
+        raise NotImplementedError("implement make_train_dataloader(ds): a DataLoader over ds")
+
+    def make_validate_dataloader(self, ds: Any) -> Any:
+        raise NotImplementedError("implement make_validate_dataloader(ds): a DataLoader over ds")
+
+    def train(self, dataloader: Any) -> None:
+        raise NotImplementedError("implement train(dataloader): one pass of local training")
+
+    def validate(self, dataloader: Any) -> dict[str, float]:
+        raise NotImplementedError("implement validate(dataloader): {metric name: value}")
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError("implement state_dict(): the model's weights")
+
+    def build(self) -> BuiltTask:
+        """Validates the task; packs its code (pickled, without weights) and initial weights."""
+        strategy = self.strategy
+        if not isinstance(strategy, FedAvg):
+            raise TaskError(f"strategy must be a FedAvg, not {type(strategy).__name__}")
+        rules = check_rules(self.name, strategy.min_clients, strategy.max_clients,
+                            strategy.wait_timeout, strategy.connection_timeout)
+        epochs, iterations = strategy.merge()
+        if not isinstance(self.max_rounds, int) or self.max_rounds < 1:
+            raise TaskError(f"max_rounds must be a positive integer, not {self.max_rounds!r}")
+        if not isinstance(self.validate_interval, int) or self.validate_interval < 1:
+            raise TaskError(f"validate_interval must be a positive integer, not {self.validate_interval!r}")
+        if not isinstance(self.validate_frac, (int, float)) or not 0 <= self.validate_frac < 1:
+            raise TaskError(f"validate_frac must be in [0, 1), not {self.validate_frac!r}")
+        data = self.dataset()
+        if not isinstance(data, dataset.Dataset):
+            raise TaskError(f"dataset() must return a dataset.Dataset, not {type(data).__name__}")
+        from sdk import tensors  # torch: only learning tasks need it
+
+        state = self.state_dict()
+        if not isinstance(state, dict) or not state:
+            raise TaskError("state_dict() must return a non-empty dict of tensors")
+        try:
+            infos = tensors.manifest(state)
+        except ValueError as error:
+            raise TaskError(str(error)) from None
+        code = tensors.dumps_without_weights(self, state)
+        return BuiltTask(
+            task_pb2.TaskSpec(
+                format_version=FORMAT_VERSION,
+                name=self.name,
+                kind=task_pb2.TASK_KIND_LEARNING,
+                rules=rules,
+                datasets=[task_pb2.DatasetRef(argument="dataset", file=data.name)],
+                learning=task_pb2.LearningSpec(
+                    task=code, max_rounds=self.max_rounds,
+                    validate_interval=self.validate_interval,
+                    validate_frac=float(self.validate_frac), merge_epoch=epochs,
+                    merge_iteration=iterations, weights=infos,
+                ),
+            ),
+            {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()},
+        )

@@ -6,14 +6,20 @@ from collections.abc import Iterator
 
 CHUNK_SIZE = 1 << 20  # bytes per streamed chunk: well under any gRPC message limit
 
+MAX_MESSAGE = 16 << 20  # room for a 4 MiB chunk of weights and its envelope
+
 # Keepalive pings let both ends notice a peer that vanished without closing its connection.
 CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
 SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),

@@ -25,10 +25,12 @@ TASK_STATE_ERROR: TaskState
 TASK_STATE_CANCELLED: TaskState
 
 class CreateTaskRequest(_message.Message):
-    __slots__ = ("chunk",)
+    __slots__ = ("chunk", "weights_chunk")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_CHUNK_FIELD_NUMBER: _ClassVar[int]
     chunk: bytes
-    def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
+    weights_chunk: bytes
+    def __init__(self, chunk: _Optional[bytes] = ..., weights_chunk: _Optional[bytes] = ...) -> None: ...
 
 class CreateTaskResponse(_message.Message):
     __slots__ = ("task_id",)
@@ -107,14 +109,45 @@ class GetResultRequest(_message.Message):
     def __init__(self, task_id: _Optional[int] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
-    __slots__ = ("format", "preview", "chunk")
+    __slots__ = ("format", "preview", "chunk", "tensors")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
     format: str
     preview: str
     chunk: bytes
-    def __init__(self, format: _Optional[str] = ..., preview: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    tensors: _containers.RepeatedCompositeFieldContainer[_task_pb2.TensorInfo]
+    def __init__(self, format: _Optional[str] = ..., preview: _Optional[str] = ..., chunk: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[_task_pb2.TensorInfo, _Mapping]]] = ...) -> None: ...
+
+class GetMetricsRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    def __init__(self, task_id: _Optional[int] = ...) -> None: ...
+
+class RoundMetrics(_message.Message):
+    __slots__ = ("round", "metrics", "workers")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    metrics: _containers.ScalarMap[str, float]
+    workers: int
+    def __init__(self, round: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class GetMetricsResponse(_message.Message):
+    __slots__ = ("rounds",)
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    rounds: _containers.RepeatedCompositeFieldContainer[RoundMetrics]
+    def __init__(self, rounds: _Optional[_Iterable[_Union[RoundMetrics, _Mapping]]] = ...) -> None: ...
 
 class CancelTaskRequest(_message.Message):
     __slots__ = ("task_id",)
@@ -198,6 +231,14 @@ class FetchTaskRequest(_message.Message):
     task_id: int
     def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[int] = ...) -> None: ...
 
+class FetchWeightsRequest(_message.Message):
+    __slots__ = ("session_id", "task_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    task_id: int
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[int] = ...) -> None: ...
+
 class DataChunk(_message.Message):
     __slots__ = ("chunk",)
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -205,14 +246,16 @@ class DataChunk(_message.Message):
     def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("session_id", "exchange_id", "error")
+    __slots__ = ("session_id", "exchange_id", "error", "meta")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     exchange_id: int
     error: str
-    def __init__(self, session_id: _Optional[str] = ..., exchange_id: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    meta: _values_pb2.Value
+    def __init__(self, session_id: _Optional[str] = ..., exchange_id: _Optional[int] = ..., error: _Optional[str] = ..., meta: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "chunk")

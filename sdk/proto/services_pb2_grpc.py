@@ -67,6 +67,11 @@ class TaskServiceStub:
                 request_serializer=deltaflow_dot_v1_dot_services__pb2.CancelTaskRequest.SerializeToString,
                 response_deserializer=deltaflow_dot_v1_dot_services__pb2.TaskInfo.FromString,
                 _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/deltaflow.v1.TaskService/GetMetrics',
+                request_serializer=deltaflow_dot_v1_dot_services__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=deltaflow_dot_v1_dot_services__pb2.GetMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -76,7 +81,8 @@ class TaskServiceServicer:
     """
 
     def CreateTask(self, request_iterator, context):
-        """Creates a task from a built task's bytes, sent in chunks of any size.
+        """Creates a task from a built task's bytes, sent in chunks of any size, followed for a
+        learning task by its initial weights.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +120,13 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetrics(self, request, context):
+        """A learning task's metrics, one entry per round that validated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +159,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.CancelTask,
                     request_deserializer=deltaflow_dot_v1_dot_services__pb2.CancelTaskRequest.FromString,
                     response_serializer=deltaflow_dot_v1_dot_services__pb2.TaskInfo.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=deltaflow_dot_v1_dot_services__pb2.GetMetricsRequest.FromString,
+                    response_serializer=deltaflow_dot_v1_dot_services__pb2.GetMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -323,6 +341,33 @@ class TaskService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deltaflow.v1.TaskService/GetMetrics',
+            deltaflow_dot_v1_dot_services__pb2.GetMetricsRequest.SerializeToString,
+            deltaflow_dot_v1_dot_services__pb2.GetMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class WorkerServiceStub:
     """---------------------------------------------------------------------------------------------
@@ -349,6 +394,11 @@ class WorkerServiceStub:
         self.FetchTask = channel.unary_stream(
                 '/deltaflow.v1.WorkerService/FetchTask',
                 request_serializer=deltaflow_dot_v1_dot_services__pb2.FetchTaskRequest.SerializeToString,
+                response_deserializer=deltaflow_dot_v1_dot_services__pb2.DataChunk.FromString,
+                _registered_method=True)
+        self.FetchWeights = channel.unary_stream(
+                '/deltaflow.v1.WorkerService/FetchWeights',
+                request_serializer=deltaflow_dot_v1_dot_services__pb2.FetchWeightsRequest.SerializeToString,
                 response_deserializer=deltaflow_dot_v1_dot_services__pb2.DataChunk.FromString,
                 _registered_method=True)
         self.Upload = channel.stream_unary(
@@ -385,6 +435,13 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchWeights(self, request, context):
+        """A worker downloads the global weights of a learning task, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Upload(self, request_iterator, context):
         """A worker answers an assignment: a header, then the answer's bytes in chunks.
         """
@@ -408,6 +465,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
             'FetchTask': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchTask,
                     request_deserializer=deltaflow_dot_v1_dot_services__pb2.FetchTaskRequest.FromString,
+                    response_serializer=deltaflow_dot_v1_dot_services__pb2.DataChunk.SerializeToString,
+            ),
+            'FetchWeights': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchWeights,
+                    request_deserializer=deltaflow_dot_v1_dot_services__pb2.FetchWeightsRequest.FromString,
                     response_serializer=deltaflow_dot_v1_dot_services__pb2.DataChunk.SerializeToString,
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
@@ -499,6 +561,33 @@ class WorkerService:
             target,
             '/deltaflow.v1.WorkerService/FetchTask',
             deltaflow_dot_v1_dot_services__pb2.FetchTaskRequest.SerializeToString,
+            deltaflow_dot_v1_dot_services__pb2.DataChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/deltaflow.v1.WorkerService/FetchWeights',
+            deltaflow_dot_v1_dot_services__pb2.FetchWeightsRequest.SerializeToString,
             deltaflow_dot_v1_dot_services__pb2.DataChunk.FromString,
             options,
             channel_credentials,

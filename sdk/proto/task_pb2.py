@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import values_pb2 as deltaflow_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x65ltaflow/v1/task.proto\x12\x0c\x64\x65ltaflow.v1\x1a\x19\x64\x65ltaflow/v1/values.proto\"h\n\nRoundRules\x12\x13\n\x0bmin_clients\x18\x01 \x01(\r\x12\x13\n\x0bmax_clients\x18\x02 \x01(\r\x12\x14\n\x0cwait_timeout\x18\x03 \x01(\x01\x12\x1a\n\x12\x63onnection_timeout\x18\x04 \x01(\x01\",\n\nDatasetRef\x12\x10\n\x08\x61rgument\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\"\xa2\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\r\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\r\x12.\n\x06params\x18\x04 \x03(\x0b\x32\x1e.deltaflow.v1.Node.ParamsEntry\x1a\x42\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.deltaflow.v1.Value:\x02\x38\x01\"\x9f\x01\n\x06Output\x12\x0e\n\x04node\x18\x01 \x01(\rH\x00\x12)\n\x05tuple\x18\x02 \x01(\x0b\x32\x18.deltaflow.v1.OutputListH\x00\x12(\n\x04list\x18\x03 \x01(\x0b\x32\x18.deltaflow.v1.OutputListH\x00\x12(\n\x04\x64ict\x18\x04 \x01(\x0b\x32\x18.deltaflow.v1.OutputDictH\x00\x42\x06\n\x04kind\"1\n\nOutputList\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.deltaflow.v1.Output\"V\n\nOutputDict\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.deltaflow.v1.Scalar\x12$\n\x06values\x18\x02 \x03(\x0b\x32\x14.deltaflow.v1.Output\"X\n\rAnalyticsPlan\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.deltaflow.v1.Node\x12$\n\x06output\x18\x02 \x01(\x0b\x32\x14.deltaflow.v1.Output\"\xdb\x01\n\x08TaskSpec\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.deltaflow.v1.TaskKind\x12\'\n\x05rules\x18\x04 \x01(\x0b\x32\x18.deltaflow.v1.RoundRules\x12*\n\x08\x64\x61tasets\x18\x05 \x03(\x0b\x32\x18.deltaflow.v1.DatasetRef\x12.\n\tanalytics\x18\x06 \x01(\x0b\x32\x1b.deltaflow.v1.AnalyticsPlan*V\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_KIND_ANALYTICS\x10\x01\x12\x16\n\x12TASK_KIND_LEARNING\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x65ltaflow/v1/task.proto\x12\x0c\x64\x65ltaflow.v1\x1a\x19\x64\x65ltaflow/v1/values.proto\"h\n\nRoundRules\x12\x13\n\x0bmin_clients\x18\x01 \x01(\r\x12\x13\n\x0bmax_clients\x18\x02 \x01(\r\x12\x14\n\x0cwait_timeout\x18\x03 \x01(\x01\x12\x1a\n\x12\x63onnection_timeout\x18\x04 \x01(\x01\",\n\nDatasetRef\x12\x10\n\x08\x61rgument\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\"\xa2\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\r\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\r\x12.\n\x06params\x18\x04 \x03(\x0b\x32\x1e.deltaflow.v1.Node.ParamsEntry\x1a\x42\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.deltaflow.v1.Value:\x02\x38\x01\"\x9f\x01\n\x06Output\x12\x0e\n\x04node\x18\x01 \x01(\rH\x00\x12)\n\x05tuple\x18\x02 \x01(\x0b\x32\x18.deltaflow.v1.OutputListH\x00\x12(\n\x04list\x18\x03 \x01(\x0b\x32\x18.deltaflow.v1.OutputListH\x00\x12(\n\x04\x64ict\x18\x04 \x01(\x0b\x32\x18.deltaflow.v1.OutputDictH\x00\x42\x06\n\x04kind\"1\n\nOutputList\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.deltaflow.v1.Output\"V\n\nOutputDict\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.deltaflow.v1.Scalar\x12$\n\x06values\x18\x02 \x03(\x0b\x32\x14.deltaflow.v1.Output\"X\n\rAnalyticsPlan\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.deltaflow.v1.Node\x12$\n\x06output\x18\x02 \x01(\x0b\x32\x14.deltaflow.v1.Output\"8\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"\xbb\x01\n\x0cLearningSpec\x12\x0c\n\x04task\x18\x01 \x01(\x0c\x12\x12\n\nmax_rounds\x18\x02 \x01(\r\x12\x19\n\x11validate_interval\x18\x03 \x01(\r\x12\x15\n\rvalidate_frac\x18\x04 \x01(\x01\x12\x13\n\x0bmerge_epoch\x18\x05 \x01(\r\x12\x17\n\x0fmerge_iteration\x18\x06 \x01(\r\x12)\n\x07weights\x18\x07 \x03(\x0b\x32\x18.deltaflow.v1.TensorInfo\"\x89\x02\n\x08TaskSpec\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.deltaflow.v1.TaskKind\x12\'\n\x05rules\x18\x04 \x01(\x0b\x32\x18.deltaflow.v1.RoundRules\x12*\n\x08\x64\x61tasets\x18\x05 \x03(\x0b\x32\x18.deltaflow.v1.DatasetRef\x12.\n\tanalytics\x18\x06 \x01(\x0b\x32\x1b.deltaflow.v1.AnalyticsPlan\x12,\n\x08learning\x18\x07 \x01(\x0b\x32\x1a.deltaflow.v1.LearningSpec*V\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_KIND_ANALYTICS\x10\x01\x12\x16\n\x12TASK_KIND_LEARNING\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_PARAMSENTRY']._loaded_options = None
   _globals['_NODE_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=998
-  _globals['_TASKKIND']._serialized_end=1084
+  _globals['_TASKKIND']._serialized_start=1292
+  _globals['_TASKKIND']._serialized_end=1378
   _globals['_ROUNDRULES']._serialized_start=68
   _globals['_ROUNDRULES']._serialized_end=172
   _globals['_DATASETREF']._serialized_start=174
@@ -52,6 +52,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTDICT']._serialized_end=684
   _globals['_ANALYTICSPLAN']._serialized_start=686
   _globals['_ANALYTICSPLAN']._serialized_end=774
-  _globals['_TASKSPEC']._serialized_start=777
-  _globals['_TASKSPEC']._serialized_end=996
+  _globals['_TENSORINFO']._serialized_start=776
+  _globals['_TENSORINFO']._serialized_end=832
+  _globals['_LEARNINGSPEC']._serialized_start=835
+  _globals['_LEARNINGSPEC']._serialized_end=1022
+  _globals['_TASKSPEC']._serialized_start=1025
+  _globals['_TASKSPEC']._serialized_end=1290
 # @@protoc_insertion_point(module_scope)

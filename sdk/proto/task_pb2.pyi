@@ -90,18 +90,48 @@ class AnalyticsPlan(_message.Message):
     output: Output
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., output: _Optional[_Union[Output, _Mapping]] = ...) -> None: ...
 
+class TensorInfo(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LearningSpec(_message.Message):
+    __slots__ = ("task", "max_rounds", "validate_interval", "validate_frac", "merge_epoch", "merge_iteration", "weights")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_FRAC_FIELD_NUMBER: _ClassVar[int]
+    MERGE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MERGE_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    task: bytes
+    max_rounds: int
+    validate_interval: int
+    validate_frac: float
+    merge_epoch: int
+    merge_iteration: int
+    weights: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    def __init__(self, task: _Optional[bytes] = ..., max_rounds: _Optional[int] = ..., validate_interval: _Optional[int] = ..., validate_frac: _Optional[float] = ..., merge_epoch: _Optional[int] = ..., merge_iteration: _Optional[int] = ..., weights: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
+
 class TaskSpec(_message.Message):
-    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics")
+    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics", "learning")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     ANALYTICS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     name: str
     kind: TaskKind
     rules: RoundRules
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetRef]
     analytics: AnalyticsPlan
-    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ...) -> None: ...
+    learning: LearningSpec
+    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ..., learning: _Optional[_Union[LearningSpec, _Mapping]] = ...) -> None: ...
