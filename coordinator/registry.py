@@ -14,6 +14,8 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 from sdk.proto import services_pb2 as pb
 
@@ -43,10 +45,65 @@ class WorkerSession:
             self.outbox.put_nowait(message)
 
 
+class Receiver(Protocol):
+    """Takes in the body of one worker's answer as it streams in."""
+
+    def write(self, chunk: bytes) -> None: ...
+    def finish(self, meta: Any) -> Any: ...
+    def discard(self) -> None: ...
+
+
+class MemoryReceiver:
+    """Keeps a small answer's bytes in memory; the answer is those bytes."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def write(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def finish(self, meta: Any) -> bytes:
+        return b"".join(self._chunks)
+
+    def discard(self) -> None:
+        self._chunks.clear()
+
+
+class SpillReceiver:
+    """Writes a large answer to a file as it streams in; the answer is (path, meta).
+
+    A worker that drops mid-upload leaves only a partial file, which is deleted.
+    """
+
+    def __init__(self, path: Path, expected_bytes: int) -> None:
+        self.path = path
+        self.expected_bytes = expected_bytes
+        self._file = open(path, "wb")
+        self._written = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._written += len(chunk)
+        if self._written > self.expected_bytes:
+            raise ValueError(f"it sent more than the {self.expected_bytes} bytes expected")
+        self._file.write(chunk)
+
+    def finish(self, meta: Any) -> tuple[Path, Any]:
+        self._file.close()
+        if self._written != self.expected_bytes:
+            raise ValueError(f"it sent {self._written} bytes where {self.expected_bytes} "
+                             "were expected")
+        return self.path, meta
+
+    def discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
 @dataclass
 class _Pending:
     worker: WorkerSession
-    future: asyncio.Future[bytes]
+    future: asyncio.Future[Any]
+    receiver: Receiver
 
 
 class WorkerRegistry:
@@ -101,6 +158,7 @@ class WorkerRegistry:
         for exchange_id, pending in list(self._pending.items()):
             if pending.worker is session:
                 del self._pending[exchange_id]
+                pending.receiver.discard()
                 if not pending.future.done():
                     pending.future.set_exception(WorkerGone(reason))
         if session.attached:
@@ -123,29 +181,42 @@ class WorkerRegistry:
 
     # Answers ----------------------------------------------------------------------------------
 
-    def expect(self, worker: WorkerSession) -> tuple[int, asyncio.Future[bytes]]:
-        """A new exchange id for a request to `worker`, and the future its answer resolves."""
+    def expect(self, worker: WorkerSession,
+               receiver: Receiver | None = None) -> tuple[int, asyncio.Future[Any]]:
+        """A new exchange id for a request to `worker`, and the future its answer resolves.
+
+        The answer's body goes to `receiver` (by default kept in memory as bytes).
+        """
         exchange_id = next(self._exchange_ids)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if worker.closed_reason:
             future.set_exception(WorkerGone(worker.closed_reason))
         else:
-            self._pending[exchange_id] = _Pending(worker, future)
+            self._pending[exchange_id] = _Pending(worker, future, receiver or MemoryReceiver())
         return exchange_id, future
 
     def forget(self, exchange_id: int) -> None:
-        self._pending.pop(exchange_id, None)
+        pending = self._pending.pop(exchange_id, None)
+        if pending is not None:
+            pending.receiver.discard()
 
-    def answer(self, session_id: str, exchange_id: int, data: bytes, error: str) -> bool:
-        """Resolves an exchange with a worker's answer; False if nobody waits for it any more."""
+    def receiver(self, session_id: str, exchange_id: int) -> Receiver | None:
+        """Where the answer to an exchange goes; None if nobody waits for it (any more)."""
         pending = self._pending.get(exchange_id)
         if pending is None or pending.worker.session_id != session_id or pending.future.done():
+            return None
+        return pending.receiver
+
+    def answer(self, session_id: str, exchange_id: int, answer: Any, error: str) -> bool:
+        """Resolves an exchange with a worker's answer; False if nobody waits for it any more."""
+        if self.receiver(session_id, exchange_id) is None:
             return False
-        del self._pending[exchange_id]
+        pending = self._pending.pop(exchange_id)
         if error:
+            pending.receiver.discard()
             pending.future.set_exception(WorkerGone(f"it reported an error: {error}"))
         else:
-            pending.future.set_result(data)
+            pending.future.set_result(answer)
         return True
 
     # Watchdog ---------------------------------------------------------------------------------

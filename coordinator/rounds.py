@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from coordinator.registry import WorkerGone, WorkerRegistry, WorkerSession
+from coordinator.registry import Receiver, WorkerGone, WorkerRegistry, WorkerSession
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
@@ -81,26 +81,28 @@ class Round:
         return ", ".join(sorted(w.name for w in self.workers))
 
     async def phase(
-        self, name: str, timeout: float, stage: int = 0, inputs: Any = None
-    ) -> dict[str, bytes]:
+        self, name: str, timeout: float, stage: int = 0, inputs: Any = None,
+        receiver: Callable[[WorkerSession], Receiver] | None = None,
+    ) -> dict[str, Any]:
         """Sends the phase to every worker of the round; their answers, by worker name.
 
         Returns as soon as all have answered or dropped, at the latest after `timeout` seconds.
+        Answers are bytes, or what `receiver(worker)`'s receiver makes of them.
         """
         assignment = pb.Assignment(
             task_id=self.task_id, round=self.number, phase=name, stage=stage, timeout=timeout,
             inputs=values.encode(inputs),
         )
-        futures: dict[asyncio.Future[bytes], tuple[WorkerSession, int]] = {}
+        futures: dict[asyncio.Future[Any], tuple[WorkerSession, int]] = {}
         for worker in self.workers:
-            exchange_id, future = self.registry.expect(worker)
+            exchange_id, future = self.registry.expect(worker, receiver and receiver(worker))
             message = pb.Assignment()
             message.CopyFrom(assignment)
             message.exchange_id = exchange_id
             worker.send(pb.CoordinatorMessage(assignment=message))
             futures[future] = (worker, exchange_id)
         done, late = await asyncio.wait(futures, timeout=timeout) if futures else (set(), set())
-        answers: dict[str, bytes] = {}
+        answers: dict[str, Any] = {}
         dropped: list[tuple[WorkerSession, str]] = []
         for future, (worker, exchange_id) in futures.items():
             self.registry.forget(exchange_id)

@@ -7,6 +7,7 @@ the call that caused it returns, so a coordinator killed at any moment restarts 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     finished_at REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    task_id INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    workers INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (task_id, round, name)
 );
 CREATE TABLE IF NOT EXISTS logs (
     task_id INTEGER NOT NULL,
@@ -62,6 +71,9 @@ class Store:
     def __init__(self, state_dir: Path) -> None:
         self.blobs = state_dir / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self.scratch = state_dir / "scratch"  # uploads in flight; emptied at every start
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir()
         self._db = sqlite3.connect(state_dir / "coordinator.sqlite3", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -72,13 +84,17 @@ class Store:
 
     # Tasks ------------------------------------------------------------------------------------
 
-    def create_task(self, spec: task_pb2.TaskSpec, spec_bytes: bytes) -> int:
+    def create_task(self, spec: task_pb2.TaskSpec, spec_bytes: bytes,
+                    weights: Path | None = None) -> int:
+        """Records a new task; `weights`, a file in scratch, becomes its initial weights."""
         cursor = self._db.execute(
             "INSERT INTO tasks (name, kind, state, created_at) VALUES (?, ?, ?, ?)",
             (spec.name, spec.kind, pb.TASK_STATE_PENDING, time.time()),
         )
         task_id = int(cursor.lastrowid)
         self._write_blob(f"task-{task_id}.spec", spec_bytes)
+        if weights is not None:
+            weights.replace(self.weights_path(task_id))
         return task_id
 
     def get_task(self, task_id: int) -> TaskRecord | None:
@@ -137,13 +153,53 @@ class Store:
         ).fetchall()
         return [pb.LogEntry(offset=o, time=t, message=m) for o, t, m in rows]
 
+    # Learning ---------------------------------------------------------------------------------
+
+    def weights_path(self, task_id: int) -> Path:
+        """The task's global weights: the initial ones, then the checkpoint of the last round."""
+        return self.blobs / f"task-{task_id}.weights"
+
+    def checkpoint(self, task_id: int, written: Path) -> None:
+        """Makes a freshly written file the task's global weights, atomically."""
+        written.replace(self.weights_path(task_id))
+
+    def save_metrics(self, task_id: int, round_number: int, workers: int,
+                     metrics: dict[str, float]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO metrics (task_id, round, workers, name, value) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(task_id, round_number, workers, k, v) for k, v in metrics.items()],
+        )
+
+    def load_metrics(self, task_id: int) -> list[tuple[int, int, dict[str, float]]]:
+        """(round, workers, metrics) for every round that validated, in order."""
+        rounds: dict[int, tuple[int, dict[str, float]]] = {}
+        for number, workers, name, value in self._db.execute(
+                "SELECT round, workers, name, value FROM metrics WHERE task_id = ? "
+                "ORDER BY round, name", (task_id,)):
+            rounds.setdefault(number, (workers, {}))[1][name] = value
+        return [(number, workers, metrics) for number, (workers, metrics) in rounds.items()]
+
     # Results ----------------------------------------------------------------------------------
+
+    def result_path(self, task_id: int) -> Path:
+        return self.blobs / f"task-{task_id}.result"
+
+    def keep_weights_as_result(self, task_id: int) -> None:
+        """The global weights, as they are now, become the task's result."""
+        partial = self.blobs / f"task-{task_id}.result.partial"
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(self.weights_path(task_id), partial)
+        except OSError:
+            shutil.copyfile(self.weights_path(task_id), partial)
+        partial.replace(self.result_path(task_id))
 
     def save_result(self, task_id: int, data: bytes) -> None:
         self._write_blob(f"task-{task_id}.result", data)
 
     def load_result(self, task_id: int) -> bytes:
-        return (self.blobs / f"task-{task_id}.result").read_bytes()
+        return self.result_path(task_id).read_bytes()
 
     def _write_blob(self, name: str, data: bytes) -> None:
         """Writes a blob atomically: a reader never sees half of it."""

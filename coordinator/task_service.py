@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 
 import grpc
@@ -10,7 +11,7 @@ from google.protobuf.message import DecodeError
 
 from coordinator.store import TaskRecord
 from coordinator.tasks import TaskManager
-from sdk import values
+from sdk import values, weights
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan
 from sdk.dataset import check_relative_name
@@ -21,6 +22,7 @@ from sdk.task import FORMAT_VERSION, TaskError, check_rules
 from sdk.wire import split_chunks
 
 RESULT_FORMAT = "deltaflow.v1.Value"
+TENSORS_FORMAT = "deltaflow.v1.Tensors"
 PREVIEW_CHARS = 4000
 
 
@@ -31,15 +33,28 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
 
     async def CreateTask(self, request_iterator: AsyncIterator[pb.CreateTaskRequest],
                          context: grpc.aio.ServicerContext) -> pb.CreateTaskResponse:
-        data = b"".join([request.chunk async for request in request_iterator])
-        spec = task_pb2.TaskSpec()
+        chunks: list[bytes] = []
+        weights = self.store.scratch / f"create-{secrets.token_hex(8)}.weights"
+        weights_bytes = 0
         try:
-            spec.ParseFromString(data)
-            _validate(spec)
-        except (DecodeError, TaskError, ValueError) as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"not a valid built task ({len(data)} bytes): {error}")
-        return pb.CreateTaskResponse(task_id=self.tasks.create(spec, data))
+            with open(weights, "wb") as weights_file:
+                async for request in request_iterator:
+                    chunks.append(request.chunk)
+                    weights_file.write(request.weights_chunk)
+                    weights_bytes += len(request.weights_chunk)
+            data = b"".join(chunks)
+            spec = task_pb2.TaskSpec()
+            try:
+                spec.ParseFromString(data)
+                _validate(spec, weights_bytes)
+            except (DecodeError, TaskError, ValueError) as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"not a valid built task ({len(data)} bytes): {error}")
+            learning = spec.kind == task_pb2.TASK_KIND_LEARNING
+            return pb.CreateTaskResponse(
+                task_id=self.tasks.create(spec, data, weights if learning else None))
+        finally:
+            weights.unlink(missing_ok=True)
 
     async def GetTask(self, request: pb.GetTaskRequest,
                       context: grpc.aio.ServicerContext) -> pb.TaskInfo:
@@ -73,6 +88,17 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         task = await self._task(request.task_id, context)
         if task.state != pb.TASK_STATE_FINISHED:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, _no_result(task))
+        if task.kind == task_pb2.TASK_KIND_LEARNING:
+            infos = self._spec(task.id).learning.weights
+            preview = (f"{len(infos)} tensors: " + ", ".join(
+                f"{i.name} {i.dtype}{list(i.shape)}" for i in infos))[:PREVIEW_CHARS]
+            with open(self.store.result_path(task.id), "rb") as handle:
+                chunk = await asyncio.to_thread(handle.read, weights.CHUNK_SIZE)
+                yield pb.ResultChunk(format=TENSORS_FORMAT, preview=preview, chunk=chunk,
+                                     tensors=infos)
+                while chunk := await asyncio.to_thread(handle.read, weights.CHUNK_SIZE):
+                    yield pb.ResultChunk(chunk=chunk)
+            return
         data = await asyncio.to_thread(self.store.load_result, task.id)
         message = values_pb2.Value()
         message.ParseFromString(data)
@@ -82,6 +108,14 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
                 yield pb.ResultChunk(format=RESULT_FORMAT, preview=preview, chunk=chunk)
             else:
                 yield pb.ResultChunk(chunk=chunk)
+
+    async def GetMetrics(self, request: pb.GetMetricsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetMetricsResponse:
+        await self._task(request.task_id, context)
+        return pb.GetMetricsResponse(rounds=[
+            pb.RoundMetrics(round=number, workers=workers, metrics=metrics)
+            for number, workers, metrics in self.store.load_metrics(request.task_id)
+        ])
 
     async def CancelTask(self, request: pb.CancelTaskRequest,
                          context: grpc.aio.ServicerContext) -> pb.TaskInfo:
@@ -98,9 +132,13 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} does not exist")
         return task
 
-    def _info(self, task: TaskRecord) -> pb.TaskInfo:
+    def _spec(self, task_id: int) -> task_pb2.TaskSpec:
         spec = task_pb2.TaskSpec()
-        spec.ParseFromString(self.store.load_spec(task.id))
+        spec.ParseFromString(self.store.load_spec(task_id))
+        return spec
+
+    def _info(self, task: TaskRecord) -> pb.TaskInfo:
+        spec = self._spec(task.id)
         return pb.TaskInfo(
             task_id=task.id, name=task.name, kind=task.kind, state=task.state, error=task.error,
             created_at=task.created_at, finished_at=task.finished_at, rules=spec.rules,
@@ -108,7 +146,7 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         )
 
 
-def _validate(spec: task_pb2.TaskSpec) -> None:
+def _validate(spec: task_pb2.TaskSpec, weights_bytes: int) -> None:
     """Raises ValueError or TaskError saying what is wrong with a parsed spec."""
     if spec.format_version != FORMAT_VERSION:
         raise ValueError(f"format_version is {spec.format_version}, expected {FORMAT_VERSION}; "
@@ -120,12 +158,37 @@ def _validate(spec: task_pb2.TaskSpec) -> None:
         raise ValueError("the task names no dataset")
     for ref in spec.datasets:
         check_relative_name(ref.file)
+    if spec.kind == task_pb2.TASK_KIND_LEARNING:
+        _validate_learning(spec.learning, weights_bytes)
+        return
     if spec.kind != task_pb2.TASK_KIND_ANALYTICS:
-        raise ValueError(f"task kind {task_pb2.TaskKind.Name(spec.kind)} is not supported yet")
+        raise ValueError(f"unknown task kind {spec.kind}")
+    if weights_bytes:
+        raise ValueError("an analytics task carries no weights")
     plan = Plan(*Graph.from_proto(spec.analytics))
     missing = plan.source_arguments() - {ref.argument for ref in spec.datasets}
     if missing:
         raise ValueError(f"the graph reads datasets that the task does not name: {sorted(missing)}")
+
+
+def _validate_learning(learning: task_pb2.LearningSpec, weights_bytes: int) -> None:
+    if not learning.task:
+        raise ValueError("the learning task has no code")
+    if learning.max_rounds < 1 or learning.validate_interval < 1:
+        raise ValueError("max_rounds and validate_interval must be at least 1")
+    if not 0 <= learning.validate_frac < 1:
+        raise ValueError(f"validate_frac must be in [0, 1), not {learning.validate_frac}")
+    if (learning.merge_epoch > 0) == (learning.merge_iteration > 0):
+        raise ValueError("exactly one of merge_epoch and merge_iteration must be set")
+    if not learning.weights:
+        raise ValueError("the learning task has no weights manifest")
+    for info in learning.weights:
+        if info.dtype not in weights.ITEMSIZES:
+            raise ValueError(f"tensor {info.name!r} has unsupported dtype {info.dtype!r}")
+    expected = weights.total_bytes(list(learning.weights))
+    if weights_bytes != expected:
+        raise ValueError(f"the initial weights hold {weights_bytes} bytes; the manifest "
+                         f"needs {expected}")
 
 
 def _no_result(task: TaskRecord) -> str:

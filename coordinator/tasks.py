@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from pathlib import Path
 
 from coordinator.analytics import run_analytics
+from coordinator.learning import run_learning
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import RoundFailed
 from coordinator.store import Store, TaskRecord
@@ -33,8 +35,8 @@ class TaskManager:
             self.log(task.id, f"task {task.id} failed: {reason}")
             self.store.set_state(task.id, pb.TASK_STATE_ERROR, reason)
 
-    def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes) -> int:
-        task_id = self.store.create_task(spec, spec_bytes)
+    def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, weights: Path | None) -> int:
+        task_id = self.store.create_task(spec, spec_bytes, weights)
         rules = spec.rules
         kind = task_pb2.TaskKind.Name(spec.kind).removeprefix("TASK_KIND_").lower()
         self.log(task_id, f"task {task_id} created: {spec.name} ({kind}; min_clients="
@@ -67,10 +69,14 @@ class TaskManager:
         self.store.set_state(task_id, pb.TASK_STATE_RUNNING)
         self._notify(task_id)
         try:
-            result = await run_analytics(
-                self.registry, task_id, spec, lambda message: self.log(task_id, message)
-            )
-            self.store.save_result(task_id, values.encode(result).SerializeToString())
+            def task_log(message: str) -> None:
+                self.log(task_id, message)
+
+            if spec.kind == task_pb2.TASK_KIND_LEARNING:
+                await run_learning(self.registry, self.store, task_id, spec, task_log)
+            else:
+                result = await run_analytics(self.registry, task_id, spec, task_log)
+                self.store.save_result(task_id, values.encode(result).SerializeToString())
             self._end(task_id, pb.TASK_STATE_FINISHED)
         except asyncio.CancelledError:
             pass

@@ -9,6 +9,7 @@ import grpc
 
 from coordinator.registry import WorkerRegistry, WorkerSession
 from coordinator.store import Store
+from sdk import values, weights
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
 from sdk.wire import split_chunks
@@ -74,17 +75,44 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         for chunk in split_chunks(data):
             yield pb.DataChunk(chunk=chunk)
 
+    async def FetchWeights(self, request: pb.FetchWeightsRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
+        if self.registry.session(request.session_id) is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "unknown session: register again")
+        path = self.store.weights_path(request.task_id)
+        try:
+            handle = open(path, "rb")  # the checkpoint as it is now, even if replaced meanwhile
+        except FileNotFoundError:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"task {request.task_id} has no weights")
+        with handle:
+            while chunk := await asyncio.to_thread(handle.read, weights.CHUNK_SIZE):
+                yield pb.DataChunk(chunk=chunk)
+
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest],
                      context: grpc.aio.ServicerContext) -> pb.UploadResponse:
-        header: pb.UploadHeader | None = None
-        chunks: list[bytes] = []
-        async for request in request_iterator:
-            if request.HasField("header"):
-                header = request.header
-            else:
-                chunks.append(request.chunk)
-        if header is None:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("header"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
-        accepted = self.registry.answer(header.session_id, header.exchange_id, b"".join(chunks),
-                                        header.error)
-        return pb.UploadResponse(accepted=accepted)
+        header = first.header
+        receiver = self.registry.receiver(header.session_id, header.exchange_id)
+        if receiver is None or header.error:
+            accepted = self.registry.answer(header.session_id, header.exchange_id, None,
+                                            header.error)
+            return pb.UploadResponse(accepted=accepted)
+        try:
+            async for request in request_iterator:
+                receiver.write(request.chunk)
+            answer = receiver.finish(values.decode(header.meta) if header.HasField("meta") else None)
+        except ValueError as error:
+            receiver.discard()
+            self.registry.answer(header.session_id, header.exchange_id, None, str(error))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload refused: {error}")
+        except BaseException:
+            receiver.discard()  # the worker went away mid-upload: nothing of it remains
+            raise
+        if not self.registry.answer(header.session_id, header.exchange_id, answer, ""):
+            receiver.discard()
+            return pb.UploadResponse(accepted=False)
+        return pb.UploadResponse(accepted=True)

@@ -31,14 +31,15 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "a c
 class Daemon:
     """One `deltaflow` subprocess whose stdout and stderr go to a log file."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "deltaflow", *args],
             stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     def log(self) -> str:
@@ -91,13 +92,14 @@ class LocalCluster:
         return path
 
     def start_worker(self, name: str, frames: dict[str, pd.DataFrame] | None = None,
-                     wait: bool = True, *extra: str) -> Daemon:
+                     wait: bool = True, *extra: str, env: dict[str, str] | None = None) -> Daemon:
         """Writes `frames` as files into the worker's data dir, then starts it."""
         data_dir = self.data_dir(name)
         for file, frame in (frames or {}).items():
             frame.to_csv(data_dir / file, index=False, sep="\t" if file.endswith(".tsv") else ",")
         daemon = Daemon(["worker", "--coordinator", self.address, "--name", name,
-                         "--data-dir", str(data_dir), *extra], self.root / f"worker-{name}.log")
+                         "--data-dir", str(data_dir), "--work-dir", str(self.root / "work" / name),
+                         *extra], self.root / f"worker-{name}.log", env)
         self.daemons.append(daemon)
         self.workers[name] = daemon
         if wait:

@@ -1,0 +1,86 @@
+"""Runs a learning task: FedAvg rounds over the selected workers.
+
+Each round the workers download the global weights, train, and upload their weights with their
+sample counts. Uploads stream to scratch files, so a worker that drops mid-upload leaves nothing
+behind; once the phase ends, the coordinator folds the complete uploads into a weighted sum one
+by one (memory: one model, whatever the number of workers), writes the average as the new
+checkpoint, and logs the round's metrics averaged over validation samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coordinator.registry import SpillReceiver, WorkerRegistry, WorkerSession
+from coordinator.rounds import Round, select_workers
+from coordinator.store import Store
+from sdk import weights
+from sdk.proto import task_pb2
+
+
+async def run_learning(
+    registry: WorkerRegistry, store: Store, task_id: int, spec: task_pb2.TaskSpec,
+    log: Callable[[str], None],
+) -> None:
+    """Runs every round; the final global weights are the task's result."""
+    rules, learning = spec.rules, spec.learning
+    infos = list(learning.weights)
+    size = weights.total_bytes(infos)
+    workers = await select_workers(registry, rules, [d.file for d in spec.datasets], log)
+    round_ = Round(registry, task_id, 1, workers, rules.min_clients, log)
+    log(f"selected {len(workers)} worker(s): {round_.names}; model of {len(infos)} tensors, "
+        f"{size / 2**20:.1f} MiB")
+    await round_.phase("join", rules.connection_timeout)
+    log(f"{len(round_.workers)} worker(s) loaded the task and their data")
+    scratch = store.scratch / f"task-{task_id}"
+    for number in range(1, learning.max_rounds + 1):
+        round_.number = number
+        validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+
+        def receiver(worker: WorkerSession) -> SpillReceiver:
+            return SpillReceiver(scratch / f"{worker.session_id}.weights", size)
+
+        try:
+            answers = await round_.phase("train", rules.wait_timeout,
+                                         inputs={"round": number, "validate": validate},
+                                         receiver=receiver)
+            summary = await asyncio.to_thread(_aggregate, store, task_id, infos, answers, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        samples, metrics = summary
+        prefix = f"round {number}/{learning.max_rounds}: "
+        if metrics:
+            store.save_metrics(task_id, number, len(answers), metrics)
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            log(f"{prefix}{shown} from {len(answers)} workers")
+        else:
+            log(f"{prefix}averaged {len(answers)} workers ({samples} training samples)")
+    store.keep_weights_as_result(task_id)
+
+
+def _aggregate(store: Store, task_id: int, infos: list[task_pb2.TensorInfo],
+               answers: dict[str, tuple[Path, Any]], scratch: Path) -> tuple[int, dict[str, float]]:
+    """Folds every answer into the new global weights; (training samples, averaged metrics)."""
+    from coordinator.fedavg import WeightedSum  # torch: imported once a learning task runs
+
+    total = WeightedSum(infos)
+    metric_sums: dict[str, float] = {}
+    validated = 0
+    for path, meta in answers.values():
+        total.add_file(path, int(meta["samples"]))
+        path.unlink()
+        count = int(meta.get("validate_samples", 0))
+        if count and meta.get("metrics"):
+            validated += count
+            for name, value in meta["metrics"].items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * count
+    average = scratch / "average.weights"
+    total.write_average(average)
+    store.checkpoint(task_id, average)
+    return total.samples, {k: v / validated for k, v in metric_sums.items()}
