@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
+import shutil
 import signal
+import tempfile
 import time
 import traceback
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from sdk import values
+from sdk import values, weights
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.wire import CHANNEL_OPTIONS, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir, DatasetError
+from worker.engine import (EngineLimits, EngineSession, NvmlInventory, TaskError,
+                           TaskHandle, add_engine_arguments, limits_from_args)
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -34,15 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="this worker's name, unique among workers")
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="the folder whose files this worker offers as datasets")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where learning tasks keep weights and logs (default: a folder "
+                             "under the system's temporary dir)")
     parser.add_argument("--max-backoff", type=float, default=2.0,
                         help="longest wait between reconnection attempts, seconds (default %(default)s)")
+    add_engine_arguments(parser)
 
 
 async def serve(args: argparse.Namespace) -> None:
     if not args.data_dir.is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder")
+    try:
+        limits = limits_from_args(args)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"engine settings: {error}") from None
+    work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{args.name}"
     worker = Worker(normalize_address(args.coordinator), args.name, DataDir(args.data_dir),
-                    args.max_backoff)
+                    args.max_backoff, work_dir, limits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -51,13 +67,46 @@ async def serve(args: argparse.Namespace) -> None:
     await worker.run(stop)
 
 
+class LearningJob:
+    """A joined learning task: its engine task, and the files its rounds go through."""
+
+    def __init__(self, task_id: int, folder: Path, handle: TaskHandle) -> None:
+        self.task_id = task_id
+        self.folder = folder
+        self.handle = handle
+        self.global_weights = folder / "global.weights"
+        self.trained_weights = folder / "trained.weights"
+
+    def describe(self) -> str:
+        return f"engine task loaded, pid {self.handle.task.pid}"
+
+    async def train(self, validate: bool) -> dict[str, Any]:
+        return await self.handle.train_async({
+            "weights": str(self.global_weights), "out": str(self.trained_weights),
+            "validate": validate,
+        })
+
+    async def close(self) -> None:
+        await self.handle.close_async()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+Job = AnalyticsJob | LearningJob
+
+
 class Worker:
-    def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float) -> None:
+    def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float,
+                 work_dir: Path, limits: EngineLimits) -> None:
         self.address = address
         self.name = name
         self.data_dir = data_dir
         self.max_backoff = max_backoff
-        self._jobs: dict[int, asyncio.Task[AnalyticsJob]] = {}
+        self.work_dir = work_dir
+        self.engine = EngineSession(work_dir, limits, NvmlInventory(), name="engine")
+        gpus = NvmlInventory().devices()
+        log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
+                 ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
+        self._jobs: dict[int, asyncio.Task[Job]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serves until `stop` is set, reconnecting whenever the connection is lost."""
@@ -86,6 +135,9 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), delay)
             except asyncio.TimeoutError:
                 pass
+        for task_id in list(self._jobs):
+            await self._release(task_id)
+        self.engine.close()
         log.info("worker %s stopped", self.name)
 
     async def _connect_once(self) -> bool:
@@ -131,7 +183,7 @@ class Worker:
                     handlers.add(handler)
                     handler.add_done_callback(handlers.discard)
                 elif message.HasField("release_task_id"):
-                    self._jobs.pop(message.release_task_id, None)
+                    await self._release(message.release_task_id)
         finally:
             beats.cancel()
             call.cancel()
@@ -153,38 +205,60 @@ class Worker:
                       assignment: pb.Assignment) -> None:
         task_id = assignment.task_id
         started = time.perf_counter()
-        data, error = b"", ""
+        meta: Any = None
+        body: AsyncIterator[bytes] | None = None
+        error = ""
         try:
+            job = await self._job(stub, session_id, task_id)
             if assignment.phase == "join":
-                job = await self._job(stub, session_id, task_id)
                 log.info("task %d: joined (%s)", task_id, job.describe())
-            elif assignment.phase == "compute":
-                job = await self._job(stub, session_id, task_id)
+            elif assignment.phase == "compute" and isinstance(job, AnalyticsJob):
                 inputs = values.decode(assignment.inputs)
                 data = await asyncio.to_thread(job.compute, assignment.stage, inputs)
+                body = _from_bytes(data)
                 log.info("task %d: step %d computed in %.3f s", task_id, assignment.stage + 1,
                          time.perf_counter() - started)
+            elif assignment.phase == "train" and isinstance(job, LearningJob):
+                round_input = values.decode(assignment.inputs)
+                await self._download_weights(stub, session_id, task_id, job.global_weights)
+                meta = await job.train(bool(round_input["validate"]))
+                body = _from_file(job.trained_weights)
+                log.info("task %d: round %d trained on %s in %.3f s", task_id,
+                         round_input["round"], job.handle.device, time.perf_counter() - started)
             else:
-                raise ValueError(f"unknown phase {assignment.phase!r}")
-        except DatasetError as failure:
-            error = str(failure)
+                raise ValueError(f"task {task_id} has no phase {assignment.phase!r}")
+        except (DatasetError, TaskError) as failure:
+            error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
             raise
         except Exception:  # noqa: BLE001 - the coordinator and the user learn what went wrong
             error = f"worker {self.name}: " + traceback.format_exc()
         if error:
             log.warning("task %d: %s failed: %s", task_id, assignment.phase, error)
+            body = None
 
-        def upload():
-            yield pb.UploadRequest(header=pb.UploadHeader(
-                session_id=session_id, exchange_id=assignment.exchange_id, error=error))
-            for chunk in split_chunks(data):
-                yield pb.UploadRequest(chunk=chunk)
+        async def upload() -> AsyncIterator[pb.UploadRequest]:
+            header = pb.UploadHeader(session_id=session_id, exchange_id=assignment.exchange_id,
+                                     error=error)
+            if meta is not None:
+                header.meta.CopyFrom(values.encode(meta))
+            yield pb.UploadRequest(header=header)
+            if body is not None:
+                async for chunk in body:
+                    yield pb.UploadRequest(chunk=chunk)
 
         await stub.Upload(upload())
 
+    async def _download_weights(self, stub: services_pb2_grpc.WorkerServiceStub,
+                                session_id: str, task_id: int, path: Path) -> None:
+        """Streams the task's global weights from the coordinator into `path`."""
+        with open(path, "wb") as handle:
+            async for chunk in stub.FetchWeights(
+                    pb.FetchWeightsRequest(session_id=session_id, task_id=task_id)):
+                handle.write(chunk.chunk)
+
     async def _job(self, stub: services_pb2_grpc.WorkerServiceStub, session_id: str,
-                   task_id: int) -> AnalyticsJob:
+                   task_id: int) -> Job:
         """The task's job, fetched and loaded once however many phases ask for it."""
         if task_id not in self._jobs or self._jobs[task_id].cancelled():
             self._jobs[task_id] = asyncio.create_task(self._load(stub, session_id, task_id))
@@ -196,9 +270,42 @@ class Worker:
             raise
 
     async def _load(self, stub: services_pb2_grpc.WorkerServiceStub, session_id: str,
-                    task_id: int) -> AnalyticsJob:
+                    task_id: int) -> Job:
         chunks = [c.chunk async for c in stub.FetchTask(
             pb.FetchTaskRequest(session_id=session_id, task_id=task_id))]
         spec = task_pb2.TaskSpec()
         spec.ParseFromString(b"".join(chunks))
-        return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir)
+        if spec.kind != task_pb2.TASK_KIND_LEARNING:
+            return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir)
+        # torch is imported once a learning task comes, in a thread: heartbeats go on meanwhile.
+        learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
+        data_path = self.data_dir.resolve(spec.datasets[0].file)
+        folder = self.work_dir / "tasks" / str(task_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        initial = folder / "initial.weights"
+        await self._download_weights(stub, session_id, task_id, initial)
+        process = learning.LearningProcess(task_id, spec, data_path, initial)
+        handle = await self.engine.open_async(process)
+        return LearningJob(task_id, folder, handle)
+
+    async def _release(self, task_id: int) -> None:
+        """Drops what is kept for a task that ended; ends its engine task."""
+        job = self._jobs.pop(task_id, None)
+        if job is None:
+            return
+        if not job.done():
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+        if not job.cancelled() and job.exception() is None and isinstance(job.result(), LearningJob):
+            await job.result().close()
+
+
+async def _from_bytes(data: bytes) -> AsyncIterator[bytes]:
+    for chunk in split_chunks(data):
+        yield chunk
+
+
+async def _from_file(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, weights.CHUNK_SIZE):
+            yield chunk
