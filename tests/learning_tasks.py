@@ -1,0 +1,70 @@
+"""Learning tasks the tests submit, and the data they train on."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sdk import dataset
+from sdk.task import FedAvg, HorizontalLearning
+
+
+def regression_data(rows: int, seed: int) -> dict[str, np.ndarray]:
+    """y = x·w + 0.5 + noise, with 4 features: arrays for an .npz file."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 4)).astype(np.float32)
+    y = (x @ np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32) + 0.5
+         + rng.normal(scale=0.1, size=rows).astype(np.float32))
+    return {"x": x, "y": y[:, None]}
+
+
+class Regression(HorizontalLearning):
+    """A linear model behind BatchNorm, trained with full-batch SGD: deterministic."""
+
+    def __init__(self, max_rounds=3, min_clients=2, max_clients=3, wait_timeout=30,
+                 connection_timeout=10, validate_frac=0.2, merge_epoch=None,
+                 merge_iteration=None):
+        super().__init__(name="regression", max_rounds=max_rounds, validate_interval=1,
+                         validate_frac=validate_frac,
+                         strategy=FedAvg(min_clients=min_clients, max_clients=max_clients,
+                                         merge_epoch=merge_epoch,
+                                         merge_iteration=merge_iteration,
+                                         wait_timeout=wait_timeout,
+                                         connection_timeout=connection_timeout))
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 1))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+    def dataset(self):
+        return dataset.Dataset("train.npz")
+
+    def make_train_dataloader(self, ds):
+        return DataLoader(ds, batch_size=1000, shuffle=False)
+
+    def make_validate_dataloader(self, ds):
+        return DataLoader(ds, batch_size=1000, shuffle=False)
+
+    def train(self, dataloader):
+        # A worker started with this variable stands for a slow data holder.
+        time.sleep(float(os.environ.get("TEST_TRAIN_DELAY", "0")))
+        self.model.train()
+        for x, y in dataloader:
+            self.optimizer.zero_grad()
+            loss = nn.functional.mse_loss(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+
+    def validate(self, dataloader):
+        self.model.eval()
+        with torch.no_grad():
+            errors = [nn.functional.mse_loss(self.model(x), y, reduction="sum").item()
+                      for x, y in dataloader]
+        return {"mse": sum(errors) / len(dataloader.dataset)}
+
+    def state_dict(self):
+        return self.model.state_dict()

@@ -1,0 +1,154 @@
+"""Federated learning end to end: FedAvg over real workers, checked against the same
+computation done in this process."""
+
+from __future__ import annotations
+
+import signal
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from cluster import wait_for
+from learning_tasks import Regression, regression_data
+from sdk import tensors
+from sdk.client import Client
+from sdk.proto import services_pb2 as pb
+from sdk.proto import services_pb2_grpc
+from sdk.wire import CHANNEL_OPTIONS
+from worker.learning import load_training_data, split
+
+SIZES = {"w1": 60, "w2": 100, "w3": 35}
+
+
+def start(cluster, env=None):
+    cluster.start_coordinator()
+    for seed, (name, rows) in enumerate(SIZES.items()):
+        path = cluster.data_dir(name) / "train.npz"
+        np.savez(path, **regression_data(rows, seed))
+        cluster.start_worker(name, env=(env or {}).get(name))
+
+
+def fedavg_in_process(built, task_id, files, rounds):
+    """What the coordinator should get: each worker's own task object, trained round by round
+    from the global weights, averaged by training samples."""
+    code = built.spec.learning.task
+    infos = list(built.spec.learning.weights)
+    workers = []
+    for path in files:
+        task = tensors.loads_with_weights(code, {k: v.clone() for k, v in built.weights.items()})
+        train, _ = split(load_training_data(path), built.spec.learning.validate_frac, task_id)
+        workers.append((task, task.make_train_dataloader(train), len(train)))
+    global_state = {k: v.clone() for k, v in built.weights.items()}
+    for _ in range(rounds):
+        trained = []
+        for task, loader, samples in workers:
+            with torch.no_grad():
+                for name, tensor in task.state_dict().items():
+                    tensor.copy_(global_state[name])
+            task.train(loader)
+            trained.append(({k: v.clone() for k, v in task.state_dict().items()}, samples))
+        total = sum(samples for _, samples in trained)
+        for info in infos:
+            weighted = sum(state[info.name].double() * samples for state, samples in trained)
+            if global_state[info.name].is_floating_point():
+                global_state[info.name] = (weighted / total).to(global_state[info.name].dtype)
+            else:  # integers: the weighted mean rounded, halves up
+                global_state[info.name] = torch.floor(weighted / total + 0.5).long()
+    return global_state
+
+
+def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster):
+    start(cluster)
+    client = Client(cluster.address)
+    built = Regression(max_rounds=3).build()
+    task_id = client.create_task(built)
+    assert client.wait(task_id), client.get_task(task_id).error
+    result = client.get_result(task_id)
+
+    files = [cluster.data_dir(name) / "train.npz" for name in SIZES]
+    expected = fedavg_in_process(built, task_id, files, rounds=3)
+    assert list(result) == list(built.weights)
+    for name, tensor in expected.items():
+        assert result[name].dtype == tensor.dtype and result[name].shape == tensor.shape
+        torch.testing.assert_close(result[name], tensor, rtol=1e-5, atol=1e-6)
+    assert int(result["0.num_batches_tracked"]) == 3  # one batch a round, averaged as integers
+
+    metrics = client.get_metrics(task_id)
+    assert [m["round"] for m in metrics] == [1, 2, 3]
+    assert all(m["workers"] == 3 and m["mse"] > 0 for m in metrics)
+    assert metrics[-1]["mse"] < metrics[0]["mse"]
+    log = "".join(e.message + "\n" for e in client.logs(task_id))
+    assert "round 3/3: mse=" in log and "from 3 workers" in log
+
+
+def test_merge_iteration_and_no_validation(cluster):
+    start(cluster)
+    client = Client(cluster.address)
+    task_id = client.create_task(
+        Regression(max_rounds=2, merge_iteration=3, validate_frac=0).build())
+    assert client.wait(task_id), client.get_task(task_id).error
+    assert int(client.get_result(task_id)["0.num_batches_tracked"]) == 6
+    assert client.get_metrics(task_id) == []
+    log = "".join(e.message + "\n" for e in client.logs(task_id))
+    assert "round 2/2: averaged 3 workers (195 training samples)" in log
+
+
+def test_a_worker_killed_mid_round_is_dropped_and_the_task_finishes(cluster):
+    start(cluster, env={"w3": {"TEST_TRAIN_DELAY": "30"}})
+    client = Client(cluster.address)
+    task_id = client.create_task(Regression(max_rounds=2, wait_timeout=60).build())
+    wait_for(lambda: "loaded the task" in _log(client, task_id), what="the join phase")
+    wait_for(lambda: "round 1 trained" in cluster.workers["w1"].log(), what="round 1 to run")
+    cluster.workers["w3"].signal(signal.SIGKILL)
+    assert client.wait(task_id), client.get_task(task_id).error
+    log = _log(client, task_id)
+    assert "worker w3 dropped in train" in log
+    assert "round 2/2: mse=" in log and "from 2 workers" in log
+
+
+def test_a_straggler_past_wait_timeout_is_dropped(cluster):
+    start(cluster, env={"w2": {"TEST_TRAIN_DELAY": "30"}})
+    client = Client(cluster.address)
+    task_id = client.create_task(Regression(max_rounds=2, wait_timeout=5).build())
+    assert client.wait(task_id), client.get_task(task_id).error
+    log = _log(client, task_id)
+    assert "worker w2 dropped in train: no answer within 5s" in log
+    assert "round 2/2: mse=" in log and "from 2 workers" in log
+
+
+def test_too_few_workers_left_fails_the_task_naming_who_came(cluster):
+    start(cluster, env={"w2": {"TEST_TRAIN_DELAY": "30"}, "w3": {"TEST_TRAIN_DELAY": "30"}})
+    client = Client(cluster.address)
+    task_id = client.create_task(Regression(max_rounds=1, wait_timeout=5).build())
+    assert client.wait(task_id) is False
+    error = client.get_task(task_id).error
+    assert "1 of the workers remain (w1), fewer than min_clients=2" in error
+
+
+def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
+    """A 2.1 GiB model goes up with create_task and comes back down as a worker gets it."""
+    cluster.start_coordinator()
+    task = Regression(max_rounds=1)
+    big = torch.arange(2_100 * 2**20 // 4, dtype=torch.int32)
+    task.model.register_buffer("big", big)
+    built = task.build()
+    client = Client(cluster.address, timeout=600)
+    task_id = client.create_task(built)
+    del built
+    with grpc.insecure_channel(cluster.address, options=CHANNEL_OPTIONS) as channel:
+        stub = services_pb2_grpc.WorkerServiceStub(channel)
+        session = stub.Register(pb.RegisterRequest(name="reader", datasets=[])).session_id
+        infos = list(task.build().spec.learning.weights)
+        reader = tensors.StateDictReader(infos)
+        for chunk in stub.FetchWeights(pb.FetchWeightsRequest(session_id=session,
+                                                              task_id=task_id)):
+            reader.write(chunk.chunk)
+    received = reader.result()
+    assert torch.equal(received["big"], big)
+    client.cancel_task(task_id)
+
+
+def _log(client, task_id):
+    return "".join(e.message + "\n" for e in client.logs(task_id))
