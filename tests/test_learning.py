@@ -3,7 +3,10 @@ computation done in this process."""
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import signal
+import threading
 
 import grpc
 import numpy as np
@@ -12,7 +15,7 @@ import torch
 
 from cluster import wait_for
 from learning_tasks import Regression, regression_data
-from sdk import tensors
+from sdk import tensors, values
 from sdk.client import Client
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
@@ -22,9 +25,11 @@ from worker.learning import load_training_data, split
 SIZES = {"w1": 60, "w2": 100, "w3": 35}
 
 
-def start(cluster, env=None):
+def start(cluster, env=None, names=tuple(SIZES)):
     cluster.start_coordinator()
     for seed, (name, rows) in enumerate(SIZES.items()):
+        if name not in names:
+            continue
         path = cluster.data_dir(name) / "train.npz"
         np.savez(path, **regression_data(rows, seed))
         cluster.start_worker(name, env=(env or {}).get(name))
@@ -148,6 +153,70 @@ def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
     received = reader.result()
     assert torch.equal(received["big"], big)
     client.cancel_task(task_id)
+
+
+class GhostWorker(threading.Thread):
+    """A worker speaking the protocol by hand: it joins, then dies halfway through its upload."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self.address = address
+        self.died = threading.Event()
+
+    def run(self) -> None:
+        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        stub = services_pb2_grpc.WorkerServiceStub(channel)
+        session = stub.Register(pb.RegisterRequest(name="ghost", datasets=["train.npz"])).session_id
+        outgoing: queue.Queue = queue.Queue()
+        outgoing.put(pb.WorkerMessage(session_id=session))
+        beating = threading.Event()
+
+        def beat():
+            while not beating.wait(0.5):
+                outgoing.put(pb.WorkerMessage(heartbeat=pb.Heartbeat()))
+
+        threading.Thread(target=beat, daemon=True).start()
+        for message in stub.Connect(iter(outgoing.get, None)):
+            if not message.HasField("assignment"):
+                continue
+            header = pb.UploadHeader(session_id=session,
+                                     exchange_id=message.assignment.exchange_id)
+            if message.assignment.phase == "join":
+                stub.Upload(iter([pb.UploadRequest(header=header)]))
+                continue
+            header.meta.CopyFrom(values.encode({"samples": 1000}))
+
+            def half_an_upload():
+                yield pb.UploadRequest(header=header)
+                yield pb.UploadRequest(chunk=b"\x7f" * 64)
+                threading.Timer(0.3, channel.close).start()  # the ghost's connection dies
+                threading.Event().wait(5)
+
+            with contextlib.suppress(grpc.RpcError, ValueError):
+                stub.Upload(half_an_upload())
+            break
+        beating.set()
+        outgoing.put(None)
+        channel.close()
+        self.died.set()
+
+
+def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster):
+    start(cluster, names=("w1", "w2"))
+    ghost = GhostWorker(cluster.address)
+    ghost.start()
+    cluster.wait_connected("ghost")
+    client = Client(cluster.address)
+    built = Regression(max_rounds=2, min_clients=2, max_clients=3).build()
+    task_id = client.create_task(built)
+    assert client.wait(task_id), client.get_task(task_id).error
+    assert ghost.died.is_set()
+    log = _log(client, task_id)
+    assert "selected 3 worker(s): ghost, w1, w2" in log and "worker ghost dropped in train" in log
+    files = [cluster.data_dir(name) / "train.npz" for name in ("w1", "w2")]
+    expected = fedavg_in_process(built, task_id, files, rounds=2)
+    for name, tensor in client.get_result(task_id).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
 
 
 def _log(client, task_id):

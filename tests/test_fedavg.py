@@ -1,0 +1,84 @@
+"""FedAvg arithmetic and the weights codec, in process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coordinator.fedavg import WeightedSum
+from sdk import tensors, weights
+
+
+def state(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "f32": torch.randn(3, 4, generator=generator),
+        "f16": torch.randn(5, generator=generator).half(),
+        "bf16": torch.randn(2, 3, generator=generator).bfloat16(),
+        "f64": torch.randn(7, generator=generator, dtype=torch.float64),
+        "steps": torch.tensor(seed * 3 + 1),  # 0-dim int64, like num_batches_tracked
+        "i32": torch.randint(-50, 50, (4,), generator=generator, dtype=torch.int32),
+        "mask": torch.rand(6, generator=generator) > 0.5,
+        "empty": torch.zeros(0, 3),
+    }
+
+
+def test_codec_keeps_keys_order_dtypes_shapes_and_values(tmp_path):
+    original = state(1)
+    infos = tensors.manifest(original)
+    assert weights.total_bytes(infos) == sum(t.numel() * t.element_size() for t in original.values())
+    reader = tensors.StateDictReader(infos)
+    for chunk in tensors.iter_chunks(original, chunk_size=8):
+        reader.write(chunk)
+    decoded = reader.result()
+    assert list(decoded) == list(original)
+    for name, tensor in original.items():
+        assert decoded[name].dtype == tensor.dtype and decoded[name].shape == tensor.shape
+        assert torch.equal(decoded[name], tensor)
+    tensors.write_file(tmp_path / "w", original)
+    assert all(torch.equal(a, b) for a, b in
+               zip(tensors.read_file(tmp_path / "w", infos).values(), original.values()))
+
+
+def test_codec_refuses_what_does_not_fit_the_manifest():
+    infos = tensors.manifest({"a": torch.zeros(2)})
+    reader = tensors.StateDictReader(infos)
+    with pytest.raises(ValueError, match="more bytes"):
+        reader.write(b"\0" * 9)
+    short = tensors.StateDictReader(infos)
+    short.write(b"\0" * 4)
+    with pytest.raises(ValueError, match="ended before"):
+        short.result()
+    with pytest.raises(ValueError, match="dtype torch.complex64, which cannot travel"):
+        tensors.manifest({"c": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_weighted_average_per_dtype(tmp_path):
+    states = [state(seed) for seed in range(3)]
+    samples = [10, 30, 5]
+    infos = tensors.manifest(states[0])
+    total = WeightedSum(infos)
+    for i, (one, count) in enumerate(zip(states, samples)):
+        tensors.write_file(tmp_path / f"w{i}", one)
+        total.add_file(tmp_path / f"w{i}", count)
+    total.write_average(tmp_path / "avg")
+    average = tensors.read_file(tmp_path / "avg", infos)
+    n = sum(samples)
+    for name in states[0]:
+        stacked = torch.stack([s[name].double() * c for s, c in zip(states, samples)]).sum(0)
+        dtype = states[0][name].dtype
+        assert average[name].dtype == dtype and average[name].shape == states[0][name].shape
+        if dtype.is_floating_point:
+            torch.testing.assert_close(average[name], (stacked / n).to(dtype))
+        elif dtype == torch.bool:
+            assert torch.equal(average[name], stacked / n >= 0.5)
+        else:
+            assert torch.equal(average[name], torch.floor(stacked / n + 0.5).to(dtype))
+    assert int(average["steps"]) == round((1 * 10 + 4 * 30 + 7 * 5) / 45)
+
+
+def test_a_short_upload_is_refused(tmp_path):
+    infos = tensors.manifest({"a": torch.zeros(4)})
+    (tmp_path / "short").write_bytes(b"\0" * 8)
+    with pytest.raises(ValueError, match="ends inside tensor 'a'"):
+        WeightedSum(infos).add_file(tmp_path / "short", 3)
