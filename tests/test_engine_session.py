@@ -154,3 +154,15 @@ def test_duplicate_open_refused(tmp_path):
         engine.open(EchoTask("same"))
         with pytest.raises(ValueError, match="already open"):
             engine.open(EchoTask("same"))
+
+
+def test_async_failures_reach_the_awaiting_coroutine(tmp_path):
+    async def scenario():
+        with session(tmp_path) as engine:
+            with pytest.raises(TaskError, match="boom in load of a"):
+                await engine.open_async(FailingTask("a", "load"))
+            handle = await engine.open_async(FailingTask("b", "train"))
+            with pytest.raises(TaskError, match="boom in train of b"):
+                await asyncio.wait_for(handle.train_async(), 30)
+
+    asyncio.run(scenario())

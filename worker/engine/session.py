@@ -48,7 +48,7 @@ async def _in_thread(function: Callable[..., T], *args: Any) -> T:
         try:
             result = function(*args)
         except BaseException as error:
-            loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+            loop.call_soon_threadsafe(settle, lambda failure=error: future.set_exception(failure))
         else:
             loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
 
