@@ -1,45 +1,78 @@
 """FedAvg's arithmetic on the coordinator: a running weighted sum of state dicts, in O(model).
 
 Each worker's weights are folded in from the file they were received into, tensor by tensor in
-bounded pieces, so memory holds one accumulator per tensor whatever the number of workers.
-Floating tensors are averaged in float32 (float64 for float64) and cast back to their dtype.
-Integer tensors (BatchNorm's `num_batches_tracked`) stay integers: their weighted mean is
-summed exactly in int64 and rounded to the nearest integer, halves up; bool tensors become
-the weighted majority.
+bounded pieces, so memory holds one accumulator per tensor whatever the number of workers. It is
+numpy arithmetic on the raw bytes: the coordinator never imports torch.
+
+Floating tensors are averaged in float32 (float64 for float64) and cast back to their dtype,
+bfloat16 rounding to nearest even as torch does. Integer tensors (BatchNorm's
+`num_batches_tracked`) stay integers: their weighted mean is summed exactly in int64 and rounded
+to the nearest integer, halves up; bool tensors become the weighted majority.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from sdk import tensors, weights
+from sdk import weights
 from sdk.proto import task_pb2
 
 PIECE = 16 << 20  # bytes read at a time
 
+# How each dtype is stored on the wire (bfloat16: its 16 bits) and summed.
+_STORED = {
+    "float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"),
+    "float64": np.dtype("<f8"), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
+    "int16": np.dtype("<i2"), "int8": np.dtype("i1"), "uint8": np.dtype("u1"),
+    "bool": np.dtype("u1"),
+}
+_FLOATS = {"float32", "float16", "bfloat16", "float64"}
 
-def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype == torch.float64:
-        return torch.float64
-    if dtype.is_floating_point:
-        return torch.float32
-    return torch.int64
+
+def _accumulator(dtype: str) -> np.dtype:
+    if dtype == "float64":
+        return np.dtype(np.float64)
+    return np.dtype(np.float32) if dtype in _FLOATS else np.dtype(np.int64)
+
+
+def _widen(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """Values as read from the wire, in their accumulator's dtype."""
+    if dtype == "bfloat16":
+        return (stored.astype(np.uint32) << 16).view(np.float32)
+    return stored.astype(_accumulator(dtype), copy=False)
+
+
+def _to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 to bfloat16's 16 bits, rounding to nearest even (NaN stays NaN)."""
+    bits = values.astype(np.float32, copy=False).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
 
 
 class WeightedSum:
-    """Σ samples_i × weights_i over the workers folded in so far, and Σ samples_i."""
+    """Σ samples_i × weights_i over the workers folded in so far, and Σ samples_i.
+
+    Made once per task and `reset()` every round: fresh memory is slow to fault in, reused
+    memory is not.
+    """
 
     def __init__(self, infos: list[task_pb2.TensorInfo]) -> None:
         self.infos = infos
         self.samples = 0
-        self.sums = {
-            info.name: torch.zeros(tuple(info.shape),
-                                   dtype=_accumulator_dtype(tensors.DTYPES[info.dtype]))
-            for info in infos
-        }
+        self.sums = {info.name: np.zeros(weights.nbytes(info) // weights.ITEMSIZES[info.dtype],
+                                         dtype=_accumulator(info.dtype))
+                     for info in infos}
         self._buffer = bytearray(PIECE)
+        self._scaled = {dtype: np.empty(PIECE // _STORED[name].itemsize, dtype)
+                        for name in {i.dtype for i in infos}
+                        for dtype in [_accumulator(name)]}
+
+    def reset(self) -> None:
+        self.samples = 0
+        for total in self.sums.values():
+            total.fill(0)
 
     def add_file(self, path: Path, samples: int) -> None:
         """Folds in the state dict stored in `path` (raw bytes in manifest order)."""
@@ -47,19 +80,19 @@ class WeightedSum:
             raise ValueError(f"a worker reported {samples} training samples")
         with open(path, "rb") as handle:
             for info in self.infos:
-                dtype = tensors.DTYPES[info.dtype]
-                flat = self.sums[info.name].view(-1)
-                itemsize = dtype.itemsize
+                stored = _STORED[info.dtype]
+                flat = self.sums[info.name]
                 remaining = weights.nbytes(info)
                 start = 0
                 while remaining:
-                    take = min(remaining, PIECE - PIECE % itemsize)
-                    view = memoryview(self._buffer)[:take]
-                    if handle.readinto(view) != take:
+                    take = min(remaining, PIECE - PIECE % stored.itemsize)
+                    if handle.readinto(memoryview(self._buffer)[:take]) != take:
                         raise ValueError(f"{path.name} ends inside tensor {info.name!r}")
-                    values = torch.frombuffer(self._buffer, dtype=dtype, count=take // itemsize)
-                    count = take // itemsize
-                    flat[start:start + count].add_(values.to(flat.dtype), alpha=samples)
+                    count = take // stored.itemsize
+                    values = _widen(np.frombuffer(self._buffer, stored, count), info.dtype)
+                    scaled = self._scaled[flat.dtype][:count]
+                    np.multiply(values, flat.dtype.type(samples), out=scaled)
+                    np.add(flat[start:start + count], scaled, out=flat[start:start + count])
                     start += count
                     remaining -= take
         self.samples += samples
@@ -68,16 +101,16 @@ class WeightedSum:
         """Writes Σ samples_i × weights_i / Σ samples_i, in each tensor's own dtype."""
         if not self.samples:
             raise ValueError("no worker was folded in")
-        average = {}
-        for info in self.infos:
-            dtype = tensors.DTYPES[info.dtype]
-            total = self.sums[info.name]
-            if dtype.is_floating_point:
-                average[info.name] = total.div_(self.samples).to(dtype)
-            elif dtype == torch.bool:
-                average[info.name] = (2 * total >= self.samples)
-            else:
-                rounded = torch.div(2 * total + self.samples, 2 * self.samples,
-                                    rounding_mode="floor")
-                average[info.name] = rounded.to(dtype)
-        tensors.write_file(path, average)
+        with open(path, "wb") as handle:
+            for info in self.infos:
+                total = self.sums[info.name]
+                if info.dtype in _FLOATS:
+                    np.divide(total, total.dtype.type(self.samples), out=total)
+                    average = (_to_bfloat16_bits(total) if info.dtype == "bfloat16"
+                               else total.astype(_STORED[info.dtype], copy=False))
+                elif info.dtype == "bool":
+                    average = (2 * total >= self.samples).astype(np.uint8)
+                else:
+                    average = ((2 * total + self.samples) // (2 * self.samples)).astype(
+                        _STORED[info.dtype])
+                handle.write(memoryview(np.ascontiguousarray(average)).cast("B"))

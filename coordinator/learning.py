@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.fedavg import WeightedSum
 from coordinator.registry import SpillReceiver, WorkerRegistry, WorkerSession
 from coordinator.rounds import Round, select_workers
 from coordinator.store import Store
@@ -37,11 +38,15 @@ async def run_learning(
     await round_.phase("join", rules.connection_timeout)
     log(f"{len(round_.workers)} worker(s) loaded the task and their data")
     scratch = store.scratch / f"task-{task_id}"
+    total = WeightedSum(infos)
     for number in range(1, learning.max_rounds + 1):
         round_.number = number
         validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
+
+        total.reset()
+        folding = _Folder(total)
 
         def receiver(worker: WorkerSession) -> SpillReceiver:
             return SpillReceiver(scratch / f"{worker.session_id}.weights", size)
@@ -49,11 +54,15 @@ async def run_learning(
         try:
             answers = await round_.phase("train", rules.wait_timeout,
                                          inputs={"round": number, "validate": validate},
-                                         receiver=receiver)
-            summary = await asyncio.to_thread(_aggregate, store, task_id, infos, answers, scratch)
+                                         receiver=receiver, on_answer=folding.start)
+            await folding.finish()
+            average = scratch / "average.weights"
+            await asyncio.to_thread(total.write_average, average)
+            store.checkpoint(task_id, average)
         finally:
+            folding.cancel()
             shutil.rmtree(scratch, ignore_errors=True)
-        samples, metrics = summary
+        samples, metrics = total.samples, _metrics([meta for _, meta in answers.values()])
         prefix = f"round {number}/{learning.max_rounds}: "
         if metrics:
             store.save_metrics(task_id, number, len(answers), metrics)
@@ -64,23 +73,39 @@ async def run_learning(
     store.keep_weights_as_result(task_id)
 
 
-def _aggregate(store: Store, task_id: int, infos: list[task_pb2.TensorInfo],
-               answers: dict[str, tuple[Path, Any]], scratch: Path) -> tuple[int, dict[str, float]]:
-    """Folds every answer into the new global weights; (training samples, averaged metrics)."""
-    from coordinator.fedavg import WeightedSum  # torch: imported once a learning task runs
+class _Folder:
+    """Folds each worker's upload into the sum as soon as it is complete, one at a time,
+    while the others are still uploading."""
 
-    total = WeightedSum(infos)
-    metric_sums: dict[str, float] = {}
-    validated = 0
-    for path, meta in answers.values():
-        total.add_file(path, int(meta["samples"]))
+    def __init__(self, total: WeightedSum) -> None:
+        self.total = total
+        self._lock = asyncio.Lock()
+        self._folds: list[asyncio.Task[None]] = []
+
+    def start(self, answer: tuple[Path, Any]) -> None:
+        self._folds.append(asyncio.create_task(self._fold(*answer)))
+
+    async def _fold(self, path: Path, meta: Any) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self.total.add_file, path, int(meta["samples"]))
         path.unlink()
+
+    async def finish(self) -> None:
+        await asyncio.gather(*self._folds)
+
+    def cancel(self) -> None:
+        for fold in self._folds:
+            fold.cancel()
+
+
+def _metrics(metas: list[Any]) -> dict[str, float]:
+    """The workers' validation metrics, averaged by their validation samples."""
+    sums: dict[str, float] = {}
+    validated = 0
+    for meta in metas:
         count = int(meta.get("validate_samples", 0))
         if count and meta.get("metrics"):
             validated += count
             for name, value in meta["metrics"].items():
-                metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * count
-    average = scratch / "average.weights"
-    total.write_average(average)
-    store.checkpoint(task_id, average)
-    return total.samples, {k: v / validated for k, v in metric_sums.items()}
+                sums[name] = sums.get(name, 0.0) + float(value) * count
+    return {name: value / validated for name, value in sums.items()}

@@ -48,7 +48,7 @@ class WorkerSession:
 class Receiver(Protocol):
     """Takes in the body of one worker's answer as it streams in."""
 
-    def write(self, chunk: bytes) -> None: ...
+    async def write(self, chunk: bytes) -> None: ...
     def finish(self, meta: Any) -> Any: ...
     def discard(self) -> None: ...
 
@@ -59,7 +59,7 @@ class MemoryReceiver:
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
 
     def finish(self, meta: Any) -> bytes:
@@ -81,11 +81,11 @@ class SpillReceiver:
         self._file = open(path, "wb")
         self._written = 0
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
         self._written += len(chunk)
         if self._written > self.expected_bytes:
             raise ValueError(f"it sent more than the {self.expected_bytes} bytes expected")
-        self._file.write(chunk)
+        await asyncio.to_thread(self._file.write, chunk)  # the loop serves other streams
 
     def finish(self, meta: Any) -> tuple[Path, Any]:
         self._file.close()

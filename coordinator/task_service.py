@@ -19,7 +19,7 @@ from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
 from sdk.proto import task_pb2, values_pb2
 from sdk.task import FORMAT_VERSION, TaskError, check_rules
-from sdk.wire import split_chunks
+from sdk.wire import CHUNK_SIZE, split_chunks
 
 RESULT_FORMAT = "deltaflow.v1.Value"
 TENSORS_FORMAT = "deltaflow.v1.Tensors"
@@ -93,10 +93,10 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
             preview = (f"{len(infos)} tensors: " + ", ".join(
                 f"{i.name} {i.dtype}{list(i.shape)}" for i in infos))[:PREVIEW_CHARS]
             with open(self.store.result_path(task.id), "rb") as handle:
-                chunk = await asyncio.to_thread(handle.read, weights.CHUNK_SIZE)
+                chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
                 yield pb.ResultChunk(format=TENSORS_FORMAT, preview=preview, chunk=chunk,
                                      tensors=infos)
-                while chunk := await asyncio.to_thread(handle.read, weights.CHUNK_SIZE):
+                while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
                     yield pb.ResultChunk(chunk=chunk)
             return
         data = await asyncio.to_thread(self.store.load_result, task.id)

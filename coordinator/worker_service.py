@@ -9,10 +9,10 @@ import grpc
 
 from coordinator.registry import WorkerRegistry, WorkerSession
 from coordinator.store import Store
-from sdk import values, weights
+from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
-from sdk.wire import split_chunks
+from sdk.wire import CHUNK_SIZE, split_chunks
 
 
 class WorkerService(services_pb2_grpc.WorkerServiceServicer):
@@ -87,7 +87,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"task {request.task_id} has no weights")
         with handle:
-            while chunk := await asyncio.to_thread(handle.read, weights.CHUNK_SIZE):
+            while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
                 yield pb.DataChunk(chunk=chunk)
 
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest],
@@ -103,7 +103,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             return pb.UploadResponse(accepted=accepted)
         try:
             async for request in request_iterator:
-                receiver.write(request.chunk)
+                await receiver.write(request.chunk)
             answer = receiver.finish(values.decode(header.meta) if header.HasField("meta") else None)
         except ValueError as error:
             receiver.discard()

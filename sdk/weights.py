@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from sdk.proto import task_pb2
 
-CHUNK_SIZE = 4 << 20  # bytes per streamed piece of weights
-
 ITEMSIZES = {
     "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4,
     "int16": 2, "int8": 1, "uint8": 1, "bool": 1,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 CHUNK_SIZE = 1 << 20  # bytes per streamed chunk: well under any gRPC message limit
 
-MAX_MESSAGE = 16 << 20  # room for a 4 MiB chunk of weights and its envelope
+MAX_MESSAGE = 16 << 20  # a chunk and its envelope, with room to spare
 
 # Keepalive pings let both ends notice a peer that vanished without closing its connection.
 CHANNEL_OPTIONS = [

@@ -68,3 +68,10 @@ class Regression(HorizontalLearning):
 
     def state_dict(self):
         return self.model.state_dict()
+
+
+class BrokenTraining(Regression):
+    """Training that fails on every worker, as a user's bug would."""
+
+    def train(self, dataloader):
+        raise ValueError("a bug in the user's train()")

@@ -10,11 +10,10 @@ import threading
 
 import grpc
 import numpy as np
-import pytest
 import torch
 
 from cluster import wait_for
-from learning_tasks import Regression, regression_data
+from learning_tasks import BrokenTraining, Regression, regression_data
 from sdk import tensors, values
 from sdk.client import Client
 from sdk.proto import services_pb2 as pb
@@ -130,6 +129,17 @@ def test_too_few_workers_left_fails_the_task_naming_who_came(cluster):
     assert client.wait(task_id) is False
     error = client.get_task(task_id).error
     assert "1 of the workers remain (w1), fewer than min_clients=2" in error
+
+
+def test_an_error_in_the_users_train_reaches_the_trace(cluster):
+    start(cluster, names=("w1", "w2"))
+    client = Client(cluster.address)
+    task_id = client.create_task(BrokenTraining(max_rounds=2).build())
+    assert client.wait(task_id) is False
+    log = _log(client, task_id)
+    assert "ValueError: a bug in the user's train()" in log and "Traceback" in log
+    assert "worker w1 dropped in train" in log
+    assert "fewer than min_clients=2" in client.get_task(task_id).error
 
 
 def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):

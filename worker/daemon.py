@@ -10,18 +10,17 @@ import argparse
 import asyncio
 import importlib
 import logging
-import shutil
 import signal
 import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from sdk import values, weights
+from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.wire import CHANNEL_OPTIONS, normalize_address, split_chunks
@@ -68,27 +67,22 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 class LearningJob:
-    """A joined learning task: its engine task, and the files its rounds go through."""
+    """A joined learning task: the engine task that trains it, and moves its weights."""
 
-    def __init__(self, task_id: int, folder: Path, handle: TaskHandle) -> None:
-        self.task_id = task_id
-        self.folder = folder
+    def __init__(self, handle: TaskHandle) -> None:
         self.handle = handle
-        self.global_weights = folder / "global.weights"
-        self.trained_weights = folder / "trained.weights"
 
     def describe(self) -> str:
         return f"engine task loaded, pid {self.handle.task.pid}"
 
-    async def train(self, validate: bool) -> dict[str, Any]:
+    async def train(self, session_id: str, exchange_id: int, validate: bool) -> dict[str, Any]:
+        """Runs a round in the engine task, which also uploads the answer to the exchange."""
         return await self.handle.train_async({
-            "weights": str(self.global_weights), "out": str(self.trained_weights),
-            "validate": validate,
+            "session_id": session_id, "exchange_id": exchange_id, "validate": validate,
         })
 
     async def close(self) -> None:
         await self.handle.close_async()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 Job = AnalyticsJob | LearningJob
@@ -205,9 +199,7 @@ class Worker:
                       assignment: pb.Assignment) -> None:
         task_id = assignment.task_id
         started = time.perf_counter()
-        meta: Any = None
-        body: AsyncIterator[bytes] | None = None
-        error = ""
+        data, error = b"", ""
         try:
             job = await self._job(stub, session_id, task_id)
             if assignment.phase == "join":
@@ -215,16 +207,16 @@ class Worker:
             elif assignment.phase == "compute" and isinstance(job, AnalyticsJob):
                 inputs = values.decode(assignment.inputs)
                 data = await asyncio.to_thread(job.compute, assignment.stage, inputs)
-                body = _from_bytes(data)
                 log.info("task %d: step %d computed in %.3f s", task_id, assignment.stage + 1,
                          time.perf_counter() - started)
             elif assignment.phase == "train" and isinstance(job, LearningJob):
                 round_input = values.decode(assignment.inputs)
-                await self._download_weights(stub, session_id, task_id, job.global_weights)
-                meta = await job.train(bool(round_input["validate"]))
-                body = _from_file(job.trained_weights)
-                log.info("task %d: round %d trained on %s in %.3f s", task_id,
-                         round_input["round"], job.handle.device, time.perf_counter() - started)
+                answer = await job.train(session_id, assignment.exchange_id,
+                                         bool(round_input["validate"]))
+                log.info("task %d: round %d trained on %s and sent in %.3f s%s", task_id,
+                         round_input["round"], job.handle.device, time.perf_counter() - started,
+                         "" if answer["accepted"] else " (too late: not accepted)")
+                return
             else:
                 raise ValueError(f"task {task_id} has no phase {assignment.phase!r}")
         except (DatasetError, TaskError) as failure:
@@ -235,27 +227,14 @@ class Worker:
             error = f"worker {self.name}: " + traceback.format_exc()
         if error:
             log.warning("task %d: %s failed: %s", task_id, assignment.phase, error)
-            body = None
 
-        async def upload() -> AsyncIterator[pb.UploadRequest]:
-            header = pb.UploadHeader(session_id=session_id, exchange_id=assignment.exchange_id,
-                                     error=error)
-            if meta is not None:
-                header.meta.CopyFrom(values.encode(meta))
-            yield pb.UploadRequest(header=header)
-            if body is not None:
-                async for chunk in body:
-                    yield pb.UploadRequest(chunk=chunk)
+        def upload() -> Iterator[pb.UploadRequest]:
+            yield pb.UploadRequest(header=pb.UploadHeader(
+                session_id=session_id, exchange_id=assignment.exchange_id, error=error))
+            for chunk in split_chunks(data):
+                yield pb.UploadRequest(chunk=chunk)
 
         await stub.Upload(upload())
-
-    async def _download_weights(self, stub: services_pb2_grpc.WorkerServiceStub,
-                                session_id: str, task_id: int, path: Path) -> None:
-        """Streams the task's global weights from the coordinator into `path`."""
-        with open(path, "wb") as handle:
-            async for chunk in stub.FetchWeights(
-                    pb.FetchWeightsRequest(session_id=session_id, task_id=task_id)):
-                handle.write(chunk.chunk)
 
     async def _job(self, stub: services_pb2_grpc.WorkerServiceStub, session_id: str,
                    task_id: int) -> Job:
@@ -280,13 +259,8 @@ class Worker:
         # torch is imported once a learning task comes, in a thread: heartbeats go on meanwhile.
         learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
         data_path = self.data_dir.resolve(spec.datasets[0].file)
-        folder = self.work_dir / "tasks" / str(task_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        initial = folder / "initial.weights"
-        await self._download_weights(stub, session_id, task_id, initial)
-        process = learning.LearningProcess(task_id, spec, data_path, initial)
-        handle = await self.engine.open_async(process)
-        return LearningJob(task_id, folder, handle)
+        process = learning.LearningProcess(task_id, spec, data_path, self.address, session_id)
+        return LearningJob(await self.engine.open_async(process))
 
     async def _release(self, task_id: int) -> None:
         """Drops what is kept for a task that ended; ends its engine task."""
@@ -298,14 +272,3 @@ class Worker:
             await asyncio.gather(job, return_exceptions=True)
         if not job.cancelled() and job.exception() is None and isinstance(job.result(), LearningJob):
             await job.result().close()
-
-
-async def _from_bytes(data: bytes) -> AsyncIterator[bytes]:
-    for chunk in split_chunks(data):
-        yield chunk
-
-
-async def _from_file(path: Path) -> AsyncIterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := await asyncio.to_thread(handle.read, weights.CHUNK_SIZE):
-            yield chunk

@@ -1,9 +1,9 @@
 """A learning task on a worker: one engine task that loads its data once and trains each round.
 
 The user's task object arrives pickled without its weights; in the engine's subprocess it is
-rebuilt around the initial weights, its data is split into training and validation parts, and
-each round the global weights are copied into the tensors its `state_dict()` returns before
-`train` runs on the device the engine picked.
+rebuilt around the global weights, its data is split into training and validation parts, and
+each round the global weights are streamed into the tensors its `state_dict()` returns before
+`train` runs on the device the engine picked; the trained weights stream back from there.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from sdk import tensors
-from sdk.proto import task_pb2
+from sdk import tensors, values
+from sdk.proto import services_pb2 as pb
+from sdk.proto import services_pb2_grpc, task_pb2
+from sdk.wire import CHANNEL_OPTIONS
 from worker.engine import Task
 
 
@@ -83,17 +86,6 @@ class IterationLoader:
                 raise ValueError("the training dataloader yields no batch")
 
 
-def copy_weights(path: Path, state: tensors.StateDict, infos: list[task_pb2.TensorInfo]) -> None:
-    """Copies the weights stored in `path` into the tensors of `state`, in place."""
-    incoming = tensors.read_file(path, infos)
-    missing = incoming.keys() - state.keys()
-    if missing:
-        raise KeyError(f"state_dict() no longer has {sorted(missing)}")
-    with torch.no_grad():
-        for name, tensor in incoming.items():
-            state[name].copy_(tensor)
-
-
 def in_manifest_order(state: tensors.StateDict,
                       infos: list[task_pb2.TensorInfo]) -> tensors.StateDict:
     """The tensors the manifest names, in its order; ValueError if one changed shape or dtype."""
@@ -102,32 +94,71 @@ def in_manifest_order(state: tensors.StateDict,
         tensor = state.get(info.name)
         if tensor is None:
             raise ValueError(f"state_dict() no longer has {info.name!r}")
-        if tensors.manifest({info.name: tensor})[0] != info:
+        if not tensors.tensors_match(tensor, info):
             raise ValueError(f"state_dict()[{info.name!r}] is now {tensor.dtype} "
                              f"{list(tensor.shape)}; it was {info.dtype} {list(info.shape)}")
         ordered[info.name] = tensor
     return ordered
 
 
+class CoordinatorLink:
+    """The engine subprocess's own connection to the coordinator: weights stream straight
+    between the wire and the model's tensors, with no copy through files or the worker."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = services_pb2_grpc.WorkerServiceStub(self.channel)
+
+    def download(self, session_id: str, task_id: int, infos: list[task_pb2.TensorInfo],
+                 into: tensors.StateDict | None = None) -> tensors.StateDict:
+        """The task's global weights: read into `into`'s tensors where they fit, else new ones."""
+        in_place = into is not None and tensors.fits(into, infos)
+        reader = tensors.StateDictReader(infos, into if in_place else None)
+        request = pb.FetchWeightsRequest(session_id=session_id, task_id=task_id)
+        with torch.no_grad():
+            for chunk in self.stub.FetchWeights(request):
+                reader.write(chunk.chunk)
+            state = reader.result()
+            if into is not None and not in_place:
+                for info in infos:
+                    into[info.name].copy_(state[info.name])
+        return state
+
+    def upload(self, session_id: str, exchange_id: int, meta: dict[str, Any],
+               state: tensors.StateDict) -> bool:
+        """Sends trained weights with `meta` as the answer to an exchange; accepted or not."""
+        header = pb.UploadHeader(session_id=session_id, exchange_id=exchange_id)
+        header.meta.CopyFrom(values.encode(meta))
+
+        def requests() -> Iterator[pb.UploadRequest]:
+            yield pb.UploadRequest(header=header)
+            for chunk in tensors.iter_chunks(state):
+                yield pb.UploadRequest(chunk=chunk)
+
+        return self.stub.Upload(requests()).accepted
+
+
 class LearningProcess(Task):
     """The engine task serving one federated learning task across its rounds.
 
-    `round_input` for each `train`: {"weights": path of the global weights, "out": path for
-    this worker's trained weights, "validate": whether to validate this round}.
+    It downloads the global weights and uploads its trained weights itself; `round_input` for
+    each `train` names the exchange: {"session_id", "exchange_id", "validate"}.
     """
 
-    def __init__(self, task_id: int, spec: task_pb2.TaskSpec, data_path: Path,
-                 initial_weights: Path) -> None:
+    def __init__(self, task_id: int, spec: task_pb2.TaskSpec, data_path: Path, address: str,
+                 session_id: str) -> None:
         super().__init__(task_id)
         self.spec_bytes = spec.SerializeToString()
         self.data_path = data_path
-        self.initial_weights = initial_weights
+        self.address = address
+        self.session_id = session_id
 
     def load(self) -> None:
         spec = task_pb2.TaskSpec.FromString(self.spec_bytes)
         self.learning = spec.learning
         self.infos = list(spec.learning.weights)
-        state = tensors.read_file(self.initial_weights, self.infos)
+        self.link = CoordinatorLink(self.address)
+        state = self.link.download(self.session_id, int(self.task_id), self.infos)
         self.user = tensors.loads_with_weights(spec.learning.task, state)
         self.train_data, self.validate_data = split(
             load_training_data(self.data_path), spec.learning.validate_frac, int(self.task_id))
@@ -138,7 +169,11 @@ class LearningProcess(Task):
     def train(self, device: str) -> dict:
         request = self.round_input
         self.user.device = device
-        copy_weights(Path(request["weights"]), self.user.state_dict(), self.infos)
+        state = self.user.state_dict()
+        missing = {info.name for info in self.infos} - state.keys()
+        if missing:
+            raise KeyError(f"state_dict() no longer has {sorted(missing)}")
+        self.link.download(request["session_id"], int(self.task_id), self.infos, into=state)
         if self.learning.merge_iteration:
             self.user.train(IterationLoader(self.train_loader, self.learning.merge_iteration))
         else:
@@ -147,9 +182,12 @@ class LearningProcess(Task):
         metrics: dict[str, float] = {}
         if request["validate"] and self.validate_loader is not None:
             metrics = {k: float(v) for k, v in self.user.validate(self.validate_loader).items()}
-        tensors.write_file(Path(request["out"]), in_manifest_order(self.user.state_dict(), self.infos))
-        return {
+        meta = {
             "samples": len(self.train_data),
             "validate_samples": len(self.validate_data) if metrics else 0,
             "metrics": metrics,
         }
+        trained = in_manifest_order(self.user.state_dict(), self.infos)
+        meta["accepted"] = self.link.upload(request["session_id"], request["exchange_id"], meta,
+                                            trained)
+        return meta
