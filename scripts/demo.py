@@ -1,5 +1,6 @@
-"""The demo: a coordinator and three workers on 127.0.0.1 with generated wages.csv files,
-running the WageAvg task and printing its trace and result beside pandas' own answer."""
+"""The demo: a coordinator and three workers on 127.0.0.1 with generated data files, running
+the WageAvg task (its trace and result beside pandas' own answer), then a short federated
+training of a PyTorch model with FedAvg."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 from deltaflow.localcluster import LocalCluster  # noqa: E402
-from deltaflow.samples import wages  # noqa: E402
+import numpy as np  # noqa: E402
+
+from deltaflow.samples import regression, wages  # noqa: E402
+from learning_regression import main as run_regression  # noqa: E402
 from wage_avg import main as run_wage_avg  # noqa: E402
 
 
@@ -22,14 +26,17 @@ def main() -> int:
             address = cluster.start_coordinator()
             print(f"coordinator on {address}, state and logs in {folder}")
             tables = {f"hospital-{i}": wages(rows, seed=i) for i, rows in enumerate((120, 80, 45))}
-            for name, table in tables.items():
+            for seed, (name, table) in enumerate(tables.items()):
+                np.savez(cluster.data_dir(name) / "regression.npz", **regression(len(table), seed))
                 cluster.start_worker(name, {"wages.csv": table})
-                print(f"worker {name}: {len(table)} rows in {cluster.data_dir(name) / 'wages.csv'}")
-            print()
+                print(f"worker {name}: wages.csv ({len(table)} rows) and regression.npz "
+                      f"in {cluster.data_dir(name)}")
+            print("\n== Federated analytics: WageAvg ==")
             status = run_wage_avg(address)
             print("\npandas on the stacked files, for comparison (no deltaflow involved):")
             print(pd.concat(tables.values(), ignore_index=True).mean())
-            return status
+            print("\n== Federated learning: FedAvg on a PyTorch model ==")
+            return status or run_regression(address)
 
 
 if __name__ == "__main__":

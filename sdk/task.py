@@ -113,6 +113,9 @@ def _record_output(graph: Graph, value: Any) -> Any:
             raise TaskError("execute() must return aggregates (sum, mean, count...), "
                             "not row-level data: rows never leave a holder")
         return value._node
+    if isinstance(value, pandas.GroupBy):
+        raise TaskError("execute() returned a groupby itself: reduce it, e.g. "
+                        "d.groupby('city').wage.mean()")
     if isinstance(value, (tuple, list)):
         return type(value)(_record_output(graph, v) for v in value)
     if isinstance(value, dict):

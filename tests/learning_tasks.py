@@ -5,22 +5,13 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from deltaflow.samples import regression as regression_data  # noqa: F401 - for the tests
 from sdk import dataset
 from sdk.task import FedAvg, HorizontalLearning
-
-
-def regression_data(rows: int, seed: int) -> dict[str, np.ndarray]:
-    """y = x·w + 0.5 + noise, with 4 features: arrays for an .npz file."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 4)).astype(np.float32)
-    y = (x @ np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32) + 0.5
-         + rng.normal(scale=0.1, size=rows).astype(np.float32))
-    return {"x": x, "y": y[:, None]}
 
 
 class Regression(HorizontalLearning):

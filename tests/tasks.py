@@ -16,3 +16,16 @@ class WageAvg(HorizontalAnalytics):
 
     def execute(self, wages):
         return wages.mean()
+
+
+class Rows(HorizontalAnalytics):
+    def __init__(self, body):
+        super().__init__(name="rows", min_clients=2, max_clients=2, wait_timeout=1,
+                         connection_timeout=1)
+        self.body = body
+
+    def dataset(self):
+        return {"d": dataset.DataFrame("d.csv")}
+
+    def execute(self, d):
+        return self.body(d)

@@ -6,8 +6,8 @@ import pytest
 
 from sdk import dataset
 from sdk.pandas import UnsupportedOperation
-from sdk.task import HorizontalAnalytics, TaskError
-from tasks import WageAvg
+from sdk.task import TaskError
+from tasks import Rows, WageAvg
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -39,19 +39,6 @@ def test_a_dataset_must_be_a_table_file():
         dataset.DataFrame("wages.parquet")
 
 
-class Rows(HorizontalAnalytics):
-    def __init__(self, body):
-        super().__init__(name="rows", min_clients=2, max_clients=2, wait_timeout=1,
-                         connection_timeout=1)
-        self.body = body
-
-    def dataset(self):
-        return {"d": dataset.DataFrame("d.csv")}
-
-    def execute(self, d):
-        return self.body(d)
-
-
 @pytest.mark.parametrize("body,message", [
     (lambda d: d, "must return aggregates"),
     (lambda d: d.age + 1, "must return aggregates"),
@@ -60,6 +47,7 @@ class Rows(HorizontalAnalytics):
     (lambda d: list(d.age), "iteration is not supported"),
     (lambda d: d.age.sum() if d.age.mean() > 3 else 0, "truth testing"),
     (lambda d: d.age["row-7"], "selecting rows by label"),
+    (lambda d: d.groupby("city"), "returned a groupby itself"),
 ])
 def test_what_cannot_be_federated_is_refused_at_build(body, message):
     with pytest.raises((TaskError, UnsupportedOperation), match=message):

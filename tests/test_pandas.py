@@ -23,7 +23,7 @@ from sdk.analytics.graph import Graph
 from sdk.analytics.ops import add_parts
 from sdk.analytics.plan import Aggregation, Plan, run_in_process, worker_parts
 from sdk.task import HorizontalAnalytics
-from test_build import Rows  # a task over one dataset `d` whose execute is a given function
+from tasks import Rows  # a task over one dataset `d` whose execute is a given function
 
 RTOL = 1e-9
 Body = Callable[[Any, int], Any]  # (frame, threshold) -> what execute() returns
