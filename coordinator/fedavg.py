@@ -65,9 +65,11 @@ class WeightedSum:
                                          dtype=_accumulator(info.dtype))
                      for info in infos}
         self._buffer = bytearray(PIECE)
-        self._scaled = {dtype: np.empty(PIECE // _STORED[name].itemsize, dtype)
-                        for name in {i.dtype for i in infos}
-                        for dtype in [_accumulator(name)]}
+        most: dict[np.dtype, int] = {}  # the most values of a piece, per accumulator dtype
+        for name in {info.dtype for info in infos}:
+            count = PIECE // _STORED[name].itemsize
+            most[_accumulator(name)] = max(most.get(_accumulator(name), 0), count)
+        self._scaled = {dtype: np.empty(count, dtype) for dtype, count in most.items()}
 
     def reset(self) -> None:
         self.samples = 0

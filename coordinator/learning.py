@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,13 @@ async def run_learning(
         folding = _Folder(total)
 
         def receiver(worker: WorkerSession) -> SpillReceiver:
-            return SpillReceiver(scratch / f"{worker.session_id}.weights", size)
+            return SpillReceiver(scratch / f"{worker.session_id}.weights", size, check_meta)
 
         try:
             answers = await round_.phase("train", rules.wait_timeout,
                                          inputs={"round": number, "validate": validate},
                                          receiver=receiver, on_answer=folding.start)
-            await folding.finish()
+            await folding.finish(answers.values())
             average = scratch / "average.weights"
             await asyncio.to_thread(total.write_average, average)
             store.checkpoint(task_id, average)
@@ -73,6 +73,21 @@ async def run_learning(
     store.keep_weights_as_result(task_id)
 
 
+def check_meta(meta: Any) -> None:
+    """ValueError unless `meta` is what a worker's round answer carries."""
+    if not isinstance(meta, dict):
+        raise ValueError("its answer carries no sample count")
+    samples, validated = meta.get("samples"), meta.get("validate_samples", 0)
+    metrics = meta.get("metrics", {})
+    if not isinstance(samples, int) or samples <= 0:
+        raise ValueError(f"it reported {samples!r} training samples: it needs some data to train")
+    if not isinstance(validated, int) or validated < 0 or not isinstance(metrics, dict):
+        raise ValueError("its validation samples or metrics are malformed")
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not isinstance(value, (int, float)):
+            raise ValueError(f"its metric {name!r} is not a number")
+
+
 class _Folder:
     """Folds each worker's upload into the sum as soon as it is complete, one at a time,
     while the others are still uploading."""
@@ -80,21 +95,26 @@ class _Folder:
     def __init__(self, total: WeightedSum) -> None:
         self.total = total
         self._lock = asyncio.Lock()
-        self._folds: list[asyncio.Task[None]] = []
+        self._folds: dict[Path, asyncio.Task[None]] = {}
 
     def start(self, answer: tuple[Path, Any]) -> None:
-        self._folds.append(asyncio.create_task(self._fold(*answer)))
+        path, meta = answer
+        if path not in self._folds:
+            self._folds[path] = asyncio.create_task(self._fold(path, meta))
 
     async def _fold(self, path: Path, meta: Any) -> None:
         async with self._lock:
-            await asyncio.to_thread(self.total.add_file, path, int(meta["samples"]))
+            await asyncio.to_thread(self.total.add_file, path, meta["samples"])
         path.unlink()
 
-    async def finish(self) -> None:
-        await asyncio.gather(*self._folds)
+    async def finish(self, answers: Iterable[tuple[Path, Any]]) -> None:
+        """Waits until exactly these answers are folded in."""
+        for answer in answers:
+            self.start(answer)  # one that arrived as the phase ended
+        await asyncio.gather(*self._folds.values())
 
     def cancel(self) -> None:
-        for fold in self._folds:
+        for fold in self._folds.values():
             fold.cancel()
 
 

@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,10 +57,16 @@ class Receiver(Protocol):
 class MemoryReceiver:
     """Keeps a small answer's bytes in memory; the answer is those bytes."""
 
+    LIMIT = 256 << 20  # bytes: parts of analytics are far smaller
+
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
+        self._size = 0
 
     async def write(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.LIMIT:
+            raise ValueError(f"its answer is larger than {self.LIMIT >> 20} MiB")
         self._chunks.append(chunk)
 
     def finish(self, meta: Any) -> bytes:
@@ -72,12 +79,14 @@ class MemoryReceiver:
 class SpillReceiver:
     """Writes a large answer to a file as it streams in; the answer is (path, meta).
 
-    A worker that drops mid-upload leaves only a partial file, which is deleted.
+    A worker that drops mid-upload leaves only a partial file, which is deleted. `check`
+    raises ValueError for a `meta` that cannot be used.
     """
 
-    def __init__(self, path: Path, expected_bytes: int) -> None:
+    def __init__(self, path: Path, expected_bytes: int, check: Callable[[Any], None]) -> None:
         self.path = path
         self.expected_bytes = expected_bytes
+        self.check = check
         self._file = open(path, "wb")
         self._written = 0
 
@@ -89,6 +98,7 @@ class SpillReceiver:
 
     def finish(self, meta: Any) -> tuple[Path, Any]:
         self._file.close()
+        self.check(meta)
         if self._written != self.expected_bytes:
             raise ValueError(f"it sent {self._written} bytes where {self.expected_bytes} "
                              "were expected")
@@ -208,13 +218,14 @@ class WorkerRegistry:
         return pending.receiver
 
     def answer(self, session_id: str, exchange_id: int, answer: Any, error: str) -> bool:
-        """Resolves an exchange with a worker's answer; False if nobody waits for it any more."""
+        """Resolves an exchange with a worker's answer, or with `error` (why the worker could
+        not answer); False if nobody waits for it any more."""
         if self.receiver(session_id, exchange_id) is None:
             return False
         pending = self._pending.pop(exchange_id)
         if error:
             pending.receiver.discard()
-            pending.future.set_exception(WorkerGone(f"it reported an error: {error}"))
+            pending.future.set_exception(WorkerGone(error))
         else:
             pending.future.set_result(answer)
         return True

@@ -107,13 +107,16 @@ class Round:
             message.exchange_id = exchange_id
             worker.send(pb.CoordinatorMessage(assignment=message))
             futures[future] = (worker, exchange_id)
-        done, late = await asyncio.wait(futures, timeout=timeout) if futures else (set(), set())
+        try:
+            _, late = await asyncio.wait(futures, timeout=timeout) if futures else (set(), set())
+        finally:  # also when the task is cancelled: nothing is left waiting for these workers
+            for future, (_, exchange_id) in futures.items():
+                self.registry.forget(exchange_id)
+                future.cancel()
         answers: dict[str, Any] = {}
         dropped: list[tuple[WorkerSession, str]] = []
-        for future, (worker, exchange_id) in futures.items():
-            self.registry.forget(exchange_id)
+        for future, (worker, _) in futures.items():
             if future in late:
-                future.cancel()
                 dropped.append((worker, f"no answer within {timeout:g}s"))
             elif isinstance(future.exception(), WorkerGone):
                 dropped.append((worker, str(future.exception())))
@@ -121,6 +124,7 @@ class Round:
                 answers[worker.name] = future.result()
         for worker, reason in dropped:
             self.workers.remove(worker)
+            worker.send(pb.CoordinatorMessage(release_task_id=self.task_id))
             self.log(f"round {self.number}: worker {worker.name} dropped in {name}: {reason}")
         if len(self.workers) < self.min_clients:
             raise RoundFailed(

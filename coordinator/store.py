@@ -98,6 +98,8 @@ class Store:
         return task_id
 
     def get_task(self, task_id: int) -> TaskRecord | None:
+        if not 0 <= task_id < 2**63:  # beyond SQLite's integers: no such task
+            return None
         row = self._db.execute(
             "SELECT id, name, kind, state, error, created_at, finished_at FROM tasks WHERE id = ?",
             (task_id,),

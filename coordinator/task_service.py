@@ -182,6 +182,9 @@ def _validate_learning(learning: task_pb2.LearningSpec, weights_bytes: int) -> N
         raise ValueError("exactly one of merge_epoch and merge_iteration must be set")
     if not learning.weights:
         raise ValueError("the learning task has no weights manifest")
+    names = [info.name for info in learning.weights]
+    if len(set(names)) != len(names):
+        raise ValueError("the weights manifest names a tensor twice")
     for info in learning.weights:
         if info.dtype not in weights.ITEMSIZES:
             raise ValueError(f"tensor {info.name!r} has unsupported dtype {info.dtype!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,14 +20,21 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
     def __init__(self, registry: WorkerRegistry, store: Store) -> None:
         self.registry = registry
         self.store = store
+        self.coordinator_id = secrets.token_hex(8)  # tells workers this is a new start
 
     async def Register(self, request: pb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         if not request.name.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker needs a name")
         session = self.registry.register(request.name, list(request.datasets))
+        if request.coordinator_id != self.coordinator_id:
+            release = list(request.held_tasks)  # kept for a coordinator that is gone
+        else:
+            release = [task_id for task_id in request.held_tasks
+                       if (task := self.store.get_task(task_id)) is None or task.ended]
         return pb.RegisterResponse(session_id=session.session_id,
-                                   heartbeat_interval=self.registry.heartbeat_interval)
+                                   heartbeat_interval=self.registry.heartbeat_interval,
+                                   coordinator_id=self.coordinator_id, release_tasks=release)
 
     async def Connect(self, request_iterator: AsyncIterator[pb.WorkerMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CoordinatorMessage]:
@@ -98,20 +106,27 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         header = first.header
         receiver = self.registry.receiver(header.session_id, header.exchange_id)
         if receiver is None or header.error:
-            accepted = self.registry.answer(header.session_id, header.exchange_id, None,
-                                            header.error)
+            error = f"it reported an error: {header.error}" if header.error else ""
+            accepted = self.registry.answer(header.session_id, header.exchange_id, None, error)
             return pb.UploadResponse(accepted=accepted)
+        refusal = ""
         try:
+            meta = values.decode(header.meta) if header.HasField("meta") else None
             async for request in request_iterator:
                 await receiver.write(request.chunk)
-            answer = receiver.finish(values.decode(header.meta) if header.HasField("meta") else None)
-        except ValueError as error:
+            answer = receiver.finish(meta)
+        except asyncio.CancelledError:
+            # The worker went away mid-upload: nothing of it remains, and nobody waits for it.
             receiver.discard()
-            self.registry.answer(header.session_id, header.exchange_id, None, str(error))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload refused: {error}")
-        except BaseException:
-            receiver.discard()  # the worker went away mid-upload: nothing of it remains
+            self.registry.answer(header.session_id, header.exchange_id, None,
+                                 "its upload broke off")
             raise
+        except Exception as error:  # noqa: BLE001 - whatever a worker sends, the daemon goes on
+            receiver.discard()
+            refusal = f"its upload was refused: {error}"
+            self.registry.answer(header.session_id, header.exchange_id, None, refusal)
+        if refusal:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
         if not self.registry.answer(header.session_id, header.exchange_id, answer, ""):
             receiver.discard()
             return pb.UploadResponse(accepted=False)

@@ -50,7 +50,8 @@ class Client:
         """Submits a built task; its id."""
         if not isinstance(task, BuiltTask):
             raise TypeError(f"create_task takes what task.build() returns, not {type(task).__name__}")
-        return self._call(self._tasks.CreateTask, _create_requests(task)).task_id
+        # No deadline: the time a model takes to upload grows with its size.
+        return self._call(self._tasks.CreateTask, _create_requests(task), deadline=False).task_id
 
     def get_task(self, task_id: int) -> pb.TaskInfo:
         return self._call(self._tasks.GetTask, pb.GetTaskRequest(task_id=task_id))
@@ -83,7 +84,8 @@ class Client:
     def get_result(self, task_id: int) -> Any:
         """The result of a finished task: pandas/Python values for analytics, the global
         weights (`Dict[str, torch.Tensor]`) for learning."""
-        chunks = self._call_stream(self._tasks.GetResult, pb.GetResultRequest(task_id=task_id))
+        chunks = self._call_stream(self._tasks.GetResult, pb.GetResultRequest(task_id=task_id),
+                                   deadline=False)  # a model's weights take their time
         first = next(chunks)
         if first.format == TENSORS_FORMAT:
             from sdk.tensors import StateDictReader  # torch: only learning results need it
@@ -130,15 +132,17 @@ class Client:
                     raise _client_error(error, self.address) from None
                 time.sleep(0.5)
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, deadline: bool = True) -> Any:
+        """Calls the coordinator; within `self.timeout` unless `deadline` is off (for calls
+        whose time grows with what they carry)."""
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout if deadline else None)
         except grpc.RpcError as error:
             raise _client_error(error, self.address) from None
 
-    def _call_stream(self, method: Any, request: Any) -> Iterator[Any]:
+    def _call_stream(self, method: Any, request: Any, deadline: bool = True) -> Iterator[Any]:
         try:
-            yield from method(request, timeout=self.timeout)
+            yield from method(request, timeout=self.timeout if deadline else None)
         except grpc.RpcError as error:
             raise _client_error(error, self.address) from None
 

@@ -214,9 +214,9 @@ class HorizontalLearning:
             raise TaskError("state_dict() must return a non-empty dict of tensors")
         try:
             infos = tensors.manifest(state)
+            code = tensors.dumps_without_weights(self, state)
         except ValueError as error:
             raise TaskError(str(error)) from None
-        code = tensors.dumps_without_weights(self, state)
         return BuiltTask(
             task_pb2.TaskSpec(
                 format_version=FORMAT_VERSION,

@@ -139,11 +139,13 @@ class _Pickler(cloudpickle.Pickler):
         self._names = {}
         for name, tensor in state.items():
             self._names.setdefault(_key(tensor), name)
+        self.referenced: set[str] = set()
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor) and obj.numel() and _key(obj) in self._names:
-            is_parameter = isinstance(obj, torch.nn.Parameter)
-            return ("weights", self._names[_key(obj)], is_parameter, obj.requires_grad)
+            name = self._names[_key(obj)]
+            self.referenced.add(name)
+            return ("weights", name, isinstance(obj, torch.nn.Parameter), obj.requires_grad)
         return None
 
 
@@ -170,16 +172,24 @@ def dumps_without_weights(obj: Any, state: StateDict) -> bytes:
 
     The module that defines `obj`'s class travels by value too, unless it is installed (in
     site-packages), so that a task written in the user's own module runs on workers.
+    ValueError if a tensor of `state` is not one `obj` holds: weights copied into it would
+    never reach the model.
     """
     buffer = io.BytesIO()
     module = _own_module(obj)
     if module is not None:
         cloudpickle.register_pickle_by_value(module)
     try:
-        _Pickler(buffer, state).dump(obj)
+        pickler = _Pickler(buffer, state)
+        pickler.dump(obj)
     finally:
         if module is not None:
             cloudpickle.unregister_pickle_by_value(module)
+    strays = [name for name, t in state.items() if t.numel() and name not in pickler.referenced]
+    if strays:
+        raise ValueError(f"state_dict() returns tensors the task does not hold, such as copies: "
+                         f"{strays[:5]}; return the model's own state_dict() so that the global "
+                         "weights reach the model")
     return buffer.getvalue()
 
 

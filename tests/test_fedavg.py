@@ -82,3 +82,28 @@ def test_a_short_upload_is_refused(tmp_path):
     (tmp_path / "short").write_bytes(b"\0" * 8)
     with pytest.raises(ValueError, match="ends inside tensor 'a'"):
         WeightedSum(infos).add_file(tmp_path / "short", 3)
+
+
+def test_a_state_dict_of_copies_is_refused_at_build():
+    from learning_tasks import Regression
+    from sdk.task import TaskError
+
+    class Copies(Regression):
+        def state_dict(self):
+            return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    with pytest.raises(TaskError, match="state_dict\\(\\) returns tensors the task does not hold"):
+        Copies().build()
+
+
+def test_mixed_dtypes_with_large_half_tensors_fold(tmp_path):
+    """Scratch buffers fit every dtype that shares an accumulator, whatever the set order."""
+    big = {"f32": torch.ones(10), "f16": torch.ones(5_000_000, dtype=torch.float16),
+           "bool": torch.ones(3_000_000, dtype=torch.bool), "i64": torch.ones(3, dtype=torch.int64)}
+    infos = tensors.manifest(big)
+    tensors.write_file(tmp_path / "w", big)
+    total = WeightedSum(infos)
+    total.add_file(tmp_path / "w", 2)
+    total.write_average(tmp_path / "avg")
+    average = tensors.read_file(tmp_path / "avg", infos)
+    assert all(torch.equal(average[k], big[k]) for k in big)

@@ -142,6 +142,33 @@ def test_an_error_in_the_users_train_reaches_the_trace(cluster):
     assert "fewer than min_clients=2" in client.get_task(task_id).error
 
 
+def test_a_worker_without_training_rows_is_dropped_and_named(cluster):
+    start(cluster, names=("w1", "w2"))
+    empty = cluster.data_dir("w3") / "train.npz"
+    np.savez(empty, x=np.zeros((0, 4), np.float32), y=np.zeros((0, 1), np.float32))
+    cluster.start_worker("w3")
+    client = Client(cluster.address)
+    task_id = client.create_task(Regression(max_rounds=1, validate_frac=0).build())
+    assert client.wait(task_id), client.get_task(task_id).error
+    assert "worker w3 dropped in train: its upload was refused: it reported 0 training samples" \
+        in _log(client, task_id)
+
+
+def test_workers_end_their_engine_tasks_when_the_coordinator_restarts(cluster):
+    start(cluster, env={name: {"TEST_TRAIN_DELAY": "30"} for name in SIZES})
+    client = Client(cluster.address)
+    task_id = client.create_task(Regression(max_rounds=1, wait_timeout=60).build())
+    wait_for(lambda: "loaded the task" in _log(client, task_id), what="the join phase")
+    port = int(cluster.address.rpartition(":")[2])
+    cluster.coordinator.signal(signal.SIGKILL)
+    cluster.coordinator.process.wait()
+    cluster.start_coordinator(port)
+    for name in SIZES:
+        wait_for(lambda: f"task {task_id}: released its engine task" in
+                 cluster.workers[name].log(), what=f"{name} to end its engine task")
+    assert "the coordinator restarted while the task was running" in client.get_task(task_id).error
+
+
 def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
     """A 2.1 GiB model goes up with create_task and comes back down as a worker gets it."""
     cluster.start_coordinator()

@@ -32,6 +32,7 @@ from worker.engine import (EngineLimits, EngineSession, NvmlInventory, TaskError
 log = logging.getLogger("deltaflow.worker")
 
 VERSION = "0.1.0"
+RESCAN_SECONDS = 2.0  # how often the data dir is scanned for new or removed files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +102,8 @@ class Worker:
         log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
                  ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
         self._jobs: dict[int, asyncio.Task[Job]] = {}
+        self._coordinator_id = ""  # the coordinator instance the jobs belong to
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serves until `stop` is set, reconnecting whenever the connection is lost."""
@@ -129,8 +132,8 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), delay)
             except asyncio.TimeoutError:
                 pass
-        for task_id in list(self._jobs):
-            await self._release(task_id)
+        for job in self._jobs.values():
+            job.cancel()
         self.engine.close()
         log.info("worker %s stopped", self.name)
 
@@ -138,10 +141,14 @@ class Worker:
         """One registration and channel, until it ends; True if registration succeeded."""
         async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
             stub = services_pb2_grpc.WorkerServiceStub(channel)
-            datasets = self.data_dir.names()
-            reply = await stub.Register(
-                pb.RegisterRequest(name=self.name, datasets=datasets, version=VERSION), timeout=5
-            )
+            datasets = await asyncio.to_thread(self.data_dir.names)
+            reply = await stub.Register(pb.RegisterRequest(
+                name=self.name, datasets=datasets, version=VERSION,
+                coordinator_id=self._coordinator_id, held_tasks=list(self._jobs),
+            ), timeout=5)
+            self._coordinator_id = reply.coordinator_id
+            for task_id in reply.release_tasks:
+                self._release(task_id)
             log.info("registered with %s as %s, offering %d dataset(s)", self.address, self.name,
                      len(datasets))
             await self._channel(stub, reply, datasets)
@@ -177,7 +184,7 @@ class Worker:
                     handlers.add(handler)
                     handler.add_done_callback(handlers.discard)
                 elif message.HasField("release_task_id"):
-                    await self._release(message.release_task_id)
+                    self._release(message.release_task_id)
         finally:
             beats.cancel()
             call.cancel()
@@ -186,9 +193,18 @@ class Worker:
 
     async def _heartbeats(self, outgoing: asyncio.Queue[pb.WorkerMessage], interval: float,
                           datasets: list[str]) -> None:
+        scan = asyncio.create_task(self._rescan(outgoing, datasets))
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                outgoing.put_nowait(pb.WorkerMessage(heartbeat=pb.Heartbeat(time=time.time())))
+        finally:
+            scan.cancel()
+
+    async def _rescan(self, outgoing: asyncio.Queue[pb.WorkerMessage], datasets: list[str]) -> None:
+        """Tells the coordinator when the data dir's files change (heartbeats never wait on it)."""
         while True:
-            await asyncio.sleep(interval)
-            outgoing.put_nowait(pb.WorkerMessage(heartbeat=pb.Heartbeat(time=time.time())))
+            await asyncio.sleep(RESCAN_SECONDS)
             current = await asyncio.to_thread(self.data_dir.names)
             if current != datasets:
                 datasets = current
@@ -262,13 +278,22 @@ class Worker:
         process = learning.LearningProcess(task_id, spec, data_path, self.address, session_id)
         return LearningJob(await self.engine.open_async(process))
 
-    async def _release(self, task_id: int) -> None:
-        """Drops what is kept for a task that ended; ends its engine task."""
+    def _release(self, task_id: int) -> None:
+        """Drops what is kept for a task that ended or left this worker out; a learning job's
+        engine task ends once it has loaded (a load cannot be interrupted halfway)."""
         job = self._jobs.pop(task_id, None)
         if job is None:
             return
-        if not job.done():
-            job.cancel()
-            await asyncio.gather(job, return_exceptions=True)
-        if not job.cancelled() and job.exception() is None and isinstance(job.result(), LearningJob):
-            await job.result().close()
+
+        async def close() -> None:
+            try:
+                loaded = await job
+            except Exception:  # noqa: BLE001 - a load that failed left nothing to close
+                return
+            if isinstance(loaded, LearningJob):
+                await loaded.close()
+                log.info("task %d: released its engine task", task_id)
+
+        closing = asyncio.create_task(close())
+        self._background.add(closing)
+        closing.add_done_callback(self._background.discard)

@@ -26,7 +26,7 @@ from . import task_pb2 as deltaflow_dot_v1_dot_task__pb2
 from . import values_pb2 as deltaflow_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x65ltaflow/v1/services.proto\x12\x0c\x64\x65ltaflow.v1\x1a\x17\x64\x65ltaflow/v1/task.proto\x1a\x19\x64\x65ltaflow/v1/values.proto\"9\n\x11\x43reateTaskRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x15\n\rweights_chunk\x18\x02 \x01(\x0c\"%\n\x12\x43reateTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"\x98\x02\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.deltaflow.v1.TaskKind\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.deltaflow.v1.TaskState\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\'\n\x05rules\x18\x08 \x01(\x0b\x32\x18.deltaflow.v1.RoundRules\x12*\n\x08\x64\x61tasets\x18\t \x03(\x0b\x32\x18.deltaflow.v1.DatasetRef\x12\x12\n\nlog_length\x18\n \x01(\x04\"9\n\x10ListTasksRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x16\n\x0e\x62\x65\x66ore_task_id\x18\x02 \x01(\x04\":\n\x11ListTasksResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.deltaflow.v1.TaskInfo\"D\n\x11StreamLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"9\n\x08LogEntry\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\"#\n\x10GetResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"h\n\x0bResultChunk\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0f\n\x07preview\x18\x02 \x01(\t\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.deltaflow.v1.TensorInfo\"$\n\x11GetMetricsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"\x98\x01\n\x0cRoundMetrics\x12\r\n\x05round\x18\x01 \x01(\r\x12\x38\n\x07metrics\x18\x02 \x03(\x0b\x32\'.deltaflow.v1.RoundMetrics.MetricsEntry\x12\x0f\n\x07workers\x18\x03 \x01(\r\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x12GetMetricsResponse\x12*\n\x06rounds\x18\x01 \x03(\x0b\x32\x1a.deltaflow.v1.RoundMetrics\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"B\n\x0fRegisterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"B\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\"\x8a\x01\n\rWorkerMessage\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.deltaflow.v1.HeartbeatH\x00\x12-\n\x08\x64\x61tasets\x18\x03 \x01(\x0b\x32\x19.deltaflow.v1.DatasetListH\x00\x42\x06\n\x04kind\"\x19\n\tHeartbeat\x12\x0c\n\x04time\x18\x01 \x01(\x01\"\x1c\n\x0b\x44\x61tasetList\x12\r\n\x05names\x18\x01 \x03(\t\"\x95\x01\n\x12\x43oordinatorMessage\x12,\n\theartbeat\x18\x01 \x01(\x0b\x32\x17.deltaflow.v1.HeartbeatH\x00\x12.\n\nassignment\x18\x02 \x01(\x0b\x32\x18.deltaflow.v1.AssignmentH\x00\x12\x19\n\x0frelease_task_id\x18\x03 \x01(\x04H\x00\x42\x06\n\x04kind\"\x95\x01\n\nAssignment\x12\x13\n\x0b\x65xchange_id\x18\x01 \x01(\x04\x12\x0f\n\x07task_id\x18\x02 \x01(\x04\x12\r\n\x05round\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\r\x12#\n\x06inputs\x18\x06 \x01(\x0b\x32\x13.deltaflow.v1.Value\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\"7\n\x10\x46\x65tchTaskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\x04\":\n\x13\x46\x65tchWeightsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\x04\"\x1a\n\tDataChunk\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"i\n\x0cUploadHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12!\n\x04meta\x18\x04 \x01(\x0b\x32\x13.deltaflow.v1.Value\"V\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.deltaflow.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\"\n\x0eUploadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08*\xa0\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x17\n\x13TASK_STATE_FINISHED\x10\x03\x12\x14\n\x10TASK_STATE_ERROR\x10\x04\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x05\x32\x9a\x04\n\x0bTaskService\x12Q\n\nCreateTask\x12\x1f.deltaflow.v1.CreateTaskRequest\x1a .deltaflow.v1.CreateTaskResponse(\x01\x12?\n\x07GetTask\x12\x1c.deltaflow.v1.GetTaskRequest\x1a\x16.deltaflow.v1.TaskInfo\x12L\n\tListTasks\x12\x1e.deltaflow.v1.ListTasksRequest\x1a\x1f.deltaflow.v1.ListTasksResponse\x12G\n\nStreamLogs\x12\x1f.deltaflow.v1.StreamLogsRequest\x1a\x16.deltaflow.v1.LogEntry0\x01\x12H\n\tGetResult\x12\x1e.deltaflow.v1.GetResultRequest\x1a\x19.deltaflow.v1.ResultChunk0\x01\x12\x45\n\nCancelTask\x12\x1f.deltaflow.v1.CancelTaskRequest\x1a\x16.deltaflow.v1.TaskInfo\x12O\n\nGetMetrics\x12\x1f.deltaflow.v1.GetMetricsRequest\x1a .deltaflow.v1.GetMetricsResponse2\x85\x03\n\rWorkerService\x12I\n\x08Register\x12\x1d.deltaflow.v1.RegisterRequest\x1a\x1e.deltaflow.v1.RegisterResponse\x12L\n\x07\x43onnect\x12\x1b.deltaflow.v1.WorkerMessage\x1a .deltaflow.v1.CoordinatorMessage(\x01\x30\x01\x12\x46\n\tFetchTask\x12\x1e.deltaflow.v1.FetchTaskRequest\x1a\x17.deltaflow.v1.DataChunk0\x01\x12L\n\x0c\x46\x65tchWeights\x12!.deltaflow.v1.FetchWeightsRequest\x1a\x17.deltaflow.v1.DataChunk0\x01\x12\x45\n\x06Upload\x12\x1b.deltaflow.v1.UploadRequest\x1a\x1c.deltaflow.v1.UploadResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x65ltaflow/v1/services.proto\x12\x0c\x64\x65ltaflow.v1\x1a\x17\x64\x65ltaflow/v1/task.proto\x1a\x19\x64\x65ltaflow/v1/values.proto\"9\n\x11\x43reateTaskRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x15\n\rweights_chunk\x18\x02 \x01(\x0c\"%\n\x12\x43reateTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"\x98\x02\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.deltaflow.v1.TaskKind\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.deltaflow.v1.TaskState\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\'\n\x05rules\x18\x08 \x01(\x0b\x32\x18.deltaflow.v1.RoundRules\x12*\n\x08\x64\x61tasets\x18\t \x03(\x0b\x32\x18.deltaflow.v1.DatasetRef\x12\x12\n\nlog_length\x18\n \x01(\x04\"9\n\x10ListTasksRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x16\n\x0e\x62\x65\x66ore_task_id\x18\x02 \x01(\x04\":\n\x11ListTasksResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.deltaflow.v1.TaskInfo\"D\n\x11StreamLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"9\n\x08LogEntry\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\"#\n\x10GetResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"h\n\x0bResultChunk\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0f\n\x07preview\x18\x02 \x01(\t\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.deltaflow.v1.TensorInfo\"$\n\x11GetMetricsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"\x98\x01\n\x0cRoundMetrics\x12\r\n\x05round\x18\x01 \x01(\r\x12\x38\n\x07metrics\x18\x02 \x03(\x0b\x32\'.deltaflow.v1.RoundMetrics.MetricsEntry\x12\x0f\n\x07workers\x18\x03 \x01(\r\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x12GetMetricsResponse\x12*\n\x06rounds\x18\x01 \x03(\x0b\x32\x1a.deltaflow.v1.RoundMetrics\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\"n\n\x0fRegisterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0e\x63oordinator_id\x18\x04 \x01(\t\x12\x12\n\nheld_tasks\x18\x05 \x03(\x04\"q\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x16\n\x0e\x63oordinator_id\x18\x03 \x01(\t\x12\x15\n\rrelease_tasks\x18\x04 \x03(\x04\"\x8a\x01\n\rWorkerMessage\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.deltaflow.v1.HeartbeatH\x00\x12-\n\x08\x64\x61tasets\x18\x03 \x01(\x0b\x32\x19.deltaflow.v1.DatasetListH\x00\x42\x06\n\x04kind\"\x19\n\tHeartbeat\x12\x0c\n\x04time\x18\x01 \x01(\x01\"\x1c\n\x0b\x44\x61tasetList\x12\r\n\x05names\x18\x01 \x03(\t\"\x95\x01\n\x12\x43oordinatorMessage\x12,\n\theartbeat\x18\x01 \x01(\x0b\x32\x17.deltaflow.v1.HeartbeatH\x00\x12.\n\nassignment\x18\x02 \x01(\x0b\x32\x18.deltaflow.v1.AssignmentH\x00\x12\x19\n\x0frelease_task_id\x18\x03 \x01(\x04H\x00\x42\x06\n\x04kind\"\x95\x01\n\nAssignment\x12\x13\n\x0b\x65xchange_id\x18\x01 \x01(\x04\x12\x0f\n\x07task_id\x18\x02 \x01(\x04\x12\r\n\x05round\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\r\x12#\n\x06inputs\x18\x06 \x01(\x0b\x32\x13.deltaflow.v1.Value\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\"7\n\x10\x46\x65tchTaskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\x04\":\n\x13\x46\x65tchWeightsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\x04\"\x1a\n\tDataChunk\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"i\n\x0cUploadHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12!\n\x04meta\x18\x04 \x01(\x0b\x32\x13.deltaflow.v1.Value\"V\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.deltaflow.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\"\n\x0eUploadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08*\xa0\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x17\n\x13TASK_STATE_FINISHED\x10\x03\x12\x14\n\x10TASK_STATE_ERROR\x10\x04\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x05\x32\x9a\x04\n\x0bTaskService\x12Q\n\nCreateTask\x12\x1f.deltaflow.v1.CreateTaskRequest\x1a .deltaflow.v1.CreateTaskResponse(\x01\x12?\n\x07GetTask\x12\x1c.deltaflow.v1.GetTaskRequest\x1a\x16.deltaflow.v1.TaskInfo\x12L\n\tListTasks\x12\x1e.deltaflow.v1.ListTasksRequest\x1a\x1f.deltaflow.v1.ListTasksResponse\x12G\n\nStreamLogs\x12\x1f.deltaflow.v1.StreamLogsRequest\x1a\x16.deltaflow.v1.LogEntry0\x01\x12H\n\tGetResult\x12\x1e.deltaflow.v1.GetResultRequest\x1a\x19.deltaflow.v1.ResultChunk0\x01\x12\x45\n\nCancelTask\x12\x1f.deltaflow.v1.CancelTaskRequest\x1a\x16.deltaflow.v1.TaskInfo\x12O\n\nGetMetrics\x12\x1f.deltaflow.v1.GetMetricsRequest\x1a .deltaflow.v1.GetMetricsResponse2\x85\x03\n\rWorkerService\x12I\n\x08Register\x12\x1d.deltaflow.v1.RegisterRequest\x1a\x1e.deltaflow.v1.RegisterResponse\x12L\n\x07\x43onnect\x12\x1b.deltaflow.v1.WorkerMessage\x1a .deltaflow.v1.CoordinatorMessage(\x01\x30\x01\x12\x46\n\tFetchTask\x12\x1e.deltaflow.v1.FetchTaskRequest\x1a\x17.deltaflow.v1.DataChunk0\x01\x12L\n\x0c\x46\x65tchWeights\x12!.deltaflow.v1.FetchWeightsRequest\x1a\x17.deltaflow.v1.DataChunk0\x01\x12\x45\n\x06Upload\x12\x1b.deltaflow.v1.UploadRequest\x1a\x1c.deltaflow.v1.UploadResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUNDMETRICS_METRICSENTRY']._loaded_options = None
   _globals['_ROUNDMETRICS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=2216
-  _globals['_TASKSTATE']._serialized_end=2376
+  _globals['_TASKSTATE']._serialized_start=2307
+  _globals['_TASKSTATE']._serialized_end=2467
   _globals['_CREATETASKREQUEST']._serialized_start=97
   _globals['_CREATETASKREQUEST']._serialized_end=154
   _globals['_CREATETASKRESPONSE']._serialized_start=156
@@ -68,33 +68,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELTASKREQUEST']._serialized_start=1163
   _globals['_CANCELTASKREQUEST']._serialized_end=1199
   _globals['_REGISTERREQUEST']._serialized_start=1201
-  _globals['_REGISTERREQUEST']._serialized_end=1267
-  _globals['_REGISTERRESPONSE']._serialized_start=1269
-  _globals['_REGISTERRESPONSE']._serialized_end=1335
-  _globals['_WORKERMESSAGE']._serialized_start=1338
-  _globals['_WORKERMESSAGE']._serialized_end=1476
-  _globals['_HEARTBEAT']._serialized_start=1478
-  _globals['_HEARTBEAT']._serialized_end=1503
-  _globals['_DATASETLIST']._serialized_start=1505
-  _globals['_DATASETLIST']._serialized_end=1533
-  _globals['_COORDINATORMESSAGE']._serialized_start=1536
-  _globals['_COORDINATORMESSAGE']._serialized_end=1685
-  _globals['_ASSIGNMENT']._serialized_start=1688
-  _globals['_ASSIGNMENT']._serialized_end=1837
-  _globals['_FETCHTASKREQUEST']._serialized_start=1839
-  _globals['_FETCHTASKREQUEST']._serialized_end=1894
-  _globals['_FETCHWEIGHTSREQUEST']._serialized_start=1896
-  _globals['_FETCHWEIGHTSREQUEST']._serialized_end=1954
-  _globals['_DATACHUNK']._serialized_start=1956
-  _globals['_DATACHUNK']._serialized_end=1982
-  _globals['_UPLOADHEADER']._serialized_start=1984
-  _globals['_UPLOADHEADER']._serialized_end=2089
-  _globals['_UPLOADREQUEST']._serialized_start=2091
-  _globals['_UPLOADREQUEST']._serialized_end=2177
-  _globals['_UPLOADRESPONSE']._serialized_start=2179
-  _globals['_UPLOADRESPONSE']._serialized_end=2213
-  _globals['_TASKSERVICE']._serialized_start=2379
-  _globals['_TASKSERVICE']._serialized_end=2917
-  _globals['_WORKERSERVICE']._serialized_start=2920
-  _globals['_WORKERSERVICE']._serialized_end=3309
+  _globals['_REGISTERREQUEST']._serialized_end=1311
+  _globals['_REGISTERRESPONSE']._serialized_start=1313
+  _globals['_REGISTERRESPONSE']._serialized_end=1426
+  _globals['_WORKERMESSAGE']._serialized_start=1429
+  _globals['_WORKERMESSAGE']._serialized_end=1567
+  _globals['_HEARTBEAT']._serialized_start=1569
+  _globals['_HEARTBEAT']._serialized_end=1594
+  _globals['_DATASETLIST']._serialized_start=1596
+  _globals['_DATASETLIST']._serialized_end=1624
+  _globals['_COORDINATORMESSAGE']._serialized_start=1627
+  _globals['_COORDINATORMESSAGE']._serialized_end=1776
+  _globals['_ASSIGNMENT']._serialized_start=1779
+  _globals['_ASSIGNMENT']._serialized_end=1928
+  _globals['_FETCHTASKREQUEST']._serialized_start=1930
+  _globals['_FETCHTASKREQUEST']._serialized_end=1985
+  _globals['_FETCHWEIGHTSREQUEST']._serialized_start=1987
+  _globals['_FETCHWEIGHTSREQUEST']._serialized_end=2045
+  _globals['_DATACHUNK']._serialized_start=2047
+  _globals['_DATACHUNK']._serialized_end=2073
+  _globals['_UPLOADHEADER']._serialized_start=2075
+  _globals['_UPLOADHEADER']._serialized_end=2180
+  _globals['_UPLOADREQUEST']._serialized_start=2182
+  _globals['_UPLOADREQUEST']._serialized_end=2268
+  _globals['_UPLOADRESPONSE']._serialized_start=2270
+  _globals['_UPLOADRESPONSE']._serialized_end=2304
+  _globals['_TASKSERVICE']._serialized_start=2470
+  _globals['_TASKSERVICE']._serialized_end=3008
+  _globals['_WORKERSERVICE']._serialized_start=3011
+  _globals['_WORKERSERVICE']._serialized_end=3400
 # @@protoc_insertion_point(module_scope)

@@ -156,22 +156,30 @@ class CancelTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("name", "datasets", "version")
+    __slots__ = ("name", "datasets", "version", "coordinator_id", "held_tasks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    HELD_TASKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     datasets: _containers.RepeatedScalarFieldContainer[str]
     version: str
-    def __init__(self, name: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ...) -> None: ...
+    coordinator_id: str
+    held_tasks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., coordinator_id: _Optional[str] = ..., held_tasks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval")
+    __slots__ = ("session_id", "heartbeat_interval", "coordinator_id", "release_tasks")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_TASKS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval: float
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    coordinator_id: str
+    release_tasks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., coordinator_id: _Optional[str] = ..., release_tasks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
     __slots__ = ("session_id", "heartbeat", "datasets")
