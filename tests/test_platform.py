@@ -127,6 +127,18 @@ def test_a_worker_without_the_file_is_not_eligible_and_the_log_says_so(cluster):
     assert "selected 2 worker(s): w1, w2" in log
 
 
+def test_tsv_files_are_tables_too(cluster):
+    cluster.start_coordinator()
+    frames = [wages(12, 1), wages(7, 2)]
+    for i, frame in enumerate(frames):
+        cluster.start_worker(f"w{i}", {"wages.tsv": frame})
+    client = Client(cluster.address)
+    task_id = client.create_task(WageAvg(file="wages.tsv").build())
+    assert client.wait(task_id)
+    pd.testing.assert_series_equal(client.get_result(task_id),
+                                   pd.concat(frames, ignore_index=True).mean(), rtol=1e-12)
+
+
 def test_a_dataset_that_links_out_of_the_data_dir_is_refused_by_the_worker(cluster, tmp_path):
     cluster.start_coordinator()
     outside = tmp_path / "secret.csv"
