@@ -96,9 +96,9 @@ class Worker:
         self.name = name
         self.data_dir = data_dir
         self.max_backoff = max_backoff
-        self.work_dir = work_dir
-        self.engine = EngineSession(work_dir, limits, NvmlInventory(), name="engine")
-        gpus = NvmlInventory().devices()
+        inventory = NvmlInventory()
+        self.engine = EngineSession(work_dir, limits, inventory, name="engine")
+        gpus = inventory.devices()
         log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
                  ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
         self._jobs: dict[int, asyncio.Task[Job]] = {}
