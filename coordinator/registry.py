@@ -94,7 +94,7 @@ class SpillReceiver:
         self._written += len(chunk)
         if self._written > self.expected_bytes:
             raise ValueError(f"it sent more than the {self.expected_bytes} bytes expected")
-        await asyncio.to_thread(self._file.write, chunk)  # the loop serves other streams
+        self._file.write(chunk)
 
     def finish(self, meta: Any) -> tuple[Path, Any]:
         self._file.close()
