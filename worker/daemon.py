@@ -53,11 +53,15 @@ async def serve(args: argparse.Namespace) -> None:
     if not args.data_dir.is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder")
     try:
+        address = normalize_address(args.coordinator)
+    except ValueError as error:
+        raise SystemExit(f"--coordinator: {error}") from None
+    try:
         limits = limits_from_args(args)
     except (OSError, ValueError) as error:
         raise SystemExit(f"engine settings: {error}") from None
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{args.name}"
-    worker = Worker(normalize_address(args.coordinator), args.name, DataDir(args.data_dir),
+    worker = Worker(address, args.name, DataDir(args.data_dir),
                     args.max_backoff, work_dir, limits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
