@@ -1,0 +1,153 @@
+"""A worker's side of the protocol: a transport-free state machine, one method per phase."""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import NamedTuple
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import fixedpoint, shamir
+from .masks import MASK_LABEL, SHARE_LABEL, agree, expand, pairwise_sign
+
+NONCE_BYTES = 12
+SHARE_HEADER = struct.Struct(">II")  # sender, recipient
+PLAINTEXT_BYTES = SHARE_HEADER.size + 2 * shamir.SHARE_BYTES
+CIPHERTEXT_BYTES = NONCE_BYTES + PLAINTEXT_BYTES + 16  # AES-GCM tag
+
+
+class SecAggError(Exception):
+    """A round of secure aggregation cannot go on; the message says why."""
+
+
+class MaskedInput(NamedTuple):
+    vector: np.ndarray  # uint64, what the coordinator sums
+    malformed: list[int]  # senders whose share for this worker did not decrypt or parse
+
+
+class Revealed(NamedTuple):
+    self_mask: dict[int, int]  # worker -> this worker's share of its self-mask seed
+    mask_key: dict[int, int]  # worker -> this worker's share of its masking private key
+
+
+def threshold(min_clients: int, n_selected: int) -> int:
+    """Shares needed: at least `min_clients` and more than half of the selected workers."""
+    if not 1 <= min_clients <= n_selected:
+        raise ValueError(f"min_clients {min_clients} must be between 1 and {n_selected}")
+    return max(min_clients, n_selected // 2 + 1)
+
+
+class SecAggClient:
+    """Worker `index` among `n_selected`; its vector has `vector_length` values."""
+
+    def __init__(self, index: int, n_selected: int, threshold: int, precision: int,
+                 vector_length: int, max_clients: int | None = None):
+        self.index = index
+        self.threshold = threshold
+        self.precision = precision
+        self.vector_length = vector_length
+        self.max_clients = max_clients or n_selected
+        self._c_sk = X25519PrivateKey.generate()  # encrypts shares
+        self._s_sk = X25519PrivateKey.generate()  # agrees pairwise masks
+        self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._seed = os.urandom(32)  # self mask b_u
+        self._held: dict[int, tuple[int, int]] = {}  # sender -> (share of b, share of s_sk)
+        self._masked_with: set[int] = set()
+        self._revealed = False
+
+    def advertise(self) -> tuple[bytes, bytes]:
+        """Phase 0: the two public keys (c_pk for share encryption, s_pk for masks)."""
+        return self._c_sk.public_key().public_bytes_raw(), self._s_sk.public_key().public_bytes_raw()
+
+    def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
+        """Phase 1: encrypted shares of b_u and s_sk_u for every other worker that advertised."""
+        if public_keys.get(self.index) != self.advertise():
+            raise SecAggError(f"worker {self.index}: the key list lacks this worker's own keys")
+        if len(public_keys) < self.threshold:
+            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys, "
+                              f"at least {self.threshold} needed")
+        if len({k for pair in public_keys.values() for k in pair}) != 2 * len(public_keys):
+            raise SecAggError(f"worker {self.index}: advertised keys are not all distinct")
+        self._keys = dict(public_keys)
+        holders = sorted(public_keys)
+        b_shares = shamir.split(self._seed, holders, self.threshold)
+        s_shares = shamir.split(self._s_sk.private_bytes_raw(), holders, self.threshold)
+        self._held[self.index] = (b_shares[self.index], s_shares[self.index])
+        out = {}
+        for v in holders:
+            if v == self.index:
+                continue
+            plaintext = (SHARE_HEADER.pack(self.index, v)
+                         + b_shares[v].to_bytes(shamir.SHARE_BYTES, "big")
+                         + s_shares[v].to_bytes(shamir.SHARE_BYTES, "big"))
+            nonce = os.urandom(NONCE_BYTES)
+            out[v] = nonce + self._cipher(v).encrypt(nonce, plaintext, None)
+        return out
+
+    def masked_input(self, x: np.ndarray, shares_for_me: dict[int, bytes]) -> MaskedInput:
+        """Phase 2: y = x + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv) mod 2^64 over the
+        workers whose shares arrived (U2), and the senders whose share was malformed."""
+        if self._masked_with:
+            raise SecAggError(f"worker {self.index}: a masked input was already sent this round")
+        if x.shape != (self.vector_length,):
+            raise ValueError(f"vector of shape {x.shape}, expected ({self.vector_length},)")
+        peers = set(shares_for_me) - {self.index}
+        if not peers <= set(self._keys):
+            raise SecAggError(f"worker {self.index}: shares from workers that advertised no keys: "
+                              f"{sorted(peers - set(self._keys))}")
+        if len(peers) + 1 < self.threshold:
+            raise SecAggError(f"worker {self.index}: {len(peers) + 1} workers shared keys, "
+                              f"at least {self.threshold} needed")
+        malformed = [v for v in sorted(peers) if not self._accept_share(v, shares_for_me[v])]
+        y = fixedpoint.encode(x, self.precision, self.max_clients)
+        y += expand(self._seed, self.vector_length)
+        for v in sorted(peers):
+            mask = expand(agree(self._s_sk, self._keys[v][1], MASK_LABEL), self.vector_length)
+            if pairwise_sign(self.index, v) > 0:
+                y += mask
+            else:
+                y -= mask
+        self._masked_with = peers | {self.index}
+        return MaskedInput(y, malformed)
+
+    def unmask(self, survivors: list[int]) -> Revealed:
+        """Phase 3: shares of b_v for the survivors (whose input is summed) and of s_sk_v for
+        the rest of U2. Answered once: never both kinds of share for the same worker."""
+        if self._revealed:
+            raise SecAggError(f"worker {self.index}: shares were already revealed for this round")
+        survivors_set = set(survivors)
+        if not survivors_set <= self._masked_with or self.index not in survivors_set:
+            raise SecAggError(f"worker {self.index}: survivors {sorted(survivors_set)} are not "
+                              f"a subset of U2 {sorted(self._masked_with)} holding this worker")
+        if len(survivors_set) < self.threshold:
+            raise SecAggError(f"worker {self.index}: {len(survivors_set)} survivors, "
+                              f"at least {self.threshold} needed")
+        self._revealed = True
+        held = {v: s for v, s in self._held.items() if v in self._masked_with}
+        return Revealed({v: b for v, (b, _) in held.items() if v in survivors_set},
+                        {v: s for v, (_, s) in held.items() if v not in survivors_set})
+
+    def _cipher(self, peer: int) -> AESGCM:
+        return AESGCM(agree(self._c_sk, self._keys[peer][0], SHARE_LABEL))
+
+    def _accept_share(self, sender: int, ciphertext: bytes) -> bool:
+        """Decrypts and keeps `sender`'s share for this worker; False when it is malformed."""
+        try:
+            plaintext = self._cipher(sender).decrypt(
+                ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], None)
+        except (InvalidTag, ValueError, TypeError):
+            return False
+        if len(plaintext) != PLAINTEXT_BYTES or SHARE_HEADER.unpack_from(plaintext) != (
+                sender, self.index):
+            return False
+        body = plaintext[SHARE_HEADER.size:]
+        b, s = (int.from_bytes(body[i:i + shamir.SHARE_BYTES], "big")
+                for i in (0, shamir.SHARE_BYTES))
+        if b >= shamir.PRIME or s >= shamir.PRIME:
+            return False
+        self._held[sender] = (b, s)
+        return True

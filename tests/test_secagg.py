@@ -1,0 +1,219 @@
+"""Secure aggregation: exact sums under dropouts, masked inputs that look uniform, a coordinator
+that can read nothing it relays, refusals with clear messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sdk.secagg import SecAggClient, SecAggError, SecAggServer, shamir, threshold
+from sdk.secagg.client import NONCE_BYTES
+from sdk.secagg.fixedpoint import encode
+
+PRECISION = 6
+
+
+def make_round(n: int, min_clients: int, length: int = 16):
+    t = threshold(min_clients, n)
+    clients = {u: SecAggClient(u, n, t, PRECISION, length) for u in range(n)}
+    return clients, SecAggServer(n, min_clients, PRECISION, length)
+
+
+def run_round(xs: dict[int, np.ndarray], min_clients: int, drop: dict[str, set[int]] = {},
+              tamper=None):
+    """One whole round; `drop[phase]` stay silent from that phase on; `tamper(phase, u, msg)`
+    may rewrite a worker's message. Returns the server and its result."""
+    n = len(xs)
+    clients, server = make_round(n, min_clients, len(xs[0]))
+    tamper = tamper or (lambda phase, u, msg: msg)
+    gone: set[int] = set()
+
+    def speaking(phase: str) -> list[int]:
+        gone.update(drop.get(phase, ()))
+        return [u for u in clients if u not in gone]
+
+    for u in speaking("advertise"):
+        server.receive_keys(u, *tamper("advertise", u, clients[u].advertise()))
+    keys = server.public_keys()
+    for u in speaking("share"):
+        if u in keys:
+            server.receive_shares(u, tamper("share", u, clients[u].share_keys(keys)))
+    routed = server.routed_shares()
+    for u in speaking("mask"):
+        if u in routed:
+            vector, malformed = clients[u].masked_input(xs[u], routed[u])
+            server.receive_masked(u, tamper("mask", u, vector), malformed)
+    survivors = server.unmask_request()
+    for u in speaking("unmask"):
+        if u in survivors:
+            server.receive_unmask(u, clients[u].unmask(survivors))
+    return server, server.result()
+
+
+def inputs(n: int, length: int = 16, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {u: rng.normal(0, 100, length).round(PRECISION) for u in range(n)}
+
+
+def expected(xs, included) -> np.ndarray:
+    return sum(xs[u] for u in included)
+
+
+@pytest.mark.parametrize("n", [3, 7])
+def test_sum_is_exact_without_dropouts(n):
+    xs = inputs(n)
+    server, total = run_round(xs, min_clients=2)
+    np.testing.assert_allclose(total, expected(xs, range(n)), rtol=0, atol=n * 10**-PRECISION)
+    assert server.u3 == set(range(n)) and not server.dropped
+
+
+@pytest.mark.parametrize("drop, included", [
+    ({"advertise": {1}}, {0, 2, 3, 4, 5, 6, 7, 8}),
+    ({"share": {2}}, {0, 1, 3, 4, 5, 6, 7, 8}),
+    ({"mask": {3, 5}}, {0, 1, 2, 4, 6, 7, 8}),
+    ({"unmask": {0, 6}}, {0, 1, 2, 3, 4, 5, 6, 7, 8}),
+    ({"advertise": {6}, "share": {0}, "mask": {4}, "unmask": {1}}, {1, 2, 3, 5, 7, 8}),
+])
+def test_sum_is_exact_over_the_inputs_that_arrived(drop, included):
+    xs = inputs(9)  # threshold 5
+    server, total = run_round(xs, min_clients=3, drop=drop)
+    np.testing.assert_allclose(total, expected(xs, included), rtol=0, atol=9 * 10**-PRECISION)
+    assert server.u3 == included
+    assert set(server.dropped) == set().union(*drop.values())  # named even if input summed
+    for v in server.u2:  # of each worker, the coordinator saw shares of one secret only
+        kinds = {kind for r in server._revealed.values() for kind in ("self_mask", "mask_key")
+                 if v in getattr(r, kind)}
+        assert kinds == ({"self_mask"} if v in included else {"mask_key"})
+
+
+@pytest.mark.parametrize("phase, message", [
+    ("advertise", "failed at advertise: 3 of 7 selected workers remain, at least 4 needed"),
+    ("share", "failed at share keys: 3 of 7"),
+    ("mask", "failed at masked input: 3 of 7"),
+    ("unmask", "failed at unmasking: 3 of 7"),
+])
+def test_fewer_than_the_threshold_fails_the_round(phase, message):
+    with pytest.raises(SecAggError, match=message) as raised:
+        run_round(inputs(7), min_clients=2, drop={phase: {0, 1, 2, 3}})
+    assert "0: " in str(raised.value)  # names who dropped
+
+
+def test_threshold_is_min_clients_and_a_majority():
+    assert threshold(2, 7) == 4 and threshold(5, 7) == 5 and threshold(2, 3) == 2
+    with pytest.raises(ValueError):
+        threshold(4, 3)
+
+
+def test_a_million_values_sum_exactly():
+    xs = inputs(3, 1_000_000)
+    _, total = run_round(xs, min_clients=2, drop={"mask": {1}})
+    np.testing.assert_allclose(total, xs[0] + xs[2], rtol=0, atol=3 * 10**-PRECISION)
+
+
+def test_masked_input_looks_uniform_and_hides_the_plain_vector():
+    length = 1 << 16
+    clients, _ = make_round(3, 2, length)
+    x = np.zeros(length)  # the most structured input there is
+    keys = {u: c.advertise() for u, c in clients.items()}
+    sent = {u: c.share_keys(keys) for u, c in clients.items()}
+    y, malformed = clients[0].masked_input(x, {u: sent[u][0] for u in (1, 2)})
+    assert malformed == []
+    assert not np.array_equal(y, encode(x, PRECISION, 3))
+    counts = np.bincount(y.view(np.uint8), minlength=256)
+    expected_count = counts.sum() / 256
+    chi2 = ((counts - expected_count) ** 2 / expected_count).sum()
+    assert chi2 < 350  # 255 degrees of freedom: p < 1e-4 above 350
+    top = np.bincount((y >> np.uint64(60)).astype(np.int64), minlength=16)  # high bits too
+    assert ((top - length / 16) ** 2 / (length / 16)).sum() < 40  # 15 dof, p < 1e-3
+
+
+def test_the_coordinator_cannot_read_what_it_relays():
+    n = 5
+    clients, server = make_round(n, 3)
+    for u, c in clients.items():
+        server.receive_keys(u, *c.advertise())
+    keys = server.public_keys()
+    for u, c in clients.items():
+        server.receive_shares(u, c.share_keys(keys))
+    routed = server.routed_shares()
+    # Every key it could derive from what it saw: the public keys themselves.
+    guesses = [AESGCM(k) for pair in keys.values() for k in pair]
+    for recipient, shares in routed.items():
+        for ciphertext in shares.values():
+            for aead in guesses:
+                with pytest.raises(InvalidTag):
+                    aead.decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], None)
+
+
+def test_fewer_than_threshold_shares_reveal_nothing():
+    secret = bytes(range(32))
+    shares = shamir.split(secret, list(range(7)), 4)
+    assert shamir.combine({u: shares[u] for u in (0, 3, 5, 6)}) == secret
+    for partial in ((0, 3, 5), (1, 2, 4), (2, 6, 5)):  # t-1 shares: a random field element
+        guess = shamir.interpolate({u: shares[u] for u in partial})
+        assert guess != int.from_bytes(secret, "big")
+        with pytest.raises(ValueError, match="expected size"):
+            shamir.combine({u: shares[u] for u in partial})
+
+
+def test_a_worker_masks_once_and_reveals_one_kind_of_share_per_worker_once():
+    xs = inputs(4)
+    clients, server = make_round(4, 3)
+    keys = {u: c.advertise() for u, c in clients.items()}
+    sent = {u: c.share_keys(keys) for u, c in clients.items()}
+    clients[0].masked_input(xs[0], {u: sent[u][0] for u in (1, 2, 3)})
+    with pytest.raises(SecAggError, match="already sent"):
+        clients[0].masked_input(xs[0], {u: sent[u][0] for u in (1, 2)})
+    revealed = clients[0].unmask([0, 1, 2])
+    assert set(revealed.self_mask) == {0, 1, 2} and set(revealed.mask_key) == {3}
+    with pytest.raises(SecAggError, match="already revealed"):
+        clients[0].unmask([0, 1, 2, 3])
+
+
+def test_overflowing_inputs_are_refused():
+    clients, _ = make_round(3, 2, 4)
+    with pytest.raises(ValueError, match="at index 2"):
+        encode(np.array([0.0, 1.0, 1e13, 2.0]), PRECISION, 3)
+    with pytest.raises(ValueError, match="at index 1"):
+        encode(np.array([0.0, np.nan]), PRECISION, 3)
+    assert encode(np.array([-1.5]), PRECISION, 3).view(np.int64)[0] == -1_500_000
+
+
+def flip_last_bit_of_share_to_1(phase, u, msg):  # right length, fails to decrypt
+    if phase == "share" and u == 3:
+        msg[1] = msg[1][:-1] + bytes([msg[1][-1] ^ 1])
+    return msg
+
+
+def truncate_shares_of_2(phase, u, msg):
+    return {v: c[:-1] for v, c in msg.items()} if phase == "share" and u == 2 else msg
+
+
+def shorten_vector_of_4(phase, u, msg):
+    return msg[:-1] if phase == "mask" and u == 4 else msg
+
+
+@pytest.mark.parametrize("tamper, dropped", [
+    (flip_last_bit_of_share_to_1, {3: "sent malformed shares to workers [1]"}),
+    (truncate_shares_of_2, {2: "malformed shares for workers [0, 1, 3, 4]"}),
+    (shorten_vector_of_4, {4: "masked vector of uint64 (15,), expected uint64 (16,)"}),
+])
+def test_a_malformed_message_drops_and_names_its_sender(tamper, dropped):
+    xs = inputs(5)
+    server, total = run_round(xs, min_clients=3, tamper=tamper)
+    assert server.dropped == dropped
+    np.testing.assert_allclose(total, expected(xs, set(xs) - set(dropped)), rtol=0, atol=1e-5)
+
+
+def test_late_or_repeated_messages_are_refused():
+    clients, server = make_round(3, 2)
+    server.receive_keys(0, *clients[0].advertise())
+    with pytest.raises(ValueError, match="already answered"):
+        server.receive_keys(0, *clients[0].advertise())
+    server.receive_keys(1, *clients[1].advertise())
+    server.public_keys()
+    with pytest.raises(ValueError, match="not in the round"):
+        server.receive_keys(2, *clients[2].advertise())
+    assert server.dropped == {2: "sent no keys (left at advertise)"}
