@@ -18,10 +18,19 @@ def agree(private: X25519PrivateKey, peer_public: bytes, label: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(shared)
 
 
-def expand(seed: bytes, length: int) -> np.ndarray:
-    """`length` pseudorandom uint64 words from a 32-byte seed, at the speed of AES-NI."""
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    return np.frombuffer(encryptor.update(bytes(8 * length)), dtype=np.uint64)
+class Expander:
+    """Expands 32-byte seeds into masks of `length` uint64 words at the speed of AES-NI, writing
+    each into the same buffer: a mask is valid until the next call."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self._zeros = bytes(8 * length)
+        self._out = np.empty(length + 2, dtype=np.uint64)  # update_into wants a block's slack
+
+    def __call__(self, seed: bytes) -> np.ndarray:
+        encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+        encryptor.update_into(self._zeros, memoryview(self._out).cast("B"))
+        return self._out[:self.length]
 
 
 def pairwise_sign(u: int, v: int) -> int:
