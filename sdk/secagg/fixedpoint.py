@@ -10,7 +10,8 @@ LIMIT = 2.0**63
 def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
     """`x` scaled by 10^precision as uint64 (two's complement); refuses values whose sum over
     `max_clients` workers could leave the signed 64-bit range."""
-    scaled = np.asarray(x, dtype=np.float64) * 10.0**precision
+    x = np.asarray(x, dtype=np.float64)
+    scaled = x * 10.0**precision
     bad = np.flatnonzero(~(np.abs(scaled) * max_clients < LIMIT))
     if bad.size:
         i = int(bad[0])
