@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sdk.secagg import SecAggClient, SecAggError, SecAggServer, shamir, threshold
 from sdk.secagg.client import NONCE_BYTES
 from sdk.secagg.fixedpoint import encode
+from sdk.secagg.masks import CHUNK, accumulate
 
 PRECISION = 6
 
@@ -217,3 +219,12 @@ def test_late_or_repeated_messages_are_refused():
     with pytest.raises(ValueError, match="not in the round"):
         server.receive_keys(2, *clients[2].advertise())
     assert server.dropped == {2: "sent no keys (left at advertise)"}
+
+
+def test_masks_are_one_aes_ctr_keystream_across_chunks():
+    seed, length = bytes(range(32)), 2 * CHUNK + 5
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    stream = np.frombuffer(encryptor.update(bytes(8 * length)), dtype=np.uint64)
+    out = np.arange(length, dtype=np.uint64)
+    accumulate(out, [out.copy()], [(seed, 1), (bytes(32), 1), (bytes(32), -1)])
+    np.testing.assert_array_equal(out, 2 * np.arange(length, dtype=np.uint64) + stream)

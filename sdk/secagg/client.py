@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import fixedpoint, shamir
-from .masks import MASK_LABEL, SHARE_LABEL, Expander, agree, pairwise_sign
+from .masks import MASK_LABEL, SHARE_LABEL, accumulate, agree, pairwise_sign
 
 NONCE_BYTES = 12
 SHARE_HEADER = struct.Struct(">II")  # sender, recipient
@@ -104,14 +104,9 @@ class SecAggClient:
                               f"at least {self.threshold} needed")
         malformed = [v for v in sorted(peers) if not self._accept_share(v, shares_for_me[v])]
         y = fixedpoint.encode(x, self.precision, self.max_clients)
-        expand = Expander(self.vector_length)
-        y += expand(self._seed)
-        for v in sorted(peers):
-            mask = expand(agree(self._s_sk, self._keys[v][1], MASK_LABEL))
-            if pairwise_sign(self.index, v) > 0:
-                y += mask
-            else:
-                y -= mask
+        accumulate(y, [], [(self._seed, 1)] + [
+            (agree(self._s_sk, self._keys[v][1], MASK_LABEL), pairwise_sign(self.index, v))
+            for v in sorted(peers)])
         self._masked_with = peers | {self.index}
         return MaskedInput(y, malformed)
 

@@ -18,19 +18,27 @@ def agree(private: X25519PrivateKey, peer_public: bytes, label: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(shared)
 
 
-class Expander:
-    """Expands 32-byte seeds into masks of `length` uint64 words at the speed of AES-NI, writing
-    each into the same buffer: a mask is valid until the next call."""
+CHUNK = 1 << 16  # words: a chunk, its keystream and the zeros it encrypts stay in L2
 
-    def __init__(self, length: int):
-        self.length = length
-        self._zeros = bytes(8 * length)
-        self._out = np.empty(length + 2, dtype=np.uint64)  # update_into wants a block's slack
 
-    def __call__(self, seed: bytes) -> np.ndarray:
-        encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-        encryptor.update_into(self._zeros, memoryview(self._out).cast("B"))
-        return self._out[:self.length]
+def accumulate(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[bytes, int]]) -> None:
+    """out += sum(addends) + sum(sign * PRG(seed) for seed, sign in masks), mod 2^64, where PRG
+    is the AES-256-CTR keystream of the seed as uint64 words. Streams over cache-sized chunks,
+    so each vector is read once from memory."""
+    streams = [(Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor(), sign)
+               for seed, sign in masks]
+    zeros = memoryview(bytes(8 * CHUNK))
+    keystream = np.empty(CHUNK + 2, dtype=np.uint64)  # update_into wants a block's slack
+    for start in range(0, out.size, CHUNK):
+        part = out[start:start + CHUNK]
+        for addend in addends:
+            part += addend[start:start + CHUNK]
+        for stream, sign in streams:
+            stream.update_into(zeros[:8 * part.size], memoryview(keystream).cast("B"))
+            if sign > 0:
+                part += keystream[:part.size]
+            else:
+                part -= keystream[:part.size]
 
 
 def pairwise_sign(u: int, v: int) -> int:

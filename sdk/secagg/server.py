@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import fixedpoint, shamir
 from .client import CIPHERTEXT_BYTES, Revealed, SecAggError, threshold
-from .masks import MASK_LABEL, Expander, agree, pairwise_sign
+from .masks import MASK_LABEL, accumulate, agree, pairwise_sign
 
 KEY_BYTES = 32
 
@@ -92,21 +92,16 @@ class SecAggServer:
     def result(self) -> np.ndarray:
         """Closes unmasking: the float64 sum of the inputs of U3."""
         self.u4 = self._close("unmasking", self._revealed, self.u3, "revealed no shares")
-        expand = Expander(self.vector_length)
-        total = np.zeros(self.vector_length, dtype=np.uint64)
-        for u in sorted(self.u3):
-            total += self._vectors[u]
-            total -= expand(self._reconstruct(u, "self_mask"))
-        for v in sorted(self.u2 - self.u3):
+        survivors = sorted(self.u3)
+        masks = [(self._reconstruct(u, "self_mask"), -1) for u in survivors]
+        for v in sorted(self.u2 - self.u3):  # take off the masks survivors shared with v
             s_sk = X25519PrivateKey.from_private_bytes(self._reconstruct(v, "mask_key"))
             if s_sk.public_key().public_bytes_raw() != self._keys[v][1]:
                 raise SecAggError(f"the shares of worker {v}'s mask key do not match its key")
-            for u in sorted(self.u3):
-                mask = expand(agree(s_sk, self._keys[u][1], MASK_LABEL))
-                if pairwise_sign(u, v) > 0:  # u added this mask: take it off
-                    total -= mask
-                else:
-                    total += mask
+            masks += [(agree(s_sk, self._keys[u][1], MASK_LABEL), -pairwise_sign(u, v))
+                      for u in survivors]
+        total = np.zeros(self.vector_length, dtype=np.uint64)
+        accumulate(total, [self._vectors[u] for u in survivors], masks)
         return fixedpoint.decode(total, self.precision)
 
     def _reconstruct(self, v: int, kind: str) -> bytes:
