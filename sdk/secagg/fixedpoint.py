@@ -10,15 +10,14 @@ LIMIT = 2.0**63
 def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
     """`x` scaled by 10^precision as uint64 (two's complement); refuses values whose sum over
     `max_clients` workers could leave the signed 64-bit range."""
-    x = np.asarray(x, dtype=np.float64)
-    scaled = x * 10.0**precision
-    bad = np.flatnonzero(~(np.abs(scaled) * max_clients < LIMIT))
-    if bad.size:
+    scaled = np.multiply(x, 10.0**precision, dtype=np.float64)
+    if scaled.size and not max(-scaled.min(), scaled.max()) * max_clients < LIMIT:  # NaN too
+        bad = np.flatnonzero(~(np.abs(scaled) * max_clients < LIMIT))
         i = int(bad[0])
         raise ValueError(
-            f"value {x[i]!r} at index {i} does not fit: |x| * 10^{precision} * {max_clients} "
-            f"workers must stay below 2^63 ({bad.size} values out of range)")
-    return np.rint(scaled).astype(np.int64).view(np.uint64)
+            f"value {float(np.asarray(x)[i])} at index {i} does not fit: |x| * 10^{precision} * "
+            f"{max_clients} workers must stay below 2^63 ({bad.size} out of range)")
+    return np.rint(scaled, out=scaled).astype(np.int64).view(np.uint64)
 
 
 def decode(total: np.ndarray, precision: int) -> np.ndarray:
