@@ -221,10 +221,11 @@ def test_late_or_repeated_messages_are_refused():
     assert server.dropped == {2: "sent no keys (left at advertise)"}
 
 
-def test_masks_are_one_aes_ctr_keystream_across_chunks():
-    seed, length = bytes(range(32)), 2 * CHUNK + 5
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_masks_are_one_aes_ctr_keystream_across_chunks_and_threads(threads):
+    seed, length = bytes(range(32)), 3 * CHUNK + 5
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
     stream = np.frombuffer(encryptor.update(bytes(8 * length)), dtype=np.uint64)
     out = np.arange(length, dtype=np.uint64)
-    accumulate(out, [out.copy()], [(seed, 1), (bytes(32), 1), (bytes(32), -1)])
+    accumulate(out, [out.copy()], [(seed, 1), (bytes(32), 1), (bytes(32), -1)], threads)
     np.testing.assert_array_equal(out, 2 * np.arange(length, dtype=np.uint64) + stream)

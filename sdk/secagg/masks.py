@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -19,20 +22,32 @@ def agree(private: X25519PrivateKey, peer_public: bytes, label: bytes) -> bytes:
 
 
 CHUNK = 1 << 16  # words: a chunk, its keystream and the zeros it encrypts stay in L2
+THREADS = min(os.cpu_count() or 1, 8)  # AES and numpy release the GIL
 
 
-def accumulate(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[bytes, int]]) -> None:
+def accumulate(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[bytes, int]],
+               threads: int = THREADS) -> None:
     """out += sum(addends) + sum(sign * PRG(seed) for seed, sign in masks), mod 2^64, where PRG
     is the AES-256-CTR keystream of the seed as uint64 words. Streams over cache-sized chunks,
-    so each vector is read once from memory."""
-    streams = [(Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor(), sign)
+    so each vector is read once from memory, in `threads` contiguous slices at once."""
+    chunks = -(-out.size // CHUNK)
+    bounds = [CHUNK * (chunks * i // threads) for i in range(threads)] + [out.size]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: _accumulate_slice(out, addends, masks, bounds[i], bounds[i + 1]),
+                      range(threads)))
+
+
+def _accumulate_slice(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[bytes, int]],
+                      begin: int, end: int) -> None:
+    counter = (begin // 2).to_bytes(16, "big")  # two words per AES block; begin is even
+    streams = [(Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor(), sign)
                for seed, sign in masks]
     zeros = memoryview(bytes(8 * CHUNK))
     keystream = np.empty(CHUNK + 2, dtype=np.uint64)  # update_into wants a block's slack
-    for start in range(0, out.size, CHUNK):
-        part = out[start:start + CHUNK]
+    for start in range(begin, end, CHUNK):
+        part = out[start:min(start + CHUNK, end)]
         for addend in addends:
-            part += addend[start:start + CHUNK]
+            part += addend[start:start + part.size]
         for stream, sign in streams:
             stream.update_into(zeros[:8 * part.size], memoryview(keystream).cast("B"))
             if sign > 0:
