@@ -23,13 +23,14 @@ def make_round(n: int, min_clients: int, length: int = 16):
     return clients, SecAggServer(n, min_clients, PRECISION, length)
 
 
-def run_round(xs: dict[int, np.ndarray], min_clients: int, drop: dict[str, set[int]] = {},
-              tamper=None):
+def run_round(xs: dict[int, np.ndarray], min_clients: int,
+              drop: dict[str, set[int]] | None = None, tamper=None):
     """One whole round; `drop[phase]` stay silent from that phase on; `tamper(phase, u, msg)`
     may rewrite a worker's message. Returns the server and its result."""
     n = len(xs)
     clients, server = make_round(n, min_clients, len(xs[0]))
     tamper = tamper or (lambda phase, u, msg: msg)
+    drop = drop or {}
     gone: set[int] = set()
 
     def speaking(phase: str) -> list[int]:
@@ -142,7 +143,7 @@ def test_the_coordinator_cannot_read_what_it_relays():
     routed = server.routed_shares()
     # Every key it could derive from what it saw: the public keys themselves.
     guesses = [AESGCM(k) for pair in keys.values() for k in pair]
-    for recipient, shares in routed.items():
+    for shares in routed.values():
         for ciphertext in shares.values():
             for aead in guesses:
                 with pytest.raises(InvalidTag):

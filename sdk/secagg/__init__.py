@@ -3,7 +3,6 @@ vectors and nothing about any one of them. Transport-free state machines: `SecAg
 worker, `SecAggServer` on the coordinator; the daemons carry their messages."""
 
 from .client import MaskedInput, Revealed, SecAggClient, SecAggError, threshold
-from . import shamir
 from .server import SecAggServer
 
 __all__ = ["MaskedInput", "Revealed", "SecAggClient", "SecAggError", "SecAggServer", "threshold"]
