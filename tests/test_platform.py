@@ -20,10 +20,11 @@ TRACE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  \S")
 
 
 def start_three(cluster, sizes=(40, 75, 1)):
+    """Three workers, one with a single row: --min-rows 1 lets it send a mean of one row."""
     cluster.start_coordinator()
     frames = {f"w{i + 1}": wages(n, seed=i) for i, n in enumerate(sizes)}
     for name, frame in frames.items():
-        cluster.start_worker(name, {"wages.csv": frame})
+        cluster.start_worker(name, {"wages.csv": frame}, True, "--min-rows", "1")
     return frames
 
 

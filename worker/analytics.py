@@ -18,9 +18,10 @@ from worker.datasets import DataDir
 class AnalyticsJob:
     """A joined analytics task: its plan and this worker's frames."""
 
-    def __init__(self, spec: task_pb2.TaskSpec, data_dir: DataDir) -> None:
+    def __init__(self, spec: task_pb2.TaskSpec, data_dir: DataDir, min_rows: int) -> None:
         self.plan = Plan(*Graph.from_proto(spec.analytics))
         self.frames = {ref.argument: data_dir.read_frame(ref.file) for ref in spec.datasets}
+        self.min_rows = min_rows
 
     def describe(self) -> str:
         return ", ".join(f"{name}: {len(frame)} rows" for name, frame in self.frames.items())
@@ -29,5 +30,6 @@ class AnalyticsJob:
         """This worker's parts of the reductions of `stage`, serialized."""
         if not 0 <= stage < self.plan.stage_count:
             raise ValueError(f"the task has no step {stage + 1}")
-        parts = worker_parts(self.plan, stage, self.frames, {int(k): v for k, v in inputs.items()})
+        parts = worker_parts(self.plan, stage, self.frames, {int(k): v for k, v in inputs.items()},
+                             self.min_rows)
         return values.encode(parts).SerializeToString()

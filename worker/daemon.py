@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from sdk import values
+from sdk.analytics.plan import PrivacyError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.wire import CHANNEL_OPTIONS, normalize_address, split_chunks
@@ -44,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where learning tasks keep weights and logs (default: a folder "
                              "under the system's temporary dir)")
+    parser.add_argument("--min-rows", type=int, default=3,
+                        help="refuse to send any aggregate of fewer rows than this (a group, or "
+                             "what a filter kept), as it would come close to single rows; 1 "
+                             "turns the check off (default %(default)s)")
     parser.add_argument("--max-backoff", type=float, default=2.0,
                         help="longest wait between reconnection attempts, seconds (default %(default)s)")
     add_engine_arguments(parser)
@@ -62,7 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"engine settings: {error}") from None
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{args.name}"
     worker = Worker(address, args.name, DataDir(args.data_dir),
-                    args.max_backoff, work_dir, limits)
+                    args.max_backoff, work_dir, limits, args.min_rows)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -95,11 +100,12 @@ Job = AnalyticsJob | LearningJob
 
 class Worker:
     def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float,
-                 work_dir: Path, limits: EngineLimits) -> None:
+                 work_dir: Path, limits: EngineLimits, min_rows: int) -> None:
         self.address = address
         self.name = name
         self.data_dir = data_dir
         self.max_backoff = max_backoff
+        self.min_rows = min_rows
         inventory = NvmlInventory()
         self.engine = EngineSession(work_dir, limits, inventory, name="engine")
         gpus = inventory.devices()
@@ -239,7 +245,7 @@ class Worker:
                 return
             else:
                 raise ValueError(f"task {task_id} has no phase {assignment.phase!r}")
-        except (DatasetError, TaskError) as failure:
+        except (DatasetError, TaskError, PrivacyError) as failure:
             error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
             raise
@@ -275,7 +281,7 @@ class Worker:
         spec = task_pb2.TaskSpec()
         spec.ParseFromString(b"".join(chunks))
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
-            return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir)
+            return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
         # torch is imported once a learning task comes, in a thread: heartbeats go on meanwhile.
         learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
         data_path = self.data_dir.resolve(spec.datasets[0].file)

@@ -71,10 +71,24 @@ class Plan:
         return {n.params["argument"] for n in self.graph.nodes if n.op == "source"}
 
 
+class PrivacyError(ValueError):
+    """A worker refuses to send parts that would reveal single rows, or unexpected inputs."""
+
+
 def worker_parts(
-    plan: Plan, stage: int, frames: dict[str, Any], inputs: dict[int, Any]
+    plan: Plan, stage: int, frames: dict[str, Any], inputs: dict[int, Any], min_rows: int = 1
 ) -> Parts:
-    """A worker's additive parts of every reduction in `stage`, over its own rows."""
+    """A worker's additive parts of every reduction in `stage`, over its own rows.
+
+    `inputs` may only give the aggregates this stage needs: a value for any other node (a mask
+    of rows, say) would let the sender pick the rows summed. A reduction over fewer than
+    `min_rows` rows (a group, or what a filter kept; none at all is fine) is refused, as its
+    parts would come close to the rows themselves.
+    """
+    unexpected = set(inputs) - set(plan.inputs_of(stage))
+    if unexpected:
+        raise PrivacyError(f"step {stage + 1} was sent values for nodes {sorted(unexpected)}, "
+                           "which it does not need: refused")
     memo: dict[int, Any] = dict(inputs)
 
     def value(node_id: int) -> Any:
@@ -93,8 +107,25 @@ def worker_parts(
         node = plan.graph[node_id]
         kwargs = {k: v for k, v in node.params.items() if k != "kind"}
         arguments = [value(i) for i in node.inputs]  # its rows, then keys or aggregates it uses
+        keys = arguments[1] if node.params["kind"].startswith("groupby_") else None
+        _check_rows(arguments[0], keys, min_rows)
         parts[node_id] = REDUCTIONS[node.params["kind"]].partial(*arguments, **kwargs)
     return parts
+
+
+def _check_rows(data: Any, keys: Any, min_rows: int) -> None:
+    """PrivacyError if a reduction would cover between 1 and min_rows - 1 of this worker's rows."""
+    if min_rows <= 1:
+        return
+    sizes = [len(data)] if keys is None else list(data.groupby(keys).size())
+    small = [n for n in sizes if 0 < n < min_rows]
+    if small:
+        where = "rows kept" if keys is None else f"{len(small)} group(s), the smallest of"
+        raise PrivacyError(
+            f"this worker sends no aggregate of fewer than {min_rows} rows, and {where} "
+            f"{min(small)} row(s) would be one: its values would come close to single rows "
+            "(the worker's --min-rows sets this)"
+        )
 
 
 class Aggregation:
