@@ -120,3 +120,27 @@ class BadResultTask(Task):
 
     def train(self, device):
         return [1, 2, 3]
+
+
+class LoadOomTask(EchoTask):
+    """Runs out of CUDA memory while loading: an error, never a reason to train."""
+
+    def load(self):
+        import torch
+
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory while loading (simulated)")
+
+
+class LaterOomTask(EchoTask):
+    """Runs out of CUDA memory on ``oom_device`` when its round input says so."""
+
+    def __init__(self, task_id, oom_device="cuda:0", **kwargs):
+        super().__init__(task_id, **kwargs)
+        self.oom_device = oom_device
+
+    def train(self, device):
+        import torch
+
+        if self.round_input == "oom" and device == self.oom_device:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory on {device} (simulated)")
+        return super().train(device)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from engine_tasks import (BadResultTask, CrashingTask, EchoTask, FailingTask, HangingTask,
-                          OomTask, SlowTask)
+                          LoadOomTask, OomTask, SlowTask)
 
 from worker.engine import (EngineLimits, FakeInventory, GpuInfo, Scheduler, Task, TaskGroup,
                            TaskStatus)
@@ -293,6 +293,12 @@ def test_cuda_oom_gives_up_after_the_retries(tmp_path):
     assert entry["attempts"] == ["cuda:0", "cuda:1", "cuda:0"]
     assert "gave up after 2 retries" in entry["message"]
     assert "OutOfMemoryError: CUDA out of memory on cuda:0 (simulated)" in entry["message"]
+
+
+def test_cuda_oom_in_load_is_an_exception_not_a_retry(tmp_path):
+    entry = run(tmp_path, LoadOomTask("t"), inventory=fake_gpus((12, 16), (10, 16)))["t"]
+    assert entry["status"] == "EXCEPTION" and entry["stage"] == "load"
+    assert "CUDA out of memory while loading" in entry["message"] and "data" not in entry
 
 
 def test_reports(tmp_path):

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from engine_tasks import EchoTask, FailingTask, HangingTask, OomTask, SlowTask
+from engine_tasks import EchoTask, FailingTask, HangingTask, LaterOomTask, OomTask, SlowTask
 
 from worker.engine import EngineLimits, EngineSession, FakeInventory, GpuInfo, TaskError
 
@@ -116,6 +116,16 @@ def test_oom_retried_on_another_gpu_and_device_kept(tmp_path):
         assert handle.task.attempts == ["cuda:0", "cuda:1"]
         # cuda:0 has more room, but the task stays where it trained last
         assert handle.train()["device"] == handle.device == "cuda:1"
+
+
+def test_oom_in_a_later_round_moves_off_the_last_device(tmp_path):
+    inventory = FakeInventory([GpuInfo(0, "A", 12 * GiB, 16 * GiB),
+                               GpuInfo(1, "B", 10 * GiB, 16 * GiB)])
+    with session(tmp_path, inventory) as engine:
+        handle = engine.open(LaterOomTask("t", estimate_cuda_memory="2GiB"))
+        assert handle.train("fine")["device"] == "cuda:0"
+        assert handle.train("oom")["device"] == "cuda:1"
+        assert handle.task.attempts == ["cuda:0", "cuda:1"]
 
 
 def test_concurrent_trains_share_a_gpu_within_its_memory(tmp_path):

@@ -51,7 +51,7 @@ def choose_device(estimate: int, gpus: Sequence[GpuInfo], unseen: Mapping[int, i
                if g.utilization_pct <= limits.max_gpu_utilization and room(g) >= estimate]
     if not fitting:
         return None
-    if preferred in {g.device for g in fitting}:
+    if preferred in {g.device for g in fitting} and preferred not in tried:
         return preferred
     fresh = [g for g in fitting if g.device not in tried] or fitting
     return max(fresh, key=room).device

@@ -326,7 +326,8 @@ def _child_main(task: Task, conn: Connection) -> None:
                 _, task.device, task.round_input = command
                 reply = Reply("result", stage, data=_as_dict(task.train(task.device)))
         except (Exception, SystemExit) as error:
-            kind = "oom" if _is_cuda_oom(error) else "error"
+            # Only train runs on a GPU and is retried on another: an OOM in load is an error.
+            kind = "oom" if stage == "train" and _is_cuda_oom(error) else "error"
             reply = Reply(kind, stage, message=traceback.format_exc())
         reply = reply._replace(seconds=time.perf_counter() - started)
         task.round_input = None
