@@ -144,3 +144,33 @@ class LaterOomTask(EchoTask):
         if self.round_input == "oom" and device == self.oom_device:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory on {device} (simulated)")
         return super().train(device)
+
+
+class OddResultTask(EchoTask):
+    """Returns a dict whose keys JSON cannot take, as numpy code often does."""
+
+    def train(self, device):
+        import numpy as np
+
+        return {np.int64(1): 2, "nested": {(1, 2): "pair"}}
+
+
+def _only_in(pid):
+    import os
+
+    if os.getpid() != pid:
+        raise RuntimeError("this object cannot be rebuilt outside the process that made it")
+
+
+class _Unrebuildable:
+    def __reduce__(self):
+        import os
+
+        return _only_in, (os.getpid(),)
+
+
+class UnrebuildableResultTask(EchoTask):
+    """Returns what pickles in its subprocess but cannot be rebuilt in the parent."""
+
+    def train(self, device):
+        return {"thing": _Unrebuildable()}

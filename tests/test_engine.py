@@ -8,7 +8,8 @@ import time
 
 import pytest
 from engine_tasks import (BadResultTask, CrashingTask, EchoTask, FailingTask, HangingTask,
-                          LoadOomTask, OomTask, SlowTask)
+                          LoadOomTask, OddResultTask, OomTask, SlowTask,
+                          UnrebuildableResultTask)
 
 from worker.engine import (EngineLimits, FakeInventory, GpuInfo, Scheduler, Task, TaskGroup,
                            TaskStatus)
@@ -299,6 +300,21 @@ def test_cuda_oom_in_load_is_an_exception_not_a_retry(tmp_path):
     entry = run(tmp_path, LoadOomTask("t"), inventory=fake_gpus((12, 16), (10, 16)))["t"]
     assert entry["status"] == "EXCEPTION" and entry["stage"] == "load"
     assert "CUDA out of memory while loading" in entry["message"] and "data" not in entry
+
+
+def test_reports_take_results_with_keys_json_cannot(tmp_path):
+    group = TaskGroup("odd")
+    group.add_task(OddResultTask("t"))
+    Scheduler(tmp_path, EngineLimits(max_tasks=1), FakeInventory()).execute(group)
+    report = json.loads((tmp_path / "reports" / "odd.json").read_text())
+    assert report["tasks"]["t"]["data"] == {"np.int64(1)": 2, "nested": {"(1, 2)": "pair"}}
+
+
+def test_a_result_the_parent_cannot_rebuild_is_the_tasks_error(tmp_path):
+    result = run(tmp_path, UnrebuildableResultTask("u"), EchoTask("ok"))
+    assert result["ok"]["status"] == "FINISHED"
+    assert result["u"]["status"] == "EXCEPTION" and result["u"]["stage"] == "train"
+    assert "cannot be rebuilt outside its subprocess" in result["u"]["message"]
 
 
 def test_reports(tmp_path):

@@ -20,10 +20,19 @@ def write_reports(group: TaskGroup, directory: str | os.PathLike) -> tuple[str, 
     document = {"group": group.group_name, "index": group.index, "workdir": group.workdir,
                 **counts, "tasks": {str(key): value for key, value in entries.items()}}
     with open(base + ".json", "w") as handle:
-        json.dump(document, handle, indent=2, default=repr)
+        json.dump(_json_safe(document), handle, indent=2, default=repr)
     with open(base + ".md", "w") as handle:
         handle.write(_markdown(group.group_name, entries, counts))
     return base + ".json", base + ".md"
+
+
+def _json_safe(value: object) -> object:
+    """`value` with every dict key a string (JSON allows no other), recursively."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _markdown(name: str, entries: dict, counts: dict) -> str:
@@ -34,7 +43,7 @@ def _markdown(name: str, entries: dict, counts: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for task_id, entry in entries.items():
         if entry["status"] == "FINISHED":
-            outcome = json.dumps(entry["data"], default=repr)
+            outcome = json.dumps(_json_safe(entry["data"]), default=repr)
         else:
             outcome = _headline(entry["message"])
         lines.append(" | ".join([

@@ -207,6 +207,11 @@ class Task:
             reply = self._conn.recv() if self._conn.poll() else None
         except (EOFError, OSError):
             reply = None
+        except Exception:  # noqa: BLE001 - a reply this process cannot rebuild is the task's error
+            reply = Reply("error", self._stage, message=(
+                f"task {self.task_id!r}: what {self._stage} returned cannot be rebuilt outside "
+                "its subprocess (a CUDA tensor, or an object of a module only it imports?):\n"
+                + traceback.format_exc()))
         if reply is None:
             reply = Reply("died", self._stage, message=self._death_message())
         if reply.stage == "load":
@@ -280,12 +285,19 @@ class Task:
         if code is None:
             how = "closed its pipe"
         elif code < 0:
-            how = f"was killed by signal {signal.Signals(-code).name} (exit code {code})"
+            how = f"was killed by signal {_signal_name(-code)} (exit code {code})"
         else:
             how = f"exited with code {code}"
         message = f"task {self.task_id!r}: its subprocess {how} during {self._stage}"
         tail = _log_tail(os.path.join(self.workdir, _LOG_NAME))
         return f"{message}\nlast output:\n{tail}" if tail else message
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return str(number)
 
 
 def _log_tail(path: str, lines: int = 20) -> str:
