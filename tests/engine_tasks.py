@@ -174,3 +174,19 @@ class UnrebuildableResultTask(EchoTask):
 
     def train(self, device):
         return {"thing": _Unrebuildable()}
+
+
+class GrandchildTask(EchoTask):
+    """Starts a process of its own in train, as DataLoader workers or tools would."""
+
+    def __init__(self, task_id, pid_file, **kwargs):
+        super().__init__(task_id, **kwargs)
+        self.pid_file = pid_file
+
+    def train(self, device):
+        import subprocess
+
+        helper = subprocess.Popen(["sleep", "60"])
+        with open(self.pid_file, "w") as handle:
+            handle.write(str(helper.pid))
+        return super().train(device)

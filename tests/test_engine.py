@@ -8,7 +8,7 @@ import time
 
 import pytest
 from engine_tasks import (BadResultTask, CrashingTask, EchoTask, FailingTask, HangingTask,
-                          LoadOomTask, OddResultTask, OomTask, SlowTask,
+                          GrandchildTask, LoadOomTask, OddResultTask, OomTask, SlowTask,
                           UnrebuildableResultTask)
 
 from worker.engine import (EngineLimits, FakeInventory, GpuInfo, Scheduler, Task, TaskGroup,
@@ -315,6 +315,24 @@ def test_a_result_the_parent_cannot_rebuild_is_the_tasks_error(tmp_path):
     assert result["ok"]["status"] == "FINISHED"
     assert result["u"]["status"] == "EXCEPTION" and result["u"]["stage"] == "train"
     assert "cannot be rebuilt outside its subprocess" in result["u"]["message"]
+
+
+def test_processes_a_task_started_end_with_it(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    assert run(tmp_path, GrandchildTask("g", str(pid_file)))["g"]["status"] == "FINISHED"
+    pid = int(pid_file.read_text())
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                return "State:\tZ" not in status.read()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive()
 
 
 def test_reports(tmp_path):

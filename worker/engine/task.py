@@ -59,7 +59,7 @@ def mp_context() -> multiprocessing.context.BaseContext:
         if "forkserver" in multiprocessing.get_all_start_methods():
             _context = multiprocessing.get_context("forkserver")
             heavy = [name for name in _HEAVY if name in sys.modules]
-            _context.set_forkserver_preload(["__main__", __name__, *heavy])
+            _context.set_forkserver_preload([__name__, *heavy])
         else:
             _context = multiprocessing.get_context("spawn")
     return _context
@@ -239,6 +239,7 @@ class Task:
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join()
+        _kill_group(self._process.pid)  # what the task started (DataLoader workers...) ends too
         self._conn.close()
         self._process.close()
         self._process = self._conn = None
@@ -251,9 +252,10 @@ class Task:
         process = self._process
         try:
             if process is not None:
+                _kill_group(process.pid)
                 process.kill()
-        except ValueError:
-            pass  # closed meanwhile by exit()
+        except (ValueError, AttributeError):
+            pass  # closed meanwhile by exit(), or not started yet
 
     def record(self) -> dict:
         """Stage, device and timings, as kept in a group's result."""
@@ -293,6 +295,16 @@ class Task:
         return f"{message}\nlast output:\n{tail}" if tail else message
 
 
+def _kill_group(pid: int | None) -> None:
+    """SIGKILL the process group a task's subprocess leads (see _child_main's setsid)."""
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left of it
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -314,6 +326,7 @@ def _log_tail(path: str, lines: int = 20) -> str:
 
 def _child_main(task: Task, conn: Connection) -> None:
     """The subprocess: run commands from the parent until told to exit or the pipe closes."""
+    os.setsid()  # its own process group, so that killing the task kills what it started
     os.chdir(task.workdir)
     log = os.open(_LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
