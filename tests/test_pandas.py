@@ -345,3 +345,17 @@ def test_an_unknown_operation_in_a_plan_is_refused_before_it_runs():
     graph.add("method", (source,), name="to_csv", keywords=[])
     with pytest.raises(ValueError, match="unknown method 'to_csv' in node 1"):
         Plan(graph, 1)
+
+
+def test_all_and_any_of_nullable_columns_with_missing_values():
+    holders = [
+        pd.DataFrame({"b": pd.array([True, None], dtype="boolean"),
+                      "i": pd.array([2, None], dtype="Int64"), "f": [np.nan, 1.5]}),
+        pd.DataFrame({"b": pd.array([None, True], dtype="boolean"),
+                      "i": pd.array([0, 3], dtype="Int64"), "f": [0.0, np.nan]}),
+    ]
+    stacked = pd.concat(holders, ignore_index=True)
+    for method in ("all", "any"):
+        ours = federated(lambda d: getattr(d, method)(), holders)
+        # Values as pandas; the dtype is numpy's bool where pandas gives its nullable one.
+        pd.testing.assert_series_equal(ours, getattr(stacked, method)(), check_dtype=False)

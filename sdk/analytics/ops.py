@@ -144,10 +144,9 @@ def _truth_parts(want: bool) -> Callable[..., dict[str, Any]]:
     def parts(data: Any, skipna: bool = True, bool_only: bool = False) -> dict[str, Any]:
         if bool_only and isinstance(data, pd.DataFrame):
             data = data.select_dtypes(include=["bool"])
-        matches = data.astype(bool) == want
-        if skipna:
-            matches &= data.notna()
-        return {"matches": matches.sum()}
+        truthy = data.ne(0)  # nullable columns give <NA> where a value is missing
+        truthy = truthy.where(data.notna(), not want) if skipna else truthy.fillna(True)
+        return {"matches": (truthy.astype(bool) == want).sum()}
 
     return parts
 
