@@ -214,12 +214,14 @@ class Task:
                 + traceback.format_exc()))
         if reply is None:
             reply = Reply("died", self._stage, message=self._death_message())
-        if reply.stage == "load":
-            self.load_seconds = reply.seconds
-        else:
-            self.train_seconds = reply.seconds
+        if reply.seconds is not None:  # a death carries no timing: keep the ones measured
+            if reply.stage == "load":
+                self.load_seconds = reply.seconds
+            else:
+                self.train_seconds = reply.seconds
         if reply.kind == "loaded":
             self.status = TaskStatus.WAITING
+            self._stage = "train"  # what comes next; a death while waiting for a GPU is in it
         elif reply.kind == "result":
             self.result = reply.data
             self.status = TaskStatus.FINISHED
