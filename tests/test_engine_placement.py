@@ -174,3 +174,21 @@ def test_nvml_inventory_follows_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-0,9,1")
     devices = NvmlInventory().devices()
     assert [(d.index, d.utilization_pct) for d in devices] == [(0, 32.0), (1, 30.0)]
+
+
+def test_a_gpu_nvml_cannot_read_is_left_out_and_the_others_stay(monkeypatch, caplog):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake_pynvml(monkeypatch, count=3)
+    pynvml = __import__("sys").modules["pynvml"]
+    healthy = pynvml.nvmlDeviceGetMemoryInfo
+
+    def memory(handle):
+        if handle == 1:
+            raise pynvml.NVMLError("GPU is lost")
+        return healthy(handle)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", memory)
+    with caplog.at_level("WARNING", logger="deltaflow.engine"):
+        devices = NvmlInventory().devices()
+    assert [d.index for d in devices] == [0, 2]
+    assert "NVML cannot read cuda:1 (GPU is lost)" in caplog.text

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol
+
+
+log = logging.getLogger("deltaflow.engine")
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,19 @@ class NvmlInventory:
             if nvml is None:
                 return []
             try:
-                return [self._read(nvml, i, handle) for i, handle in enumerate(_handles(nvml))]
-            except nvml.NVMLError:
+                handles = _handles(nvml)
+            except nvml.NVMLError as error:
+                log.warning("NVML cannot list the GPUs (%s): placing tasks as if there were none",
+                            error)
                 return []
+            found = []
+            for index, handle in enumerate(handles):
+                try:
+                    found.append(self._read(nvml, index, handle))
+                except nvml.NVMLError as error:  # that GPU only: the others stay usable
+                    log.warning("NVML cannot read cuda:%d (%s): no task goes there for now",
+                                index, error)
+            return found
 
     def _init(self):
         if not self._tried:
