@@ -19,10 +19,8 @@ from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
 from sdk.proto import task_pb2, values_pb2
 from sdk.task import FORMAT_VERSION, TaskError, check_rules
-from sdk.wire import CHUNK_SIZE, split_chunks
+from sdk.wire import CHUNK_SIZE, TENSORS_FORMAT, VALUE_FORMAT, split_chunks
 
-RESULT_FORMAT = "deltaflow.v1.Value"
-TENSORS_FORMAT = "deltaflow.v1.Tensors"
 PREVIEW_CHARS = 4000
 
 
@@ -105,7 +103,7 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         preview = repr(values.decode(message))[:PREVIEW_CHARS]
         for index, chunk in enumerate(split_chunks(data)):
             if index == 0:
-                yield pb.ResultChunk(format=RESULT_FORMAT, preview=preview, chunk=chunk)
+                yield pb.ResultChunk(format=VALUE_FORMAT, preview=preview, chunk=chunk)
             else:
                 yield pb.ResultChunk(chunk=chunk)
 

@@ -13,10 +13,9 @@ from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, values_pb2
 from sdk.task import BuiltTask
-from sdk.wire import CHANNEL_OPTIONS, normalize_address, split_chunks
+from sdk.wire import (CHANNEL_OPTIONS, TENSORS_FORMAT, VALUE_FORMAT, normalize_address,
+                      split_chunks)
 
-RESULT_FORMAT = "deltaflow.v1.Value"
-TENSORS_FORMAT = "deltaflow.v1.Tensors"
 RECONNECT_SECONDS = 30.0  # how long trace/wait keep trying while the coordinator restarts
 
 
@@ -95,7 +94,7 @@ class Client:
             for chunk in chunks:
                 reader.write(chunk.chunk)
             return reader.result()
-        if first.format != RESULT_FORMAT:
+        if first.format != VALUE_FORMAT:
             raise ClientError(grpc.StatusCode.UNIMPLEMENTED,
                               f"task {task_id}'s result is in format {first.format!r}, "
                               "which this SDK cannot read")

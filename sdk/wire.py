@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+# The formats of a result stream (ResultChunk.format): what the client decodes it as.
+VALUE_FORMAT = "deltaflow.v1.Value"  # an analytics result, a Value message
+TENSORS_FORMAT = "deltaflow.v1.Tensors"  # learning weights: raw tensor bytes, manifest order
+
 CHUNK_SIZE = 1 << 20  # bytes per streamed chunk: well under any gRPC message limit
 
 MAX_MESSAGE = 16 << 20  # a chunk and its envelope, with room to spare
