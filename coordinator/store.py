@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     state INTEGER NOT NULL,
     error TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    finished_at REAL NOT NULL DEFAULT 0
+    finished_at REAL NOT NULL DEFAULT 0,
+    summary BLOB NOT NULL  -- the spec without code or graph: name, kind, rules, datasets
 );
 CREATE TABLE IF NOT EXISTS metrics (
     task_id INTEGER NOT NULL,
@@ -45,6 +46,8 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 """
 
+_COLUMNS = "id, name, kind, state, error, created_at, finished_at, summary"
+
 
 @dataclass(frozen=True)
 class TaskRecord:
@@ -55,6 +58,7 @@ class TaskRecord:
     error: str
     created_at: float
     finished_at: float
+    summary: bytes
 
     @property
     def ended(self) -> bool:
@@ -87,9 +91,11 @@ class Store:
     def create_task(self, spec: task_pb2.TaskSpec, spec_bytes: bytes,
                     weights: Path | None = None) -> int:
         """Records a new task; `weights`, a file in scratch, becomes its initial weights."""
+        summary = task_pb2.TaskSpec(name=spec.name, kind=spec.kind, rules=spec.rules,
+                                    datasets=spec.datasets).SerializeToString()
         cursor = self._db.execute(
-            "INSERT INTO tasks (name, kind, state, created_at) VALUES (?, ?, ?, ?)",
-            (spec.name, spec.kind, pb.TASK_STATE_PENDING, time.time()),
+            "INSERT INTO tasks (name, kind, state, created_at, summary) VALUES (?, ?, ?, ?, ?)",
+            (spec.name, spec.kind, pb.TASK_STATE_PENDING, time.time(), summary),
         )
         task_id = int(cursor.lastrowid)
         self._write_blob(f"task-{task_id}.spec", spec_bytes)
@@ -101,15 +107,14 @@ class Store:
         if not 0 <= task_id < 2**63:  # beyond SQLite's integers: no such task
             return None
         row = self._db.execute(
-            "SELECT id, name, kind, state, error, created_at, finished_at FROM tasks WHERE id = ?",
+            f"SELECT {_COLUMNS} FROM tasks WHERE id = ?",
             (task_id,),
         ).fetchone()
         return TaskRecord(*row) if row else None
 
     def list_tasks(self, limit: int, before: int = 0) -> list[TaskRecord]:
         rows = self._db.execute(
-            "SELECT id, name, kind, state, error, created_at, finished_at FROM tasks "
-            "WHERE (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?",
+            f"SELECT {_COLUMNS} FROM tasks WHERE (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?",
             (before, before, limit),
         ).fetchall()
         return [TaskRecord(*row) for row in rows]
@@ -123,8 +128,7 @@ class Store:
 
     def unfinished_tasks(self) -> list[TaskRecord]:
         rows = self._db.execute(
-            "SELECT id, name, kind, state, error, created_at, finished_at FROM tasks "
-            "WHERE state IN (?, ?) ORDER BY id",
+            f"SELECT {_COLUMNS} FROM tasks WHERE state IN (?, ?) ORDER BY id",
             (pb.TASK_STATE_PENDING, pb.TASK_STATE_RUNNING),
         ).fetchall()
         return [TaskRecord(*row) for row in rows]

@@ -136,7 +136,7 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         return spec
 
     def _info(self, task: TaskRecord) -> pb.TaskInfo:
-        spec = self._spec(task.id)
+        spec = task_pb2.TaskSpec.FromString(task.summary)  # small: no code, no graph
         return pb.TaskInfo(
             task_id=task.id, name=task.name, kind=task.kind, state=task.state, error=task.error,
             created_at=task.created_at, finished_at=task.finished_at, rules=spec.rules,
