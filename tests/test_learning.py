@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import torch
 
-from cluster import wait_for
+from cluster import log_text, wait_for
 from learning_tasks import BrokenTraining, Regression, regression_data
 from sdk import tensors, values
 from sdk.client import Client
@@ -83,7 +83,7 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster):
     assert [m["round"] for m in metrics] == [1, 2, 3]
     assert all(m["workers"] == 3 and m["mse"] > 0 for m in metrics)
     assert metrics[-1]["mse"] < metrics[0]["mse"]
-    log = "".join(e.message + "\n" for e in client.logs(task_id))
+    log = log_text(client, task_id)
     assert "round 3/3: mse=" in log and "from 3 workers" in log
 
 
@@ -95,7 +95,7 @@ def test_merge_iteration_and_no_validation(cluster):
     assert client.wait(task_id), client.get_task(task_id).error
     assert int(client.get_result(task_id)["0.num_batches_tracked"]) == 6
     assert client.get_metrics(task_id) == []
-    log = "".join(e.message + "\n" for e in client.logs(task_id))
+    log = log_text(client, task_id)
     assert "round 2/2: averaged 3 workers (195 training samples)" in log
 
 
@@ -103,11 +103,11 @@ def test_a_worker_killed_mid_round_is_dropped_and_the_task_finishes(cluster):
     start(cluster, env={"w3": {"TEST_TRAIN_DELAY": "30"}})
     client = Client(cluster.address)
     task_id = client.create_task(Regression(max_rounds=2, wait_timeout=60).build())
-    wait_for(lambda: "loaded the task" in _log(client, task_id), what="the join phase")
+    wait_for(lambda: "loaded the task" in log_text(client, task_id), what="the join phase")
     wait_for(lambda: "round 1 trained" in cluster.workers["w1"].log(), what="round 1 to run")
     cluster.workers["w3"].signal(signal.SIGKILL)
     assert client.wait(task_id), client.get_task(task_id).error
-    log = _log(client, task_id)
+    log = log_text(client, task_id)
     assert "worker w3 dropped in train" in log
     assert "round 2/2: mse=" in log and "from 2 workers" in log
 
@@ -117,7 +117,7 @@ def test_a_straggler_past_wait_timeout_is_dropped(cluster):
     client = Client(cluster.address)
     task_id = client.create_task(Regression(max_rounds=2, wait_timeout=5).build())
     assert client.wait(task_id), client.get_task(task_id).error
-    log = _log(client, task_id)
+    log = log_text(client, task_id)
     assert "worker w2 dropped in train: no answer within 5s" in log
     assert "round 2/2: mse=" in log and "from 2 workers" in log
 
@@ -136,7 +136,7 @@ def test_an_error_in_the_users_train_reaches_the_trace(cluster):
     client = Client(cluster.address)
     task_id = client.create_task(BrokenTraining(max_rounds=2).build())
     assert client.wait(task_id) is False
-    log = _log(client, task_id)
+    log = log_text(client, task_id)
     assert "ValueError: a bug in the user's train()" in log and "Traceback" in log
     assert "worker w1 dropped in train" in log
     assert "fewer than min_clients=2" in client.get_task(task_id).error
@@ -151,14 +151,14 @@ def test_a_worker_without_training_rows_is_dropped_and_named(cluster):
     task_id = client.create_task(Regression(max_rounds=1, validate_frac=0).build())
     assert client.wait(task_id), client.get_task(task_id).error
     assert "worker w3 dropped in train: its upload was refused: it reported 0 training samples" \
-        in _log(client, task_id)
+        in log_text(client, task_id)
 
 
 def test_workers_end_their_engine_tasks_when_the_coordinator_restarts(cluster):
     start(cluster, env={name: {"TEST_TRAIN_DELAY": "30"} for name in SIZES})
     client = Client(cluster.address)
     task_id = client.create_task(Regression(max_rounds=1, wait_timeout=60).build())
-    wait_for(lambda: "loaded the task" in _log(client, task_id), what="the join phase")
+    wait_for(lambda: "loaded the task" in log_text(client, task_id), what="the join phase")
     port = int(cluster.address.rpartition(":")[2])
     cluster.coordinator.signal(signal.SIGKILL)
     cluster.coordinator.process.wait()
@@ -248,13 +248,10 @@ def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster):
     task_id = client.create_task(built)
     assert client.wait(task_id), client.get_task(task_id).error
     assert ghost.died.is_set()
-    log = _log(client, task_id)
+    log = log_text(client, task_id)
     assert "selected 3 worker(s): ghost, w1, w2" in log and "worker ghost dropped in train" in log
     files = [cluster.data_dir(name) / "train.npz" for name in ("w1", "w2")]
     expected = fedavg_in_process(built, task_id, files, rounds=2)
     for name, tensor in client.get_result(task_id).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
 
-
-def _log(client, task_id):
-    return "".join(e.message + "\n" for e in client.logs(task_id))

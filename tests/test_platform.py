@@ -10,7 +10,7 @@ import grpc
 import pandas as pd
 import pytest
 
-from cluster import wages, wait_for
+from cluster import log_text, wages, wait_for
 from sdk.client import Client, ClientError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
@@ -70,10 +70,10 @@ def test_worker_killed_mid_task_is_dropped_and_the_task_finishes_over_the_rest(c
     client = Client(cluster.address)
     cluster.workers["w3"].signal(signal.SIGSTOP)  # selected, but can never answer
     task_id = client.create_task(WageAvg(wait_timeout=30).build())
-    wait_for(lambda: "selected 3 worker(s)" in _log(client, task_id), what="selection")
+    wait_for(lambda: "selected 3 worker(s)" in log_text(client, task_id), what="selection")
     cluster.workers["w3"].signal(signal.SIGKILL)
     assert client.wait(task_id) is True
-    assert "worker w3 dropped" in _log(client, task_id)
+    assert "worker w3 dropped" in log_text(client, task_id)
     expected = pd.concat([frames["w1"], frames["w2"]], ignore_index=True).mean()
     pd.testing.assert_series_equal(client.get_result(task_id), expected, rtol=1e-12)
 
@@ -84,7 +84,7 @@ def test_stopped_worker_is_noticed_by_its_silence_and_dropped(cluster):
     cluster.workers["w2"].signal(signal.SIGSTOP)
     task_id = client.create_task(WageAvg(wait_timeout=60).build())
     assert client.wait(task_id) is True
-    log = _log(client, task_id)
+    log = log_text(client, task_id)
     assert "selected 3 worker(s)" in log
     assert re.search(r"worker w2 dropped in \w+: no heartbeat for [\d.]+ s", log), log
     expected = pd.concat([frames["w1"], frames["w3"]], ignore_index=True).mean()
@@ -96,7 +96,7 @@ def test_restarted_coordinator_keeps_tasks_and_workers_find_it_again(cluster):
     client = Client(cluster.address)
     task_id = client.create_task(WageAvg().build())
     assert client.wait(task_id)
-    before = (client.get_task(task_id), _log(client, task_id), client.get_result(task_id))
+    before = (client.get_task(task_id), log_text(client, task_id), client.get_result(task_id))
 
     port = int(cluster.address.rpartition(":")[2])
     cluster.coordinator.signal(signal.SIGKILL)
@@ -108,11 +108,11 @@ def test_restarted_coordinator_keeps_tasks_and_workers_find_it_again(cluster):
 
     info = client.get_task(task_id)
     assert (info.state, info.log_length) == (before[0].state, before[0].log_length)
-    assert _log(client, task_id) == before[1]
+    assert log_text(client, task_id) == before[1]
     pd.testing.assert_series_equal(client.get_result(task_id), before[2])
     again = client.create_task(WageAvg().build())
     assert client.wait(again)
-    assert "selected 3 worker(s)" in _log(client, again)
+    assert "selected 3 worker(s)" in log_text(client, again)
 
 
 def test_a_worker_without_the_file_is_not_eligible_and_the_log_says_so(cluster):
@@ -123,7 +123,7 @@ def test_a_worker_without_the_file_is_not_eligible_and_the_log_says_so(cluster):
     client = Client(cluster.address)
     task_id = client.create_task(WageAvg().build())
     assert client.wait(task_id)
-    log = _log(client, task_id)
+    log = log_text(client, task_id)
     assert "worker w3 lacks wages.csv; not eligible" in log
     assert "selected 2 worker(s): w1, w2" in log
 
@@ -150,7 +150,7 @@ def test_a_dataset_that_links_out_of_the_data_dir_is_refused_by_the_worker(clust
     client = Client(cluster.address)
     task_id = client.create_task(WageAvg(file="link.csv", connection_timeout=5).build())
     assert client.wait(task_id) is False
-    log = _log(client, task_id)
+    log = log_text(client, task_id)
     assert "escapes the worker's data dir" in log
     assert re.search(r"worker w\d dropped in join", log)
     # The daemons keep serving.
@@ -209,22 +209,3 @@ def test_unreachable_coordinator_is_a_clear_error():
     client = Client("127.0.0.1:1", timeout=3)
     with pytest.raises(ClientError, match="cannot reach the coordinator at 127.0.0.1:1"):
         client.get_task(1)
-
-
-def _log(client: Client, task_id: int) -> str:
-    return "".join(entry.message + "\n" for entry in client.logs(task_id))
-
-
-def test_an_error_on_the_workers_reaches_the_trace_with_its_traceback(cluster):
-    cluster.start_coordinator()
-    table = wages(10, 1).assign(city="Lyon")
-    cluster.start_worker("w1", {"wages.csv": table})
-    cluster.start_worker("w2", {"wages.csv": table})
-    client = Client(cluster.address)
-    task_id = client.create_task(WageAvg().build())
-    out = io.StringIO()
-    assert client.trace(task_id, out=out) is False
-    text = out.getvalue()
-    assert "mean() needs numeric columns, and ['city'] are not" in text
-    assert "Traceback (most recent call last)" in text and "worker w1" in text
-    assert "fewer than min_clients=2" in client.get_task(task_id).error

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cluster import wages
+from cluster import log_text, wages
 from sdk import dataset
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan, PrivacyError, worker_parts
@@ -36,7 +36,7 @@ def test_a_group_of_one_row_is_refused_without_naming_it(cluster):
     client = Client(cluster.address)
     task_id = client.create_task(SumByCity().build())
     assert client.wait(task_id) is False
-    log = "".join(e.message + "\n" for e in client.logs(task_id))
+    log = log_text(client, task_id)
     assert ("worker w2 dropped in compute: it reported an error: worker w2: this worker sends "
             "no aggregate of fewer than 3 rows, and 1 group(s), the smallest of 1 row(s)") in log
     assert "Alice" not in log
