@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sdk.secagg import SecAggClient, SecAggError, SecAggServer, shamir, threshold
 from sdk.secagg.client import NONCE_BYTES
-from sdk.secagg.fixedpoint import encode
+from sdk.secagg.fixedpoint import decode, encode
+from sdk.secagg.local import run_local
 from sdk.secagg.masks import CHUNK, accumulate
 
 PRECISION = 6
@@ -19,40 +20,16 @@ PRECISION = 6
 
 def make_round(n: int, min_clients: int, length: int = 16):
     t = threshold(min_clients, n)
-    clients = {u: SecAggClient(u, n, t, PRECISION, length) for u in range(n)}
-    return clients, SecAggServer(n, min_clients, PRECISION, length)
+    clients = {u: SecAggClient(u, t) for u in range(n)}
+    return clients, SecAggServer(n, min_clients, length)
 
 
 def run_round(xs: dict[int, np.ndarray], min_clients: int,
               drop: dict[str, set[int]] | None = None, tamper=None):
-    """One whole round; `drop[phase]` stay silent from that phase on; `tamper(phase, u, msg)`
-    may rewrite a worker's message. Returns the server and its result."""
-    n = len(xs)
-    clients, server = make_round(n, min_clients, len(xs[0]))
-    tamper = tamper or (lambda phase, u, msg: msg)
-    drop = drop or {}
-    gone: set[int] = set()
-
-    def speaking(phase: str) -> list[int]:
-        gone.update(drop.get(phase, ()))
-        return [u for u in clients if u not in gone]
-
-    for u in speaking("advertise"):
-        server.receive_keys(u, *tamper("advertise", u, clients[u].advertise()))
-    keys = server.public_keys()
-    for u in speaking("share"):
-        if u in keys:
-            server.receive_shares(u, tamper("share", u, clients[u].share_keys(keys)))
-    routed = server.routed_shares()
-    for u in speaking("mask"):
-        if u in routed:
-            vector, malformed = clients[u].masked_input(xs[u], routed[u])
-            server.receive_masked(u, tamper("mask", u, vector), malformed)
-    survivors = server.unmask_request()
-    for u in speaking("unmask"):
-        if u in survivors:
-            server.receive_unmask(u, clients[u].unmask(survivors))
-    return server, server.result()
+    """One whole round over the encoded `xs`; returns the server and the decoded sum."""
+    encoded = {u: encode(x, PRECISION, len(xs)) for u, x in xs.items()}
+    server, total = run_local(encoded, min_clients, drop, tamper)
+    return server, decode(total, PRECISION)
 
 
 def inputs(n: int, length: int = 16, seed: int = 0) -> dict[int, np.ndarray]:
@@ -77,7 +54,9 @@ def test_sum_is_exact_without_dropouts(n):
     ({"share": {2}}, {0, 1, 3, 4, 5, 6, 7, 8}),
     ({"mask": {3, 5}}, {0, 1, 2, 4, 6, 7, 8}),
     ({"unmask": {0, 6}}, {0, 1, 2, 3, 4, 5, 6, 7, 8}),
-    ({"advertise": {6}, "share": {0}, "mask": {4}, "unmask": {1}}, {1, 2, 3, 5, 7, 8}),
+    ({"check": {7}}, {0, 1, 2, 3, 4, 5, 6, 8}),
+    ({"advertise": {6}, "share": {0}, "check": {2}, "mask": {4}},
+     {1, 3, 5, 7, 8}),
 ])
 def test_sum_is_exact_over_the_inputs_that_arrived(drop, included):
     xs = inputs(9)  # threshold 5
@@ -94,13 +73,14 @@ def test_sum_is_exact_over_the_inputs_that_arrived(drop, included):
 @pytest.mark.parametrize("phase, message", [
     ("advertise", "failed at advertise: 3 of 7 selected workers remain, at least 4 needed"),
     ("share", "failed at share keys: 3 of 7"),
+    ("check", "failed at check shares: 3 of 7"),
     ("mask", "failed at masked input: 3 of 7"),
     ("unmask", "failed at unmasking: 3 of 7"),
 ])
 def test_fewer_than_the_threshold_fails_the_round(phase, message):
     with pytest.raises(SecAggError, match=message) as raised:
         run_round(inputs(7), min_clients=2, drop={phase: {0, 1, 2, 3}})
-    assert "0: " in str(raised.value)  # names who dropped
+    assert "worker 0: " in str(raised.value)  # names who dropped
 
 
 def test_threshold_is_min_clients_and_a_majority():
@@ -121,8 +101,9 @@ def test_masked_input_looks_uniform_and_hides_the_plain_vector():
     x = np.zeros(length)  # the most structured input there is
     keys = {u: c.advertise() for u, c in clients.items()}
     sent = {u: c.share_keys(keys) for u, c in clients.items()}
-    y, malformed = clients[0].masked_input(x, {u: sent[u][0] for u in (1, 2)})
-    assert malformed == []
+    assert clients[0].check_shares({u: sent[u][0] for u in (1, 2)}) == []
+    y = encode(x, PRECISION, 3)
+    accumulate(y, [], clients[0].mask_seeds([0, 1, 2]))
     assert not np.array_equal(y, encode(x, PRECISION, 3))
     counts = np.bincount(y.view(np.uint8), minlength=256)
     expected_count = counts.sum() / 256
@@ -162,13 +143,13 @@ def test_fewer_than_threshold_shares_reveal_nothing():
 
 
 def test_a_worker_masks_once_and_reveals_one_kind_of_share_per_worker_once():
-    xs = inputs(4)
     clients, server = make_round(4, 3)
     keys = {u: c.advertise() for u, c in clients.items()}
     sent = {u: c.share_keys(keys) for u, c in clients.items()}
-    clients[0].masked_input(xs[0], {u: sent[u][0] for u in (1, 2, 3)})
+    clients[0].check_shares({u: sent[u][0] for u in (1, 2, 3)})
+    clients[0].mask_seeds([0, 1, 2, 3])
     with pytest.raises(SecAggError, match="already sent"):
-        clients[0].masked_input(xs[0], {u: sent[u][0] for u in (1, 2)})
+        clients[0].mask_seeds([0, 1, 2])
     revealed = clients[0].unmask([0, 1, 2])
     assert set(revealed.self_mask) == {0, 1, 2} and set(revealed.mask_key) == {3}
     with pytest.raises(SecAggError, match="already revealed"):
@@ -199,9 +180,9 @@ def shorten_vector_of_4(phase, u, msg):
 
 
 @pytest.mark.parametrize("tamper, dropped", [
-    (flip_last_bit_of_share_to_1, {3: "sent malformed shares to workers [1]"}),
+    (flip_last_bit_of_share_to_1, {3: "sent malformed shares to worker 1"}),
     (truncate_shares_of_2, {2: "malformed shares for workers [0, 1, 3, 4]"}),
-    (shorten_vector_of_4, {4: "masked vector of uint64 (15,), expected uint64 (16,)"}),
+    (shorten_vector_of_4, {4: "sent a masked vector of 15 words, expected 16"}),
 ])
 def test_a_malformed_message_drops_and_names_its_sender(tamper, dropped):
     xs = inputs(5)
@@ -220,6 +201,8 @@ def test_late_or_repeated_messages_are_refused():
     with pytest.raises(ValueError, match="not in the round"):
         server.receive_keys(2, *clients[2].advertise())
     assert server.dropped == {2: "sent no keys (left at advertise)"}
+    with pytest.raises(ValueError, match="worker 7 is not in the round"):
+        server.receive_shares(7, {})
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])

@@ -214,7 +214,7 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., release_task_id: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("exchange_id", "task_id", "round", "phase", "stage", "inputs", "timeout")
+    __slots__ = ("exchange_id", "task_id", "round", "phase", "stage", "inputs", "timeout", "secagg")
     EXCHANGE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,7 @@ class Assignment(_message.Message):
     STAGE_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     exchange_id: int
     task_id: int
     round: int
@@ -229,7 +230,87 @@ class Assignment(_message.Message):
     stage: int
     inputs: _values_pb2.Value
     timeout: float
-    def __init__(self, exchange_id: _Optional[int] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., stage: _Optional[int] = ..., inputs: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., timeout: _Optional[float] = ...) -> None: ...
+    secagg: SecAggRequest
+    def __init__(self, exchange_id: _Optional[int] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., stage: _Optional[int] = ..., inputs: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., timeout: _Optional[float] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ...) -> None: ...
+
+class SecAggRequest(_message.Message):
+    __slots__ = ("index", "selected", "threshold", "public_keys", "shares", "peers", "survivors", "layout")
+    class PublicKeysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: SecAggKeys
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[SecAggKeys, _Mapping]] = ...) -> None: ...
+    class SharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    selected: int
+    threshold: int
+    public_keys: _containers.MessageMap[int, SecAggKeys]
+    shares: _containers.ScalarMap[int, bytes]
+    peers: _containers.RepeatedScalarFieldContainer[int]
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    layout: _values_pb2.Value
+    def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., threshold: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class SecAggKeys(_message.Message):
+    __slots__ = ("c_pk", "s_pk")
+    C_PK_FIELD_NUMBER: _ClassVar[int]
+    S_PK_FIELD_NUMBER: _ClassVar[int]
+    c_pk: bytes
+    s_pk: bytes
+    def __init__(self, c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ...) -> None: ...
+
+class SecAggResponse(_message.Message):
+    __slots__ = ("keys", "shares", "malformed", "self_mask_shares", "mask_key_shares", "layout")
+    class SharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class SelfMaskSharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class MaskKeySharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    MALFORMED_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_SHARES_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    keys: SecAggKeys
+    shares: _containers.ScalarMap[int, bytes]
+    malformed: _containers.RepeatedScalarFieldContainer[int]
+    self_mask_shares: _containers.ScalarMap[int, bytes]
+    mask_key_shares: _containers.ScalarMap[int, bytes]
+    layout: _values_pb2.Value
+    def __init__(self, keys: _Optional[_Union[SecAggKeys, _Mapping]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., malformed: _Optional[_Iterable[int]] = ..., self_mask_shares: _Optional[_Mapping[int, bytes]] = ..., mask_key_shares: _Optional[_Mapping[int, bytes]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class FetchTaskRequest(_message.Message):
     __slots__ = ("session_id", "task_id")

@@ -119,7 +119,7 @@ class LearningSpec(_message.Message):
     def __init__(self, task: _Optional[bytes] = ..., max_rounds: _Optional[int] = ..., validate_interval: _Optional[int] = ..., validate_frac: _Optional[float] = ..., merge_epoch: _Optional[int] = ..., merge_iteration: _Optional[int] = ..., weights: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics", "learning")
+    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics", "learning", "secure_aggregation", "precision")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,8 @@ class TaskSpec(_message.Message):
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     ANALYTICS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     name: str
     kind: TaskKind
@@ -134,4 +136,6 @@ class TaskSpec(_message.Message):
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetRef]
     analytics: AnalyticsPlan
     learning: LearningSpec
-    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ..., learning: _Optional[_Union[LearningSpec, _Mapping]] = ...) -> None: ...
+    secure_aggregation: bool
+    precision: int
+    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ..., learning: _Optional[_Union[LearningSpec, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., precision: _Optional[int] = ...) -> None: ...

@@ -2,7 +2,8 @@
 vectors and nothing about any one of them. Transport-free state machines: `SecAggClient` per
 worker, `SecAggServer` on the coordinator; the daemons carry their messages."""
 
-from .client import MaskedInput, Revealed, SecAggClient, SecAggError, threshold
+from .client import Revealed, SecAggClient, SecAggError, threshold
+from .masks import accumulate
 from .server import SecAggServer
 
-__all__ = ["MaskedInput", "Revealed", "SecAggClient", "SecAggError", "SecAggServer", "threshold"]
+__all__ = ["Revealed", "SecAggClient", "SecAggError", "SecAggServer", "accumulate", "threshold"]

@@ -6,13 +6,12 @@ import os
 import struct
 from typing import NamedTuple
 
-import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import fixedpoint, shamir
-from .masks import MASK_LABEL, SHARE_LABEL, accumulate, agree, pairwise_sign
+from . import shamir
+from .masks import MASK_LABEL, SHARE_LABEL, agree, pairwise_sign
 
 NONCE_BYTES = 12
 SHARE_HEADER = struct.Struct(">II")  # sender, recipient
@@ -22,11 +21,6 @@ CIPHERTEXT_BYTES = NONCE_BYTES + PLAINTEXT_BYTES + 16  # AES-GCM tag
 
 class SecAggError(Exception):
     """A round of secure aggregation cannot go on; the message says why."""
-
-
-class MaskedInput(NamedTuple):
-    vector: np.ndarray  # uint64, what the coordinator sums
-    malformed: list[int]  # senders whose share for this worker did not decrypt or parse
 
 
 class Revealed(NamedTuple):
@@ -42,15 +36,11 @@ def threshold(min_clients: int, n_selected: int) -> int:
 
 
 class SecAggClient:
-    """Worker `index` among `n_selected`; its vector has `vector_length` values."""
+    """Worker `index` in a round whose secrets need `threshold` shares to recover."""
 
-    def __init__(self, index: int, n_selected: int, threshold: int, precision: int,
-                 vector_length: int, max_clients: int | None = None):
+    def __init__(self, index: int, threshold: int):
         self.index = index
         self.threshold = threshold
-        self.precision = precision
-        self.vector_length = vector_length
-        self.max_clients = max_clients or n_selected
         self._c_sk = X25519PrivateKey.generate()  # encrypts shares
         self._s_sk = X25519PrivateKey.generate()  # agrees pairwise masks
         self._keys: dict[int, tuple[bytes, bytes]] = {}
@@ -88,30 +78,34 @@ class SecAggClient:
             out[v] = nonce + self._cipher(v).encrypt(nonce, plaintext, None)
         return out
 
-    def masked_input(self, x: np.ndarray, shares_for_me: dict[int, bytes]) -> MaskedInput:
-        """Phase 2: y = x + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv) mod 2^64 over the
-        workers whose shares arrived (U2), and the senders whose share was malformed."""
+    def check_shares(self, shares_for_me: dict[int, bytes]) -> list[int]:
+        """Phase 2: keeps the shares other workers sent this one; the senders whose share did
+        not decrypt or parse, for the coordinator to drop."""
+        if not set(shares_for_me) <= set(self._keys) - {self.index}:
+            raise SecAggError(f"worker {self.index}: shares from workers that advertised no keys "
+                              f"or from itself: {sorted(set(shares_for_me) - set(self._keys))}")
+        return [v for v in sorted(shares_for_me) if not self._accept_share(v, shares_for_me[v])]
+
+    def mask_seeds(self, peers: list[int]) -> list[tuple[bytes, int]]:
+        """Phase 3: the seeds and signs of this worker's masks, its self mask and one pairwise
+        mask per peer (U2, the workers that shared keys): y = x + PRG(b_u) + sum_{v>u} PRG(s_uv)
+        - sum_{v<u} PRG(s_uv) mod 2^64. `masks.accumulate` expands them. Given once a round."""
         if self._masked_with:
             raise SecAggError(f"worker {self.index}: a masked input was already sent this round")
-        if x.shape != (self.vector_length,):
-            raise ValueError(f"vector of shape {x.shape}, expected ({self.vector_length},)")
-        peers = set(shares_for_me) - {self.index}
-        if not peers <= set(self._keys):
-            raise SecAggError(f"worker {self.index}: shares from workers that advertised no keys: "
-                              f"{sorted(peers - set(self._keys))}")
-        if len(peers) + 1 < self.threshold:
-            raise SecAggError(f"worker {self.index}: {len(peers) + 1} workers shared keys, "
+        peer_set = set(peers) - {self.index}
+        if self.index not in peers or not peer_set <= set(self._held):
+            raise SecAggError(f"worker {self.index}: asked to mask with {sorted(peers)}, but it "
+                              f"holds shares of {sorted(self._held)} only")
+        if len(peer_set) + 1 < self.threshold:
+            raise SecAggError(f"worker {self.index}: {len(peer_set) + 1} workers shared keys, "
                               f"at least {self.threshold} needed")
-        malformed = [v for v in sorted(peers) if not self._accept_share(v, shares_for_me[v])]
-        y = fixedpoint.encode(x, self.precision, self.max_clients)
-        accumulate(y, [], [(self._seed, 1)] + [
+        self._masked_with = peer_set | {self.index}
+        return [(self._seed, 1)] + [
             (agree(self._s_sk, self._keys[v][1], MASK_LABEL), pairwise_sign(self.index, v))
-            for v in sorted(peers)])
-        self._masked_with = peers | {self.index}
-        return MaskedInput(y, malformed)
+            for v in sorted(peer_set)]
 
     def unmask(self, survivors: list[int]) -> Revealed:
-        """Phase 3: shares of b_v for the survivors (whose input is summed) and of s_sk_v for
+        """Phase 4: shares of b_v for the survivors (whose input is summed) and of s_sk_v for
         the rest of U2. Answered once: never both kinds of share for the same worker."""
         if self._revealed:
             raise SecAggError(f"worker {self.index}: shares were already revealed for this round")

@@ -1,10 +1,25 @@
-"""Fixed-point encoding of float vectors into integers modulo 2^64, and back for the sum."""
+"""Fixed-point encoding of numbers into integers modulo 2^64, and back for the sum.
+
+`encode` gives one word per value (learning's large vectors); `encode_wide` two, a high and a
+low part that are summed separately, so an analytics sum keeps 9 decimal digits of values up to
+about 10^19 (and integers exactly) without a wider modulus.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 LIMIT = 2.0**63
+SPLIT = 2**32  # encode_wide: value = high * SPLIT + low, 0 <= low < SPLIT
+
+
+def _refuse(x: np.ndarray, fits: np.ndarray, precision: int, max_clients: int, bound: str) -> None:
+    bad = np.flatnonzero(~fits)
+    i = int(bad[0])
+    raise ValueError(
+        f"value {np.asarray(x).flat[i].item()!r} at index {i} does not fit: |x| * 10^{precision} * "
+        f"{max_clients} workers must stay below {bound} ({bad.size} out of range); lower the "
+        "task's precision or scale the values")
 
 
 def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
@@ -12,14 +27,32 @@ def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
     `max_clients` workers could leave the signed 64-bit range."""
     scaled = np.multiply(x, 10.0**precision, dtype=np.float64)
     if scaled.size and not max(-scaled.min(), scaled.max()) * max_clients < LIMIT:  # NaN too
-        bad = np.flatnonzero(~(np.abs(scaled) * max_clients < LIMIT))
-        i = int(bad[0])
-        raise ValueError(
-            f"value {float(np.asarray(x)[i])} at index {i} does not fit: |x| * 10^{precision} * "
-            f"{max_clients} workers must stay below 2^63 ({bad.size} out of range)")
+        _refuse(x, np.abs(scaled) * max_clients < LIMIT, precision, max_clients, "2^63")
     return np.rint(scaled, out=scaled).astype(np.int64).view(np.uint64)
 
 
 def decode(total: np.ndarray, precision: int) -> np.ndarray:
     """The float64 value of a uint64 sum of encoded vectors."""
     return total.view(np.int64) / 10.0**precision
+
+
+def encode_wide(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
+    """`x` (finite floats, or integers kept exact) times 10^precision as 2n words: the signed
+    high parts, then the low parts. Refuses values whose high parts could overflow a sum over
+    `max_clients` workers."""
+    if x.dtype.kind in "iub":
+        whole = x.astype(np.int64)
+        return np.concatenate([whole >> 32, whole & (SPLIT - 1)]).view(np.uint64)
+    scaled = np.rint(np.multiply(x, 10.0**precision, dtype=np.float64))
+    high = np.floor(scaled / SPLIT)
+    fits = np.abs(high) * max_clients < LIMIT
+    if not fits.all():
+        _refuse(x, fits, precision, max_clients, "2^95")
+    return np.concatenate([high, scaled - high * SPLIT]).astype(np.int64).view(np.uint64)
+
+
+def decode_wide(total: np.ndarray) -> list[int]:
+    """The exact integer sums of a sum of `encode_wide` vectors (still times 10^precision)."""
+    n = total.size // 2
+    return [high * SPLIT + low for high, low in
+            zip(total[:n].view(np.int64).tolist(), total[n:].tolist())]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from . import fixedpoint, shamir
+from . import shamir
 from .client import CIPHERTEXT_BYTES, Revealed, SecAggError, threshold
 from .masks import MASK_LABEL, accumulate, agree, pairwise_sign
 
@@ -13,24 +15,36 @@ KEY_BYTES = 32
 
 
 class SecAggServer:
-    """One round over workers 0..n_selected-1. Each phase's messages go to `receive_*`; the
-    method that hands out the next phase's request closes the phase. `dropped` names every
-    worker that left and why."""
+    """One round over workers 0..n_selected-1, summing vectors of `vector_length` uint64 words.
 
-    def __init__(self, n_selected: int, min_clients: int, precision: int, vector_length: int):
+    Each phase's messages go to `receive_*`; the method that hands out the next phase's request
+    closes the phase. Masked inputs are added into one running total as they come, so memory
+    holds one vector whatever the number of workers. `dropped` names every worker that left and
+    why; `names` (index -> name) is how messages call the workers.
+    """
+
+    def __init__(self, n_selected: int, min_clients: int, vector_length: int,
+                 names: list[str] | None = None, total: np.ndarray | None = None):
         self.n_selected = n_selected
         self.threshold = threshold(min_clients, n_selected)
-        self.precision = precision
         self.vector_length = vector_length
+        self.names = names or [f"worker {u}" for u in range(n_selected)]
+        if total is None:
+            total = np.zeros(vector_length, dtype=np.uint64)
+        elif total.dtype != np.uint64 or total.shape != (vector_length,):
+            raise ValueError(f"a total of {total.dtype} {total.shape} for {vector_length} words")
+        else:
+            total.fill(0)
+        self.total = total
         self.dropped: dict[int, str] = {}
         self.u1: set[int] = set()  # advertised keys
-        self.u2: set[int] = set()  # shared keys
-        self.u3: set[int] = set()  # sent a masked input that is summed
+        self.u2: set[int] = set()  # shared keys, and no worker found their shares malformed
+        self.u3: set[int] = set()  # sent a masked input, which is summed
         self.u4: set[int] = set()  # revealed shares
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._ciphertexts: dict[int, dict[int, bytes]] = {}
-        self._vectors: dict[int, np.ndarray] = {}
-        self._malformed: dict[int, list[int]] = {}  # sender -> workers it sent bad shares
+        self._checked: dict[int, list[int]] = {}  # worker -> senders of its malformed shares
+        self._masked: dict[int, None] = {}
         self._revealed: dict[int, Revealed] = {}
 
     # Phase 0: advertise keys
@@ -44,7 +58,7 @@ class SecAggServer:
     def public_keys(self) -> dict[int, tuple[bytes, bytes]]:
         """Closes advertising: the keys of U1, for every worker in it."""
         self.u1 = self._close("advertise", self._keys, range(self.n_selected), "sent no keys")
-        return dict(self._keys)
+        return {u: self._keys[u] for u in sorted(self.u1)}
 
     # Phase 1: share keys
     def receive_shares(self, u: int, ciphertexts: dict[int, bytes]) -> None:
@@ -52,64 +66,88 @@ class SecAggServer:
         expected = self.u1 - {u}
         wrong = sorted(v for v, c in ciphertexts.items() if len(c) != CIPHERTEXT_BYTES)
         if set(ciphertexts) != expected:
-            self.dropped[u] = f"shares for workers {sorted(ciphertexts)}, expected {sorted(expected)}"
+            self.dropped[u] = (f"shares for workers {sorted(ciphertexts)}, expected "
+                               f"{sorted(expected)}")
         elif wrong:
             self.dropped[u] = f"malformed shares for workers {wrong}"
         else:
             self._ciphertexts[u] = ciphertexts
 
     def routed_shares(self) -> dict[int, dict[int, bytes]]:
-        """Closes key sharing: for each worker in U2, the ciphertexts sent to it by U2."""
-        self.u2 = self._close("share keys", self._ciphertexts, self.u1, "shared no keys")
-        return {v: {u: self._ciphertexts[u][v] for u in self.u2 if u != v} for v in self.u2}
+        """Closes key sharing: for each worker that shared, the ciphertexts sent to it."""
+        sharing = self._close("share keys", self._ciphertexts, self.u1, "shared no keys")
+        return {v: {u: self._ciphertexts[u][v] for u in sharing if u != v} for v in sharing}
 
-    # Phase 2: masked input
-    def receive_masked(self, u: int, vector: np.ndarray, malformed: list[int]) -> None:
-        self._check(u, self.u2, self._vectors, "masked input")
-        if vector.dtype != np.uint64 or vector.shape != (self.vector_length,):
-            self.dropped[u] = (f"masked vector of {vector.dtype} {vector.shape}, expected "
-                               f"uint64 ({self.vector_length},)")
+    # Phase 2: check the shares
+    def receive_check(self, u: int, malformed: list[int]) -> None:
+        """`malformed`: the workers whose share for `u` did not decrypt or parse."""
+        self._check(u, set(self._ciphertexts), self._checked, "check shares")
+        self._checked[u] = list(malformed)
+
+    def masking_peers(self) -> list[int]:
+        """Closes checking: U2, the workers to mask with. A worker whose share another found
+        malformed is dropped before anyone masks with it."""
+        accused: dict[int, list[int]] = {}
+        for victim, senders in self._checked.items():
+            for sender in senders:
+                accused.setdefault(sender, []).append(victim)
+        for sender, victims in sorted(accused.items()):
+            if sender in self._ciphertexts and sender not in self.dropped:
+                self.dropped[sender] = (f"sent malformed shares to "
+                                        f"{', '.join(self.names[v] for v in sorted(victims))}")
+        self.u2 = self._close("check shares", self._checked, set(self._ciphertexts),
+                              "did not check its shares")
+        return sorted(self.u2)
+
+    # Phase 3: masked input
+    def receive_masked(self, u: int, length: int, pieces: Iterable[np.ndarray]) -> None:
+        """Adds `u`'s masked vector, `length` words that `pieces` yield in order, to the total.
+        A vector of the wrong length drops `u` and is not read."""
+        self._check(u, self.u2, self._masked, "masked input")
+        if length != self.vector_length:
+            self.dropped[u] = f"sent a masked vector of {length} words, expected {self.vector_length}"
             return
-        self._vectors[u] = vector
-        for sender in malformed:
-            self._malformed.setdefault(sender, []).append(u)
+        start = 0
+        for piece in pieces:
+            if piece.dtype != np.uint64 or start + piece.size > length:
+                raise ValueError(f"pieces of {piece.dtype} past word {start}: not {length} uint64")
+            np.add(self.total[start:start + piece.size], piece, out=self.total[start:start + piece.size])
+            start += piece.size
+        if start != length:
+            raise ValueError(f"the pieces held {start} words, not the {length} announced")
+        self._masked[u] = None
 
     def unmask_request(self) -> list[int]:
-        """Closes masked input: U3, the survivors whose input is summed, to send to each of them.
-        A worker named for a malformed share is dropped even if its vector arrived."""
-        for sender, victims in self._malformed.items():
-            if sender in self.u2:
-                self._vectors.pop(sender, None)
-                self.dropped[sender] = f"sent malformed shares to workers {sorted(victims)}"
-        self.u3 = self._close("masked input", self._vectors, self.u2, "sent no masked input")
+        """Closes masked input: U3, the survivors whose input is summed."""
+        self.u3 = self._close("masked input", self._masked, self.u2, "sent no masked input")
         return sorted(self.u3)
 
-    # Phase 3: unmasking
+    # Phase 4: unmasking
     def receive_unmask(self, u: int, revealed: Revealed) -> None:
         self._check(u, self.u3, self._revealed, "unmasking")
         self._revealed[u] = revealed
 
-    def result(self) -> np.ndarray:
-        """Closes unmasking: the float64 sum of the inputs of U3."""
+    def unmasked_total(self) -> np.ndarray:
+        """Closes unmasking: the total with every mask taken off, in place: the uint64 sum
+        (mod 2^64) of the encoded inputs of U3."""
         self.u4 = self._close("unmasking", self._revealed, self.u3, "revealed no shares")
         survivors = sorted(self.u3)
         masks = [(self._reconstruct(u, "self_mask"), -1) for u in survivors]
         for v in sorted(self.u2 - self.u3):  # take off the masks survivors shared with v
             s_sk = X25519PrivateKey.from_private_bytes(self._reconstruct(v, "mask_key"))
             if s_sk.public_key().public_bytes_raw() != self._keys[v][1]:
-                raise SecAggError(f"the shares of worker {v}'s mask key do not match its key")
+                raise SecAggError(f"the shares of {self.names[v]}'s mask key do not match its key")
             masks += [(agree(s_sk, self._keys[u][1], MASK_LABEL), -pairwise_sign(u, v))
                       for u in survivors]
-        total = np.zeros(self.vector_length, dtype=np.uint64)
-        accumulate(total, [self._vectors[u] for u in survivors], masks)
-        return fixedpoint.decode(total, self.precision)
+        accumulate(self.total, [], masks)
+        return self.total
 
     def _reconstruct(self, v: int, kind: str) -> bytes:
         shares = {u: getattr(r, kind)[v] for u, r in self._revealed.items()
                   if v in getattr(r, kind)}
         if len(shares) < self.threshold:
             raise SecAggError(f"secure aggregation failed at unmasking: {len(shares)} shares of "
-                              f"worker {v}'s {kind.replace('_', ' ')}, at least "
+                              f"{self.names[v]}'s {kind.replace('_', ' ')}, at least "
                               f"{self.threshold} needed")
         return shamir.combine(dict(sorted(shares.items())[:self.threshold]))
 
@@ -117,11 +155,12 @@ class SecAggServer:
         """Refuses a message from a worker not in the round at `phase`, or a second one; the
         round goes on without it."""
         if u not in expected or u in self.dropped:
-            raise ValueError(f"{phase}: worker {u} is not in the round at this phase")
+            name = self.names[u] if 0 <= u < self.n_selected else f"worker {u}"
+            raise ValueError(f"{phase}: {name} is not in the round at this phase")
         if u in received:
-            raise ValueError(f"{phase}: worker {u} already answered")
+            raise ValueError(f"{phase}: {self.names[u]} already answered")
 
-    def _close(self, phase: str, received: dict, expected, missing: str) -> set[int]:
+    def _close(self, phase: str, received: dict, expected: Iterable[int], missing: str) -> set[int]:
         """The workers still in after `phase`; fails the round when fewer than the threshold."""
         for u in expected:
             if u not in received and u not in self.dropped:
@@ -130,6 +169,7 @@ class SecAggServer:
         if len(survivors) < self.threshold:
             raise SecAggError(
                 f"secure aggregation failed at {phase}: {len(survivors)} of {self.n_selected} "
-                f"selected workers remain, at least {self.threshold} needed; dropped: "
-                + "; ".join(f"{u}: {why}" for u, why in sorted(self.dropped.items())))
+                f"selected workers remain, at least {self.threshold} needed (min_clients and "
+                "more than half of those selected); dropped: "
+                + "; ".join(f"{self.names[u]}: {why}" for u, why in sorted(self.dropped.items())))
         return survivors

@@ -1,0 +1,72 @@
+"""A whole round with every worker in this process: for tests, checks and the crypto benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .client import SecAggClient, threshold
+from .masks import accumulate
+from .server import SecAggServer
+
+Tamper = Callable[[str, int, Any], Any]  # (phase, worker, message) -> the message sent
+
+
+def _untimed(role: str, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def run_local(vectors: dict[int, np.ndarray], min_clients: int,
+              drop: dict[str, set[int]] | None = None, tamper: Tamper | None = None,
+              timed: Callable[..., Any] = _untimed) -> tuple[SecAggServer, np.ndarray]:
+    """Sums the encoded uint64 `vectors` of workers 0..n-1 through every phase of the protocol.
+
+    `drop[phase]` go silent from that phase on ("advertise", "share", "check", "mask",
+    "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
+    each step ("worker" or "coordinator"). Returns the server and the unmasked total.
+    """
+    n = len(vectors)
+    clients = {u: SecAggClient(u, threshold(min_clients, n)) for u in range(n)}
+    server = SecAggServer(n, min_clients, len(vectors[0]))
+    tamper = tamper or (lambda phase, u, message: message)
+    drop = drop or {}
+    gone: set[int] = set()
+
+    def speaking(phase: str, among: Any) -> list[int]:
+        gone.update(drop.get(phase, ()))
+        return [u for u in clients if u not in gone and u in among]
+
+    def worker(phase: str, u: int, fn: Callable[..., Any], *args: Any) -> Any:
+        return tamper(phase, u, timed("worker", phase, fn, *args))
+
+    def coordinator(phase: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return timed("coordinator", phase, fn, *args)
+
+    for u in speaking("advertise", clients):
+        coordinator("advertise", server.receive_keys, u,
+                    *worker("advertise", u, clients[u].advertise))
+    keys = coordinator("advertise", server.public_keys)
+    for u in speaking("share", keys):
+        coordinator("share", server.receive_shares, u,
+                    worker("share", u, clients[u].share_keys, keys))
+    routed = coordinator("share", server.routed_shares)
+    for u in speaking("check", routed):
+        coordinator("check", server.receive_check, u,
+                    worker("check", u, clients[u].check_shares, routed[u]))
+    peers = coordinator("check", server.masking_peers)
+    for u in speaking("mask", peers):
+        masked = worker("mask", u, _masked, clients[u], vectors[u], peers)
+        coordinator("mask", server.receive_masked, u, masked.size, [masked])
+    survivors = coordinator("mask", server.unmask_request)
+    for u in speaking("unmask", survivors):
+        coordinator("unmask", server.receive_unmask, u,
+                    worker("unmask", u, clients[u].unmask, survivors))
+    return server, coordinator("unmask", server.unmasked_total)
+
+
+def _masked(client: SecAggClient, vector: np.ndarray, peers: list[int]) -> np.ndarray:
+    masked = vector.copy()
+    accumulate(masked, [], client.mask_seeds(peers))
+    return masked
