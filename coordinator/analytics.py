@@ -1,9 +1,11 @@
 """Runs an analytics task: workers join, then one compute phase per stage of its graph.
 
 Workers send the additive parts of each reduction over their own rows; the coordinator adds
-them up and feeds the aggregates that later stages need back to the same workers. If a worker
-drops after the first stage, the stages run again over the survivors, so that every aggregate
-of the result covers the same rows.
+them up and feeds the aggregates that later stages need back to the same workers. Under secure
+aggregation (the default) each stage's parts are summed by the protocol instead, so the
+coordinator sees the layout of each worker's parts (labels and dtypes) and only the sum of their
+values. If a worker drops after the first stage, the stages run again over the survivors, so
+that every aggregate of the result covers the same rows.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import Round, RoundFailed, select_workers
+from coordinator.secure import SecureRound, describe_mode
 from sdk import values
+from sdk.analytics import secure
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Aggregation, Parts, Plan
 from sdk.proto import task_pb2, values_pb2
@@ -29,25 +35,61 @@ async def run_analytics(
     workers = await select_workers(registry, rules, files, log)
     round_ = Round(registry, task_id, 1, workers, rules.min_clients, log)
     log(f"round 1: selected {len(workers)} worker(s): {round_.names}")
+    log(describe_mode(spec))
     await round_.phase("join", rules.connection_timeout)
     log(f"round 1: {len(round_.workers)} worker(s) joined; {plan.stage_count} step(s) to compute")
     while True:
         started_with = len(round_.workers)
         aggregation = Aggregation(plan)
         for stage in range(plan.stage_count):
-            answers = await round_.phase(
-                "compute", rules.wait_timeout, stage, aggregation.inputs_for(stage)
-            )
+            inputs = aggregation.inputs_for(stage)
+            if spec.secure_aggregation:
+                parts, summed = await _secure_stage(round_, rules, spec.precision, stage, inputs)
+            else:
+                answers = await round_.phase("compute", rules.wait_timeout, stage, inputs)
+                parts, summed = [_decode_parts(data) for data in answers.values()], len(answers)
             if len(round_.workers) < started_with and stage > 0:
                 break  # someone dropped after contributing to an earlier stage
-            aggregation.add_stage(stage, [_decode_parts(data) for data in answers.values()])
+            aggregation.add_stage(stage, parts)
             log(f"round {round_.number}, step {stage + 1}/{plan.stage_count}: "
-                f"aggregated {len(answers)} worker(s)")
+                f"aggregated {summed} worker(s)")
         else:
             return aggregation.result()
         round_.number += 1
         log(f"round {round_.number}: computing again over the {len(round_.workers)} remaining "
             f"worker(s) ({round_.names}) so that every aggregate covers the same rows")
+
+
+async def _secure_stage(round_: Round, rules: task_pb2.RoundRules, precision: int, stage: int,
+                        inputs: Any) -> tuple[list[Parts], int]:
+    """The stage's parts summed by secure aggregation: workers compute their parts and answer
+    with their keys and the layout of their parts, then mask their parts laid out on the union
+    of layouts. Returns the summed parts and how many workers they cover."""
+    protocol = SecureRound(round_, rules, stage)
+    answers = await round_.phase("compute", rules.wait_timeout, stage, inputs,
+                                 secagg=protocol.opening())
+    responses, layouts = protocol.parse(answers, "compute"), {}
+    for name, response in responses.items():
+        try:
+            layouts[name] = values.decode(response.layout)
+        except Exception:  # noqa: BLE001 - whatever a worker sends, the round goes on
+            protocol.drop(name, "compute", "its layout cannot be read")
+    try:
+        union = secure.union(list(layouts.values()))
+    except (TypeError, ValueError) as error:
+        raise RoundFailed(f"the workers' parts of step {stage + 1} cannot be summed: {error}")
+    protocol.start({name: responses[name] for name in layouts}, secure.vector_length(union))
+    peers = await protocol.exchange_shares()
+    answers = await round_.phase("secagg_masked", rules.wait_timeout, stage,
+                                 secagg=protocol.masked_requests(peers, layout=values.encode(union)))
+    for name, data in answers.items():
+        if len(data) % 8:
+            protocol.drop(name, "secagg_masked", f"it sent {len(data)} bytes, not whole words")
+        else:
+            words = np.frombuffer(data, dtype="<u8")
+            protocol.add_masked(name, words.size, [words])
+    total = await protocol.unmask()
+    return [secure.decode(total, union, precision)], len(protocol.summed)
 
 
 def _decode_parts(data: bytes) -> Parts:

@@ -84,12 +84,13 @@ class Round:
         self, name: str, timeout: float, stage: int = 0, inputs: Any = None,
         receiver: Callable[[WorkerSession], Receiver] | None = None,
         on_answer: Callable[[Any], None] | None = None,
+        secagg: dict[str, pb.SecAggRequest] | None = None,
     ) -> dict[str, Any]:
         """Sends the phase to every worker of the round; their answers, by worker name.
 
         Returns as soon as all have answered or dropped, at the latest after `timeout` seconds.
         Answers are bytes, or what `receiver(worker)`'s receiver makes of them; `on_answer`
-        sees each one as it arrives.
+        sees each one as it arrives. `secagg` holds each worker's own secure-aggregation request.
         """
         assignment = pb.Assignment(
             task_id=self.task_id, round=self.number, phase=name, stage=stage, timeout=timeout,
@@ -105,6 +106,8 @@ class Round:
             message = pb.Assignment()
             message.CopyFrom(assignment)
             message.exchange_id = exchange_id
+            if secagg is not None:
+                message.secagg.CopyFrom(secagg[worker.name])
             worker.send(pb.CoordinatorMessage(assignment=message))
             futures[future] = (worker, exchange_id)
         try:
@@ -123,12 +126,20 @@ class Round:
             else:
                 answers[worker.name] = future.result()
         for worker, reason in dropped:
-            self.workers.remove(worker)
-            worker.send(pb.CoordinatorMessage(release_task_id=self.task_id))
-            self.log(f"round {self.number}: worker {worker.name} dropped in {name}: {reason}")
+            self.drop(worker, name, reason)
+        self.check(name)
+        return answers
+
+    def drop(self, worker: WorkerSession, phase: str, reason: str) -> None:
+        """Leaves `worker` out of the rest of the round (and the task), saying why."""
+        self.workers.remove(worker)
+        worker.send(pb.CoordinatorMessage(release_task_id=self.task_id))
+        self.log(f"round {self.number}: worker {worker.name} dropped in {phase}: {reason}")
+
+    def check(self, phase: str) -> None:
+        """RoundFailed once fewer than `min_clients` workers remain."""
         if len(self.workers) < self.min_clients:
             raise RoundFailed(
-                f"round {self.number} failed in {name}: {len(self.workers)} of the workers "
+                f"round {self.number} failed in {phase}: {len(self.workers)} of the workers "
                 f"remain ({self.names or 'none'}), fewer than min_clients={self.min_clients}"
             )
-        return answers

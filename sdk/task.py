@@ -54,19 +54,39 @@ def check_rules(name: str, min_clients: int, max_clients: int, wait_timeout: flo
                                connection_timeout=float(connection_timeout))
 
 
+ANALYTICS_PRECISION = 9  # decimal digits: sums of values up to ~10^19 keep 1e-9 absolute
+LEARNING_PRECISION = 6  # decimal digits: |weight| * samples * max_clients below ~9.2e12
+
+
+def check_secure(secure_aggregation: bool, precision: int | None, default: int) -> dict[str, Any]:
+    """The TaskSpec fields of secure aggregation, or TaskError."""
+    if not isinstance(secure_aggregation, bool):
+        raise TaskError(f"secure_aggregation must be True or False, not {secure_aggregation!r}")
+    precision = default if precision is None else precision
+    if isinstance(precision, bool) or not isinstance(precision, int) or not 0 <= precision <= 15:
+        raise TaskError(f"precision is the decimal digits kept, an integer from 0 to 15, "
+                        f"not {precision!r}")
+    return {"secure_aggregation": secure_aggregation, "precision": precision}
+
+
 class HorizontalAnalytics:
     """Statistics over every holder's rows, as if stacked; only aggregates leave a holder.
 
-    Subclasses implement `dataset()` and `execute(**frames)` with `sdk.pandas`.
+    Subclasses implement `dataset()` and `execute(**frames)` with `sdk.pandas`. With
+    `secure_aggregation` (the default) the coordinator learns only the sum of the holders'
+    aggregates, kept to `precision` decimal digits (default 9; integers stay exact).
     """
 
     def __init__(self, name: str, min_clients: int = 2, max_clients: int = 2,
-                 wait_timeout: float = 60, connection_timeout: float = 60) -> None:
+                 wait_timeout: float = 60, connection_timeout: float = 60,
+                 secure_aggregation: bool = True, precision: int | None = None) -> None:
         self.name = name
         self.min_clients = min_clients
         self.max_clients = max_clients
         self.wait_timeout = wait_timeout
         self.connection_timeout = connection_timeout
+        self.secure_aggregation = secure_aggregation
+        self.precision = precision
 
     def dataset(self) -> dict[str, dataset.DataFrame]:
         raise NotImplementedError("implement dataset(): {argument name: dataset.DataFrame(file)}")
@@ -78,6 +98,7 @@ class HorizontalAnalytics:
         """Validates the task and records `execute` as a graph of operations."""
         rules = check_rules(self.name, self.min_clients, self.max_clients, self.wait_timeout,
                             self.connection_timeout)
+        secure = check_secure(self.secure_aggregation, self.precision, ANALYTICS_PRECISION)
         datasets = self.dataset()
         if not isinstance(datasets, dict) or not datasets:
             raise TaskError("dataset() must return a non-empty dict of {argument: dataset.DataFrame}")
@@ -103,6 +124,7 @@ class HorizontalAnalytics:
             rules=rules,
             datasets=[task_pb2.DatasetRef(argument=a, file=d.name) for a, d in datasets.items()],
             analytics=graph.to_proto(output),
+            **secure,
         ))
 
 
@@ -160,17 +182,26 @@ class HorizontalLearning:
     Subclasses implement `dataset()`, `make_train_dataloader(ds)`, `make_validate_dataloader(ds)`,
     `train(dataloader)`, `validate(dataloader) -> dict[str, float]` and `state_dict()`. On a
     worker, `self.device` is the device the engine picked for the round ("cpu" or "cuda:N").
+
+    With `secure_aggregation` (the default) the coordinator learns only the sum of the workers'
+    weights times their samples (and of their sample counts and metrics), in fixed point with
+    `precision` decimal digits (default 6): the average is off by at most
+    workers * 0.5 * 10^-precision / total samples, and |weight| * samples * 10^precision *
+    max_clients must stay below 2^63.
     """
 
     device: str = "cpu"
 
     def __init__(self, name: str, max_rounds: int, validate_interval: int = 1,
-                 validate_frac: float = 0.2, strategy: FedAvg | None = None) -> None:
+                 validate_frac: float = 0.2, strategy: FedAvg | None = None,
+                 secure_aggregation: bool = True, precision: int | None = None) -> None:
         self.name = name
         self.max_rounds = max_rounds
         self.validate_interval = validate_interval
         self.validate_frac = validate_frac
         self.strategy = strategy or FedAvg()
+        self.secure_aggregation = secure_aggregation
+        self.precision = precision
 
     def dataset(self) -> dataset.Dataset:
         raise NotImplementedError("implement dataset(): return dataset.Dataset(file name)")
@@ -198,6 +229,7 @@ class HorizontalLearning:
         rules = check_rules(self.name, strategy.min_clients, strategy.max_clients,
                             strategy.wait_timeout, strategy.connection_timeout)
         epochs, iterations = strategy.merge()
+        secure = check_secure(self.secure_aggregation, self.precision, LEARNING_PRECISION)
         if not isinstance(self.max_rounds, int) or self.max_rounds < 1:
             raise TaskError(f"max_rounds must be a positive integer, not {self.max_rounds!r}")
         if not isinstance(self.validate_interval, int) or self.validate_interval < 1:
@@ -230,6 +262,7 @@ class HorizontalLearning:
                     validate_frac=float(self.validate_frac), merge_epoch=epochs,
                     merge_iteration=iterations, weights=infos,
                 ),
+                **secure,
             ),
             {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()},
         )

@@ -10,7 +10,7 @@ from typing import Any
 
 from sdk import values
 from sdk.analytics.graph import Graph
-from sdk.analytics.plan import Plan, worker_parts
+from sdk.analytics.plan import Parts, Plan, worker_parts
 from sdk.proto import task_pb2
 from worker.datasets import DataDir
 
@@ -22,14 +22,19 @@ class AnalyticsJob:
         self.plan = Plan(*Graph.from_proto(spec.analytics))
         self.frames = {ref.argument: data_dir.read_frame(ref.file) for ref in spec.datasets}
         self.min_rows = min_rows
+        self.precision = spec.precision
+        self.max_clients = spec.rules.max_clients
 
     def describe(self) -> str:
         return ", ".join(f"{name}: {len(frame)} rows" for name, frame in self.frames.items())
 
-    def compute(self, stage: int, inputs: Any) -> bytes:
-        """This worker's parts of the reductions of `stage`, serialized."""
+    def parts(self, stage: int, inputs: Any) -> Parts:
+        """This worker's parts of the reductions of `stage`."""
         if not 0 <= stage < self.plan.stage_count:
             raise ValueError(f"the task has no step {stage + 1}")
-        parts = worker_parts(self.plan, stage, self.frames, {int(k): v for k, v in inputs.items()},
-                             self.min_rows)
-        return values.encode(parts).SerializeToString()
+        return worker_parts(self.plan, stage, self.frames, {int(k): v for k, v in inputs.items()},
+                            self.min_rows)
+
+    def compute(self, stage: int, inputs: Any) -> bytes:
+        """This worker's parts of `stage`, serialized, for a task without secure aggregation."""
+        return values.encode(self.parts(stage, inputs)).SerializeToString()

@@ -24,9 +24,11 @@ from sdk import values
 from sdk.analytics.plan import PrivacyError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
+from sdk.secagg import SecAggError
 from sdk.wire import CHANNEL_OPTIONS, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir, DatasetError
+from worker.secure import SecureRounds
 from worker.engine import (EngineLimits, EngineSession, NvmlInventory, TaskError,
                            TaskHandle, add_engine_arguments, limits_from_args)
 
@@ -85,10 +87,13 @@ class LearningJob:
     def describe(self) -> str:
         return f"engine task loaded, pid {self.handle.task.pid}"
 
-    async def train(self, session_id: str, exchange_id: int, validate: bool) -> dict[str, Any]:
-        """Runs a round in the engine task, which also uploads the answer to the exchange."""
+    async def train(self, session_id: str, exchange_id: int, validate: bool,
+                    mask_seeds: list[tuple[bytes, int]] | None) -> dict[str, Any]:
+        """Runs a round in the engine task, which also uploads the answer to the exchange:
+        its weights, or under secure aggregation its masked input (`mask_seeds`)."""
         return await self.handle.train_async({
             "session_id": session_id, "exchange_id": exchange_id, "validate": validate,
+            "mask_seeds": mask_seeds,
         })
 
     async def close(self) -> None:
@@ -112,6 +117,7 @@ class Worker:
         log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
                  ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
         self._jobs: dict[int, asyncio.Task[Job]] = {}
+        self.secure = SecureRounds()
         self._coordinator_id = ""  # the coordinator instance the jobs belong to
         self._background: set[asyncio.Task[None]] = set()
 
@@ -228,24 +234,39 @@ class Worker:
         data, error = b"", ""
         try:
             job = await self._job(stub, session_id, task_id)
-            if assignment.phase == "join":
+            phase, secagg = assignment.phase, assignment.HasField("secagg")
+            if phase == "join":
                 log.info("task %d: joined (%s)", task_id, job.describe())
-            elif assignment.phase == "compute" and isinstance(job, AnalyticsJob):
+            elif phase == "compute" and isinstance(job, AnalyticsJob):
                 inputs = values.decode(assignment.inputs)
-                data = await asyncio.to_thread(job.compute, assignment.stage, inputs)
+                if secagg:
+                    parts = await asyncio.to_thread(job.parts, assignment.stage, inputs)
+                    data = self.secure.open(assignment, parts)
+                else:
+                    data = await asyncio.to_thread(job.compute, assignment.stage, inputs)
                 log.info("task %d: step %d computed in %.3f s", task_id, assignment.stage + 1,
                          time.perf_counter() - started)
-            elif assignment.phase == "train" and isinstance(job, LearningJob):
+            elif phase == "secagg_keys":
+                data = self.secure.open(assignment)
+            elif phase in ("secagg_share", "secagg_check", "secagg_unmask"):
+                data = self.secure.answer(assignment)
+            elif phase == "secagg_masked" and isinstance(job, AnalyticsJob):
+                data = await asyncio.to_thread(self.secure.masked_parts, assignment,
+                                               job.precision, job.max_clients)
+                log.info("task %d: step %d sent under masks", task_id, assignment.stage + 1)
+            elif phase == "train" and isinstance(job, LearningJob):
                 round_input = values.decode(assignment.inputs)
+                seeds = self.secure.mask_seeds(assignment) if secagg else None
                 answer = await job.train(session_id, assignment.exchange_id,
-                                         bool(round_input["validate"]))
-                log.info("task %d: round %d trained on %s and sent in %.3f s%s", task_id,
-                         round_input["round"], job.handle.device, time.perf_counter() - started,
+                                         bool(round_input["validate"]), seeds)
+                log.info("task %d: round %d trained on %s and sent%s in %.3f s%s", task_id,
+                         round_input["round"], job.handle.device, " under masks" if secagg else "",
+                         time.perf_counter() - started,
                          "" if answer["accepted"] else " (too late: not accepted)")
                 return
             else:
-                raise ValueError(f"task {task_id} has no phase {assignment.phase!r}")
-        except (DatasetError, TaskError, PrivacyError) as failure:
+                raise ValueError(f"task {task_id} has no phase {phase!r}")
+        except (DatasetError, TaskError, PrivacyError, SecAggError) as failure:
             error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
             raise
@@ -291,6 +312,7 @@ class Worker:
     def _release(self, task_id: int) -> None:
         """Drops what is kept for a task that ended or left this worker out; a learning job's
         engine task ends once it has loaded (a load cannot be interrupted halfway)."""
+        self.secure.release(task_id)
         job = self._jobs.pop(task_id, None)
         if job is None:
             return
