@@ -101,18 +101,29 @@ class WeightedSum:
 
     def write_average(self, path: Path) -> None:
         """Writes Σ samples_i × weights_i / Σ samples_i, in each tensor's own dtype."""
-        if not self.samples:
-            raise ValueError("no worker was folded in")
-        with open(path, "wb") as handle:
-            for info in self.infos:
-                total = self.sums[info.name]
-                if info.dtype in _FLOATS:
-                    np.divide(total, total.dtype.type(self.samples), out=total)
-                    average = (_to_bfloat16_bits(total) if info.dtype == "bfloat16"
-                               else total.astype(_STORED[info.dtype], copy=False))
-                elif info.dtype == "bool":
-                    average = (2 * total >= self.samples).astype(np.uint8)
+        write_average(path, self.infos, [self.sums[info.name] for info in self.infos],
+                      self.samples)
+
+
+def write_average(path: Path, infos: list[task_pb2.TensorInfo], totals: list[np.ndarray],
+                  samples: int) -> None:
+    """Writes each tensor's weighted sum in `totals` divided by `samples`, in the tensor's own
+    dtype (by the rules above), as raw bytes in manifest order. Floating totals are divided in
+    place; an integer tensor's total may come as float64 (from secure aggregation's fixed
+    point) and is rounded to the integer it encodes."""
+    if samples <= 0:
+        raise ValueError("no worker was folded in")
+    with open(path, "wb") as handle:
+        for info, total in zip(infos, totals, strict=True):
+            if info.dtype in _FLOATS:
+                np.divide(total, total.dtype.type(samples), out=total)
+                average = (_to_bfloat16_bits(total) if info.dtype == "bfloat16"
+                           else total.astype(_STORED[info.dtype], copy=False))
+            else:
+                if total.dtype.kind == "f":
+                    total = np.rint(total).astype(np.int64)
+                if info.dtype == "bool":
+                    average = (2 * total >= samples).astype(np.uint8)
                 else:
-                    average = ((2 * total + self.samples) // (2 * self.samples)).astype(
-                        _STORED[info.dtype])
-                handle.write(memoryview(np.ascontiguousarray(average)).cast("B"))
+                    average = ((2 * total + samples) // (2 * samples)).astype(_STORED[info.dtype])
+            handle.write(memoryview(np.ascontiguousarray(average)).cast("B"))

@@ -16,8 +16,7 @@ from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan
 from sdk.dataset import check_relative_name
 from sdk.proto import services_pb2 as pb
-from sdk.proto import services_pb2_grpc
-from sdk.proto import task_pb2, values_pb2
+from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
 from sdk.task import FORMAT_VERSION, TaskError, check_rules
 from sdk.wire import CHUNK_SIZE, TENSORS_FORMAT, VALUE_FORMAT, split_chunks
 

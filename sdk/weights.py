@@ -20,3 +20,19 @@ def nbytes(info: task_pb2.TensorInfo) -> int:
 
 def total_bytes(infos: list[task_pb2.TensorInfo]) -> int:
     return sum(nbytes(info) for info in infos)
+
+
+# Secure aggregation's vector for a learning round: every weight times the worker's training
+# samples, then the samples, the validation samples, and validation samples times each metric
+# (names sorted), in METRIC_SLOTS slots.
+METRIC_SLOTS = 16
+
+
+def count(info: task_pb2.TensorInfo) -> int:
+    """The values of one tensor of a manifest."""
+    return nbytes(info) // ITEMSIZES[info.dtype]
+
+
+def secure_length(infos: list[task_pb2.TensorInfo]) -> int:
+    """Words in a learning round's secure-aggregation vector."""
+    return sum(count(info) for info in infos) + 2 + METRIC_SLOTS

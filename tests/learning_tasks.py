@@ -19,9 +19,9 @@ class Regression(HorizontalLearning):
 
     def __init__(self, max_rounds=3, min_clients=2, max_clients=3, wait_timeout=30,
                  connection_timeout=10, validate_frac=0.2, merge_epoch=None,
-                 merge_iteration=None):
+                 merge_iteration=None, secure_aggregation=True):
         super().__init__(name="regression", max_rounds=max_rounds, validate_interval=1,
-                         validate_frac=validate_frac,
+                         validate_frac=validate_frac, secure_aggregation=secure_aggregation,
                          strategy=FedAvg(min_clients=min_clients, max_clients=max_clients,
                                          merge_epoch=merge_epoch,
                                          merge_iteration=merge_iteration,

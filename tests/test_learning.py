@@ -10,16 +10,18 @@ import threading
 
 import grpc
 import numpy as np
+import pytest
 import torch
-
 from cluster import log_text, wait_for
 from learning_tasks import BrokenTraining, Regression, regression_data
+
 from sdk import tensors, values
 from sdk.client import Client
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
 from sdk.wire import CHANNEL_OPTIONS
 from worker.learning import load_training_data, split
+from worker.secure import SecureRounds
 
 SIZES = {"w1": 60, "w2": 100, "w3": 35}
 
@@ -63,10 +65,11 @@ def fedavg_in_process(built, task_id, files, rounds):
     return global_state
 
 
-def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster):
+@pytest.mark.parametrize("secure", [True, False])
+def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
     start(cluster)
     client = Client(cluster.address)
-    built = Regression(max_rounds=3).build()
+    built = Regression(max_rounds=3, secure_aggregation=secure).build()
     task_id = client.create_task(built)
     assert client.wait(task_id), client.get_task(task_id).error
     result = client.get_result(task_id)
@@ -85,6 +88,7 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster):
     assert metrics[-1]["mse"] < metrics[0]["mse"]
     log = log_text(client, task_id)
     assert "round 3/3: mse=" in log and "from 3 workers" in log
+    assert f"secure aggregation: {'on' if secure else 'off'}" in log
 
 
 def test_merge_iteration_and_no_validation(cluster):
@@ -142,16 +146,19 @@ def test_an_error_in_the_users_train_reaches_the_trace(cluster):
     assert "fewer than min_clients=2" in client.get_task(task_id).error
 
 
-def test_a_worker_without_training_rows_is_dropped_and_named(cluster):
+@pytest.mark.parametrize("secure", [True, False])
+def test_a_worker_without_training_rows_is_dropped_and_named(cluster, secure):
     start(cluster, names=("w1", "w2"))
     empty = cluster.data_dir("w3") / "train.npz"
     np.savez(empty, x=np.zeros((0, 4), np.float32), y=np.zeros((0, 1), np.float32))
     cluster.start_worker("w3")
     client = Client(cluster.address)
-    task_id = client.create_task(Regression(max_rounds=1, validate_frac=0).build())
+    task_id = client.create_task(
+        Regression(max_rounds=1, validate_frac=0, secure_aggregation=secure).build())
     assert client.wait(task_id), client.get_task(task_id).error
-    assert "worker w3 dropped in train: its upload was refused: it reported 0 training samples" \
-        in log_text(client, task_id)
+    log = log_text(client, task_id)
+    assert "worker w3 dropped in train: " in log
+    assert "ValueError: it has no training samples: train.npz holds 0 rows" in log
 
 
 def test_workers_end_their_engine_tasks_when_the_coordinator_restarts(cluster):
@@ -193,7 +200,8 @@ def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
 
 
 class GhostWorker(threading.Thread):
-    """A worker speaking the protocol by hand: it joins, then dies halfway through its upload."""
+    """A worker speaking the protocol by hand: it joins (and takes its part in secure
+    aggregation's key exchange), then dies halfway through its upload."""
 
     def __init__(self, address: str) -> None:
         super().__init__(daemon=True)
@@ -213,13 +221,17 @@ class GhostWorker(threading.Thread):
                 outgoing.put(pb.WorkerMessage(heartbeat=pb.Heartbeat()))
 
         threading.Thread(target=beat, daemon=True).start()
+        secure = SecureRounds()
         for message in stub.Connect(iter(outgoing.get, None)):
             if not message.HasField("assignment"):
                 continue
-            header = pb.UploadHeader(session_id=session,
-                                     exchange_id=message.assignment.exchange_id)
-            if message.assignment.phase == "join":
-                stub.Upload(iter([pb.UploadRequest(header=header)]))
+            assignment = message.assignment
+            header = pb.UploadHeader(session_id=session, exchange_id=assignment.exchange_id)
+            if assignment.phase != "train":
+                answer = (b"" if assignment.phase == "join" else secure.open(assignment)
+                          if assignment.phase == "secagg_keys" else secure.answer(assignment))
+                stub.Upload(iter([pb.UploadRequest(header=header),
+                                  pb.UploadRequest(chunk=answer)]))
                 continue
             header.meta.CopyFrom(values.encode({"samples": 1000}))
 
@@ -238,18 +250,22 @@ class GhostWorker(threading.Thread):
         self.died.set()
 
 
-def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster):
+@pytest.mark.parametrize("secure", [True, False])
+def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, secure):
     start(cluster, names=("w1", "w2"))
     ghost = GhostWorker(cluster.address)
     ghost.start()
     cluster.wait_connected("ghost")
     client = Client(cluster.address)
-    built = Regression(max_rounds=2, min_clients=2, max_clients=3).build()
+    built = Regression(max_rounds=2, min_clients=2, max_clients=3,
+                       secure_aggregation=secure).build()
     task_id = client.create_task(built)
     assert client.wait(task_id), client.get_task(task_id).error
     assert ghost.died.is_set()
     log = log_text(client, task_id)
     assert "selected 3 worker(s): ghost, w1, w2" in log and "worker ghost dropped in train" in log
+    if secure:  # its masks with w1 and w2 were taken off with the shares of its mask key
+        assert "the sum covers 2 of 3 selected workers: w1, w2" in log
     files = [cluster.data_dir(name) / "train.npz" for name in ("w1", "w2")]
     expected = fedavg_in_process(built, task_id, files, rounds=2)
     for name, tensor in client.get_result(task_id).items():

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given
+from test_pandas import FAMILIES, SETTINGS, assert_same, plan_of, split_frames
 
 from sdk import values
 from sdk.analytics import secure
 from sdk.analytics.plan import Aggregation, Plan, worker_parts
 from sdk.secagg.fixedpoint import decode_wide, encode_wide
 from sdk.secagg.local import run_local
-from test_pandas import FAMILIES, SETTINGS, assert_same, plan_of, split_frames
 
 PRECISION = 9
 

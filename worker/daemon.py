@@ -28,9 +28,16 @@ from sdk.secagg import SecAggError
 from sdk.wire import CHANNEL_OPTIONS, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir, DatasetError
+from worker.engine import (
+    EngineLimits,
+    EngineSession,
+    NvmlInventory,
+    TaskError,
+    TaskHandle,
+    add_engine_arguments,
+    limits_from_args,
+)
 from worker.secure import SecureRounds
-from worker.engine import (EngineLimits, EngineSession, NvmlInventory, TaskError,
-                           TaskHandle, add_engine_arguments, limits_from_args)
 
 log = logging.getLogger("deltaflow.worker")
 

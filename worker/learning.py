@@ -21,7 +21,9 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from sdk import tensors, values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
-from sdk.wire import CHANNEL_OPTIONS
+from sdk.secagg import accumulate, fixedpoint
+from sdk.weights import METRIC_SLOTS, secure_length
+from sdk.wire import CHANNEL_OPTIONS, split_chunks
 from worker.engine import Task
 
 
@@ -101,6 +103,29 @@ def in_manifest_order(state: tensors.StateDict,
     return ordered
 
 
+def masked_input(state: tensors.StateDict, infos: list[task_pb2.TensorInfo], samples: int,
+                 validate_samples: int, metrics: dict[str, float], precision: int,
+                 max_clients: int, mask_seeds: list[tuple[bytes, int]]) -> np.ndarray:
+    """The round's secure-aggregation vector (see sdk.weights), fixed point and masked."""
+    if len(metrics) > METRIC_SLOTS:
+        raise ValueError(f"validate() returned {len(metrics)} metrics; secure aggregation "
+                         f"carries at most {METRIC_SLOTS}")
+    vector = np.empty(secure_length(infos), dtype=np.uint64)
+    start = 0
+    with torch.no_grad():
+        for info in infos:
+            flat = state[info.name].detach().reshape(-1).to("cpu", torch.float64).numpy()
+            vector[start:start + flat.size] = fixedpoint.encode(flat * samples, precision,
+                                                                max_clients)
+            start += flat.size
+    tail = np.zeros(2 + METRIC_SLOTS)
+    tail[:2] = samples, validate_samples
+    tail[2:2 + len(metrics)] = [metrics[name] * validate_samples for name in sorted(metrics)]
+    vector[start:] = fixedpoint.encode(tail, precision, max_clients)
+    accumulate(vector, [], mask_seeds)
+    return vector
+
+
 class CoordinatorLink:
     """The engine subprocess's own connection to the coordinator: weights stream straight
     between the wire and the model's tensors, with no copy through files or the worker."""
@@ -125,14 +150,14 @@ class CoordinatorLink:
         return state
 
     def upload(self, session_id: str, exchange_id: int, meta: dict[str, Any],
-               state: tensors.StateDict) -> bool:
-        """Sends trained weights with `meta` as the answer to an exchange; accepted or not."""
+               chunks: Iterator[bytes]) -> bool:
+        """Sends an answer's `chunks` with `meta` to an exchange; accepted or not."""
         header = pb.UploadHeader(session_id=session_id, exchange_id=exchange_id)
         header.meta.CopyFrom(values.encode(meta))
 
         def requests() -> Iterator[pb.UploadRequest]:
             yield pb.UploadRequest(header=header)
-            for chunk in tensors.iter_chunks(state):
+            for chunk in chunks:
                 yield pb.UploadRequest(chunk=chunk)
 
         return self.stub.Upload(requests()).accepted
@@ -156,6 +181,7 @@ class LearningProcess(Task):
     def load(self) -> None:
         spec = task_pb2.TaskSpec.FromString(self.spec_bytes)
         self.learning = spec.learning
+        self.precision, self.max_clients = spec.precision, spec.rules.max_clients
         self.infos = list(spec.learning.weights)
         self.link = CoordinatorLink(self.address)
         state = self.link.download(self.session_id, int(self.task_id), self.infos)
@@ -168,6 +194,10 @@ class LearningProcess(Task):
 
     def train(self, device: str) -> dict:
         request = self.round_input
+        if not len(self.train_data):
+            raise ValueError(f"it has no training samples: {self.data_path.name} holds "
+                             f"{len(self.train_data) + len(self.validate_data or [])} rows "
+                             "after validate_frac is held out")
         self.user.device = device
         state = self.user.state_dict()
         missing = {info.name for info in self.infos} - state.keys()
@@ -182,12 +212,16 @@ class LearningProcess(Task):
         metrics: dict[str, float] = {}
         if request["validate"] and self.validate_loader is not None:
             metrics = {k: float(v) for k, v in self.user.validate(self.validate_loader).items()}
-        meta = {
-            "samples": len(self.train_data),
-            "validate_samples": len(self.validate_data) if metrics else 0,
-            "metrics": metrics,
-        }
+        samples = len(self.train_data)
+        validated = len(self.validate_data) if metrics else 0
         trained = in_manifest_order(self.user.state_dict(), self.infos)
-        meta["accepted"] = self.link.upload(request["session_id"], request["exchange_id"], meta,
-                                            trained)
-        return meta
+        if request["mask_seeds"] is None:
+            meta = {"samples": samples, "validate_samples": validated, "metrics": metrics}
+            chunks = tensors.iter_chunks(trained)
+        else:  # only the sum of every worker's vector can be read
+            meta = {"metric_names": sorted(metrics)}
+            vector = masked_input(trained, self.infos, samples, validated, metrics,
+                                  self.precision, self.max_clients, request["mask_seeds"])
+            chunks = split_chunks(memoryview(vector.astype("<u8", copy=False)).cast("B"))
+        accepted = self.link.upload(request["session_id"], request["exchange_id"], meta, chunks)
+        return {"accepted": accepted}

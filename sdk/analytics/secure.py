@@ -89,7 +89,7 @@ def decode(total: np.ndarray, union_layout: Parts, precision: int) -> Parts:
 
 def _float(scaled: int, special: int, precision: int) -> float:
     mask = (1 << SPECIAL_BITS) - 1
-    nan, positive, negative = (special >> shift & mask for shift in (0, SPECIAL_BITS, 2 * SPECIAL_BITS))
+    nan, positive, negative = (special >> (SPECIAL_BITS * i) & mask for i in range(3))
     if nan or (positive and negative):
         return np.nan
     if positive or negative:

@@ -105,13 +105,15 @@ class SecAggServer:
         A vector of the wrong length drops `u` and is not read."""
         self._check(u, self.u2, self._masked, "masked input")
         if length != self.vector_length:
-            self.dropped[u] = f"sent a masked vector of {length} words, expected {self.vector_length}"
+            self.dropped[u] = (f"sent a masked vector of {length} words, expected "
+                               f"{self.vector_length}")
             return
         start = 0
         for piece in pieces:
             if piece.dtype != np.uint64 or start + piece.size > length:
                 raise ValueError(f"pieces of {piece.dtype} past word {start}: not {length} uint64")
-            np.add(self.total[start:start + piece.size], piece, out=self.total[start:start + piece.size])
+            part = self.total[start:start + piece.size]
+            np.add(part, piece, out=part)
             start += piece.size
         if start != length:
             raise ValueError(f"the pieces held {start} words, not the {length} announced")

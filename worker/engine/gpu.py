@@ -8,7 +8,6 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol
 
-
 log = logging.getLogger("deltaflow.engine")
 
 
