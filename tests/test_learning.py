@@ -4,7 +4,6 @@ computation done in this process."""
 from __future__ import annotations
 
 import contextlib
-import queue
 import signal
 import threading
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from cluster import log_text, wait_for
+from hand_worker import HandWorker
 from learning_tasks import BrokenTraining, Regression, regression_data
 
 from sdk import tensors, values
@@ -199,55 +199,34 @@ def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
     client.cancel_task(task_id)
 
 
-class GhostWorker(threading.Thread):
-    """A worker speaking the protocol by hand: it joins (and takes its part in secure
-    aggregation's key exchange), then dies halfway through its upload."""
+class GhostWorker(HandWorker):
+    """It joins (and takes its part in secure aggregation's key exchange), then dies halfway
+    through its upload."""
 
     def __init__(self, address: str) -> None:
-        super().__init__(daemon=True)
-        self.address = address
-        self.died = threading.Event()
+        super().__init__(address, "ghost", ["train.npz"])
+        self.secure = SecureRounds()
 
-    def run(self) -> None:
-        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        stub = services_pb2_grpc.WorkerServiceStub(channel)
-        session = stub.Register(pb.RegisterRequest(name="ghost", datasets=["train.npz"])).session_id
-        outgoing: queue.Queue = queue.Queue()
-        outgoing.put(pb.WorkerMessage(session_id=session))
-        beating = threading.Event()
+    def answer(self, assignment: pb.Assignment) -> bytes | None:
+        if assignment.phase == "join":
+            return b""
+        if assignment.phase == "secagg_keys":
+            return self.secure.open(assignment)
+        if assignment.phase != "train":
+            return self.secure.answer(assignment)
+        header = self.header(assignment)
+        header.meta.CopyFrom(values.encode({"samples": 1000}))
 
-        def beat():
-            while not beating.wait(0.5):
-                outgoing.put(pb.WorkerMessage(heartbeat=pb.Heartbeat()))
+        def half_an_upload():
+            yield pb.UploadRequest(header=header)
+            yield pb.UploadRequest(chunk=b"\x7f" * 64)
+            threading.Timer(0.3, self.channel.close).start()  # the ghost's connection dies
+            threading.Event().wait(5)
 
-        threading.Thread(target=beat, daemon=True).start()
-        secure = SecureRounds()
-        for message in stub.Connect(iter(outgoing.get, None)):
-            if not message.HasField("assignment"):
-                continue
-            assignment = message.assignment
-            header = pb.UploadHeader(session_id=session, exchange_id=assignment.exchange_id)
-            if assignment.phase != "train":
-                answer = (b"" if assignment.phase == "join" else secure.open(assignment)
-                          if assignment.phase == "secagg_keys" else secure.answer(assignment))
-                stub.Upload(iter([pb.UploadRequest(header=header),
-                                  pb.UploadRequest(chunk=answer)]))
-                continue
-            header.meta.CopyFrom(values.encode({"samples": 1000}))
-
-            def half_an_upload():
-                yield pb.UploadRequest(header=header)
-                yield pb.UploadRequest(chunk=b"\x7f" * 64)
-                threading.Timer(0.3, channel.close).start()  # the ghost's connection dies
-                threading.Event().wait(5)
-
-            with contextlib.suppress(grpc.RpcError, ValueError):
-                stub.Upload(half_an_upload())
-            break
-        beating.set()
-        outgoing.put(None)
-        channel.close()
-        self.died.set()
+        with contextlib.suppress(grpc.RpcError, ValueError):
+            self.stub.Upload(half_an_upload())
+        self.done.set()
+        return None
 
 
 @pytest.mark.parametrize("secure", [True, False])
@@ -261,7 +240,7 @@ def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, 
                        secure_aggregation=secure).build()
     task_id = client.create_task(built)
     assert client.wait(task_id), client.get_task(task_id).error
-    assert ghost.died.is_set()
+    assert ghost.done.is_set()
     log = log_text(client, task_id)
     assert "selected 3 worker(s): ghost, w1, w2" in log and "worker ghost dropped in train" in log
     if secure:  # its masks with w1 and w2 were taken off with the shares of its mask key

@@ -1,0 +1,100 @@
+"""Secure aggregation between real daemons: two real workers and a third, speaking the
+protocol by hand, that drops out or misbehaves at one phase. The sum stays exact over the
+workers whose masked input arrived, and the log names who was dropped and why."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cluster import log_text, wages
+from hand_worker import HandWorker
+from sdk.client import Client
+from sdk.proto import services_pb2 as pb
+from sdk.proto import task_pb2
+from tasks import WageAvg
+from worker.analytics import AnalyticsJob
+from worker.datasets import DataDir
+from worker.secure import SecureRounds
+
+
+class Faulty(HandWorker):
+    """Computes and masks its parts as a real worker does, until its `fault` at `phase`:
+    "silent" (no answer), "bad shares" (ciphertexts that do not decrypt) or "short vector"."""
+
+    def __init__(self, address: str, data_dir: DataDir, phase: str, fault: str) -> None:
+        super().__init__(address, "ghost", data_dir.names())
+        self.data_dir, self.phase, self.fault = data_dir, phase, fault
+        self.secure = SecureRounds()
+        self.job: AnalyticsJob | None = None
+
+    def answer(self, assignment: pb.Assignment) -> bytes | None:
+        if assignment.phase == self.phase and self.fault == "silent":
+            return None
+        if self.job is None:
+            spec = task_pb2.TaskSpec.FromString(b"".join(c.chunk for c in self.stub.FetchTask(
+                pb.FetchTaskRequest(session_id=self.session, task_id=assignment.task_id))))
+            self.job = AnalyticsJob(spec, self.data_dir, min_rows=1)
+        if assignment.phase == "join":
+            return b""
+        if assignment.phase == "compute":
+            return self.secure.open(assignment, self.job.parts(assignment.stage, {}))
+        if assignment.phase == "secagg_masked":
+            data = self.secure.masked_parts(assignment, self.job.precision, self.job.max_clients)
+            return data[:-8] if self.fault == "short vector" else data
+        data = self.secure.answer(assignment)
+        if assignment.phase == "secagg_share" and self.fault == "bad shares":
+            response = pb.SecAggResponse.FromString(data)
+            for recipient, ciphertext in response.shares.items():
+                response.shares[recipient] = ciphertext[:-1] + bytes([ciphertext[-1] ^ 1])
+            data = response.SerializeToString()
+        return data
+
+
+@pytest.mark.parametrize("phase, fault, summed, dropped", [
+    ("secagg_share", "silent", 2, "dropped in secagg_share: no answer within 2s"),
+    ("secagg_check", "silent", 2, "dropped in secagg_check: no answer within 2s"),
+    ("secagg_masked", "silent", 2, "dropped in secagg_masked: no answer within 3s"),
+    ("secagg_unmask", "silent", 3, "dropped in secagg_unmask: no answer within 2s"),
+    ("secagg_share", "bad shares", 2,
+     "dropped in check shares: sent malformed shares to w1, w2"),
+    ("secagg_masked", "short vector", 2,
+     "dropped in masked input: sent a masked vector of 23 words, expected 24"),
+])
+def test_a_worker_dropping_or_misbehaving_at_any_phase(cluster, phase, fault, summed, dropped):
+    cluster.start_coordinator()
+    tables = {"w1": wages(30, 1), "w2": wages(20, 2), "ghost": wages(25, 3)}
+    for name in ("w1", "w2"):
+        cluster.start_worker(name, {"wages.csv": tables[name]})
+    tables["ghost"].to_csv(cluster.data_dir("ghost") / "wages.csv", index=False)
+    ghost = Faulty(cluster.address, DataDir(cluster.data_dir("ghost")), phase, fault)
+    ghost.start()
+    cluster.wait_connected("ghost")
+    client = Client(cluster.address)
+    task_id = client.create_task(WageAvg(wait_timeout=3, connection_timeout=2).build())
+    assert client.wait(task_id), client.get_task(task_id).error
+    log = log_text(client, task_id)
+    assert f"round 1: worker ghost {dropped}" in log
+    assert f"step 1/1: aggregated {summed} worker(s)" in log
+    included = ["w1", "w2", "ghost"][:summed]
+    expected = pd.concat([tables[name] for name in included], ignore_index=True).mean()
+    pd.testing.assert_series_equal(client.get_result(task_id), expected, rtol=1e-9)
+
+
+def test_secure_aggregation_can_be_switched_off_and_the_log_says_so(cluster):
+    cluster.start_coordinator()
+    tables = {"w1": wages(30, 1), "w2": wages(20, 2)}
+    for name, table in tables.items():
+        cluster.start_worker(name, {"wages.csv": table})
+    client = Client(cluster.address)
+    results = {}
+    for secure in (True, False):
+        task = WageAvg(max_clients=2)
+        task.secure_aggregation = secure
+        task_id = client.create_task(task.build())
+        assert client.wait(task_id), client.get_task(task_id).error
+        assert f"secure aggregation: {'on' if secure else 'off'}" in log_text(client, task_id)
+        results[secure] = client.get_result(task_id)
+    expected = pd.concat(tables.values(), ignore_index=True).mean()
+    for result in results.values():
+        pd.testing.assert_series_equal(result, expected, rtol=1e-9)
