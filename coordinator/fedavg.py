@@ -108,22 +108,27 @@ class WeightedSum:
 def write_average(path: Path, infos: list[task_pb2.TensorInfo], totals: list[np.ndarray],
                   samples: int) -> None:
     """Writes each tensor's weighted sum in `totals` divided by `samples`, in the tensor's own
-    dtype (by the rules above), as raw bytes in manifest order. Floating totals are divided in
-    place; an integer tensor's total may come as float64 (from secure aggregation's fixed
-    point) and is rounded to the integer it encodes."""
+    dtype (by the rules above), as raw bytes in manifest order, a piece at a time. Floating
+    totals are divided in place; an integer tensor's total may come as float64 (from secure
+    aggregation's fixed point) and is rounded to the integer it encodes."""
     if samples <= 0:
         raise ValueError("no worker was folded in")
     with open(path, "wb") as handle:
         for info, total in zip(infos, totals, strict=True):
-            if info.dtype in _FLOATS:
-                np.divide(total, total.dtype.type(samples), out=total)
-                average = (_to_bfloat16_bits(total) if info.dtype == "bfloat16"
-                           else total.astype(_STORED[info.dtype], copy=False))
-            else:
-                if total.dtype.kind == "f":
-                    total = np.rint(total).astype(np.int64)
-                if info.dtype == "bool":
-                    average = (2 * total >= samples).astype(np.uint8)
-                else:
-                    average = ((2 * total + samples) // (2 * samples)).astype(_STORED[info.dtype])
-            handle.write(memoryview(np.ascontiguousarray(average)).cast("B"))
+            for start in range(0, total.size, PIECE // 8):
+                average = _average(info.dtype, total[start:start + PIECE // 8], samples)
+                handle.write(memoryview(np.ascontiguousarray(average)).cast("B"))
+
+
+def _average(dtype: str, total: np.ndarray, samples: int) -> np.ndarray:
+    """A piece of a tensor's average, as stored on the wire."""
+    if dtype in _FLOATS:
+        np.divide(total, total.dtype.type(samples), out=total)
+        if dtype == "bfloat16":
+            return _to_bfloat16_bits(total)
+        return total.astype(_STORED[dtype], copy=False)
+    if total.dtype.kind == "f":
+        total = np.rint(total).astype(np.int64)
+    if dtype == "bool":
+        return (2 * total >= samples).astype(np.uint8)
+    return ((2 * total + samples) // (2 * samples)).astype(_STORED[dtype])

@@ -7,7 +7,12 @@ For models of 1M, 25M and 100M float32 parameters with trivial training, over lo
   read from a buffer in memory and written into one, in chunks of the same size, nothing else,
 - the coordinator's peak RSS (VmHWM) with 3 and with 8 workers.
 
+`--mode plain` (the default here) runs FedAvg without secure aggregation, the transfer the bare
+stream is compared with; `--mode secure` runs it as tasks do by default, where each worker
+uploads a masked vector of 8-byte words (twice a float32 model) after the key exchange.
+
 Usage: python scripts/bench_learning.py [--sizes 1,25,100] [--workers 3,8] [--rounds 3]
+                                        [--mode plain|secure|both]
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ MIB = 2**20
 class Trivial(HorizontalLearning):
     """One big parameter; training nudges it, so every round moves real, changing bytes."""
 
-    def __init__(self, parameters: int, rounds: int, workers: int) -> None:
+    def __init__(self, parameters: int, rounds: int, workers: int, secure: bool) -> None:
         super().__init__(name=f"bench-{parameters}", max_rounds=rounds, validate_frac=0,
                          strategy=FedAvg(min_clients=workers, max_clients=workers,
-                                         wait_timeout=600, connection_timeout=120))
+                                         wait_timeout=600, connection_timeout=120),
+                         secure_aggregation=secure)
         self.weights = torch.zeros(parameters)
 
     def dataset(self):
@@ -62,7 +68,7 @@ class Trivial(HorizontalLearning):
         return {"weights": self.weights}
 
 
-def run_task(parameters: int, workers: int, rounds: int) -> tuple[float, float]:
+def run_task(parameters: int, workers: int, rounds: int, secure: bool) -> tuple[float, float]:
     """(median round seconds, coordinator peak RSS in MiB) for one task over `workers`."""
     with tempfile.TemporaryDirectory() as folder, LocalCluster(Path(folder)) as cluster:
         address = cluster.start_coordinator()
@@ -72,13 +78,14 @@ def run_task(parameters: int, workers: int, rounds: int) -> tuple[float, float]:
         for i in range(workers):
             cluster.wait_connected(f"w{i}")
         client = Client(address, timeout=600)
-        task_id = client.create_task(Trivial(parameters, rounds, workers).build())
+        task_id = client.create_task(Trivial(parameters, rounds, workers, secure).build())
         if not client.wait(task_id):
             raise SystemExit(f"task failed: {client.get_task(task_id).error}")
         result = client.get_result(task_id)["weights"]
         assert float(result[0]) == rounds, "every round must have trained once"
         marks = [e.time for e in client.logs(task_id)
-                 if "loaded the task" in e.message or e.message.startswith("round ")]
+                 if "loaded the task" in e.message or e.message.startswith("round ")
+                 and "/" in e.message.split()[1]]
         rss = _peak_rss_mib(cluster.coordinator.process.pid)
     rounds_seconds = [b - a for a, b in zip(marks, marks[1:])]
     return statistics.median(rounds_seconds[1:] or rounds_seconds), rss
@@ -173,20 +180,24 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,25,100", help="millions of parameters")
     parser.add_argument("--workers", default="3,8")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--mode", choices=("plain", "secure", "both"), default="plain")
     args = parser.parse_args()
     sizes = [int(float(s) * 1_000_000) for s in args.sizes.split(",")]
     worker_counts = [int(w) for w in args.workers.split(",")]
-    print("| params | model MiB | workers | round s | bare s | ratio | coord. peak RSS MiB "
+    modes = {"plain": [False], "secure": [True], "both": [False, True]}[args.mode]
+    print("| params | model MiB | workers | mode | round s | bare s | ratio | coord. peak RSS MiB "
           "| RSS target MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for parameters in sizes:
         model_mib = parameters * 4 / MIB
         for workers in worker_counts:
-            round_seconds, rss = run_task(parameters, workers, args.rounds)
             bare = bare_transfer(parameters * 4, workers)
-            print(f"| {parameters / 1e6:g}M | {model_mib:.0f} | {workers} | {round_seconds:.2f} "
-                  f"| {bare:.2f} | {round_seconds / bare:.2f} | {rss:.0f} "
-                  f"| {2 * model_mib + 300:.0f} |", flush=True)
+            for secure in modes:
+                round_seconds, rss = run_task(parameters, workers, args.rounds, secure)
+                print(f"| {parameters / 1e6:g}M | {model_mib:.0f} | {workers} "
+                      f"| {'secure' if secure else 'plain'} | {round_seconds:.2f} | {bare:.2f} "
+                      f"| {round_seconds / bare:.2f} | {rss:.0f} | {2 * model_mib + 300:.0f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
-"""Secure aggregation's cost per phase against plain aggregation (a sum of float32 vectors), with
-all workers simulated in one process. Worker phases are the mean time of one worker (workers run
-in parallel); server phases are the coordinator's time. Each figure is the best of --repeat runs.
+"""Secure aggregation's cost: per phase with the workers simulated in one process, and end to end
+over real daemons.
 
-Usage: python scripts/bench_secagg.py [--workers 3 10 30] [--sizes 1000000 25000000] [--repeat 3]
+Crypto table: for n workers and vectors of v float32 values, each phase's time (worker phases:
+the mean of one worker, as workers run in parallel; coordinator phases: its own time), against
+plain aggregation, the coordinator's weighted sum of the n float32 vectors in memory, as
+FedAvg's fold does it. Each figure is the best of --repeat runs.
+
+End-to-end table: a FedAvg round over local worker daemons (trivial training, see
+bench_learning.py) with secure aggregation on and off, and the ratio.
+
+Usage: python scripts/bench_secagg.py [--workers 3 10 30] [--sizes 1000000 25000000]
+                                      [--repeat 3] [--e2e-workers 3 10] [--e2e-size 1000000]
 """
 
 from __future__ import annotations
@@ -15,58 +23,75 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdk.secagg import SecAggClient, SecAggServer, threshold  # noqa: E402
+from sdk.secagg.fixedpoint import decode, encode  # noqa: E402
+from sdk.secagg.local import run_local  # noqa: E402
 
 PRECISION = 6
+PHASES = ("advertise", "share", "check", "mask", "unmask")
 
 
 class Clock:
-    """Seconds spent per phase, accumulated over calls."""
+    """Seconds spent per (role, phase), accumulated over calls."""
 
     def __init__(self):
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[tuple[str, str], float] = {}
 
-    def time(self, phase: str, fn, *args):
+    def __call__(self, role: str, phase: str, fn, *args):
         start = time.perf_counter()
         out = fn(*args)
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+        key = (role, phase)
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
         return out
 
 
 def secure_round(n: int, x: np.ndarray) -> dict[str, float]:
-    """One round of n workers all sending `x`; returns seconds per phase (workers: mean)."""
-    min_clients = max(2, n // 2)
-    t = threshold(min_clients, n)
-    clients = [SecAggClient(u, n, t, PRECISION, x.size) for u in range(n)]
-    server = SecAggServer(n, min_clients, PRECISION, x.size)
-    workers, coordinator = Clock(), Clock()
-    for c in clients:
-        server.receive_keys(c.index, *workers.time("advertise", c.advertise))
-    keys = coordinator.time("advertise", server.public_keys)
-    for c in clients:
-        coordinator.time("share", server.receive_shares, c.index,
-                         workers.time("share", c.share_keys, keys))
-    routed = coordinator.time("share", server.routed_shares)
-    for c in clients:
-        vector, malformed = workers.time("mask", c.masked_input, x, routed[c.index])
-        coordinator.time("mask", server.receive_masked, c.index, vector, malformed)
-    survivors = coordinator.time("mask", server.unmask_request)
-    for c in clients:
-        coordinator.time("unmask", server.receive_unmask, c.index,
-                         workers.time("unmask", c.unmask, survivors))
-    total = coordinator.time("unmask", server.result)
-    np.testing.assert_allclose(total, n * x.astype(np.float64), rtol=0, atol=n * 10**-PRECISION)
-    return {phase: workers.seconds[phase] / n + coordinator.seconds[phase]
-            for phase in workers.seconds}
+    """One round of n workers all sending `x`; seconds per phase (worker: mean, plus the
+    coordinator's). Encoding into fixed point counts as the worker's masking."""
+    clock = Clock()
+    vectors = {u: clock("worker", "mask", encode, x, PRECISION, n) for u in range(n)}
+    _, total = run_local(vectors, max(2, n // 2), timed=clock)
+    np.testing.assert_allclose(decode(total, PRECISION), n * x.astype(np.float64), rtol=0,
+                               atol=n * 10**-PRECISION)
+    return {phase: clock.seconds.get(("worker", phase), 0.0) / n
+            + clock.seconds.get(("coordinator", phase), 0.0) for phase in PHASES}
 
 
 def plain_round(n: int, x: np.ndarray) -> float:
-    """Seconds for the coordinator to sum n float32 vectors."""
+    """Seconds for the coordinator to fold n float32 vectors into a weighted sum."""
     start = time.perf_counter()
-    total = np.zeros_like(x)
-    for _ in range(n):
-        total += x
+    total, scaled = np.zeros_like(x), np.empty_like(x)
+    for samples in range(1, n + 1):
+        np.multiply(x, np.float32(samples), out=scaled)
+        total += scaled
     return time.perf_counter() - start
+
+
+def crypto_table(workers: list[int], sizes: list[int], repeat: int) -> None:
+    print("| workers | values | " + " | ".join(f"{p} ms" for p in PHASES)
+          + " | secure ms | plain ms | ratio |")
+    print("|---" * (len(PHASES) + 5) + "|")
+    for size in sizes:
+        x = np.random.default_rng(0).normal(0, 1, size).astype(np.float32).round(3)
+        for n in workers:
+            runs = [secure_round(n, x) for _ in range(repeat)]
+            seconds = {p: min(run[p] for run in runs) for p in PHASES}
+            secure = sum(seconds.values())
+            plain = min(plain_round(n, x) for _ in range(repeat))
+            print(f"| {n} | {size:,} | " + " | ".join(f"{seconds[p] * 1e3:.1f}" for p in PHASES)
+                  + f" | {secure * 1e3:.1f} | {plain * 1e3:.1f} | {secure / plain:.1f}x |",
+                  flush=True)
+
+
+def end_to_end_table(workers: list[int], size: int, rounds: int) -> None:
+    from bench_learning import run_task
+
+    print("\n| workers | params | plain round s | secure round s | ratio |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in workers:
+        plain, _ = run_task(size, n, rounds, secure=False)
+        secure, _ = run_task(size, n, rounds, secure=True)
+        print(f"| {n} | {size:,} | {plain:.3f} | {secure:.3f} | {secure / plain:.2f}x |",
+              flush=True)
 
 
 def main() -> None:
@@ -74,21 +99,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[3, 10, 30])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 25_000_000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--e2e-workers", type=int, nargs="*", default=[3, 10])
+    parser.add_argument("--e2e-size", type=int, default=1_000_000)
+    parser.add_argument("--e2e-rounds", type=int, default=4)
     args = parser.parse_args()
-    phases = ("advertise", "share", "mask", "unmask")
-    print("| workers | values | " + " | ".join(f"{p} ms" for p in phases)
-          + " | secure ms | plain ms | ratio |")
-    print("|---" * (len(phases) + 5) + "|")
-    for size in args.sizes:
-        x = np.random.default_rng(0).normal(0, 1, size).astype(np.float32).round(3)
-        for n in args.workers:
-            runs = [secure_round(n, x) for _ in range(args.repeat)]
-            seconds = {p: min(run[p] for run in runs) for p in phases}
-            secure = sum(seconds.values())
-            plain = min(plain_round(n, x) for _ in range(args.repeat))
-            print(f"| {n} | {size:,} | " + " | ".join(f"{seconds[p] * 1e3:.1f}" for p in phases)
-                  + f" | {secure * 1e3:.1f} | {plain * 1e3:.1f} | {secure / plain:.1f}x |",
-                  flush=True)
+    crypto_table(args.workers, args.sizes, args.repeat)
+    if args.e2e_workers:
+        end_to_end_table(args.e2e_workers, args.e2e_size, args.e2e_rounds)
 
 
 if __name__ == "__main__":
