@@ -107,3 +107,44 @@ def test_mixed_dtypes_with_large_half_tensors_fold(tmp_path):
     total.write_average(tmp_path / "avg")
     average = tensors.read_file(tmp_path / "avg", infos)
     assert all(torch.equal(average[k], big[k]) for k in big)
+
+
+def test_secure_vectors_average_to_fedavg_within_the_fixed_point_quantisation(tmp_path):
+    """Under secure aggregation each worker sends weights x samples, its sample counts and
+    metrics in fixed point; the average of the summed vectors is FedAvg's, integers and bools
+    exactly, floats within workers * 0.5 * 10^-precision / samples (plus their dtype's rounding)."""
+    from coordinator.fedavg import write_average
+    from sdk.secagg.fixedpoint import decode_in_place
+    from worker.learning import masked_input
+
+    precision, states, samples = 6, [state(seed) for seed in range(3)], [10, 30, 5]
+    metrics = [{"mse": 0.5, "acc": 0.9}, {"mse": 0.25, "acc": 0.8}, {"mse": 1.0, "acc": 0.7}]
+    infos = tensors.manifest(states[0])
+    total = sum(masked_input(s, infos, n, 2 * n, m, precision, 3, [])
+                for s, n, m in zip(states, samples, metrics))
+    sums = decode_in_place(total, precision)
+    tail = sums[-2 - weights.METRIC_SLOTS:]
+    assert round(tail[0]) == 45 and round(tail[1]) == 90
+    assert tail[2] / tail[1] == pytest.approx((0.9 * 20 + 0.8 * 60 + 0.7 * 10) / 90)  # acc
+    assert tail[3] / tail[1] == pytest.approx((0.5 * 20 + 0.25 * 60 + 1.0 * 10) / 90)  # mse
+    totals, start = [], 0
+    for info in infos:
+        totals.append(sums[start:start + weights.count(info)])
+        start += weights.count(info)
+    write_average(tmp_path / "secure", infos, totals, 45)
+    secure = tensors.read_file(tmp_path / "secure", infos)
+    plain = WeightedSum(infos)
+    for i, (one, count) in enumerate(zip(states, samples)):
+        tensors.write_file(tmp_path / f"w{i}", one)
+        plain.add_file(tmp_path / f"w{i}", count)
+    plain.write_average(tmp_path / "plain")
+    expected = tensors.read_file(tmp_path / "plain", infos)
+    bound = 3 * 0.5 * 10**-precision / 45
+    for name, tensor in expected.items():
+        assert secure[name].dtype == tensor.dtype and secure[name].shape == tensor.shape
+        if tensor.dtype.is_floating_point and tensor.numel():
+            resolution = torch.finfo(tensor.dtype).eps * tensor.double().abs().max().item()
+            torch.testing.assert_close(secure[name].double(), tensor.double(), rtol=0,
+                                       atol=bound + 2 * resolution)
+        else:
+            assert torch.equal(secure[name], tensor), name
