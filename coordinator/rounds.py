@@ -8,6 +8,7 @@ round goes on while at least `min_clients` remain and fails with a clear message
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from coordinator.registry import Receiver, WorkerGone, WorkerRegistry, WorkerSes
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
+
+
+log = logging.getLogger("deltaflow.coordinator")
 
 
 class RoundFailed(Exception):
@@ -96,6 +100,7 @@ class Round:
             task_id=self.task_id, round=self.number, phase=name, stage=stage, timeout=timeout,
             inputs=values.encode(inputs),
         )
+        started = time.perf_counter()
         futures: dict[asyncio.Future[Any], tuple[WorkerSession, int]] = {}
         for worker in self.workers:
             exchange_id, future = self.registry.expect(worker, receiver and receiver(worker))
@@ -125,6 +130,8 @@ class Round:
                 dropped.append((worker, str(future.exception())))
             else:
                 answers[worker.name] = future.result()
+        log.debug("task %d round %d: %s answered by %d of %d worker(s) in %.3f s", self.task_id,
+                  self.number, name, len(answers), len(futures), time.perf_counter() - started)
         for worker, reason in dropped:
             self.drop(worker, name, reason)
         self.check(name)
