@@ -29,6 +29,11 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
+    # A fixed 4 MiB flow-control window per stream, not one that BDP probing grows: what
+    # workers' concurrent uploads may buffer in the coordinator stays bounded (25M parameters,
+    # 8 workers: peak RSS 330-375 MiB instead of 420-515), at the same speed on this machine.
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 4 << 20),
 ]
 
 
