@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sdk.secagg import SecAggClient, SecAggError, SecAggServer, shamir, threshold
 from sdk.secagg.client import NONCE_BYTES
-from sdk.secagg.fixedpoint import decode, encode
+from sdk.secagg.fixedpoint import decode, encode, encode_into
 from sdk.secagg.local import run_local
 from sdk.secagg.masks import CHUNK, accumulate
 
@@ -213,3 +213,13 @@ def test_masks_are_one_aes_ctr_keystream_across_chunks_and_threads(threads):
     out = np.arange(length, dtype=np.uint64)
     accumulate(out, [out.copy()], [(seed, 1), (bytes(32), 1), (bytes(32), -1)], threads)
     np.testing.assert_array_equal(out, 2 * np.arange(length, dtype=np.uint64) + stream)
+
+
+def test_encoding_into_a_vector_piece_by_piece_equals_encode():
+    x = np.random.default_rng(1).normal(0, 50, 200_003).astype(np.float32)
+    out = np.empty(x.size, dtype=np.uint64)
+    encode_into(out, x, 7 * 10.0**PRECISION, PRECISION, 3, piece=1000)
+    np.testing.assert_array_equal(out, encode(x.astype(np.float64) * 7, PRECISION, 3))
+    x[150_000] = 1e13
+    with pytest.raises(ValueError, match="value 9999999827968.0 at index 150000 does not fit"):
+        encode_into(out, x, 10.0**PRECISION, PRECISION, 3, piece=1000)

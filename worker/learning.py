@@ -114,10 +114,12 @@ def masked_input(state: tensors.StateDict, infos: list[task_pb2.TensorInfo], sam
     start = 0
     with torch.no_grad():
         for info in infos:
-            flat = state[info.name].detach().reshape(-1).to("cpu", torch.float64).numpy()
-            vector[start:start + flat.size] = fixedpoint.encode(flat * samples, precision,
-                                                                max_clients)
-            start += flat.size
+            flat = state[info.name].detach().reshape(-1).cpu()
+            if flat.dtype == torch.bfloat16:  # numpy has no bfloat16
+                flat = flat.float()
+            fixedpoint.encode_into(vector[start:start + flat.numel()], flat.numpy(),
+                                   samples * 10.0**precision, precision, max_clients)
+            start += flat.numel()
     tail = np.zeros(2 + METRIC_SLOTS)
     tail[:2] = samples, validate_samples
     tail[2:2 + len(metrics)] = [metrics[name] * validate_samples for name in sorted(metrics)]

@@ -13,11 +13,12 @@ LIMIT = 2.0**63
 SPLIT = 2**32  # encode_wide: value = high * SPLIT + low, 0 <= low < SPLIT
 
 
-def _refuse(x: np.ndarray, fits: np.ndarray, precision: int, max_clients: int, bound: str) -> None:
+def _refuse(x: np.ndarray, fits: np.ndarray, precision: int, max_clients: int, bound: str,
+            offset: int = 0) -> None:
     bad = np.flatnonzero(~fits)
     i = int(bad[0])
     raise ValueError(
-        f"value {np.asarray(x).flat[i].item()!r} at index {i} does not fit: |x| * 10^{precision} * "
+        f"value {np.asarray(x).flat[i].item()!r} at index {offset + i} does not fit: |x| * 10^{precision} * "
         f"{max_clients} workers must stay below {bound} ({bad.size} out of range); lower the "
         "task's precision or scale the values")
 
@@ -29,6 +30,22 @@ def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
     if scaled.size and not max(-scaled.min(), scaled.max()) * max_clients < LIMIT:  # NaN too
         _refuse(x, np.abs(scaled) * max_clients < LIMIT, precision, max_clients, "2^63")
     return np.rint(scaled, out=scaled).astype(np.int64).view(np.uint64)
+
+
+def encode_into(out: np.ndarray, x: np.ndarray, scale: float, precision: int, max_clients: int,
+                piece: int = 1 << 16) -> None:
+    """`encode(x * scale)` written into the uint64 array `out`, a cache-sized piece at a time
+    (x * scale with scale = weight * 10^precision, as one product)."""
+    scaled = np.empty(min(piece, x.size), dtype=np.float64)
+    signed = out.view(np.int64)
+    for start in range(0, x.size, piece):
+        part = scaled[:min(piece, x.size - start)]
+        np.multiply(x[start:start + part.size], scale, out=part, dtype=np.float64)
+        if part.size and not max(-part.min(), part.max()) * max_clients < LIMIT:  # NaN too
+            _refuse(x[start:start + part.size] * (scale / 10.0**precision),
+                    np.abs(part) * max_clients < LIMIT, precision, max_clients, "2^63", start)
+        np.rint(part, out=part)
+        np.copyto(signed[start:start + part.size], part, casting="unsafe")
 
 
 def decode(total: np.ndarray, precision: int) -> np.ndarray:
