@@ -5,7 +5,8 @@ them up and feeds the aggregates that later stages need back to the same workers
 aggregation (the default) each stage's parts are summed by the protocol instead, so the
 coordinator sees the layout of each worker's parts (labels and dtypes) and only the sum of their
 values. If a worker drops after the first stage, the stages run again over the survivors, so
-that every aggregate of the result covers the same rows.
+that every aggregate of the result covers the same rows; under secure aggregation the task fails
+instead, as two sums of a stage over different workers would reveal the difference.
 """
 
 from __future__ import annotations
@@ -41,18 +42,21 @@ async def run_analytics(
     while True:
         started_with = len(round_.workers)
         aggregation = Aggregation(plan)
+        first_summed: list[str] = []
         for stage in range(plan.stage_count):
             inputs = aggregation.inputs_for(stage)
             if spec.secure_aggregation:
                 parts, summed = await _secure_stage(round_, rules, spec.precision, stage, inputs)
+                first_summed = first_summed or summed
+                _check_same_workers(first_summed, summed, stage)
             else:
                 answers = await round_.phase("compute", rules.wait_timeout, stage, inputs)
-                parts, summed = [_decode_parts(data) for data in answers.values()], len(answers)
-            if len(round_.workers) < started_with and stage > 0:
-                break  # someone dropped after contributing to an earlier stage
+                parts, summed = [_decode_parts(data) for data in answers.values()], list(answers)
+                if len(round_.workers) < started_with and stage > 0:
+                    break  # someone dropped after contributing to an earlier stage
             aggregation.add_stage(stage, parts)
             log(f"round {round_.number}, step {stage + 1}/{plan.stage_count}: "
-                f"aggregated {summed} worker(s)")
+                f"aggregated {len(summed)} worker(s)")
         else:
             return aggregation.result()
         round_.number += 1
@@ -60,11 +64,24 @@ async def run_analytics(
             f"worker(s) ({round_.names}) so that every aggregate covers the same rows")
 
 
+def _check_same_workers(first: list[str], summed: list[str], stage: int) -> None:
+    """Under secure aggregation a later step must sum the workers that step 1 summed. Steps are
+    not computed again over fewer workers: the difference between two sums of the same step
+    over different workers would be the aggregates of those left out."""
+    gone = sorted(set(first) - set(summed))
+    if gone:
+        raise RoundFailed(
+            f"worker(s) {', '.join(gone)} dropped after step 1, so step {stage + 1} does not "
+            "cover the same rows; under secure aggregation the steps are not computed again "
+            "over the others (the difference between two sums would reveal what the dropped "
+            "worker sent): submit the task again")
+
+
 async def _secure_stage(round_: Round, rules: task_pb2.RoundRules, precision: int, stage: int,
-                        inputs: Any) -> tuple[list[Parts], int]:
+                        inputs: Any) -> tuple[list[Parts], list[str]]:
     """The stage's parts summed by secure aggregation: workers compute their parts and answer
     with their keys and the layout of their parts, then mask their parts laid out on the union
-    of layouts. Returns the summed parts and how many workers they cover."""
+    of layouts. Returns the summed parts and the workers they cover."""
     protocol = SecureRound(round_, rules, stage)
     answers = await round_.phase("compute", rules.wait_timeout, stage, inputs,
                                  secagg=protocol.opening())
@@ -89,7 +106,7 @@ async def _secure_stage(round_: Round, rules: task_pb2.RoundRules, precision: in
             words = np.frombuffer(data, dtype="<u8")
             protocol.add_masked(name, words.size, [words])
     total = await protocol.unmask()
-    return [secure.decode(total, union, precision)], len(protocol.summed)
+    return [secure.decode(total, union, precision)], protocol.summed
 
 
 def _decode_parts(data: bytes) -> Parts:

@@ -19,7 +19,6 @@ from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
 
-
 log = logging.getLogger("deltaflow.coordinator")
 
 

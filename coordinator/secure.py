@@ -19,7 +19,7 @@ import numpy as np
 from coordinator.rounds import Round, RoundFailed
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
-from sdk.secagg import Revealed, SecAggError, SecAggServer, threshold
+from sdk.secagg import Revealed, SecAggError, SecAggServer
 from sdk.secagg.shamir import SHARE_BYTES
 
 SecAggRequests = dict[str, pb.SecAggRequest]
@@ -51,9 +51,8 @@ class SecureRound:
         return [w.name for w in self.workers]
 
     def opening(self) -> SecAggRequests:
-        """The first phase's requests: each worker's number, and the threshold."""
-        t = threshold(self.rules.min_clients, len(self.workers))
-        return {w.name: pb.SecAggRequest(index=u, selected=len(self.workers), threshold=t)
+        """The first phase's requests: each worker's number, and how many were selected."""
+        return {w.name: pb.SecAggRequest(index=u, selected=len(self.workers))
                 for u, w in enumerate(self.workers)}
 
     def start(self, responses: dict[str, pb.SecAggResponse], vector_length: int,

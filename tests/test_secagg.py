@@ -19,8 +19,7 @@ PRECISION = 6
 
 
 def make_round(n: int, min_clients: int, length: int = 16):
-    t = threshold(min_clients, n)
-    clients = {u: SecAggClient(u, t) for u in range(n)}
+    clients = {u: SecAggClient(u, min_clients, n) for u in range(n)}
     return clients, SecAggServer(n, min_clients, length)
 
 
@@ -223,3 +222,19 @@ def test_encoding_into_a_vector_piece_by_piece_equals_encode():
     x[150_000] = 1e13
     with pytest.raises(ValueError, match="value 9999999827968.0 at index 150000 does not fit"):
         encode_into(out, x, 10.0**PRECISION, PRECISION, 3, piece=1000)
+
+
+def test_a_worker_shares_once_with_at_most_the_workers_selected_under_its_own_threshold():
+    """A coordinator cannot pick the threshold, nor pad the key list, nor ask for shares twice:
+    each would let it collect both secrets of one worker from fewer than a majority."""
+    clients, _ = make_round(3, 2)
+    assert clients[0].threshold == 2
+    keys = {u: c.advertise() for u, c in clients.items()}
+    extra = SecAggClient(3, 2, 4)
+    with pytest.raises(SecAggError, match="4 workers advertised keys in a round of 3"):
+        clients[0].share_keys({**keys, 3: extra.advertise()})
+    clients[0].share_keys(keys)
+    with pytest.raises(SecAggError, match="already sent"):
+        clients[0].share_keys(keys)
+    with pytest.raises(SecAggError, match="worker number 3 of 3"):
+        SecAggClient(3, 2, 3)

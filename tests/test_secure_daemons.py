@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from cluster import log_text, wages
 from hand_worker import HandWorker
+from tasks import WageAvg
+
+from sdk import dataset, values
 from sdk.client import Client
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
-from tasks import WageAvg
+from sdk.task import HorizontalAnalytics
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir
 from worker.secure import SecureRounds
@@ -22,14 +24,15 @@ class Faulty(HandWorker):
     """Computes and masks its parts as a real worker does, until its `fault` at `phase`:
     "silent" (no answer), "bad shares" (ciphertexts that do not decrypt) or "short vector"."""
 
-    def __init__(self, address: str, data_dir: DataDir, phase: str, fault: str) -> None:
+    def __init__(self, address: str, data_dir: DataDir, phase: str, fault: str,
+                 stage: int = 0) -> None:
         super().__init__(address, "ghost", data_dir.names())
-        self.data_dir, self.phase, self.fault = data_dir, phase, fault
+        self.data_dir, self.phase, self.fault, self.stage = data_dir, phase, fault, stage
         self.secure = SecureRounds()
         self.job: AnalyticsJob | None = None
 
     def answer(self, assignment: pb.Assignment) -> bytes | None:
-        if assignment.phase == self.phase and self.fault == "silent":
+        if (assignment.phase, assignment.stage, self.fault) == (self.phase, self.stage, "silent"):
             return None
         if self.job is None:
             spec = task_pb2.TaskSpec.FromString(b"".join(c.chunk for c in self.stub.FetchTask(
@@ -38,7 +41,9 @@ class Faulty(HandWorker):
         if assignment.phase == "join":
             return b""
         if assignment.phase == "compute":
-            return self.secure.open(assignment, self.job.parts(assignment.stage, {}))
+            return self.secure.open(assignment, self.job.min_clients,
+                                    self.job.parts(assignment.stage,
+                                                   values.decode(assignment.inputs)))
         if assignment.phase == "secagg_masked":
             data = self.secure.masked_parts(assignment, self.job.precision, self.job.max_clients)
             return data[:-8] if self.fault == "short vector" else data
@@ -49,6 +54,18 @@ class Faulty(HandWorker):
                 response.shares[recipient] = ciphertext[:-1] + bytes([ciphertext[-1] ^ 1])
             data = response.SerializeToString()
         return data
+
+
+def start(cluster, phase: str, fault: str, stage: int = 0) -> dict[str, pd.DataFrame]:
+    """Two real workers and a faulty one; every worker's table."""
+    cluster.start_coordinator()
+    tables = {"w1": wages(30, 1), "w2": wages(20, 2), "ghost": wages(25, 3)}
+    for name in ("w1", "w2"):
+        cluster.start_worker(name, {"wages.csv": tables[name]})
+    tables["ghost"].to_csv(cluster.data_dir("ghost") / "wages.csv", index=False)
+    Faulty(cluster.address, DataDir(cluster.data_dir("ghost")), phase, fault, stage).start()
+    cluster.wait_connected("ghost")
+    return tables
 
 
 @pytest.mark.parametrize("phase, fault, summed, dropped", [
@@ -62,14 +79,7 @@ class Faulty(HandWorker):
      "dropped in masked input: sent a masked vector of 23 words, expected 24"),
 ])
 def test_a_worker_dropping_or_misbehaving_at_any_phase(cluster, phase, fault, summed, dropped):
-    cluster.start_coordinator()
-    tables = {"w1": wages(30, 1), "w2": wages(20, 2), "ghost": wages(25, 3)}
-    for name in ("w1", "w2"):
-        cluster.start_worker(name, {"wages.csv": tables[name]})
-    tables["ghost"].to_csv(cluster.data_dir("ghost") / "wages.csv", index=False)
-    ghost = Faulty(cluster.address, DataDir(cluster.data_dir("ghost")), phase, fault)
-    ghost.start()
-    cluster.wait_connected("ghost")
+    tables = start(cluster, phase, fault)
     client = Client(cluster.address)
     task_id = client.create_task(WageAvg(wait_timeout=3, connection_timeout=2).build())
     assert client.wait(task_id), client.get_task(task_id).error
@@ -98,3 +108,25 @@ def test_secure_aggregation_can_be_switched_off_and_the_log_says_so(cluster):
     expected = pd.concat(tables.values(), ignore_index=True).mean()
     for result in results.values():
         pd.testing.assert_series_equal(result, expected, rtol=1e-9)
+
+
+class WageVar(HorizontalAnalytics):
+    def __init__(self):
+        super().__init__(name="wage_var", min_clients=2, max_clients=3, wait_timeout=3,
+                         connection_timeout=2)
+
+    def dataset(self):
+        return {"wages": dataset.DataFrame("wages.csv")}
+
+    def execute(self, wages):
+        return wages.wage.var()  # two steps: the mean, then squared deviations from it
+
+
+def test_a_worker_dropping_between_steps_fails_the_task_instead_of_a_revealing_rerun(cluster):
+    start(cluster, "compute", "silent", stage=1)
+    client = Client(cluster.address)
+    task_id = client.create_task(WageVar().build())
+    assert client.wait(task_id) is False
+    error = client.get_task(task_id).error
+    assert "worker(s) ghost dropped after step 1" in error and "submit the task again" in error
+    assert "round 1: worker ghost dropped in compute: no answer within 3s" in log_text(client, task_id)

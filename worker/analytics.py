@@ -24,6 +24,7 @@ class AnalyticsJob:
         self.min_rows = min_rows
         self.precision = spec.precision
         self.max_clients = spec.rules.max_clients
+        self.min_clients = spec.rules.min_clients
 
     def describe(self) -> str:
         return ", ".join(f"{name}: {len(frame)} rows" for name, frame in self.frames.items())

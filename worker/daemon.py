@@ -88,8 +88,9 @@ async def serve(args: argparse.Namespace) -> None:
 class LearningJob:
     """A joined learning task: the engine task that trains it, and moves its weights."""
 
-    def __init__(self, handle: TaskHandle) -> None:
+    def __init__(self, handle: TaskHandle, spec: task_pb2.TaskSpec) -> None:
         self.handle = handle
+        self.min_clients = spec.rules.min_clients
 
     def describe(self) -> str:
         return f"engine task loaded, pid {self.handle.task.pid}"
@@ -248,13 +249,13 @@ class Worker:
                 inputs = values.decode(assignment.inputs)
                 if secagg:
                     parts = await asyncio.to_thread(job.parts, assignment.stage, inputs)
-                    data = self.secure.open(assignment, parts)
+                    data = self.secure.open(assignment, job.min_clients, parts)
                 else:
                     data = await asyncio.to_thread(job.compute, assignment.stage, inputs)
                 log.info("task %d: step %d computed in %.3f s", task_id, assignment.stage + 1,
                          time.perf_counter() - started)
             elif phase == "secagg_keys":
-                data = self.secure.open(assignment)
+                data = self.secure.open(assignment, job.min_clients)
             elif phase in ("secagg_share", "secagg_check", "secagg_unmask"):
                 data = self.secure.answer(assignment)
             elif phase == "secagg_masked" and isinstance(job, AnalyticsJob):
@@ -314,7 +315,7 @@ class Worker:
         learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
         data_path = self.data_dir.resolve(spec.datasets[0].file)
         process = learning.LearningProcess(task_id, spec, data_path, self.address, session_id)
-        return LearningJob(await self.engine.open_async(process))
+        return LearningJob(await self.engine.open_async(process), spec)
 
     def _release(self, task_id: int) -> None:
         """Drops what is kept for a task that ended or left this worker out; a learning job's

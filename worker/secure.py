@@ -29,14 +29,13 @@ class SecureRounds:
     def __init__(self) -> None:
         self._rounds: dict[int, _Round] = {}
 
-    def open(self, assignment: pb.Assignment, parts: Parts | None = None) -> bytes:
+    def open(self, assignment: pb.Assignment, min_clients: int,
+             parts: Parts | None = None) -> bytes:
         """Starts the round's protocol: this worker's public keys, and the layout of `parts`
-        (analytics) for the coordinator to lay every worker's parts on."""
+        (analytics) for the coordinator to lay every worker's parts on. The threshold comes
+        from the task's own `min_clients`, never from the coordinator."""
         request = assignment.secagg
-        if not 0 <= request.index < request.selected or request.threshold > request.selected:
-            raise SecAggError(f"worker number {request.index} of {request.selected} with "
-                              f"threshold {request.threshold} is not a valid round")
-        client = SecAggClient(request.index, request.threshold)
+        client = SecAggClient(request.index, min_clients, request.selected)
         self._rounds[assignment.task_id] = _Round(_number(assignment), client, parts)
         c_pk, s_pk = client.advertise()
         response = pb.SecAggResponse(keys=pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk))

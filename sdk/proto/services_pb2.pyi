@@ -234,7 +234,7 @@ class Assignment(_message.Message):
     def __init__(self, exchange_id: _Optional[int] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., stage: _Optional[int] = ..., inputs: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., timeout: _Optional[float] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ...) -> None: ...
 
 class SecAggRequest(_message.Message):
-    __slots__ = ("index", "selected", "threshold", "public_keys", "shares", "peers", "survivors", "layout")
+    __slots__ = ("index", "selected", "public_keys", "shares", "peers", "survivors", "layout")
     class PublicKeysEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -251,7 +251,6 @@ class SecAggRequest(_message.Message):
         def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SELECTED_FIELD_NUMBER: _ClassVar[int]
-    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
@@ -259,13 +258,12 @@ class SecAggRequest(_message.Message):
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     index: int
     selected: int
-    threshold: int
     public_keys: _containers.MessageMap[int, SecAggKeys]
     shares: _containers.ScalarMap[int, bytes]
     peers: _containers.RepeatedScalarFieldContainer[int]
     survivors: _containers.RepeatedScalarFieldContainer[int]
     layout: _values_pb2.Value
-    def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., threshold: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class SecAggKeys(_message.Message):
     __slots__ = ("c_pk", "s_pk")

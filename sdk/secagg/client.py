@@ -36,11 +36,15 @@ def threshold(min_clients: int, n_selected: int) -> int:
 
 
 class SecAggClient:
-    """Worker `index` in a round whose secrets need `threshold` shares to recover."""
+    """Worker `index` of the `selected` workers of a round; its secrets need
+    threshold(min_clients, selected) shares to recover, which the worker works out itself."""
 
-    def __init__(self, index: int, threshold: int):
+    def __init__(self, index: int, min_clients: int, selected: int):
+        if not 0 <= index < selected:
+            raise SecAggError(f"worker number {index} of {selected} selected is not in the round")
         self.index = index
-        self.threshold = threshold
+        self.selected = selected
+        self.threshold = threshold(min_clients, selected)
         self._c_sk = X25519PrivateKey.generate()  # encrypts shares
         self._s_sk = X25519PrivateKey.generate()  # agrees pairwise masks
         self._keys: dict[int, tuple[bytes, bytes]] = {}
@@ -54,7 +58,14 @@ class SecAggClient:
         return self._c_sk.public_key().public_bytes_raw(), self._s_sk.public_key().public_bytes_raw()
 
     def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
-        """Phase 1: encrypted shares of b_u and s_sk_u for every other worker that advertised."""
+        """Phase 1: encrypted shares of b_u and s_sk_u for every other worker that advertised.
+        Given once a round, to at most `selected` workers: more would lower the share of
+        workers a lying coordinator needs below a majority."""
+        if self._keys:
+            raise SecAggError(f"worker {self.index}: its shares were already sent this round")
+        if len(public_keys) > self.selected:
+            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys "
+                              f"in a round of {self.selected}")
         if public_keys.get(self.index) != self.advertise():
             raise SecAggError(f"worker {self.index}: the key list lacks this worker's own keys")
         if len(public_keys) < self.threshold:

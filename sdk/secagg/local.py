@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .client import SecAggClient, threshold
+from .client import SecAggClient
 from .masks import accumulate
 from .server import SecAggServer
 
@@ -28,7 +28,7 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
     each step ("worker" or "coordinator"). Returns the server and the unmasked total.
     """
     n = len(vectors)
-    clients = {u: SecAggClient(u, threshold(min_clients, n)) for u in range(n)}
+    clients = {u: SecAggClient(u, min_clients, n) for u in range(n)}
     server = SecAggServer(n, min_clients, len(vectors[0]))
     tamper = tamper or (lambda phase, u, message: message)
     drop = drop or {}
