@@ -97,7 +97,7 @@ async def _secure_stage(round_: Round, rules: task_pb2.RoundRules, precision: in
         raise RoundFailed(f"the workers' parts of step {stage + 1} cannot be summed: {error}")
     protocol.start({name: responses[name] for name in layouts}, secure.vector_length(union))
     peers = await protocol.exchange_shares()
-    requests = protocol.masked_requests(peers, layout=values.encode(union))
+    requests = protocol.masked_requests(peers, inputs, None, layout=values.encode(union))
     answers = await round_.phase("secagg_masked", rules.wait_timeout, stage, secagg=requests)
     for name, data in answers.items():
         if len(data) % 8:

@@ -131,7 +131,7 @@ class _SecureAggregate:
         try:
             answers = await self.round.phase("train", self.rules.wait_timeout, inputs=inputs,
                                              receiver=receiver, on_answer=folding.start,
-                                             secagg=protocol.masked_requests(peers))
+                                             secagg=protocol.masked_requests(peers, None, inputs))
             await folding.finish(answers.values())
         finally:
             folding.cancel()
@@ -145,7 +145,7 @@ class _SecureAggregate:
             start += weights.count(info)
         await asyncio.to_thread(write_average, average, self.infos, totals, samples)
         names = {tuple(answers[name][1]["metric_names"]) for name in protocol.summed
-                 if name in answers}
+                 if answers.get(name) and answers[name][1]["metric_names"]}
         metrics: dict[str, float] = {}
         if len(names) > 1:
             self.round.log(f"round {self.round.number}: the workers' validate() returned "

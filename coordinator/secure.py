@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from coordinator.rounds import Round, RoundFailed
+from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
 from sdk.secagg import Revealed, SecAggError, SecAggServer
+from sdk.secagg.binding import round_context
 from sdk.secagg.shamir import SHARE_BYTES
 
 SecAggRequests = dict[str, pb.SecAggRequest]
@@ -62,7 +64,8 @@ class SecureRound:
         self.server = SecAggServer(len(self.workers), self.rules.min_clients, vector_length,
                                    self.names, total)
         for name, response in responses.items():
-            self.server.receive_keys(self.index[name], response.keys.c_pk, response.keys.s_pk)
+            keys = response.keys
+            self.server.receive_keys(self.index[name], keys.c_pk, keys.s_pk, keys.commitment)
 
     async def exchange_shares(self) -> list[int]:
         """Relays the public keys, then each worker's encrypted shares; returns U2, the workers
@@ -82,9 +85,15 @@ class SecureRound:
             server.receive_check(self.index[name], list(response.malformed))
         return await self._close("check shares", server.masking_peers)
 
-    def masked_requests(self, peers: list[int], **fields: Any) -> SecAggRequests:
-        """The masked input's requests: the peers to mask with, and `fields` for every worker."""
-        return {w.name: pb.SecAggRequest(peers=peers, **fields) for w in self.round.workers}
+    def masked_requests(self, peers: list[int], opening_inputs: Any, masked_inputs: Any,
+                        **fields: Any) -> SecAggRequests:
+        """The masked input's requests: the peers to mask with, and `fields`, the same for
+        every worker; the masks are bound to them and to the phases' inputs."""
+        request = pb.SecAggRequest(peers=peers, **fields)
+        self._server.context = round_context(
+            self.round.task_id, self.round.number, self.stage, values.encode(opening_inputs),
+            values.encode(masked_inputs), request)
+        return {w.name: request for w in self.round.workers}
 
     def add_masked(self, name: str, length: int, pieces: Iterable[np.ndarray]) -> None:
         """Adds a worker's masked vector (`length` uint64 words) to the running total."""

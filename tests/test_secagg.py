@@ -116,7 +116,7 @@ def test_the_coordinator_cannot_read_what_it_relays():
     n = 5
     clients, server = make_round(n, 3)
     for u, c in clients.items():
-        server.receive_keys(u, *c.advertise())
+        server.receive_keys(u, *c.advertise(), c.commitment)
     keys = server.public_keys()
     for u, c in clients.items():
         server.receive_shares(u, c.share_keys(keys))
@@ -192,13 +192,13 @@ def test_a_malformed_message_drops_and_names_its_sender(tamper, dropped):
 
 def test_late_or_repeated_messages_are_refused():
     clients, server = make_round(3, 2)
-    server.receive_keys(0, *clients[0].advertise())
+    server.receive_keys(0, *clients[0].advertise(), clients[0].commitment)
     with pytest.raises(ValueError, match="already answered"):
-        server.receive_keys(0, *clients[0].advertise())
-    server.receive_keys(1, *clients[1].advertise())
+        server.receive_keys(0, *clients[0].advertise(), clients[0].commitment)
+    server.receive_keys(1, *clients[1].advertise(), clients[1].commitment)
     server.public_keys()
     with pytest.raises(ValueError, match="not in the round"):
-        server.receive_keys(2, *clients[2].advertise())
+        server.receive_keys(2, *clients[2].advertise(), clients[2].commitment)
     assert server.dropped == {2: "sent no keys (left at advertise)"}
     with pytest.raises(ValueError, match="worker 7 is not in the round"):
         server.receive_shares(7, {})
@@ -238,3 +238,46 @@ def test_a_worker_shares_once_with_at_most_the_workers_selected_under_its_own_th
         clients[0].share_keys(keys)
     with pytest.raises(SecAggError, match="worker number 3 of 3"):
         SecAggClient(3, 2, 3)
+
+
+def test_false_claims_and_wrong_shares_are_caught():
+    xs = inputs(5)
+    accuse_everyone = lambda phase, u, msg: [1, 2, 3] if phase == "check" and u == 0 else msg  # noqa: E731
+    server, total = run_round(xs, min_clients=3, tamper=accuse_everyone)
+    assert server.dropped == {0: "claimed that 3 workers sent it malformed shares; one such "
+                                 "claim is believed a round"}
+    np.testing.assert_allclose(total, expected(xs, {1, 2, 3, 4}), rtol=0, atol=1e-5)
+
+    def off_by_one(phase, u, msg):  # a share nudged: the seed rebuilt from it is wrong
+        if phase == "unmask" and u == 1:
+            msg.self_mask[2] += 1
+        return msg
+
+    with pytest.raises(SecAggError, match="worker 2's self mask do not rebuild the seed it committed"):
+        run_round(inputs(3), min_clients=2, tamper=off_by_one)
+
+
+def test_masks_cancel_only_when_every_worker_was_told_the_same():
+    """Pairwise seeds are bound to the round's context: a coordinator that shows one worker a
+    different layout or inputs than the others gets a sum that is noise, not that worker's x."""
+    xs = inputs(3)
+    clients, server = make_round(3, 2)
+    for u, c in clients.items():
+        server.receive_keys(u, *c.advertise(), c.commitment)
+    keys = server.public_keys()
+    for u, c in clients.items():
+        server.receive_shares(u, c.share_keys(keys))
+    routed = server.routed_shares()
+    for u, c in clients.items():
+        server.receive_check(u, c.check_shares(routed[u]))
+    peers = server.masking_peers()
+    server.context = b"what the others saw"
+    for u, c in clients.items():
+        y = encode(xs[u], PRECISION, 3)
+        accumulate(y, [], c.mask_seeds(peers, b"what worker 0 saw" if u == 0 else server.context))
+        server.receive_masked(u, y.size, [y])
+    for u in server.unmask_request():
+        server.receive_unmask(u, clients[u].unmask(list(peers)))
+    total = decode(server.unmasked_total(), PRECISION)
+    assert not np.allclose(total, expected(xs, {0, 1, 2}), atol=1)
+    assert not np.allclose(total, xs[0], atol=1) and np.abs(total).max() > 1e9

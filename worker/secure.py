@@ -12,7 +12,9 @@ from sdk import values
 from sdk.analytics import secure
 from sdk.analytics.plan import Parts
 from sdk.proto import services_pb2 as pb
+from sdk.proto import values_pb2
 from sdk.secagg import SecAggClient, SecAggError, accumulate
+from sdk.secagg.binding import round_context
 from sdk.secagg.shamir import SHARE_BYTES
 
 
@@ -21,6 +23,7 @@ class _Round:
     number: tuple[int, int]  # (round, stage)
     client: SecAggClient
     parts: Parts | None  # analytics: the parts computed in the opening phase
+    opening_inputs: values_pb2.Value  # the inputs the opening phase came with
 
 
 class SecureRounds:
@@ -36,9 +39,11 @@ class SecureRounds:
         from the task's own `min_clients`, never from the coordinator."""
         request = assignment.secagg
         client = SecAggClient(request.index, min_clients, request.selected)
-        self._rounds[assignment.task_id] = _Round(_number(assignment), client, parts)
+        self._rounds[assignment.task_id] = _Round(_number(assignment), client, parts,
+                                                  assignment.inputs)
         c_pk, s_pk = client.advertise()
-        response = pb.SecAggResponse(keys=pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk))
+        response = pb.SecAggResponse(keys=pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk,
+                                                        commitment=client.commitment))
         if parts is not None:
             response.layout.CopyFrom(values.encode(secure.layout(parts)))
         return response.SerializeToString()
@@ -62,8 +67,12 @@ class SecureRounds:
         return response.SerializeToString()
 
     def mask_seeds(self, assignment: pb.Assignment) -> list[tuple[bytes, int]]:
-        """The seeds and signs of this worker's masks for the round's masked input."""
-        return self._current(assignment).client.mask_seeds(list(assignment.secagg.peers))
+        """The seeds and signs of this worker's masks for the round's masked input, bound to
+        what this worker was told this round."""
+        state = self._current(assignment)
+        context = round_context(assignment.task_id, assignment.round, assignment.stage,
+                                state.opening_inputs, assignment.inputs, assignment.secagg)
+        return state.client.mask_seeds(list(assignment.secagg.peers), context)
 
     def masked_parts(self, assignment: pb.Assignment, precision: int, max_clients: int) -> bytes:
         """Analytics: the opening phase's parts on the union layout, encoded and masked."""

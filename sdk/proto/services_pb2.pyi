@@ -266,12 +266,14 @@ class SecAggRequest(_message.Message):
     def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class SecAggKeys(_message.Message):
-    __slots__ = ("c_pk", "s_pk")
+    __slots__ = ("c_pk", "s_pk", "commitment")
     C_PK_FIELD_NUMBER: _ClassVar[int]
     S_PK_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     c_pk: bytes
     s_pk: bytes
-    def __init__(self, c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ...) -> None: ...
+    commitment: bytes
+    def __init__(self, c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., commitment: _Optional[bytes] = ...) -> None: ...
 
 class SecAggResponse(_message.Message):
     __slots__ = ("keys", "shares", "malformed", "self_mask_shares", "mask_key_shares", "layout")

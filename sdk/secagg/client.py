@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from typing import NamedTuple
@@ -53,6 +54,12 @@ class SecAggClient:
         self._masked_with: set[int] = set()
         self._revealed = False
 
+    @property
+    def commitment(self) -> bytes:
+        """SHA-256 of the self-mask seed, sent with the keys: the coordinator checks the seed it
+        rebuilds from shares against it, so a wrong share cannot pass unnoticed."""
+        return hashlib.sha256(self._seed).digest()
+
     def advertise(self) -> tuple[bytes, bytes]:
         """Phase 0: the two public keys (c_pk for share encryption, s_pk for masks)."""
         return self._c_sk.public_key().public_bytes_raw(), self._s_sk.public_key().public_bytes_raw()
@@ -97,10 +104,11 @@ class SecAggClient:
                               f"or from itself: {sorted(set(shares_for_me) - set(self._keys))}")
         return [v for v in sorted(shares_for_me) if not self._accept_share(v, shares_for_me[v])]
 
-    def mask_seeds(self, peers: list[int]) -> list[tuple[bytes, int]]:
+    def mask_seeds(self, peers: list[int], context: bytes = b"") -> list[tuple[bytes, int]]:
         """Phase 3: the seeds and signs of this worker's masks, its self mask and one pairwise
         mask per peer (U2, the workers that shared keys): y = x + PRG(b_u) + sum_{v>u} PRG(s_uv)
-        - sum_{v<u} PRG(s_uv) mod 2^64. `masks.accumulate` expands them. Given once a round."""
+        - sum_{v<u} PRG(s_uv) mod 2^64. `masks.accumulate` expands them. Pairwise seeds are
+        derived under `context` (binding.round_context). Given once a round."""
         if self._masked_with:
             raise SecAggError(f"worker {self.index}: a masked input was already sent this round")
         peer_set = set(peers) - {self.index}
@@ -112,7 +120,8 @@ class SecAggClient:
                               f"at least {self.threshold} needed")
         self._masked_with = peer_set | {self.index}
         return [(self._seed, 1)] + [
-            (agree(self._s_sk, self._keys[v][1], MASK_LABEL), pairwise_sign(self.index, v))
+            (agree(self._s_sk, self._keys[v][1], MASK_LABEL + context),
+             pairwise_sign(self.index, v))
             for v in sorted(peer_set)]
 
     def unmask(self, survivors: list[int]) -> Revealed:

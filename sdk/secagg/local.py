@@ -46,7 +46,7 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
 
     for u in speaking("advertise", clients):
         coordinator("advertise", server.receive_keys, u,
-                    *worker("advertise", u, clients[u].advertise))
+                    *worker("advertise", u, clients[u].advertise), clients[u].commitment)
     keys = coordinator("advertise", server.public_keys)
     for u in speaking("share", keys):
         coordinator("share", server.receive_shares, u,
@@ -56,6 +56,7 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
         coordinator("check", server.receive_check, u,
                     worker("check", u, clients[u].check_shares, routed[u]))
     peers = coordinator("check", server.masking_peers)
+    server.context = b"a round's context"
     for u in speaking("mask", peers):
         masked = worker("mask", u, _masked, clients[u], vectors[u], peers)
         coordinator("mask", server.receive_masked, u, masked.size, [masked])
@@ -68,5 +69,5 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
 
 def _masked(client: SecAggClient, vector: np.ndarray, peers: list[int]) -> np.ndarray:
     masked = vector.copy()
-    accumulate(masked, [], client.mask_seeds(peers))
+    accumulate(masked, [], client.mask_seeds(peers, b"a round's context"))
     return masked

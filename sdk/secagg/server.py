@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -36,24 +37,29 @@ class SecAggServer:
         else:
             total.fill(0)
         self.total = total
+        self.context = b""  # what the pairwise mask seeds are bound to (see mask_seeds)
         self.dropped: dict[int, str] = {}
         self.u1: set[int] = set()  # advertised keys
         self.u2: set[int] = set()  # shared keys, and no worker found their shares malformed
         self.u3: set[int] = set()  # sent a masked input, which is summed
         self.u4: set[int] = set()  # revealed shares
         self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._commitments: dict[int, bytes] = {}
         self._ciphertexts: dict[int, dict[int, bytes]] = {}
         self._checked: dict[int, list[int]] = {}  # worker -> senders of its malformed shares
         self._masked: dict[int, None] = {}
         self._revealed: dict[int, Revealed] = {}
 
     # Phase 0: advertise keys
-    def receive_keys(self, u: int, c_pk: bytes, s_pk: bytes) -> None:
+    def receive_keys(self, u: int, c_pk: bytes, s_pk: bytes, commitment: bytes) -> None:
+        """`u`'s public keys, and the SHA-256 of its self-mask seed."""
         self._check(u, set(range(self.n_selected)), self._keys, "advertise")
-        if len(c_pk) != KEY_BYTES or len(s_pk) != KEY_BYTES:
-            self.dropped[u] = f"advertised keys of {len(c_pk)} and {len(s_pk)} bytes"
+        if {len(c_pk), len(s_pk), len(commitment)} != {KEY_BYTES}:
+            self.dropped[u] = (f"advertised keys of {len(c_pk)} and {len(s_pk)} bytes and a "
+                               f"commitment of {len(commitment)}, where all take {KEY_BYTES}")
         else:
             self._keys[u] = (c_pk, s_pk)
+            self._commitments[u] = commitment
 
     def public_keys(self) -> dict[int, tuple[bytes, bytes]]:
         """Closes advertising: the keys of U1, for every worker in it."""
@@ -86,9 +92,15 @@ class SecAggServer:
 
     def masking_peers(self) -> list[int]:
         """Closes checking: U2, the workers to mask with. A worker whose share another found
-        malformed is dropped before anyone masks with it."""
+        malformed is dropped before anyone masks with it; a worker that finds the shares of
+        more than one peer malformed is dropped itself, its claims ignored, so that one
+        worker cannot knock out the others."""
         accused: dict[int, list[int]] = {}
-        for victim, senders in self._checked.items():
+        for victim, senders in sorted(self._checked.items()):
+            if len(set(senders)) > 1:
+                self.dropped[victim] = (f"claimed that {len(set(senders))} workers sent it "
+                                        "malformed shares; one such claim is believed a round")
+                continue
             for sender in senders:
                 accused.setdefault(sender, []).append(victim)
         for sender, victims in sorted(accused.items()):
@@ -134,24 +146,36 @@ class SecAggServer:
         (mod 2^64) of the encoded inputs of U3."""
         self.u4 = self._close("unmasking", self._revealed, self.u3, "revealed no shares")
         survivors = sorted(self.u3)
-        masks = [(self._reconstruct(u, "self_mask"), -1) for u in survivors]
+        masks = []
+        for u in survivors:
+            seed = self._reconstruct(u, "self_mask")
+            if hashlib.sha256(seed).digest() != self._commitments[u]:
+                raise SecAggError(f"secure aggregation failed at unmasking: the shares of "
+                                  f"{self.names[u]}'s self mask do not rebuild the seed it "
+                                  "committed to; a worker revealed a wrong share")
+            masks.append((seed, -1))
         for v in sorted(self.u2 - self.u3):  # take off the masks survivors shared with v
             s_sk = X25519PrivateKey.from_private_bytes(self._reconstruct(v, "mask_key"))
             if s_sk.public_key().public_bytes_raw() != self._keys[v][1]:
                 raise SecAggError(f"the shares of {self.names[v]}'s mask key do not match its key")
-            masks += [(agree(s_sk, self._keys[u][1], MASK_LABEL), -pairwise_sign(u, v))
+            masks += [(agree(s_sk, self._keys[u][1], MASK_LABEL + self.context),
+                       -pairwise_sign(u, v))
                       for u in survivors]
         accumulate(self.total, [], masks)
         return self.total
 
     def _reconstruct(self, v: int, kind: str) -> bytes:
+        what = f"{self.names[v]}'s {kind.replace('_', ' ')}"
         shares = {u: getattr(r, kind)[v] for u, r in self._revealed.items()
                   if v in getattr(r, kind)}
         if len(shares) < self.threshold:
             raise SecAggError(f"secure aggregation failed at unmasking: {len(shares)} shares of "
-                              f"{self.names[v]}'s {kind.replace('_', ' ')}, at least "
-                              f"{self.threshold} needed")
-        return shamir.combine(dict(sorted(shares.items())[:self.threshold]))
+                              f"{what}, at least {self.threshold} needed")
+        try:
+            return shamir.combine(dict(sorted(shares.items())[:self.threshold]))
+        except ValueError:
+            raise SecAggError(f"secure aggregation failed at unmasking: the shares of {what} "
+                              "are not consistent; a worker revealed a wrong share") from None
 
     def _check(self, u: int, expected: set[int], received: dict, phase: str) -> None:
         """Refuses a message from a worker not in the round at `phase`, or a second one; the
