@@ -112,15 +112,19 @@ def test_masked_input_looks_uniform_and_hides_the_plain_vector():
     assert ((top - length / 16) ** 2 / (length / 16)).sum() < 40  # 15 dof, p < 1e-3
 
 
-def test_the_coordinator_cannot_read_what_it_relays():
-    n = 5
-    clients, server = make_round(n, 3)
+def share(clients, server):
+    """Keys advertised and shares sent by every worker: the public keys and routed shares."""
     for u, c in clients.items():
         server.receive_keys(u, *c.advertise(), c.commitment)
     keys = server.public_keys()
     for u, c in clients.items():
         server.receive_shares(u, c.share_keys(keys))
-    routed = server.routed_shares()
+    return keys, server.routed_shares()
+
+
+def test_the_coordinator_cannot_read_what_it_relays():
+    clients, server = make_round(5, 3)
+    keys, routed = share(clients, server)
     # Every key it could derive from what it saw: the public keys themselves.
     guesses = [AESGCM(k) for pair in keys.values() for k in pair]
     for shares in routed.values():
@@ -262,19 +266,15 @@ def test_masks_cancel_only_when_every_worker_was_told_the_same():
     different layout or inputs than the others gets a sum that is noise, not that worker's x."""
     xs = inputs(3)
     clients, server = make_round(3, 2)
-    for u, c in clients.items():
-        server.receive_keys(u, *c.advertise(), c.commitment)
-    keys = server.public_keys()
-    for u, c in clients.items():
-        server.receive_shares(u, c.share_keys(keys))
-    routed = server.routed_shares()
+    _, routed = share(clients, server)
     for u, c in clients.items():
         server.receive_check(u, c.check_shares(routed[u]))
     peers = server.masking_peers()
     server.context = b"what the others saw"
     for u, c in clients.items():
         y = encode(xs[u], PRECISION, 3)
-        accumulate(y, [], c.mask_seeds(peers, b"what worker 0 saw" if u == 0 else server.context))
+        seen = b"what worker 0 saw" if u == 0 else server.context
+        accumulate(y, [], c.mask_seeds(peers, seen))
         server.receive_masked(u, y.size, [y])
     for u in server.unmask_request():
         server.receive_unmask(u, clients[u].unmask(list(peers)))

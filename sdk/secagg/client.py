@@ -62,7 +62,8 @@ class SecAggClient:
 
     def advertise(self) -> tuple[bytes, bytes]:
         """Phase 0: the two public keys (c_pk for share encryption, s_pk for masks)."""
-        return self._c_sk.public_key().public_bytes_raw(), self._s_sk.public_key().public_bytes_raw()
+        return (self._c_sk.public_key().public_bytes_raw(),
+                self._s_sk.public_key().public_bytes_raw())
 
     def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
         """Phase 1: encrypted shares of b_u and s_sk_u for every other worker that advertised.

@@ -18,9 +18,9 @@ def _refuse(x: np.ndarray, fits: np.ndarray, precision: int, max_clients: int, b
     bad = np.flatnonzero(~fits)
     i = int(bad[0])
     raise ValueError(
-        f"value {np.asarray(x).flat[i].item()!r} at index {offset + i} does not fit: |x| * 10^{precision} * "
-        f"{max_clients} workers must stay below {bound} ({bad.size} out of range); lower the "
-        "task's precision or scale the values")
+        f"value {np.asarray(x).flat[i].item()!r} at index {offset + i} does not fit: "
+        f"|x| * 10^{precision} * {max_clients} workers must stay below {bound} ({bad.size} out "
+        "of range); lower the task's precision or scale the values")
 
 
 def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
