@@ -11,6 +11,7 @@ instead, as two sums of a stage over different workers would reveal the differen
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,8 @@ async def run_analytics(
         for stage in range(plan.stage_count):
             inputs = aggregation.inputs_for(stage)
             if spec.secure_aggregation:
-                parts, summed = await _secure_stage(round_, rules, spec.precision, stage, inputs)
+                parts, summed = await _secure_stage(round_, plan, rules, spec.precision, stage,
+                                                    inputs)
                 first_summed = first_summed or summed
                 _check_same_workers(first_summed, summed, stage)
             else:
@@ -77,20 +79,17 @@ def _check_same_workers(first: list[str], summed: list[str], stage: int) -> None
             "worker sent): submit the task again")
 
 
-async def _secure_stage(round_: Round, rules: task_pb2.RoundRules, precision: int, stage: int,
-                        inputs: Any) -> tuple[list[Parts], list[str]]:
+async def _secure_stage(round_: Round, plan: Plan, rules: task_pb2.RoundRules, precision: int,
+                        stage: int, inputs: Any) -> tuple[list[Parts], list[str]]:
     """The stage's parts summed by secure aggregation: workers compute their parts and answer
     with their keys and the layout of their parts, then mask their parts laid out on the union
     of layouts. Returns the summed parts and the workers they cover."""
     protocol = SecureRound(round_, rules, stage)
     answers = await round_.phase("compute", rules.wait_timeout, stage, inputs,
                                  secagg=protocol.opening())
-    responses, layouts = protocol.parse(answers, "compute"), {}
-    for name, response in responses.items():
-        try:
-            layouts[name] = values.decode(response.layout)
-        except Exception:  # noqa: BLE001 - whatever a worker sends, the round goes on
-            protocol.drop(name, "compute", "its layout cannot be read")
+    responses = protocol.parse(answers, "compute")
+    layouts = _usable_layouts(protocol, responses, plan.reductions_in(stage))
+    round_.check("compute")
     try:
         union = secure.union(list(layouts.values()))
     except (TypeError, ValueError) as error:
@@ -106,7 +105,33 @@ async def _secure_stage(round_: Round, rules: task_pb2.RoundRules, precision: in
             words = np.frombuffer(data, dtype="<u8")
             protocol.add_masked(name, words.size, [words])
     total = await protocol.unmask()
-    return [secure.decode(total, union, precision)], protocol.summed
+    summed = secure.decode(total, union, precision)
+    summed_union = secure.union([layouts[name] for name in protocol.summed])
+    return [secure.restrict(summed, summed_union)], protocol.summed
+
+
+def _usable_layouts(protocol: SecureRound, responses: dict[str, Any],
+                    nodes: list[int]) -> dict[str, Parts]:
+    """The layouts the workers sent, by worker; one that cannot be used, or that names other
+    parts than most workers' do, drops its worker."""
+    layouts = {}
+    for name, response in responses.items():
+        try:
+            layout = values.decode(response.layout)
+            secure.check_layout(layout, nodes)
+            layouts[name] = layout
+        except Exception as error:  # noqa: BLE001 - whatever a worker sends, the round goes on
+            protocol.drop(name, "compute", f"its layout cannot be used: {error}")
+    shapes = Counter(_part_names(layout) for layout in layouts.values())
+    for name, layout in list(layouts.items()):
+        if _part_names(layout) != shapes.most_common(1)[0][0]:
+            protocol.drop(name, "compute", "its layout names other parts than the others'")
+            del layouts[name]
+    return layouts
+
+
+def _part_names(layout: Parts) -> tuple:
+    return tuple((node, tuple(sorted(named))) for node, named in sorted(layout.items()))
 
 
 def _decode_parts(data: bytes) -> Parts:

@@ -22,7 +22,8 @@ from worker.secure import SecureRounds
 
 class Faulty(HandWorker):
     """Computes and masks its parts as a real worker does, until its `fault` at `phase`:
-    "silent" (no answer), "bad shares" (ciphertexts that do not decrypt) or "short vector"."""
+    "silent" (no answer), "bad layout", "bad shares" (ciphertexts that do not decrypt) or
+    "short vector"."""
 
     def __init__(self, address: str, data_dir: DataDir, phase: str, fault: str,
                  stage: int = 0) -> None:
@@ -41,9 +42,14 @@ class Faulty(HandWorker):
         if assignment.phase == "join":
             return b""
         if assignment.phase == "compute":
-            return self.secure.open(assignment, self.job.min_clients,
+            data = self.secure.open(assignment, self.job.min_clients,
                                     self.job.parts(assignment.stage,
                                                    values.decode(assignment.inputs)))
+            if self.fault == "bad layout":
+                response = pb.SecAggResponse.FromString(data)
+                response.layout.CopyFrom(values.encode([1, 2]))
+                data = response.SerializeToString()
+            return data
         if assignment.phase == "secagg_masked":
             data = self.secure.masked_parts(assignment, self.job.precision, self.job.max_clients)
             return data[:-8] if self.fault == "short vector" else data
@@ -73,6 +79,8 @@ def start(cluster, phase: str, fault: str, stage: int = 0) -> dict[str, pd.DataF
     ("secagg_check", "silent", 2, "dropped in secagg_check: no answer within 2s"),
     ("secagg_masked", "silent", 2, "dropped in secagg_masked: no answer within 3s"),
     ("secagg_unmask", "silent", 3, "dropped in secagg_unmask: no answer within 2s"),
+    ("compute", "bad layout", 2, "dropped in compute: its layout cannot be used: its layout "
+                                 "is not one of the parts of reductions"),
     ("secagg_share", "bad shares", 2,
      "dropped in check shares: sent malformed shares to w1, w2"),
     ("secagg_masked", "short vector", 2,

@@ -25,6 +25,7 @@ class AnalyticsJob:
         self.precision = spec.precision
         self.max_clients = spec.rules.max_clients
         self.min_clients = spec.rules.min_clients
+        self.secure = spec.secure_aggregation
 
     def describe(self) -> str:
         return ", ".join(f"{name}: {len(frame)} rows" for name, frame in self.frames.items())

@@ -91,6 +91,7 @@ class LearningJob:
     def __init__(self, handle: TaskHandle, spec: task_pb2.TaskSpec) -> None:
         self.handle = handle
         self.min_clients = spec.rules.min_clients
+        self.secure = spec.secure_aggregation
 
     def describe(self) -> str:
         return f"engine task loaded, pid {self.handle.task.pid}"
@@ -243,6 +244,9 @@ class Worker:
         try:
             job = await self._job(stub, session_id, task_id)
             phase, secagg = assignment.phase, assignment.HasField("secagg")
+            if phase in ("compute", "train") and job.secure and not secagg:
+                raise PrivacyError(f"task {task_id} asks for secure aggregation, and the "
+                                   f"coordinator asked for its {phase} in the clear: refused")
             if phase == "join":
                 log.info("task %d: joined (%s)", task_id, job.describe())
             elif phase == "compute" and isinstance(job, AnalyticsJob):

@@ -31,6 +31,39 @@ def layout(parts: Parts) -> Parts:
             for node, named in parts.items()}
 
 
+def check_layout(layout: Any, nodes: list[int]) -> None:
+    """ValueError unless `layout` is the layout of parts of the reductions `nodes`, each a
+    scalar, Series or DataFrame of numbers: what a worker's answer must be."""
+    if not isinstance(layout, dict) or sorted(layout) != sorted(nodes):
+        raise ValueError(f"its layout is not one of the parts of reductions {sorted(nodes)}")
+    for named in layout.values():
+        if not isinstance(named, dict) or not all(isinstance(k, str) for k in named):
+            raise ValueError("its layout does not name its parts")
+        for value in named.values():
+            if isinstance(value, (dict, list, tuple, str, bytes)) or value is None:
+                raise ValueError(f"its layout holds a {type(value).__name__}, not a number, "
+                                 "Series or DataFrame")
+    try:
+        vector_length(layout)
+    except (TypeError, AttributeError) as error:
+        raise ValueError(f"its layout cannot be summed: {error}") from None
+
+
+def restrict(parts: Parts, union_layout: Parts) -> Parts:
+    """The summed parts on the labels and dtypes of a smaller union: the layouts of the workers
+    whose input was summed, without labels only a dropped worker had."""
+    return {node: {name: _cast(_align(parts[node][name], shape), shape)
+                   for name, shape in named.items()}
+            for node, named in union_layout.items()}
+
+
+def _cast(part: Any, shape: Any) -> Any:
+    if isinstance(shape, (pd.DataFrame, pd.Series)):
+        dtypes = shape.dtypes if isinstance(shape, pd.DataFrame) else shape.dtype
+        return part.astype(dtypes)
+    return part
+
+
 def union(layouts: list[Parts]) -> Parts:
     """The layout every worker's parts are put on; ValueError if they name different parts."""
     names = [{node: sorted(named) for node, named in lay.items()} for lay in layouts]
