@@ -4,6 +4,10 @@ workers whose masked input arrived, and the log names who was dropped and why.""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
 import pandas as pd
 import pytest
 from cluster import log_text, wages
@@ -13,7 +17,7 @@ from tasks import WageAvg
 from sdk import dataset, values
 from sdk.client import Client
 from sdk.proto import services_pb2 as pb
-from sdk.proto import task_pb2
+from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.task import HorizontalAnalytics
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir
@@ -139,3 +143,47 @@ def test_a_worker_dropping_between_steps_fails_the_task_instead_of_a_revealing_r
     assert "worker(s) ghost dropped after step 1" in error and "submit the task again" in error
     log = log_text(client, task_id)
     assert "round 1: worker ghost dropped in compute: no answer within 3s" in log
+
+
+class LyingCoordinator(services_pb2_grpc.WorkerServiceServicer):
+    """A coordinator that asks a worker for a secure task's parts in the clear."""
+
+    def __init__(self, spec: task_pb2.TaskSpec) -> None:
+        self.spec = spec
+        self.answered = threading.Event()
+        self.error = ""
+
+    def Register(self, request, context):
+        return pb.RegisterResponse(session_id="s", heartbeat_interval=0.5, coordinator_id="c")
+
+    def Connect(self, request_iterator, context):
+        next(request_iterator)
+        yield pb.CoordinatorMessage(assignment=pb.Assignment(
+            exchange_id=1, task_id=1, round=1, phase="compute", stage=0, timeout=5,
+            inputs=values.encode({})))
+        while not self.answered.wait(0.5):
+            yield pb.CoordinatorMessage(heartbeat=pb.Heartbeat())
+
+    def FetchTask(self, request, context):
+        yield pb.DataChunk(chunk=self.spec.SerializeToString())
+
+    def Upload(self, request_iterator, context):
+        self.error = next(request_iterator).header.error
+        self.answered.set()
+        return pb.UploadResponse(accepted=True)
+
+
+def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
+    liar = LyingCoordinator(WageAvg().build().spec)
+    server = grpc.server(ThreadPoolExecutor(4))
+    services_pb2_grpc.add_WorkerServiceServicer_to_server(liar, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        cluster.address = f"127.0.0.1:{port}"
+        cluster.start_worker("w1", {"wages.csv": wages(10, 1)}, False)
+        assert liar.answered.wait(30), "the worker never answered"
+    finally:
+        server.stop(0)
+    assert "task 1 asks for secure aggregation, and the coordinator asked for its compute in " \
+           "the clear: refused" in liar.error
