@@ -93,7 +93,8 @@ async def _secure_stage(round_: Round, plan: Plan, rules: task_pb2.RoundRules, p
     try:
         union = secure.union(list(layouts.values()))
     except (TypeError, ValueError) as error:
-        raise RoundFailed(f"the workers' parts of step {stage + 1} cannot be summed: {error}")
+        raise RoundFailed(
+            f"the workers' parts of step {stage + 1} cannot be summed: {error}") from None
     protocol.start({name: responses[name] for name in layouts}, secure.vector_length(union))
     peers = await protocol.exchange_shares()
     requests = protocol.masked_requests(peers, inputs, None, layout=values.encode(union))

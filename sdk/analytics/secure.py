@@ -88,7 +88,7 @@ def encode(parts: Parts, union_layout: Parts, precision: int, max_clients: int) 
     aligned = {node: {name: _align(parts[node][name], value) for name, value in named.items()}
                for node, named in union_layout.items()}
     integers, floats, specials = [], [], []
-    for values, shape in zip(_columns(aligned), _columns(union_layout)):
+    for values, shape in zip(_columns(aligned), _columns(union_layout), strict=True):
         if _is_float(shape):
             number = pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan)
             specials.append(np.isnan(number) * 1 + (number == np.inf) * (1 << SPECIAL_BITS)
@@ -111,7 +111,8 @@ def decode(total: np.ndarray, union_layout: Parts, precision: int) -> Parts:
     scaled = fixedpoint.decode_wide(total[2 * n_whole:])
     integer_columns = [[next(whole) for _ in range(len(s))] for s in shapes if not _is_float(s)]
     special = [next(whole) for _ in range(n_floats)]
-    floats = iter([_float(value, count, precision) for value, count in zip(scaled, special)])
+    floats = iter([_float(value, count, precision)
+                   for value, count in zip(scaled, special, strict=True)])
     integer_iter = iter(integer_columns)
     columns = iter([
         _column([next(floats) for _ in range(len(s))], s) if _is_float(s)

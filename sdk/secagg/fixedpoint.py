@@ -72,7 +72,7 @@ def decode_wide(total: np.ndarray) -> list[int]:
     """The exact integer sums of a sum of `encode_wide` vectors (still times 10^precision)."""
     n = total.size // 2
     return [high * SPLIT + low for high, low in
-            zip(total[:n].view(np.int64).tolist(), total[n:].tolist())]
+            zip(total[:n].view(np.int64).tolist(), total[n:].tolist(), strict=True)]
 
 
 def decode_in_place(total: np.ndarray, precision: int, piece: int = 1 << 20) -> np.ndarray:
