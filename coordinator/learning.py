@@ -144,16 +144,19 @@ class _SecureAggregate:
             totals.append(sums[start:start + weights.count(info)])
             start += weights.count(info)
         await asyncio.to_thread(write_average, average, self.infos, totals, samples)
-        names = {tuple(answers[name][1]["metric_names"]) for name in protocol.summed
-                 if answers.get(name) and answers[name][1]["metric_names"]}
-        metrics: dict[str, float] = {}
+        metas = [answers[name][1] for name in protocol.summed if name in answers]
+        return len(protocol.summed), samples, self._metrics(metas, tail[2:], validated)
+
+    def _metrics(self, metas: list[Any], sums: np.ndarray, validated: int) -> dict[str, float]:
+        """The round's metrics from their summed slots, named as the workers that validated
+        named them (the same names, or none are reported)."""
+        names = {tuple(meta["metric_names"]) for meta in metas if meta["metric_names"]}
         if len(names) > 1:
             self.round.log(f"round {self.round.number}: the workers' validate() returned "
                            "different metrics; none are reported this round")
-        elif names and validated:
-            metrics = {name: float(tail[2 + i]) / validated
-                       for i, name in enumerate(names.pop())}
-        return len(protocol.summed), samples, metrics
+        if len(names) != 1 or not validated:
+            return {}
+        return {name: float(sums[i]) / validated for i, name in enumerate(names.pop())}
 
 
 def _words(path: Path) -> Iterator[np.ndarray]:
