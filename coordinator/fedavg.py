@@ -61,8 +61,7 @@ class WeightedSum:
     def __init__(self, infos: list[task_pb2.TensorInfo]) -> None:
         self.infos = infos
         self.samples = 0
-        self.sums = {info.name: np.zeros(weights.nbytes(info) // weights.ITEMSIZES[info.dtype],
-                                         dtype=_accumulator(info.dtype))
+        self.sums = {info.name: np.zeros(weights.count(info), dtype=_accumulator(info.dtype))
                      for info in infos}
         self._buffer = bytearray(PIECE)
         most: dict[np.dtype, int] = {}  # the most values of a piece, per accumulator dtype
@@ -103,6 +102,12 @@ class WeightedSum:
         """Writes Σ samples_i × weights_i / Σ samples_i, in each tensor's own dtype."""
         write_average(path, self.infos, [self.sums[info.name] for info in self.infos],
                       self.samples)
+
+
+def per_tensor(flat: np.ndarray, infos: list[task_pb2.TensorInfo]) -> list[np.ndarray]:
+    """Views of a flat vector of every tensor's values, in manifest order, one per tensor."""
+    bounds = np.cumsum([0] + [weights.count(info) for info in infos])
+    return [flat[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def write_average(path: Path, infos: list[task_pb2.TensorInfo], totals: list[np.ndarray],

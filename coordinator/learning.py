@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.fedavg import WeightedSum, write_average
+from coordinator.fedavg import WeightedSum, per_tensor, write_average
 from coordinator.registry import SpillReceiver, WorkerRegistry, WorkerSession
 from coordinator.rounds import Round, select_workers
 from coordinator.secure import SecureRound, describe_mode
@@ -139,11 +139,8 @@ class _SecureAggregate:
         sums = await asyncio.to_thread(decode_in_place, total, self.precision)
         tail = sums[self.length - 2 - weights.METRIC_SLOTS:]
         samples, validated = round(tail[0]), round(tail[1])
-        totals, start = [], 0
-        for info in self.infos:
-            totals.append(sums[start:start + weights.count(info)])
-            start += weights.count(info)
-        await asyncio.to_thread(write_average, average, self.infos, totals, samples)
+        await asyncio.to_thread(write_average, average, self.infos,
+                                per_tensor(sums, self.infos), samples)
         metas = [answers[name][1] for name in protocol.summed if name in answers]
         return len(protocol.summed), samples, self._metrics(metas, tail[2:], validated)
 

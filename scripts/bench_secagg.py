@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdk.secagg.fixedpoint import decode, encode_into  # noqa: E402
+from sdk.secagg.fixedpoint import decode, encode  # noqa: E402
 from sdk.secagg.local import run_local  # noqa: E402
 
 PRECISION = 6
@@ -48,19 +48,12 @@ def secure_round(n: int, x: np.ndarray) -> dict[str, float]:
     """One round of n workers all sending `x`; seconds per phase (worker: mean, plus the
     coordinator's). Encoding into fixed point counts as the worker's masking."""
     clock = Clock()
-    vectors = {u: clock("worker", "mask", _encode, x, n) for u in range(n)}
+    vectors = {u: clock("worker", "mask", encode, x, PRECISION, n) for u in range(n)}
     _, total = run_local(vectors, max(2, n // 2), timed=clock)
     np.testing.assert_allclose(decode(total, PRECISION), n * x.astype(np.float64), rtol=0,
                                atol=n * 10**-PRECISION)
     return {phase: clock.seconds.get(("worker", phase), 0.0) / n
             + clock.seconds.get(("coordinator", phase), 0.0) for phase in PHASES}
-
-
-def _encode(x: np.ndarray, n: int) -> np.ndarray:
-    """A worker's fixed-point vector, as the worker daemon encodes it."""
-    out = np.empty(x.size, dtype=np.uint64)
-    encode_into(out, x, 10.0**PRECISION, PRECISION, n)
-    return out
 
 
 def plain_round(n: int, x: np.ndarray) -> float:

@@ -53,16 +53,21 @@ def test_codec_refuses_what_does_not_fit_the_manifest():
         tensors.manifest({"c": torch.zeros(2, dtype=torch.complex64)})
 
 
-def test_weighted_average_per_dtype(tmp_path):
-    states = [state(seed) for seed in range(3)]
-    samples = [10, 30, 5]
+def plain_average(folder, states, samples):
+    """FedAvg of `states` weighted by `samples`, folded from files as the coordinator does."""
     infos = tensors.manifest(states[0])
     total = WeightedSum(infos)
     for i, (one, count) in enumerate(zip(states, samples)):
-        tensors.write_file(tmp_path / f"w{i}", one)
-        total.add_file(tmp_path / f"w{i}", count)
-    total.write_average(tmp_path / "avg")
-    average = tensors.read_file(tmp_path / "avg", infos)
+        tensors.write_file(folder / f"w{i}", one)
+        total.add_file(folder / f"w{i}", count)
+    total.write_average(folder / "avg")
+    return tensors.read_file(folder / "avg", infos)
+
+
+def test_weighted_average_per_dtype(tmp_path):
+    states = [state(seed) for seed in range(3)]
+    samples = [10, 30, 5]
+    average = plain_average(tmp_path, states, samples)
     n = sum(samples)
     for name in states[0]:
         stacked = torch.stack([s[name].double() * c for s, c in zip(states, samples)]).sum(0)
@@ -113,7 +118,7 @@ def test_secure_vectors_average_to_fedavg_within_the_fixed_point_quantisation(tm
     """Under secure aggregation each worker sends weights x samples, its sample counts and
     metrics in fixed point; the average of the summed vectors is FedAvg's, integers and bools
     exactly, floats within workers * 0.5 * 10^-precision / samples (plus their dtype's rounding)."""
-    from coordinator.fedavg import write_average
+    from coordinator.fedavg import per_tensor, write_average
     from sdk.secagg.fixedpoint import decode_in_place
     from worker.learning import masked_input
 
@@ -127,18 +132,9 @@ def test_secure_vectors_average_to_fedavg_within_the_fixed_point_quantisation(tm
     assert round(tail[0]) == 45 and round(tail[1]) == 90
     assert tail[2] / tail[1] == pytest.approx((0.9 * 20 + 0.8 * 60 + 0.7 * 10) / 90)  # acc
     assert tail[3] / tail[1] == pytest.approx((0.5 * 20 + 0.25 * 60 + 1.0 * 10) / 90)  # mse
-    totals, start = [], 0
-    for info in infos:
-        totals.append(sums[start:start + weights.count(info)])
-        start += weights.count(info)
-    write_average(tmp_path / "secure", infos, totals, 45)
+    write_average(tmp_path / "secure", infos, per_tensor(sums, infos), 45)
     secure = tensors.read_file(tmp_path / "secure", infos)
-    plain = WeightedSum(infos)
-    for i, (one, count) in enumerate(zip(states, samples)):
-        tensors.write_file(tmp_path / f"w{i}", one)
-        plain.add_file(tmp_path / f"w{i}", count)
-    plain.write_average(tmp_path / "plain")
-    expected = tensors.read_file(tmp_path / "plain", infos)
+    expected = plain_average(tmp_path, states, samples)
     bound = 3 * 0.5 * 10**-precision / 45
     for name, tensor in expected.items():
         assert secure[name].dtype == tensor.dtype and secure[name].shape == tensor.shape

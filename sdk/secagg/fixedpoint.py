@@ -24,12 +24,12 @@ def _refuse(x: np.ndarray, fits: np.ndarray, precision: int, max_clients: int, b
 
 
 def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
-    """`x` scaled by 10^precision as uint64 (two's complement); refuses values whose sum over
-    `max_clients` workers could leave the signed 64-bit range."""
-    scaled = np.multiply(x, 10.0**precision, dtype=np.float64)
-    if scaled.size and not max(-scaled.min(), scaled.max()) * max_clients < LIMIT:  # NaN too
-        _refuse(x, np.abs(scaled) * max_clients < LIMIT, precision, max_clients, "2^63")
-    return np.rint(scaled, out=scaled).astype(np.int64).view(np.uint64)
+    """The values of `x` scaled by 10^precision as uint64 (two's complement); refuses values
+    whose sum over `max_clients` workers could leave the signed 64-bit range."""
+    values = np.asarray(x).reshape(-1)
+    out = np.empty(values.size, dtype=np.uint64)
+    encode_into(out, values, 10.0**precision, precision, max_clients)
+    return out
 
 
 def encode_into(out: np.ndarray, x: np.ndarray, scale: float, precision: int, max_clients: int,
