@@ -1,8 +1,8 @@
 """FedAvg's arithmetic on the coordinator: a running weighted sum of state dicts, in O(model).
 
-Each worker's weights are folded in from the file they were received into, tensor by tensor in
-bounded pieces, so memory holds one accumulator per tensor whatever the number of workers. It is
-numpy arithmetic on the raw bytes: the coordinator never imports torch.
+Each worker's weights are folded in chunk by chunk as they arrive, so memory holds one
+accumulator per tensor whatever the number of workers. It is numpy arithmetic on the raw bytes:
+the coordinator never imports torch.
 
 Floating tensors are averaged in float32 (float64 for float64) and cast back to their dtype,
 bfloat16 rounding to nearest even as torch does. Integer tensors (BatchNorm's
@@ -12,14 +12,16 @@ to the nearest integer, halves up; bool tensors become the weighted majority.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
+from coordinator.contributions import StreamedSum
 from sdk import weights
 from sdk.proto import task_pb2
 
-PIECE = 16 << 20  # bytes read at a time
+PIECE = 16 << 20  # bytes of accumulator averaged and written at a time
 
 # How each dtype is stored on the wire (bfloat16: its 16 bits) and summed.
 _STORED = {
@@ -51,57 +53,52 @@ def _to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
 
 
-class WeightedSum:
+class WeightedSum(StreamedSum):
     """Σ samples_i × weights_i over the workers folded in so far, and Σ samples_i.
 
-    Made once per task and `reset()` every round: fresh memory is slow to fault in, reused
+    Uploads (raw bytes in manifest order) fold in as they arrive (see coordinator.contributions).
+    Made once per task and restarted every round: fresh memory is slow to fault in, reused
     memory is not.
     """
 
     def __init__(self, infos: list[task_pb2.TensorInfo]) -> None:
+        super().__init__()
         self.infos = infos
         self.samples = 0
-        self.sums = {info.name: np.zeros(weights.count(info), dtype=_accumulator(info.dtype))
-                     for info in infos}
-        self._buffer = bytearray(PIECE)
-        most: dict[np.dtype, int] = {}  # the most values of a piece, per accumulator dtype
-        for name in {info.dtype for info in infos}:
-            count = PIECE // _STORED[name].itemsize
-            most[_accumulator(name)] = max(most.get(_accumulator(name), 0), count)
-        self._scaled = {dtype: np.empty(count, dtype) for dtype, count in most.items()}
+        self.sums = [np.zeros(weights.count(info), dtype=_accumulator(info.dtype))
+                     for info in infos]
+        self.ends = np.cumsum([weights.nbytes(info) for info in infos])  # byte offsets
+        self._scaled = {dtype: np.empty(0, dtype) for dtype in {s.dtype for s in self.sums}}
 
-    def reset(self) -> None:
+    def zero(self) -> None:
         self.samples = 0
-        for total in self.sums.values():
+        for total in self.sums:
             total.fill(0)
 
-    def add_file(self, path: Path, samples: int) -> None:
-        """Folds in the state dict stored in `path` (raw bytes in manifest order)."""
-        if samples <= 0:
-            raise ValueError(f"a worker reported {samples} training samples")
-        with open(path, "rb") as handle:
-            for info in self.infos:
-                stored = _STORED[info.dtype]
-                flat = self.sums[info.name]
-                remaining = weights.nbytes(info)
-                start = 0
-                while remaining:
-                    take = min(remaining, PIECE - PIECE % stored.itemsize)
-                    if handle.readinto(memoryview(self._buffer)[:take]) != take:
-                        raise ValueError(f"{path.name} ends inside tensor {info.name!r}")
-                    count = take // stored.itemsize
-                    values = _widen(np.frombuffer(self._buffer, stored, count), info.dtype)
-                    scaled = self._scaled[flat.dtype][:count]
-                    np.multiply(values, flat.dtype.type(samples), out=scaled)
-                    np.add(flat[start:start + count], scaled, out=flat[start:start + count])
-                    start += count
-                    remaining -= take
-        self.samples += samples
+    def completed(self, weight: int) -> None:
+        self.samples += weight
+
+    def fold(self, offset: int, data: memoryview, weight: int) -> int:
+        """Adds `weight` × the values in `data`, up to the end of the tensor at `offset`."""
+        index = int(np.searchsorted(self.ends, offset, side="right"))
+        info, flat = self.infos[index], self.sums[index]
+        stored = _STORED[info.dtype]
+        begin = int(self.ends[index]) - weights.nbytes(info)
+        count = min(len(data), int(self.ends[index]) - offset) // stored.itemsize
+        values = _widen(np.frombuffer(data, stored, count), info.dtype)
+        if self._scaled[flat.dtype].size < count:
+            self._scaled[flat.dtype] = np.empty(count, flat.dtype)
+        scaled = self._scaled[flat.dtype][:count]
+        start = (offset - begin) // stored.itemsize
+        part = flat[start:start + count]
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN average as they are
+            np.multiply(values, flat.dtype.type(weight), out=scaled)
+            np.add(part, scaled, out=part)
+        return count * stored.itemsize
 
     def write_average(self, path: Path) -> None:
         """Writes Σ samples_i × weights_i / Σ samples_i, in each tensor's own dtype."""
-        write_average(path, self.infos, [self.sums[info.name] for info in self.infos],
-                      self.samples)
+        write_average(path, self.infos, self.sums, self.samples)
 
 
 def per_tensor(flat: np.ndarray, infos: list[task_pb2.TensorInfo]) -> list[np.ndarray]:
@@ -115,14 +112,18 @@ def write_average(path: Path, infos: list[task_pb2.TensorInfo], totals: list[np.
     """Writes each tensor's weighted sum in `totals` divided by `samples`, in the tensor's own
     dtype (by the rules above), as raw bytes in manifest order, a piece at a time. Floating
     totals are divided in place; an integer tensor's total may come as float64 (from secure
-    aggregation's fixed point) and is rounded to the integer it encodes."""
+    aggregation's fixed point) and is rounded to the integer it encodes.
+
+    An existing file is overwritten in place, then cut to size: rewriting pages the page cache
+    already holds costs a fraction of allocating a new file's and freeing an old one's."""
     if samples <= 0:
         raise ValueError("no worker was folded in")
-    with open(path, "wb") as handle:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as handle:
         for info, total in zip(infos, totals, strict=True):
             for start in range(0, total.size, PIECE // 8):
                 average = _average(info.dtype, total[start:start + PIECE // 8], samples)
                 handle.write(memoryview(np.ascontiguousarray(average)).cast("B"))
+        handle.truncate()
 
 
 def _average(dtype: str, total: np.ndarray, samples: int) -> np.ndarray:

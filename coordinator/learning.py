@@ -1,10 +1,12 @@
 """Runs a learning task: FedAvg rounds over the selected workers.
 
 Each round the workers download the global weights, train, and upload their weights with their
-sample counts. Uploads stream to scratch files, so a worker that drops mid-upload leaves nothing
-behind; each complete upload is folded into a weighted sum as it arrives, one at a time (memory:
-one model, whatever the number of workers). The coordinator writes the average as the new
-checkpoint and logs the round's metrics averaged over validation samples.
+sample counts. Each chunk of an upload is added into a weighted sum the moment it arrives
+(memory: one model, whatever the number of workers; nothing goes to disk). A worker that drops
+mid-upload has left part of itself in the sum: the round then collects the complete uploads
+again, into an emptied sum ("resend": each worker sends what it sent before). The coordinator
+writes the average as the new checkpoint and logs the round's metrics averaged over validation
+samples.
 
 Under secure aggregation (the default) the workers first exchange keys and shares through the
 coordinator; each then uploads its weights times its samples, its sample counts and metrics as
@@ -15,23 +17,21 @@ only the unmasked sum is ever read.
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from coordinator.contributions import Contribution, StreamedSum, WordSum
 from coordinator.fedavg import WeightedSum, per_tensor, write_average
-from coordinator.registry import SpillReceiver, WorkerRegistry, WorkerSession
+from coordinator.registry import WorkerRegistry
 from coordinator.rounds import Round, select_workers
 from coordinator.secure import SecureRound, describe_mode
 from coordinator.store import Store
 from sdk import weights
 from sdk.proto import task_pb2
 from sdk.secagg.fixedpoint import decode_in_place
-
-PIECE = 16 << 20  # bytes of a masked upload read at a time
 
 
 async def run_learning(
@@ -49,21 +49,15 @@ async def run_learning(
     log(describe_mode(spec))
     await round_.phase("join", rules.connection_timeout)
     log(f"{len(round_.workers)} worker(s) loaded the task and their data")
-    scratch = store.scratch / f"task-{task_id}"
     aggregate = (_SecureAggregate(spec, round_) if spec.secure_aggregation
                  else _PlainAggregate(infos, round_, rules))
     for number in range(1, learning.max_rounds + 1):
         round_.number = number
         validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        try:
-            average = scratch / "average.weights"
-            workers, samples, metrics = await aggregate.train(
-                scratch, {"round": number, "validate": validate}, average)
-            store.checkpoint(task_id, average)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        average = store.spare_weights_path(task_id)
+        workers, samples, metrics = await aggregate.train(
+            {"round": number, "validate": validate}, average)
+        store.checkpoint(task_id, average)
         prefix = f"round {number}/{learning.max_rounds}: "
         if metrics:
             store.save_metrics(task_id, number, workers, metrics)
@@ -77,6 +71,25 @@ async def run_learning(
 Outcome = tuple[int, int, dict[str, float]]  # workers summed, training samples, metrics
 
 
+async def _collect(round_: Round, total: StreamedSum, receiver: Callable[[], Contribution],
+                   inputs: dict[str, Any], timeout: float,
+                   secagg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The round's uploads, folded into `total` as they arrive; their metas by worker name.
+
+    While a worker that dropped mid-upload has left part of itself in the sum, the workers
+    whose uploads were whole send them again into the emptied sum."""
+    phase = "train"
+    while True:
+        total.restart()
+        answers = await round_.phase(phase, timeout, inputs=inputs, secagg=secagg,
+                                     receiver=lambda worker: receiver())
+        if not total.tainted:
+            return answers
+        round_.log(f"round {round_.number}: part of a dropped worker's upload had reached the "
+                   f"sum; collecting the uploads of {round_.names} again without it")
+        phase, secagg = "resend", None
+
+
 class _PlainAggregate:
     """Rounds where the coordinator reads each worker's weights and sample count."""
 
@@ -86,22 +99,12 @@ class _PlainAggregate:
         self.size = weights.total_bytes(infos)
         self.total = WeightedSum(infos)
 
-    async def train(self, scratch: Path, inputs: dict[str, Any], average: Path) -> Outcome:
-        self.total.reset()
-        folding = _Folder(lambda path, meta: self.total.add_file(path, meta["samples"]))
-
-        def receiver(worker: WorkerSession) -> SpillReceiver:
-            return SpillReceiver(scratch / f"{worker.session_id}.weights", self.size, check_meta)
-
-        try:
-            answers = await self.round.phase("train", self.rules.wait_timeout, inputs=inputs,
-                                             receiver=receiver, on_answer=folding.start)
-            await folding.finish(answers.values())
-        finally:
-            folding.cancel()
+    async def train(self, inputs: dict[str, Any], average: Path) -> Outcome:
+        answers = await _collect(
+            self.round, self.total, lambda: Contribution(self.total, self.size, samples_of),
+            inputs, self.rules.wait_timeout)
         await asyncio.to_thread(self.total.write_average, average)
-        metas = [meta for _, meta in answers.values()]
-        return len(answers), self.total.samples, _metrics(metas)
+        return len(answers), self.total.samples, _metrics(list(answers.values()))
 
 
 class _SecureAggregate:
@@ -111,37 +114,26 @@ class _SecureAggregate:
         self.round, self.rules, self.precision = round_, spec.rules, spec.precision
         self.infos = list(spec.learning.weights)
         self.length = weights.secure_length(self.infos)
-        self.total = np.zeros(self.length, dtype=np.uint64)  # reused: faulted in once
+        self.total = WordSum(np.zeros(self.length, dtype=np.uint64))  # reused: faulted in once
 
-    async def train(self, scratch: Path, inputs: dict[str, Any], average: Path) -> Outcome:
+    async def train(self, inputs: dict[str, Any], average: Path) -> Outcome:
         protocol = SecureRound(self.round, self.rules)
         answers = await self.round.phase("secagg_keys", self.rules.connection_timeout,
                                          secagg=protocol.opening())
-        protocol.start(protocol.parse(answers, "secagg_keys"), self.length, self.total)
+        protocol.start(protocol.parse(answers, "secagg_keys"), self.length, self.total.total)
         peers = await protocol.exchange_shares()
-        senders: dict[Path, str] = {}
-
-        def receiver(worker: WorkerSession) -> SpillReceiver:
-            path = scratch / f"{worker.session_id}.masked"
-            senders[path] = worker.name
-            return SpillReceiver(path, 8 * self.length, check_secure_meta)
-
-        folding = _Folder(lambda path, meta: protocol.add_masked(
-            senders[path], self.length, _words(path)))
-        try:
-            answers = await self.round.phase("train", self.rules.wait_timeout, inputs=inputs,
-                                             receiver=receiver, on_answer=folding.start,
-                                             secagg=protocol.masked_requests(peers, None, inputs))
-            await folding.finish(answers.values())
-        finally:
-            folding.cancel()
+        answers = await _collect(
+            self.round, self.total, lambda: Contribution(self.total, 8 * self.length, unweighted),
+            inputs, self.rules.wait_timeout, protocol.masked_requests(peers, None, inputs))
+        for name in answers:
+            protocol.summed_masked(name)
         total = await protocol.unmask()
         sums = await asyncio.to_thread(decode_in_place, total, self.precision)
         tail = sums[self.length - 2 - weights.METRIC_SLOTS:]
         samples, validated = round(tail[0]), round(tail[1])
         await asyncio.to_thread(write_average, average, self.infos,
                                 per_tensor(sums, self.infos), samples)
-        metas = [answers[name][1] for name in protocol.summed if name in answers]
+        metas = [answers[name] for name in protocol.summed if name in answers]
         return len(protocol.summed), samples, self._metrics(metas, tail[2:], validated)
 
     def _metrics(self, metas: list[Any], sums: np.ndarray, validated: int) -> dict[str, float]:
@@ -156,23 +148,17 @@ class _SecureAggregate:
         return {name: float(sums[i]) / validated for i, name in enumerate(names.pop())}
 
 
-def _words(path: Path) -> Iterator[np.ndarray]:
-    """A masked upload's uint64 words, a piece at a time."""
-    with open(path, "rb") as handle:
-        while piece := handle.read(PIECE):
-            yield np.frombuffer(piece, dtype="<u8")
-
-
-def check_secure_meta(meta: Any) -> None:
-    """ValueError unless `meta` is what a worker's masked round answer carries."""
+def unweighted(meta: Any) -> int:
+    """1, unless `meta` is not what a worker's masked round answer carries (ValueError)."""
     names = meta.get("metric_names") if isinstance(meta, dict) else None
     if (not isinstance(names, list) or len(names) > weights.METRIC_SLOTS
             or not all(isinstance(name, str) for name in names)):
         raise ValueError(f"its answer names no metrics, or more than {weights.METRIC_SLOTS}")
+    return 1
 
 
-def check_meta(meta: Any) -> None:
-    """ValueError unless `meta` is what a worker's round answer carries."""
+def samples_of(meta: Any) -> int:
+    """The training samples a worker's round answer carries; ValueError unless it is whole."""
     if not isinstance(meta, dict):
         raise ValueError("its answer carries no sample count")
     samples, validated = meta.get("samples"), meta.get("validate_samples", 0)
@@ -184,36 +170,7 @@ def check_meta(meta: Any) -> None:
     for name, value in metrics.items():
         if not isinstance(name, str) or not isinstance(value, (int, float)):
             raise ValueError(f"its metric {name!r} is not a number")
-
-
-class _Folder:
-    """Folds each worker's upload into the sum as soon as it is complete, one at a time,
-    while the others are still uploading."""
-
-    def __init__(self, fold: Callable[[Path, Any], None]) -> None:
-        self.fold = fold
-        self._lock = asyncio.Lock()
-        self._folds: dict[Path, asyncio.Task[None]] = {}
-
-    def start(self, answer: tuple[Path, Any]) -> None:
-        path, meta = answer
-        if path not in self._folds:
-            self._folds[path] = asyncio.create_task(self._fold(path, meta))
-
-    async def _fold(self, path: Path, meta: Any) -> None:
-        async with self._lock:
-            await asyncio.to_thread(self.fold, path, meta)
-        path.unlink()
-
-    async def finish(self, answers: Iterable[tuple[Path, Any]]) -> None:
-        """Waits until exactly these answers are folded in."""
-        for answer in answers:
-            self.start(answer)  # one that arrived as the phase ended
-        await asyncio.gather(*self._folds.values())
-
-    def cancel(self) -> None:
-        for fold in self._folds.values():
-            fold.cancel()
+    return samples
 
 
 def _metrics(metas: list[Any]) -> dict[str, float]:

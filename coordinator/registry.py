@@ -13,9 +13,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from sdk.proto import services_pb2 as pb
@@ -47,10 +45,13 @@ class WorkerSession:
 
 
 class Receiver(Protocol):
-    """Takes in the body of one worker's answer as it streams in."""
+    """Takes in the body of one worker's answer as it streams in: `begin` with the answer's
+    meta (ValueError refuses it before any byte), `write` each chunk, then `finish` gives the
+    answer, or `discard` drops what was taken in."""
 
-    async def write(self, chunk: bytes) -> None: ...
-    def finish(self, meta: Any) -> Any: ...
+    def begin(self, meta: Any) -> None: ...
+    def write(self, chunk: bytes) -> None: ...
+    def finish(self) -> Any: ...
     def discard(self) -> None: ...
 
 
@@ -63,50 +64,20 @@ class MemoryReceiver:
         self._chunks: list[bytes] = []
         self._size = 0
 
-    async def write(self, chunk: bytes) -> None:
+    def begin(self, meta: Any) -> None:
+        pass
+
+    def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
         if self._size > self.LIMIT:
             raise ValueError(f"its answer is larger than {self.LIMIT >> 20} MiB")
         self._chunks.append(chunk)
 
-    def finish(self, meta: Any) -> bytes:
+    def finish(self) -> bytes:
         return b"".join(self._chunks)
 
     def discard(self) -> None:
         self._chunks.clear()
-
-
-class SpillReceiver:
-    """Writes a large answer to a file as it streams in; the answer is (path, meta).
-
-    A worker that drops mid-upload leaves only a partial file, which is deleted. `check`
-    raises ValueError for a `meta` that cannot be used.
-    """
-
-    def __init__(self, path: Path, expected_bytes: int, check: Callable[[Any], None]) -> None:
-        self.path = path
-        self.expected_bytes = expected_bytes
-        self.check = check
-        self._file = open(path, "wb")
-        self._written = 0
-
-    async def write(self, chunk: bytes) -> None:
-        self._written += len(chunk)
-        if self._written > self.expected_bytes:
-            raise ValueError(f"it sent more than the {self.expected_bytes} bytes expected")
-        self._file.write(chunk)
-
-    def finish(self, meta: Any) -> tuple[Path, Any]:
-        self._file.close()
-        self.check(meta)
-        if self._written != self.expected_bytes:
-            raise ValueError(f"it sent {self._written} bytes where {self.expected_bytes} "
-                             "were expected")
-        return self.path, meta
-
-    def discard(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
 
 
 @dataclass

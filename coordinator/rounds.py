@@ -86,14 +86,13 @@ class Round:
     async def phase(
         self, name: str, timeout: float, stage: int = 0, inputs: Any = None,
         receiver: Callable[[WorkerSession], Receiver] | None = None,
-        on_answer: Callable[[Any], None] | None = None,
         secagg: dict[str, pb.SecAggRequest] | None = None,
     ) -> dict[str, Any]:
         """Sends the phase to every worker of the round; their answers, by worker name.
 
         Returns as soon as all have answered or dropped, at the latest after `timeout` seconds.
-        Answers are bytes, or what `receiver(worker)`'s receiver makes of them; `on_answer`
-        sees each one as it arrives. `secagg` holds each worker's own secure-aggregation request.
+        Answers are bytes, or what `receiver(worker)`'s receiver makes of them. `secagg` holds
+        each worker's own secure-aggregation request.
         """
         assignment = pb.Assignment(
             task_id=self.task_id, round=self.number, phase=name, stage=stage, timeout=timeout,
@@ -103,10 +102,6 @@ class Round:
         futures: dict[asyncio.Future[Any], tuple[WorkerSession, int]] = {}
         for worker in self.workers:
             exchange_id, future = self.registry.expect(worker, receiver and receiver(worker))
-            if on_answer is not None:
-                future.add_done_callback(
-                    lambda f: on_answer(f.result()) if not f.cancelled() and not f.exception()
-                    else None)
             message = pb.Assignment()
             message.CopyFrom(assignment)
             message.exchange_id = exchange_id

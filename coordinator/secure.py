@@ -99,6 +99,10 @@ class SecureRound:
         """Adds a worker's masked vector (`length` uint64 words) to the running total."""
         self._server.receive_masked(self.index[name], length, pieces)
 
+    def summed_masked(self, name: str) -> None:
+        """Records that a worker's whole masked vector was added to the total as it came."""
+        self._server.summed_masked(self.index[name])
+
     async def unmask(self) -> np.ndarray:
         """Closes the masked input, collects the survivors' shares and returns the unmasked
         total: the uint64 sum of the encoded inputs that arrived."""

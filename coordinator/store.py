@@ -100,7 +100,9 @@ class Store:
         task_id = int(cursor.lastrowid)
         self._write_blob(f"task-{task_id}.spec", spec_bytes)
         if weights is not None:
-            weights.replace(self.weights_path(task_id))
+            first = self._weights_file(task_id, 0)
+            weights.replace(first)
+            self.checkpoint(task_id, first)
         return task_id
 
     def get_task(self, task_id: int) -> TaskRecord | None:
@@ -162,12 +164,26 @@ class Store:
     # Learning ---------------------------------------------------------------------------------
 
     def weights_path(self, task_id: int) -> Path:
-        """The task's global weights: the initial ones, then the checkpoint of the last round."""
+        """The task's global weights: the initial ones, then the checkpoint of the last round.
+
+        It is a link to one of two files that checkpoints take turns to overwrite in place
+        (rewriting pages the page cache holds is much cheaper than a new file each round)."""
         return self.blobs / f"task-{task_id}.weights"
 
+    def spare_weights_path(self, task_id: int) -> Path:
+        """The file to write the task's next checkpoint into: not the current one."""
+        current = os.readlink(self.weights_path(task_id))
+        return self._weights_file(task_id, 1 if current.endswith(".0") else 0)
+
     def checkpoint(self, task_id: int, written: Path) -> None:
-        """Makes a freshly written file the task's global weights, atomically."""
-        written.replace(self.weights_path(task_id))
+        """Makes `written` (the spare file) the task's global weights, atomically."""
+        link = self.blobs / f"task-{task_id}.weights.link"
+        link.unlink(missing_ok=True)
+        link.symlink_to(written.name)
+        link.replace(self.weights_path(task_id))
+
+    def _weights_file(self, task_id: int, slot: int) -> Path:
+        return self.blobs / f"task-{task_id}.weights.{slot}"
 
     def save_metrics(self, task_id: int, round_number: int, workers: int,
                      metrics: dict[str, float]) -> None:
@@ -192,7 +208,8 @@ class Store:
         return self.blobs / f"task-{task_id}.result"
 
     def keep_weights_as_result(self, task_id: int) -> None:
-        """The global weights, as they are now, become the task's result."""
+        """The global weights, as they are now, become the task's result (no more checkpoints
+        come: the spare file goes)."""
         partial = self.blobs / f"task-{task_id}.result.partial"
         partial.unlink(missing_ok=True)
         try:
@@ -200,6 +217,7 @@ class Store:
         except OSError:
             shutil.copyfile(self.weights_path(task_id), partial)
         partial.replace(self.result_path(task_id))
+        self.spare_weights_path(task_id).unlink(missing_ok=True)
 
     def save_result(self, task_id: int, data: bytes) -> None:
         self._write_blob(f"task-{task_id}.result", data)

@@ -113,12 +113,12 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             return pb.UploadResponse(accepted=accepted)
         refusal = ""
         try:
-            meta = values.decode(header.meta) if header.HasField("meta") else None
+            receiver.begin(values.decode(header.meta) if header.HasField("meta") else None)
             async for request in request_iterator:
-                await receiver.write(request.chunk)
-            answer = receiver.finish(meta)
+                receiver.write(request.chunk)
+            answer = receiver.finish()
         except asyncio.CancelledError:
-            # The worker went away mid-upload: nothing of it remains, and nobody waits for it.
+            # The worker went away mid-upload: what it sent is discarded; nobody waits for it.
             receiver.discard()
             self.registry.answer(header.session_id, header.exchange_id, None,
                                  "its upload broke off")

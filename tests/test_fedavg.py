@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from coordinator.contributions import Contribution
 from coordinator.fedavg import WeightedSum
+from coordinator.learning import samples_of
 from sdk import tensors, weights
+from sdk.wire import CHUNK_SIZE
 
 
 def state(seed: int) -> dict[str, torch.Tensor]:
@@ -53,21 +56,32 @@ def test_codec_refuses_what_does_not_fit_the_manifest():
         tensors.manifest({"c": torch.zeros(2, dtype=torch.complex64)})
 
 
-def plain_average(folder, states, samples):
-    """FedAvg of `states` weighted by `samples`, folded from files as the coordinator does."""
+def upload(total, one, samples, chunk_size=CHUNK_SIZE):
+    """Folds `one` into `total` as the coordinator folds a worker's upload: chunk by chunk."""
+    contribution = Contribution(total, weights.total_bytes(tensors.manifest(one)), samples_of)
+    contribution.begin({"samples": samples})
+    data = b"".join(tensors.iter_chunks(one))
+    for start in range(0, len(data), chunk_size):
+        contribution.write(data[start:start + chunk_size])
+    return contribution
+
+
+def plain_average(folder, states, samples, chunk_size=CHUNK_SIZE):
+    """FedAvg of `states` weighted by `samples`, folded as the coordinator folds uploads."""
     infos = tensors.manifest(states[0])
     total = WeightedSum(infos)
-    for i, (one, count) in enumerate(zip(states, samples)):
-        tensors.write_file(folder / f"w{i}", one)
-        total.add_file(folder / f"w{i}", count)
+    for one, count in zip(states, samples):
+        upload(total, one, count, chunk_size).finish()
     total.write_average(folder / "avg")
     return tensors.read_file(folder / "avg", infos)
 
 
-def test_weighted_average_per_dtype(tmp_path):
+@pytest.mark.parametrize("chunk_size", [CHUNK_SIZE, 1, 3, 7])
+def test_weighted_average_per_dtype(tmp_path, chunk_size):
+    """Whatever the chunks (values split between them too), the average is FedAvg's."""
     states = [state(seed) for seed in range(3)]
     samples = [10, 30, 5]
-    average = plain_average(tmp_path, states, samples)
+    average = plain_average(tmp_path, states, samples, chunk_size)
     n = sum(samples)
     for name in states[0]:
         stacked = torch.stack([s[name].double() * c for s, c in zip(states, samples)]).sum(0)
@@ -82,11 +96,59 @@ def test_weighted_average_per_dtype(tmp_path):
     assert int(average["steps"]) == round((1 * 10 + 4 * 30 + 7 * 5) / 45)
 
 
-def test_a_short_upload_is_refused(tmp_path):
+def test_a_short_or_long_upload_is_refused_and_taints_the_sum():
     infos = tensors.manifest({"a": torch.zeros(4)})
-    (tmp_path / "short").write_bytes(b"\0" * 8)
-    with pytest.raises(ValueError, match="ends inside tensor 'a'"):
-        WeightedSum(infos).add_file(tmp_path / "short", 3)
+    total = WeightedSum(infos)
+    short = Contribution(total, 16, samples_of)
+    short.begin({"samples": 3})
+    short.write(b"\0" * 10)
+    with pytest.raises(ValueError, match="it sent 10 bytes where 16 were expected"):
+        short.finish()
+    long = Contribution(total, 16, samples_of)
+    long.begin({"samples": 3})
+    with pytest.raises(ValueError, match="more than the 16 bytes expected"):
+        long.write(b"\0" * 17)
+    assert not total.tainted  # nothing of either is in the sum yet...
+    short.discard()
+    assert total.tainted  # ...until the short one's 8 whole bytes are
+
+
+def test_a_broken_upload_leaves_no_trace_once_the_others_are_collected_again(tmp_path):
+    """A worker that drops mid-upload taints the sum; restarted and folded again from the
+    complete uploads, the average is exactly the one of those alone, and the broken upload's
+    stream can add nothing more."""
+    states, samples = [state(seed) for seed in range(3)], [10, 30, 5]
+    infos = tensors.manifest(states[0])
+    total = WeightedSum(infos)
+    broken = Contribution(total, weights.total_bytes(infos), samples_of)
+    broken.begin({"samples": 1000})
+    broken.write(b"\x7f" * 64)  # huge values, half of its upload
+    whole = [upload(total, one, count) for one, count in zip(states[:2], samples[:2])]
+    for contribution in whole:
+        contribution.finish()
+    broken.discard()
+    assert total.tainted
+    total.restart()
+    assert not total.tainted and total.samples == 0
+    with pytest.raises(ValueError, match="no longer takes this upload"):
+        broken.write(b"\x7f" * 8)
+    whole[0].discard()  # an upload of before the restart cannot taint the new sum
+    assert not total.tainted
+    for one, count in zip(states[:2], samples[:2]):
+        upload(total, one, count).finish()
+    total.write_average(tmp_path / "again")
+    again = tensors.read_file(tmp_path / "again", infos)
+    expected = plain_average(tmp_path, states[:2], samples[:2])
+    assert all(torch.equal(again[name], expected[name]) for name in expected)
+
+
+def test_an_upload_refused_at_its_meta_adds_nothing():
+    total = WeightedSum(tensors.manifest({"a": torch.zeros(4)}))
+    contribution = Contribution(total, 16, samples_of)
+    with pytest.raises(ValueError, match="it reported 0 training samples"):
+        contribution.begin({"samples": 0})
+    contribution.discard()
+    assert not total.tainted
 
 
 def test_a_state_dict_of_copies_is_refused_at_build():
@@ -106,9 +168,8 @@ def test_mixed_dtypes_with_large_half_tensors_fold(tmp_path):
     big = {"f32": torch.ones(10), "f16": torch.ones(5_000_000, dtype=torch.float16),
            "bool": torch.ones(3_000_000, dtype=torch.bool), "i64": torch.ones(3, dtype=torch.int64)}
     infos = tensors.manifest(big)
-    tensors.write_file(tmp_path / "w", big)
     total = WeightedSum(infos)
-    total.add_file(tmp_path / "w", 2)
+    upload(total, big, 2).finish()
     total.write_average(tmp_path / "avg")
     average = tensors.read_file(tmp_path / "avg", infos)
     assert all(torch.equal(average[k], big[k]) for k in big)

@@ -96,13 +96,20 @@ class LearningJob:
     def describe(self) -> str:
         return f"engine task loaded, pid {self.handle.task.pid}"
 
-    async def train(self, session_id: str, exchange_id: int, validate: bool,
+    async def train(self, session_id: str, exchange_id: int, round_number: int, validate: bool,
                     mask_seeds: list[tuple[bytes, int]] | None) -> dict[str, Any]:
         """Runs a round in the engine task, which also uploads the answer to the exchange:
         its weights, or under secure aggregation its masked input (`mask_seeds`)."""
         return await self.handle.train_async({
-            "session_id": session_id, "exchange_id": exchange_id, "validate": validate,
-            "mask_seeds": mask_seeds,
+            "session_id": session_id, "exchange_id": exchange_id, "round": round_number,
+            "validate": validate, "mask_seeds": mask_seeds,
+        })
+
+    async def resend(self, session_id: str, exchange_id: int, round_number: int) -> dict[str, Any]:
+        """Has the engine task upload the round's answer again, unchanged."""
+        return await self.handle.train_async({
+            "session_id": session_id, "exchange_id": exchange_id, "round": round_number,
+            "resend": True,
         })
 
     async def close(self) -> None:
@@ -269,12 +276,17 @@ class Worker:
             elif phase == "train" and isinstance(job, LearningJob):
                 round_input = values.decode(assignment.inputs)
                 seeds = self.secure.mask_seeds(assignment) if secagg else None
-                answer = await job.train(session_id, assignment.exchange_id,
+                answer = await job.train(session_id, assignment.exchange_id, assignment.round,
                                          bool(round_input["validate"]), seeds)
                 log.info("task %d: round %d trained on %s and sent%s in %.3f s%s", task_id,
-                         round_input["round"], job.handle.device, " under masks" if secagg else "",
+                         assignment.round, job.handle.device, " under masks" if secagg else "",
                          time.perf_counter() - started,
                          "" if answer["accepted"] else " (too late: not accepted)")
+                return
+            elif phase == "resend" and isinstance(job, LearningJob):
+                answer = await job.resend(session_id, assignment.exchange_id, assignment.round)
+                log.info("task %d: round %d sent again, as the coordinator asked%s", task_id,
+                         assignment.round, "" if answer["accepted"] else " (not accepted)")
                 return
             else:
                 raise ValueError(f"task {task_id} has no phase {phase!r}")

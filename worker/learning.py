@@ -8,7 +8,7 @@ each round the global weights are streamed into the tensors its `state_dict()` r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +168,11 @@ class CoordinatorLink:
 class LearningProcess(Task):
     """The engine task serving one federated learning task across its rounds.
 
-    It downloads the global weights and uploads its trained weights itself; `round_input` for
-    each `train` names the exchange: {"session_id", "exchange_id", "validate"}.
+    It downloads the global weights and uploads its trained weights itself. `round_input` for
+    each `train` names the exchange and the round: {"session_id", "exchange_id", "round",
+    "validate", "mask_seeds"}, or {"session_id", "exchange_id", "round", "resend": True} to send
+    the round's upload again (the coordinator asks when another worker's broken upload had
+    reached the sum).
     """
 
     def __init__(self, task_id: int, spec: task_pb2.TaskSpec, data_path: Path, address: str,
@@ -193,9 +196,17 @@ class LearningProcess(Task):
         self.train_loader = self.user.make_train_dataloader(self.train_data)
         self.validate_loader = (self.user.make_validate_dataloader(self.validate_data)
                                 if self.validate_data is not None else None)
+        # The last round's upload: (round, meta, what makes its chunks again).
+        self.sent: tuple[int, dict, Callable[[], Iterator[bytes]]] | None = None
 
     def train(self, device: str) -> dict:
         request = self.round_input
+        if request.get("resend"):
+            if self.sent is None or self.sent[0] != request["round"]:
+                raise ValueError(f"it has no upload of round {request['round']} to send again")
+            _, meta, chunks = self.sent
+            return {"accepted": self._upload(request, meta, chunks())}
+        self.sent = None  # its memory goes before this round's is taken
         if not len(self.train_data):
             raise ValueError(f"it has no training samples: {self.data_path.name} holds "
                              f"{len(self.train_data) + len(self.validate_data or [])} rows "
@@ -219,11 +230,14 @@ class LearningProcess(Task):
         trained = in_manifest_order(self.user.state_dict(), self.infos)
         if request["mask_seeds"] is None:
             meta = {"samples": samples, "validate_samples": validated, "metrics": metrics}
-            chunks = tensors.iter_chunks(trained)
+            self.sent = (request["round"], meta, lambda: tensors.iter_chunks(trained))
         else:  # only the sum of every worker's vector can be read
             meta = {"metric_names": sorted(metrics)}
             vector = masked_input(trained, self.infos, samples, validated, metrics,
                                   self.precision, self.max_clients, request["mask_seeds"])
-            chunks = split_chunks(memoryview(vector.astype("<u8", copy=False)).cast("B"))
-        accepted = self.link.upload(request["session_id"], request["exchange_id"], meta, chunks)
-        return {"accepted": accepted}
+            words = memoryview(vector.astype("<u8", copy=False)).cast("B")
+            self.sent = (request["round"], meta, lambda: split_chunks(words))
+        return {"accepted": self._upload(request, meta, self.sent[2]())}
+
+    def _upload(self, request: dict, meta: dict, chunks: Iterator[bytes]) -> bool:
+        return self.link.upload(request["session_id"], request["exchange_id"], meta, chunks)

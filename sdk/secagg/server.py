@@ -131,6 +131,12 @@ class SecAggServer:
             raise ValueError(f"the pieces held {start} words, not the {length} announced")
         self._masked[u] = None
 
+    def summed_masked(self, u: int) -> None:
+        """Records that `u`'s whole masked vector is in `total`, added by the caller as it
+        streamed in (the caller refuses a vector of the wrong length)."""
+        self._check(u, self.u2, self._masked, "masked input")
+        self._masked[u] = None
+
     def unmask_request(self) -> list[int]:
         """Closes masked input: U3, the survivors whose input is summed."""
         self.u3 = self._close("masked input", self._masked, self.u2, "sent no masked input")
