@@ -43,17 +43,17 @@ class StreamedSum:
 class WordSum(StreamedSum):
     """A sum of vectors of little-endian uint64 words, modulo 2^64 (secure aggregation's)."""
 
-    def __init__(self, total: np.ndarray) -> None:
+    def __init__(self, words: np.ndarray) -> None:
         super().__init__()
-        self.total = total
+        self.words = words
 
     def zero(self) -> None:
-        self.total.fill(0)
+        self.words.fill(0)
 
     def fold(self, offset: int, data: memoryview, weight: int) -> int:
         taken = len(data) - len(data) % 8
         words = np.frombuffer(data[:taken], dtype="<u8")
-        part = self.total[offset // 8:offset // 8 + words.size]
+        part = self.words[offset // 8:offset // 8 + words.size]
         np.add(part, words, out=part)
         return taken
 
@@ -70,7 +70,7 @@ class Contribution:
         self.size = size
         self.weigh = weigh
         self.generation = total.generation
-        self.open = True
+        self.state = "receiving"  # then "finished" (whole, counted), or "discarded"
         self.weight = 0
         self.meta: Any = None
         self.offset = 0
@@ -81,7 +81,7 @@ class Contribution:
         self.meta = meta
 
     def write(self, chunk: bytes) -> None:
-        self._check_open()
+        self._check_receiving()
         if self.offset + len(self.carry) + len(chunk) > self.size:
             raise ValueError(f"it sent more than the {self.size} bytes expected")
         data = memoryview(self.carry + chunk if self.carry else chunk)
@@ -94,19 +94,22 @@ class Contribution:
         self.carry = bytes(data)
 
     def finish(self) -> Any:
-        self._check_open()
+        self._check_receiving()
         if self.offset != self.size:
             raise ValueError(f"it sent {self.offset + len(self.carry)} bytes where "
                              f"{self.size} were expected")
         self.total.completed(self.weight)
+        self.state = "finished"
         return self.meta
 
     def discard(self) -> None:
-        """The upload will not be summed: if any of it was, the sum is tainted."""
-        if self.open and self.offset and self.generation == self.total.generation:
+        """The upload will not be summed (even if finished: nobody took the answer); if any of
+        it is in the sum, the sum is tainted."""
+        if (self.state != "discarded" and self.offset
+                and self.generation == self.total.generation):
             self.total.tainted = True
-        self.open = False
+        self.state = "discarded"
 
-    def _check_open(self) -> None:
-        if not self.open or self.generation != self.total.generation:
+    def _check_receiving(self) -> None:
+        if self.state != "receiving" or self.generation != self.total.generation:
             raise ValueError("the round no longer takes this upload")

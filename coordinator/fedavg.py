@@ -68,6 +68,7 @@ class WeightedSum(StreamedSum):
         self.sums = [np.zeros(weights.count(info), dtype=_accumulator(info.dtype))
                      for info in infos]
         self.ends = np.cumsum([weights.nbytes(info) for info in infos])  # byte offsets
+        self.starts = [int(end) - weights.nbytes(info) for info, end in zip(infos, self.ends, strict=True)]
         self._scaled = {dtype: np.empty(0, dtype) for dtype in {s.dtype for s in self.sums}}
 
     def zero(self) -> None:
@@ -83,13 +84,12 @@ class WeightedSum(StreamedSum):
         index = int(np.searchsorted(self.ends, offset, side="right"))
         info, flat = self.infos[index], self.sums[index]
         stored = _STORED[info.dtype]
-        begin = int(self.ends[index]) - weights.nbytes(info)
         count = min(len(data), int(self.ends[index]) - offset) // stored.itemsize
         values = _widen(np.frombuffer(data, stored, count), info.dtype)
         if self._scaled[flat.dtype].size < count:
             self._scaled[flat.dtype] = np.empty(count, flat.dtype)
         scaled = self._scaled[flat.dtype][:count]
-        start = (offset - begin) // stored.itemsize
+        start = (offset - self.starts[index]) // stored.itemsize
         part = flat[start:start + count]
         with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN average as they are
             np.multiply(values, flat.dtype.type(weight), out=scaled)

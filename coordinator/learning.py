@@ -51,21 +51,24 @@ async def run_learning(
     log(f"{len(round_.workers)} worker(s) loaded the task and their data")
     aggregate = (_SecureAggregate(spec, round_) if spec.secure_aggregation
                  else _PlainAggregate(infos, round_, rules))
-    for number in range(1, learning.max_rounds + 1):
-        round_.number = number
-        validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
-        average = store.spare_weights_path(task_id)
-        workers, samples, metrics = await aggregate.train(
-            {"round": number, "validate": validate}, average)
-        store.checkpoint(task_id, average)
-        prefix = f"round {number}/{learning.max_rounds}: "
-        if metrics:
-            store.save_metrics(task_id, number, workers, metrics)
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            log(f"{prefix}{shown} from {workers} workers")
-        else:
-            log(f"{prefix}averaged {workers} workers ({samples} training samples)")
-    store.keep_weights_as_result(task_id)
+    try:
+        for number in range(1, learning.max_rounds + 1):
+            round_.number = number
+            validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
+            average = store.spare_weights_path(task_id)
+            workers, samples, metrics = await aggregate.train(
+                {"round": number, "validate": validate}, average)
+            store.checkpoint(task_id, average)
+            prefix = f"round {number}/{learning.max_rounds}: "
+            if metrics:
+                store.save_metrics(task_id, number, workers, metrics)
+                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                log(f"{prefix}{shown} from {workers} workers")
+            else:
+                log(f"{prefix}averaged {workers} workers ({samples} training samples)")
+        store.keep_weights_as_result(task_id)
+    finally:
+        store.drop_spare_weights(task_id)
 
 
 Outcome = tuple[int, int, dict[str, float]]  # workers summed, training samples, metrics
@@ -114,16 +117,16 @@ class _SecureAggregate:
         self.round, self.rules, self.precision = round_, spec.rules, spec.precision
         self.infos = list(spec.learning.weights)
         self.length = weights.secure_length(self.infos)
-        self.total = WordSum(np.zeros(self.length, dtype=np.uint64))  # reused: faulted in once
+        self.sum = WordSum(np.zeros(self.length, dtype=np.uint64))  # reused: faulted in once
 
     async def train(self, inputs: dict[str, Any], average: Path) -> Outcome:
         protocol = SecureRound(self.round, self.rules)
         answers = await self.round.phase("secagg_keys", self.rules.connection_timeout,
                                          secagg=protocol.opening())
-        protocol.start(protocol.parse(answers, "secagg_keys"), self.length, self.total.total)
+        protocol.start(protocol.parse(answers, "secagg_keys"), self.length, self.sum.words)
         peers = await protocol.exchange_shares()
         answers = await _collect(
-            self.round, self.total, lambda: Contribution(self.total, 8 * self.length, unweighted),
+            self.round, self.sum, lambda: Contribution(self.sum, 8 * self.length, masked_weight),
             inputs, self.rules.wait_timeout, protocol.masked_requests(peers, None, inputs))
         for name in answers:
             protocol.summed_masked(name)
@@ -148,8 +151,9 @@ class _SecureAggregate:
         return {name: float(sums[i]) / validated for i, name in enumerate(names.pop())}
 
 
-def unweighted(meta: Any) -> int:
-    """1, unless `meta` is not what a worker's masked round answer carries (ValueError)."""
+def masked_weight(meta: Any) -> int:
+    """A masked vector's weight in the sum, 1; ValueError unless `meta` is what a worker's
+    masked round answer carries."""
     names = meta.get("metric_names") if isinstance(meta, dict) else None
     if (not isinstance(names, list) or len(names) > weights.METRIC_SLOTS
             or not all(isinstance(name, str) for name in names)):

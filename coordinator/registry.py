@@ -85,6 +85,7 @@ class _Pending:
     worker: WorkerSession
     future: asyncio.Future[Any]
     receiver: Receiver
+    claimed: bool = False  # an upload stream is bringing the answer
 
 
 class WorkerRegistry:
@@ -187,6 +188,15 @@ class WorkerRegistry:
         if pending is None or pending.worker.session_id != session_id or pending.future.done():
             return None
         return pending.receiver
+
+    def claim(self, session_id: str, exchange_id: int) -> Receiver | None:
+        """The receiver for the one upload stream that brings an exchange's answer; None if
+        nobody waits for it, or another stream already brings it."""
+        receiver = self.receiver(session_id, exchange_id)
+        if receiver is None or self._pending[exchange_id].claimed:
+            return None
+        self._pending[exchange_id].claimed = True
+        return receiver
 
     def answer(self, session_id: str, exchange_id: int, answer: Any, error: str) -> bool:
         """Resolves an exchange with a worker's answer, or with `error` (why the worker could

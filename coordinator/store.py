@@ -75,7 +75,7 @@ class Store:
     def __init__(self, state_dir: Path) -> None:
         self.blobs = state_dir / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
-        self.scratch = state_dir / "scratch"  # uploads in flight; emptied at every start
+        self.scratch = state_dir / "scratch"  # tasks being created; emptied at every start
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir()
         self._db = sqlite3.connect(state_dir / "coordinator.sqlite3", isolation_level=None)
@@ -167,7 +167,9 @@ class Store:
         """The task's global weights: the initial ones, then the checkpoint of the last round.
 
         It is a link to one of two files that checkpoints take turns to overwrite in place
-        (rewriting pages the page cache holds is much cheaper than a new file each round)."""
+        (rewriting pages the page cache holds is much cheaper than a new file each round): a
+        download still open two checkpoints later would read a mix, which only a worker that
+        left the round can be doing."""
         return self.blobs / f"task-{task_id}.weights"
 
     def spare_weights_path(self, task_id: int) -> Path:
@@ -181,6 +183,10 @@ class Store:
         link.unlink(missing_ok=True)
         link.symlink_to(written.name)
         link.replace(self.weights_path(task_id))
+
+    def drop_spare_weights(self, task_id: int) -> None:
+        """Deletes the spare checkpoint file of a task whose rounds are over."""
+        self.spare_weights_path(task_id).unlink(missing_ok=True)
 
     def _weights_file(self, task_id: int, slot: int) -> Path:
         return self.blobs / f"task-{task_id}.weights.{slot}"
@@ -208,16 +214,14 @@ class Store:
         return self.blobs / f"task-{task_id}.result"
 
     def keep_weights_as_result(self, task_id: int) -> None:
-        """The global weights, as they are now, become the task's result (no more checkpoints
-        come: the spare file goes)."""
+        """The global weights, as they are now, become the task's result."""
         partial = self.blobs / f"task-{task_id}.result.partial"
         partial.unlink(missing_ok=True)
         try:
-            os.link(self.weights_path(task_id), partial)
+            os.link(self.weights_path(task_id).resolve(), partial)
         except OSError:
             shutil.copyfile(self.weights_path(task_id), partial)
         partial.replace(self.result_path(task_id))
-        self.spare_weights_path(task_id).unlink(missing_ok=True)
 
     def save_result(self, task_id: int, data: bytes) -> None:
         self._write_blob(f"task-{task_id}.result", data)

@@ -90,7 +90,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
                                 "unknown session: register again")
         path = self.store.weights_path(request.task_id)
         try:
-            handle = open(path, "rb")  # the checkpoint as it is now, even if replaced meanwhile
+            handle = open(path, "rb")  # the current checkpoint (see Store.weights_path)
         except FileNotFoundError:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"task {request.task_id} has no weights")
@@ -106,11 +106,13 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         if first is None or not first.HasField("header"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
         header = first.header
-        receiver = self.registry.receiver(header.session_id, header.exchange_id)
-        if receiver is None or header.error:
-            error = f"it reported an error: {header.error}" if header.error else ""
-            accepted = self.registry.answer(header.session_id, header.exchange_id, None, error)
+        if header.error:
+            accepted = self.registry.answer(header.session_id, header.exchange_id, None,
+                                            f"it reported an error: {header.error}")
             return pb.UploadResponse(accepted=accepted)
+        receiver = self.registry.claim(header.session_id, header.exchange_id)
+        if receiver is None:
+            return pb.UploadResponse(accepted=False)
         refusal = ""
         try:
             receiver.begin(values.decode(header.meta) if header.HasField("meta") else None)

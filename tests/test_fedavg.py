@@ -205,3 +205,32 @@ def test_secure_vectors_average_to_fedavg_within_the_fixed_point_quantisation(tm
                                        atol=bound + 2 * resolution)
         else:
             assert torch.equal(secure[name], tensor), name
+
+
+def test_one_stream_alone_brings_an_exchanges_answer():
+    """A second upload stream for the same exchange gets no receiver: it could otherwise
+    finish the same contribution twice, or taint a sum that holds a whole upload."""
+    import asyncio
+
+    from coordinator.registry import WorkerRegistry
+
+    async def claims() -> tuple[object, object, object]:
+        registry = WorkerRegistry(heartbeat_interval=1, heartbeat_timeout=5)
+        worker = registry.register("w", [])
+        total = WeightedSum(tensors.manifest({"a": torch.zeros(4)}))
+        receiver = Contribution(total, 16, samples_of)
+        exchange_id, _ = registry.expect(worker, receiver)
+        return receiver, registry.claim(worker.session_id, exchange_id), \
+            registry.claim(worker.session_id, exchange_id)
+
+    receiver, first, second = asyncio.run(claims())
+    assert first is receiver and second is None
+
+
+def test_a_contribution_finishes_once():
+    total = WeightedSum(tensors.manifest({"a": torch.zeros(4)}))
+    contribution = upload(total, {"a": torch.ones(4)}, 3)
+    contribution.finish()
+    with pytest.raises(ValueError, match="no longer takes this upload"):
+        contribution.finish()
+    assert total.samples == 3 and not total.tainted

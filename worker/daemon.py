@@ -106,11 +106,12 @@ class LearningJob:
         })
 
     async def resend(self, session_id: str, exchange_id: int, round_number: int) -> dict[str, Any]:
-        """Has the engine task upload the round's answer again, unchanged."""
+        """Has the engine task upload the round's answer again, unchanged (it needs no device
+        of its own for that)."""
         return await self.handle.train_async({
             "session_id": session_id, "exchange_id": exchange_id, "round": round_number,
             "resend": True,
-        })
+        }, on_last_device=True)
 
     async def close(self) -> None:
         await self.handle.close_async()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -165,6 +165,15 @@ class CoordinatorLink:
         return self.stub.Upload(requests()).accepted
 
 
+class Sent(NamedTuple):
+    """A round's upload, kept until the next round in case the coordinator asks for it again:
+    its meta, and what makes its chunks (from the trained weights, which stay as they are)."""
+
+    round: int
+    meta: dict
+    chunks: Callable[[], Iterator[bytes]]
+
+
 class LearningProcess(Task):
     """The engine task serving one federated learning task across its rounds.
 
@@ -196,17 +205,15 @@ class LearningProcess(Task):
         self.train_loader = self.user.make_train_dataloader(self.train_data)
         self.validate_loader = (self.user.make_validate_dataloader(self.validate_data)
                                 if self.validate_data is not None else None)
-        # The last round's upload: (round, meta, what makes its chunks again).
-        self.sent: tuple[int, dict, Callable[[], Iterator[bytes]]] | None = None
+        self.sent: Sent | None = None
 
     def train(self, device: str) -> dict:
         request = self.round_input
         if request.get("resend"):
-            if self.sent is None or self.sent[0] != request["round"]:
+            if self.sent is None or self.sent.round != request["round"]:
                 raise ValueError(f"it has no upload of round {request['round']} to send again")
-            _, meta, chunks = self.sent
-            return {"accepted": self._upload(request, meta, chunks())}
-        self.sent = None  # its memory goes before this round's is taken
+            return {"accepted": self._upload(request, self.sent.meta, self.sent.chunks())}
+        self.sent = None
         if not len(self.train_data):
             raise ValueError(f"it has no training samples: {self.data_path.name} holds "
                              f"{len(self.train_data) + len(self.validate_data or [])} rows "
@@ -230,14 +237,14 @@ class LearningProcess(Task):
         trained = in_manifest_order(self.user.state_dict(), self.infos)
         if request["mask_seeds"] is None:
             meta = {"samples": samples, "validate_samples": validated, "metrics": metrics}
-            self.sent = (request["round"], meta, lambda: tensors.iter_chunks(trained))
+            self.sent = Sent(request["round"], meta, lambda: tensors.iter_chunks(trained))
         else:  # only the sum of every worker's vector can be read
-            meta = {"metric_names": sorted(metrics)}
-            vector = masked_input(trained, self.infos, samples, validated, metrics,
-                                  self.precision, self.max_clients, request["mask_seeds"])
-            words = memoryview(vector.astype("<u8", copy=False)).cast("B")
-            self.sent = (request["round"], meta, lambda: split_chunks(words))
-        return {"accepted": self._upload(request, meta, self.sent[2]())}
+            def masked_chunks() -> Iterator[bytes]:  # made again for a resend: it is 8 B a value
+                vector = masked_input(trained, self.infos, samples, validated, metrics,
+                                      self.precision, self.max_clients, request["mask_seeds"])
+                return split_chunks(memoryview(vector.astype("<u8", copy=False)).cast("B"))
+            self.sent = Sent(request["round"], {"metric_names": sorted(metrics)}, masked_chunks)
+        return {"accepted": self._upload(request, self.sent.meta, self.sent.chunks())}
 
     def _upload(self, request: dict, meta: dict, chunks: Iterator[bytes]) -> bool:
         return self.link.upload(request["session_id"], request["exchange_id"], meta, chunks)
