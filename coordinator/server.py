@@ -16,7 +16,7 @@ from coordinator.registry import WorkerRegistry
 from coordinator.store import Store
 from coordinator.task_service import TaskService
 from coordinator.tasks import TaskManager
-from coordinator.worker_service import WorkerService
+from coordinator.worker_service import WorkerService, add_worker_service
 from sdk.proto import services_pb2, services_pb2_grpc
 from sdk.wire import SERVER_OPTIONS
 
@@ -47,7 +47,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     services_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(tasks), server)
-    services_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(registry, store), server)
+    add_worker_service(WorkerService(registry, store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

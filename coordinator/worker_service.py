@@ -13,7 +13,9 @@ from coordinator.store import Store
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
-from sdk.wire import CHUNK_SIZE, split_chunks
+from sdk.wire import CHUNK_SIZE, decode_chunk, encode_chunk, serialize, split_chunks
+
+SERVICE = "deltaflow.v1.WorkerService"
 
 
 class WorkerService(services_pb2_grpc.WorkerServiceServicer):
@@ -98,12 +100,12 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             # Read here, not in a thread: a 1 MiB read from the page cache is quick, and chunks
             # allocated and freed on one thread do not pile up in other threads' malloc arenas.
             while chunk := handle.read(CHUNK_SIZE):
-                yield pb.DataChunk(chunk=chunk)
+                yield encode_chunk(1, chunk)  # a DataChunk's wire bytes
 
-    async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest],
+    async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest | memoryview],
                      context: grpc.aio.ServicerContext) -> pb.UploadResponse:
         first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("header"):
+        if not isinstance(first, pb.UploadRequest) or not first.HasField("header"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
         header = first.header
         if header.error:
@@ -117,7 +119,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         try:
             receiver.begin(values.decode(header.meta) if header.HasField("meta") else None)
             async for request in request_iterator:
-                receiver.write(request.chunk)
+                receiver.write(request if isinstance(request, memoryview) else request.chunk)
             answer = receiver.finish()
         except asyncio.CancelledError:
             # The worker went away mid-upload: what it sent is discarded; nobody waits for it.
@@ -135,3 +137,26 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             receiver.discard()
             return pb.UploadResponse(accepted=False)
         return pb.UploadResponse(accepted=True)
+
+
+def add_worker_service(service: WorkerService, server: grpc.aio.Server) -> None:
+    """Serves `service` as the generated code would, except that a weights download's chunks
+    and an upload's go as raw wire bytes, with no message object (sdk.wire.encode_chunk)."""
+    def upload_request(message: bytes) -> pb.UploadRequest | memoryview:
+        chunk = decode_chunk(2, message)
+        return chunk if chunk is not None else pb.UploadRequest.FromString(message)
+
+    handlers = {
+        "Register": grpc.unary_unary_rpc_method_handler(
+            service.Register, pb.RegisterRequest.FromString, serialize),
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            service.Connect, pb.WorkerMessage.FromString, serialize),
+        "FetchTask": grpc.unary_stream_rpc_method_handler(
+            service.FetchTask, pb.FetchTaskRequest.FromString, serialize),
+        "FetchWeights": grpc.unary_stream_rpc_method_handler(
+            service.FetchWeights, pb.FetchWeightsRequest.FromString, serialize),
+        "Upload": grpc.stream_unary_rpc_method_handler(
+            service.Upload, upload_request, serialize),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)

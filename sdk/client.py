@@ -154,7 +154,7 @@ def _create_requests(task: BuiltTask) -> Iterator[pb.CreateTaskRequest]:
         from sdk.tensors import iter_chunks  # torch: only learning tasks have weights
 
         for chunk in iter_chunks(task.weights):
-            yield pb.CreateTaskRequest(weights_chunk=chunk)
+            yield pb.CreateTaskRequest(weights_chunk=bytes(chunk))
 
 
 def _client_error(error: grpc.RpcError, address: str) -> ClientError:

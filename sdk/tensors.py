@@ -23,7 +23,7 @@ import torch
 from sdk.proto import task_pb2
 
 from sdk.weights import ITEMSIZES
-from sdk.wire import CHUNK_SIZE
+from sdk.wire import CHUNK_SIZE, split_views
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in ITEMSIZES}
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -51,12 +51,11 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
-def iter_chunks(state: StateDict, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """The state dict's bytes in manifest order, in pieces of at most `chunk_size`."""
+def iter_chunks(state: StateDict, chunk_size: int = CHUNK_SIZE) -> Iterator[memoryview]:
+    """The state dict's bytes in manifest order, in views of at most `chunk_size` (no copy:
+    they hold while the tensors stay as they are)."""
     for tensor in state.values():
-        view = raw_bytes(tensor)
-        for start in range(0, len(view), chunk_size):
-            yield bytes(view[start:start + chunk_size])
+        yield from split_views(raw_bytes(tensor), chunk_size)
 
 
 def write_file(path: Path, state: StateDict) -> None:

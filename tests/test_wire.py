@@ -93,3 +93,23 @@ def test_chunks_cover_the_data_exactly():
     pieces = list(split_chunks(data, 1000))
     assert b"".join(pieces) == data and max(map(len, pieces)) == 1000
     assert list(split_chunks(b"")) == [b""]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, 1 << 20])
+def test_raw_chunks_are_the_messages_protobuf_writes_and_reads(size):
+    """Chunks written as raw wire bytes parse as DataChunk / UploadRequest, and protobuf's own
+    serialization of a chunk reads back without a message object; anything else is left to
+    protobuf (None)."""
+    from sdk.proto import services_pb2 as pb
+    from sdk.wire import decode_chunk, encode_chunk
+
+    data = np.random.default_rng(size).bytes(size)
+    assert pb.DataChunk.FromString(encode_chunk(1, data)).chunk == data
+    assert pb.UploadRequest.FromString(encode_chunk(2, memoryview(data))).chunk == data
+    assert bytes(decode_chunk(1, encode_chunk(1, data))) == data
+    if size:  # protobuf writes no field for empty bytes
+        assert bytes(decode_chunk(2, pb.UploadRequest(chunk=data).SerializeToString())) == data
+    assert decode_chunk(1, encode_chunk(2, data)) is None
+    header = pb.UploadRequest(header=pb.UploadHeader(session_id="s", exchange_id=size))
+    assert decode_chunk(2, header.SerializeToString()) is None
+    assert decode_chunk(1, encode_chunk(1, data) + b"\x10\x01") is None  # a second field

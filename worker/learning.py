@@ -20,10 +20,10 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from sdk import tensors, values
 from sdk.proto import services_pb2 as pb
-from sdk.proto import services_pb2_grpc, task_pb2
+from sdk.proto import task_pb2
 from sdk.secagg import accumulate, fixedpoint
 from sdk.weights import METRIC_SLOTS, secure_length
-from sdk.wire import CHANNEL_OPTIONS, split_chunks
+from sdk.wire import CHANNEL_OPTIONS, decode_chunk, encode_chunk, serialize, split_views
 from worker.engine import Task
 
 
@@ -128,13 +128,25 @@ def masked_input(state: tensors.StateDict, infos: list[task_pb2.TensorInfo], sam
     return vector
 
 
+def _data_chunk(message: bytes) -> memoryview | bytes:
+    """A DataChunk's bytes, read without a message object where it has the usual form."""
+    chunk = decode_chunk(1, message)
+    return chunk if chunk is not None else pb.DataChunk.FromString(message).chunk
+
+
 class CoordinatorLink:
     """The engine subprocess's own connection to the coordinator: weights stream straight
     between the wire and the model's tensors, with no copy through files or the worker."""
 
     def __init__(self, address: str) -> None:
         self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub = services_pb2_grpc.WorkerServiceStub(self.channel)
+        # Chunks are written and read as raw wire bytes, with no message object (sdk.wire).
+        self._fetch_weights = self.channel.unary_stream(
+            "/deltaflow.v1.WorkerService/FetchWeights", request_serializer=serialize,
+            response_deserializer=_data_chunk)
+        self._upload = self.channel.stream_unary(
+            "/deltaflow.v1.WorkerService/Upload", request_serializer=serialize,
+            response_deserializer=pb.UploadResponse.FromString)
 
     def download(self, session_id: str, task_id: int, infos: list[task_pb2.TensorInfo],
                  into: tensors.StateDict | None = None) -> tensors.StateDict:
@@ -143,8 +155,8 @@ class CoordinatorLink:
         reader = tensors.StateDictReader(infos, into if in_place else None)
         request = pb.FetchWeightsRequest(session_id=session_id, task_id=task_id)
         with torch.no_grad():
-            for chunk in self.stub.FetchWeights(request):
-                reader.write(chunk.chunk)
+            for chunk in self._fetch_weights(request):
+                reader.write(chunk)
             state = reader.result()
             if into is not None and not in_place:
                 for info in infos:
@@ -152,17 +164,17 @@ class CoordinatorLink:
         return state
 
     def upload(self, session_id: str, exchange_id: int, meta: dict[str, Any],
-               chunks: Iterator[bytes]) -> bool:
+               chunks: Iterator[memoryview]) -> bool:
         """Sends an answer's `chunks` with `meta` to an exchange; accepted or not."""
         header = pb.UploadHeader(session_id=session_id, exchange_id=exchange_id)
         header.meta.CopyFrom(values.encode(meta))
 
-        def requests() -> Iterator[pb.UploadRequest]:
+        def requests() -> Iterator[pb.UploadRequest | bytes]:
             yield pb.UploadRequest(header=header)
             for chunk in chunks:
-                yield pb.UploadRequest(chunk=chunk)
+                yield encode_chunk(2, chunk)  # an UploadRequest's chunk, as wire bytes
 
-        return self.stub.Upload(requests()).accepted
+        return self._upload(requests()).accepted
 
 
 class Sent(NamedTuple):
@@ -242,7 +254,7 @@ class LearningProcess(Task):
             def masked_chunks() -> Iterator[bytes]:  # made again for a resend: it is 8 B a value
                 vector = masked_input(trained, self.infos, samples, validated, metrics,
                                       self.precision, self.max_clients, request["mask_seeds"])
-                return split_chunks(memoryview(vector.astype("<u8", copy=False)).cast("B"))
+                return split_views(vector.astype("<u8", copy=False))
             self.sent = Sent(request["round"], {"metric_names": sorted(metrics)}, masked_chunks)
         return {"accepted": self._upload(request, self.sent.meta, self.sent.chunks())}
 
