@@ -223,6 +223,10 @@ def test_encoding_into_a_vector_piece_by_piece_equals_encode():
     out = np.empty(x.size, dtype=np.uint64)
     encode_into(out, x, 7 * 10.0**PRECISION, PRECISION, 3, piece=1000)
     np.testing.assert_array_equal(out, encode(x.astype(np.float64) * 7, PRECISION, 3))
+    masks = np.random.default_rng(2).integers(0, 2**64, x.size, dtype=np.uint64)
+    added = masks.copy()  # a worker's masks, made first, take its encoded values in place
+    encode_into(added, x, 7 * 10.0**PRECISION, PRECISION, 3, piece=1000, add=True)
+    np.testing.assert_array_equal(added, masks + out)
     x[150_000] = 1e13
     with pytest.raises(ValueError, match="value 9999999827968.0 at index 150000 does not fit"):
         encode_into(out, x, 10.0**PRECISION, PRECISION, 3, piece=1000)

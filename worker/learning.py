@@ -9,6 +9,7 @@ each round the global weights are streamed into the tensors its `state_dict()` r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -103,29 +104,36 @@ def in_manifest_order(state: tensors.StateDict,
     return ordered
 
 
+def mask_vector(length: int, mask_seeds: list[tuple[bytes, int]]) -> np.ndarray:
+    """The sum of a round's masks (its self mask and pairwise masks), `length` uint64 words.
+    They do not depend on the weights: a round makes them while it downloads and trains."""
+    vector = np.zeros(length, dtype=np.uint64)
+    accumulate(vector, [], mask_seeds)
+    return vector
+
+
 def masked_input(state: tensors.StateDict, infos: list[task_pb2.TensorInfo], samples: int,
                  validate_samples: int, metrics: dict[str, float], precision: int,
-                 max_clients: int, mask_seeds: list[tuple[bytes, int]]) -> np.ndarray:
-    """The round's secure-aggregation vector (see sdk.weights), fixed point and masked."""
+                 max_clients: int, masks: np.ndarray) -> np.ndarray:
+    """The round's secure-aggregation vector (see sdk.weights) in fixed point, added to
+    `masks` (mask_vector's) in place: what the worker sends."""
     if len(metrics) > METRIC_SLOTS:
         raise ValueError(f"validate() returned {len(metrics)} metrics; secure aggregation "
                          f"carries at most {METRIC_SLOTS}")
-    vector = np.empty(secure_length(infos), dtype=np.uint64)
     start = 0
     with torch.no_grad():
         for info in infos:
             flat = state[info.name].detach().reshape(-1).cpu()
             if flat.dtype == torch.bfloat16:  # numpy has no bfloat16
                 flat = flat.float()
-            fixedpoint.encode_into(vector[start:start + flat.numel()], flat.numpy(),
-                                   samples * 10.0**precision, precision, max_clients)
+            fixedpoint.encode_into(masks[start:start + flat.numel()], flat.numpy(),
+                                   samples * 10.0**precision, precision, max_clients, add=True)
             start += flat.numel()
     tail = np.zeros(2 + METRIC_SLOTS)
     tail[:2] = samples, validate_samples
     tail[2:2 + len(metrics)] = [metrics[name] * validate_samples for name in sorted(metrics)]
-    vector[start:] = fixedpoint.encode(tail, precision, max_clients)
-    accumulate(vector, [], mask_seeds)
-    return vector
+    fixedpoint.encode_into(masks[start:], tail, 10.0**precision, precision, max_clients, add=True)
+    return masks
 
 
 def _data_chunk(message: bytes) -> memoryview | bytes:
@@ -218,6 +226,7 @@ class LearningProcess(Task):
         self.validate_loader = (self.user.make_validate_dataloader(self.validate_data)
                                 if self.validate_data is not None else None)
         self.sent: Sent | None = None
+        self.masking = ThreadPoolExecutor(1, thread_name_prefix="masks")
 
     def train(self, device: str) -> dict:
         request = self.round_input
@@ -235,6 +244,9 @@ class LearningProcess(Task):
         missing = {info.name for info in self.infos} - state.keys()
         if missing:
             raise KeyError(f"state_dict() no longer has {sorted(missing)}")
+        seeds = request["mask_seeds"]
+        if seeds is not None:  # made on the side while the weights download and train
+            making = self.masking.submit(mask_vector, secure_length(self.infos), seeds)
         self.link.download(request["session_id"], int(self.task_id), self.infos, into=state)
         if self.learning.merge_iteration:
             self.user.train(IterationLoader(self.train_loader, self.learning.merge_iteration))
@@ -247,16 +259,22 @@ class LearningProcess(Task):
         samples = len(self.train_data)
         validated = len(self.validate_data) if metrics else 0
         trained = in_manifest_order(self.user.state_dict(), self.infos)
-        if request["mask_seeds"] is None:
+        if seeds is None:
             meta = {"samples": samples, "validate_samples": validated, "metrics": metrics}
             self.sent = Sent(request["round"], meta, lambda: tensors.iter_chunks(trained))
+            chunks = self.sent.chunks()
         else:  # only the sum of every worker's vector can be read
-            def masked_chunks() -> Iterator[bytes]:  # made again for a resend: it is 8 B a value
+            def masked_chunks(masks: np.ndarray | None = None) -> Iterator[memoryview]:
+                """On the masks made meanwhile; for a resend, all made again (8 B a value are
+                not kept between rounds)."""
+                if masks is None:
+                    masks = mask_vector(secure_length(self.infos), seeds)
                 vector = masked_input(trained, self.infos, samples, validated, metrics,
-                                      self.precision, self.max_clients, request["mask_seeds"])
+                                      self.precision, self.max_clients, masks)
                 return split_views(vector.astype("<u8", copy=False))
             self.sent = Sent(request["round"], {"metric_names": sorted(metrics)}, masked_chunks)
-        return {"accepted": self._upload(request, self.sent.meta, self.sent.chunks())}
+            chunks = masked_chunks(making.result())
+        return {"accepted": self._upload(request, self.sent.meta, chunks)}
 
     def _upload(self, request: dict, meta: dict, chunks: Iterator[bytes]) -> bool:
         return self.link.upload(request["session_id"], request["exchange_id"], meta, chunks)

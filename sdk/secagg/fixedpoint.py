@@ -33,10 +33,12 @@ def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
 
 
 def encode_into(out: np.ndarray, x: np.ndarray, scale: float, precision: int, max_clients: int,
-                piece: int = 1 << 16) -> None:
-    """`encode(x * scale)` written into the uint64 array `out`, a cache-sized piece at a time
-    (x * scale with scale = weight * 10^precision, as one product)."""
+                piece: int = 1 << 16, add: bool = False) -> None:
+    """`encode(x * scale)` written into the uint64 array `out` (added to it, modulo 2^64, with
+    `add`), a cache-sized piece at a time (x * scale with scale = weight * 10^precision, as one
+    product)."""
     scaled = np.empty(min(piece, x.size), dtype=np.float64)
+    words = np.empty(scaled.size if add else 0, dtype=np.int64)
     signed = out.view(np.int64)
     for start in range(0, x.size, piece):
         part = scaled[:min(piece, x.size - start)]
@@ -45,7 +47,12 @@ def encode_into(out: np.ndarray, x: np.ndarray, scale: float, precision: int, ma
             _refuse(x[start:start + part.size] * (scale / 10.0**precision),
                     np.abs(part) * max_clients < LIMIT, precision, max_clients, "2^63", start)
         np.rint(part, out=part)
-        np.copyto(signed[start:start + part.size], part, casting="unsafe")
+        if add:
+            np.copyto(words[:part.size], part, casting="unsafe")
+            np.add(signed[start:start + part.size], words[:part.size],
+                   out=signed[start:start + part.size])
+        else:
+            np.copyto(signed[start:start + part.size], part, casting="unsafe")
 
 
 def decode(total: np.ndarray, precision: int) -> np.ndarray:
