@@ -34,6 +34,7 @@ class WorkerSession:
     last_seen: float = field(default_factory=time.monotonic)
     attached: bool = False
     closed_reason: str = ""
+    tasks: set[int] = field(default_factory=set)  # selected for, and not dropped from
 
     @property
     def connected(self) -> bool:

@@ -78,6 +78,8 @@ class Round:
         self.workers = list(workers)
         self.min_clients = min_clients
         self.log = log
+        for worker in self.workers:
+            worker.tasks.add(task_id)  # it may now download the task and its weights
 
     @property
     def names(self) -> str:
@@ -134,6 +136,7 @@ class Round:
     def drop(self, worker: WorkerSession, phase: str, reason: str) -> None:
         """Leaves `worker` out of the rest of the round (and the task), saying why."""
         self.workers.remove(worker)
+        worker.tasks.discard(self.task_id)
         worker.send(pb.CoordinatorMessage(release_task_id=self.task_id))
         self.log(f"round {self.number}: worker {worker.name} dropped in {phase}: {reason}")
 

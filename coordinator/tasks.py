@@ -104,6 +104,7 @@ class TaskManager:
 
     def _release(self, task_id: int) -> None:
         for worker in self.registry.connected():
+            worker.tasks.discard(task_id)
             worker.send(pb.CoordinatorMessage(release_task_id=task_id))
 
     def _notify(self, task_id: int) -> None:

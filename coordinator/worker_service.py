@@ -75,21 +75,14 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
 
     async def FetchTask(self, request: pb.FetchTaskRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
-        if self.registry.session(request.session_id) is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "unknown session: register again")
-        if self.store.get_task(request.task_id) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"task {request.task_id} does not exist")
+        await self._check_selected(request.session_id, request.task_id, context)
         data = await asyncio.to_thread(self.store.load_spec, request.task_id)
         for chunk in split_chunks(data):
             yield pb.DataChunk(chunk=chunk)
 
     async def FetchWeights(self, request: pb.FetchWeightsRequest,
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
-        if self.registry.session(request.session_id) is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "unknown session: register again")
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        await self._check_selected(request.session_id, request.task_id, context)
         path = self.store.weights_path(request.task_id)
         try:
             handle = open(path, "rb")  # the current checkpoint (see Store.weights_path)
@@ -101,6 +94,21 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             # allocated and freed on one thread do not pile up in other threads' malloc arenas.
             while chunk := handle.read(CHUNK_SIZE):
                 yield encode_chunk(1, chunk)  # a DataChunk's wire bytes
+
+    async def _check_selected(self, session_id: str, task_id: int,
+                              context: grpc.aio.ServicerContext) -> None:
+        """Aborts the call unless the session's worker is selected for the task: a task's code
+        and weights go to the workers that run it, and to no other."""
+        session = self.registry.session(session_id)
+        if session is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "unknown session: register again")
+        if self.store.get_task(task_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} does not exist")
+        if task_id not in session.tasks:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"worker {session.name} is not selected for task {task_id} (or "
+                                "was dropped from it): only its workers download it")
 
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest | memoryview],
                      context: grpc.aio.ServicerContext) -> pb.UploadResponse:

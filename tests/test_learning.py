@@ -176,27 +176,62 @@ def test_workers_end_their_engine_tasks_when_the_coordinator_restarts(cluster):
     assert "the coordinator restarted while the task was running" in client.get_task(task_id).error
 
 
+class Joiner(HandWorker):
+    """Joins a task; `reader` downloads its weights as it joins, as an engine would."""
+
+    def __init__(self, address: str, name: str, infos=None) -> None:
+        super().__init__(address, name, ["train.npz"])
+        self.reader = tensors.StateDictReader(infos) if infos else None
+        self.joined = threading.Event()
+
+    def answer(self, assignment: pb.Assignment) -> bytes | None:
+        if assignment.phase != "join":
+            return None
+        if self.reader is not None:
+            for chunk in self.stub.FetchWeights(pb.FetchWeightsRequest(
+                    session_id=self.session, task_id=assignment.task_id)):
+                self.reader.write(chunk.chunk)
+        self.joined.set()
+        return b""
+
+
 def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
     """A 2.1 GiB model goes up with create_task and comes back down as a worker gets it."""
     cluster.start_coordinator()
-    task = Regression(max_rounds=1)
+    task = Regression(max_rounds=1, min_clients=2, max_clients=2, connection_timeout=120)
     big = torch.arange(2_100 * 2**20 // 4, dtype=torch.int32)
     task.model.register_buffer("big", big)
     built = task.build()
+    infos = list(built.spec.learning.weights)
     client = Client(cluster.address, timeout=600)
+    workers = [Joiner(cluster.address, "reader", infos), Joiner(cluster.address, "other")]
+    for worker in workers:
+        worker.start()
+        cluster.wait_connected(worker.name)
     task_id = client.create_task(built)
     del built
+    assert all(worker.joined.wait(120) for worker in workers)
+    assert torch.equal(workers[0].reader.result()["big"], big)
+    client.cancel_task(task_id)
+
+
+def test_only_a_tasks_workers_download_its_code_and_weights(cluster):
+    """A registered worker that the task did not select is refused the task and its weights,
+    with a message that says why; the task's own workers still get both."""
+    start(cluster, names=("w1", "w2"))
+    client = Client(cluster.address)
+    task_id = client.create_task(Regression(max_rounds=1, min_clients=2, max_clients=2).build())
     with grpc.insecure_channel(cluster.address, options=CHANNEL_OPTIONS) as channel:
         stub = services_pb2_grpc.WorkerServiceStub(channel)
-        session = stub.Register(pb.RegisterRequest(name="reader", datasets=[])).session_id
-        infos = list(task.build().spec.learning.weights)
-        reader = tensors.StateDictReader(infos)
-        for chunk in stub.FetchWeights(pb.FetchWeightsRequest(session_id=session,
-                                                              task_id=task_id)):
-            reader.write(chunk.chunk)
-    received = reader.result()
-    assert torch.equal(received["big"], big)
-    client.cancel_task(task_id)
+        outsider = stub.Register(pb.RegisterRequest(name="outsider", datasets=[])).session_id
+        for call, request in ((stub.FetchWeights, pb.FetchWeightsRequest),
+                              (stub.FetchTask, pb.FetchTaskRequest)):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(call(request(session_id=outsider, task_id=task_id)))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert (f"worker outsider is not selected for task {task_id}"
+                    in refused.value.details())
+    assert client.wait(task_id), client.get_task(task_id).error
 
 
 class GhostWorker(HandWorker):
