@@ -19,6 +19,8 @@ SERVICE = "deltaflow.v1.WorkerService"
 
 
 class WorkerService(services_pb2_grpc.WorkerServiceServicer):
+    """Served through add_worker_service: FetchWeights yields chunks as wire bytes."""
+
     def __init__(self, registry: WorkerRegistry, store: Store) -> None:
         self.registry = registry
         self.store = store
@@ -103,9 +105,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         if session is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "unknown session: register again")
-        if self.store.get_task(task_id) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} does not exist")
-        if task_id not in session.tasks:
+        if task_id not in session.tasks:  # before NOT_FOUND: an outsider learns no task ids
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"worker {session.name} is not selected for task {task_id} (or "
                                 "was dropped from it): only its workers download it")
@@ -127,6 +127,8 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         try:
             receiver.begin(values.decode(header.meta) if header.HasField("meta") else None)
             async for request in request_iterator:
+                if isinstance(request, pb.UploadRequest) and not request.HasField("chunk"):
+                    raise ValueError("an upload has one header, then chunks")
                 receiver.write(request if isinstance(request, memoryview) else request.chunk)
             answer = receiver.finish()
         except asyncio.CancelledError:

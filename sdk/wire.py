@@ -73,6 +73,7 @@ def split_views(data: bytes | memoryview, size: int = CHUNK_SIZE) -> Iterator[me
 
 def encode_chunk(field: int, data: bytes | memoryview) -> bytes:
     """The wire bytes of a message whose only field, bytes field number `field`, is `data`."""
+    data = memoryview(data).cast("B")
     length = len(data)
     header = bytearray([field << 3 | 2])
     while length > 0x7F:

@@ -235,12 +235,13 @@ def test_only_a_tasks_workers_download_its_code_and_weights(cluster):
 
 
 class GhostWorker(HandWorker):
-    """It joins (and takes its part in secure aggregation's key exchange), then dies halfway
-    through its upload."""
+    """It joins (and takes its part in secure aggregation's key exchange), then its upload
+    goes wrong halfway: its connection dies ("breaks off"), or it sends a second header."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, fault: str = "breaks off") -> None:
         super().__init__(address, "ghost", ["train.npz"])
         self.secure = SecureRounds()
+        self.fault = fault
 
     def answer(self, assignment: pb.Assignment) -> bytes | None:
         if assignment.phase == "join":
@@ -256,6 +257,9 @@ class GhostWorker(HandWorker):
         def half_an_upload():
             yield pb.UploadRequest(header=header)
             yield pb.UploadRequest(chunk=b"\x7f" * 64)
+            if self.fault == "two headers":
+                yield pb.UploadRequest(header=header)
+                return
             threading.Timer(0.3, self.channel.close).start()  # the ghost's connection dies
             threading.Event().wait(5)
 
@@ -265,10 +269,11 @@ class GhostWorker(HandWorker):
         return None
 
 
-@pytest.mark.parametrize("secure", [True, False])
-def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, secure):
+@pytest.mark.parametrize(("secure", "fault"), [(True, "breaks off"), (False, "breaks off"),
+                                               (False, "two headers")])
+def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, secure, fault):
     start(cluster, names=("w1", "w2"))
-    ghost = GhostWorker(cluster.address)
+    ghost = GhostWorker(cluster.address, fault)
     ghost.start()
     cluster.wait_connected("ghost")
     client = Client(cluster.address)
@@ -281,6 +286,8 @@ def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, 
     assert "selected 3 worker(s): ghost, w1, w2" in log and "worker ghost dropped in train" in log
     assert ("part of a dropped worker's upload had reached the sum; collecting the uploads of "
             "w1, w2 again without it") in log
+    if fault == "two headers":
+        assert "its upload was refused: an upload has one header, then chunks" in log
     if secure:  # its masks with w1 and w2 were taken off with the shares of its mask key
         assert "the sum covers 2 of 3 selected workers: w1, w2" in log
     files = [cluster.data_dir(name) / "train.npz" for name in ("w1", "w2")]

@@ -218,6 +218,16 @@ def test_masks_are_one_aes_ctr_keystream_across_chunks_and_threads(threads):
     np.testing.assert_array_equal(out, 2 * np.arange(length, dtype=np.uint64) + stream)
 
 
+def test_masks_stop_between_chunks_once_told():
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    out = np.zeros(4 * CHUNK, dtype=np.uint64)
+    accumulate(out, [], [(bytes(range(32)), 1)], threads=2, stop=stop)
+    assert not out.any()  # nothing made: every slice saw the stop before its first chunk
+
+
 def test_encoding_into_a_vector_piece_by_piece_equals_encode():
     x = np.random.default_rng(1).normal(0, 50, 200_003).astype(np.float32)
     out = np.empty(x.size, dtype=np.uint64)

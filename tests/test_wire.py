@@ -113,3 +113,5 @@ def test_raw_chunks_are_the_messages_protobuf_writes_and_reads(size):
     header = pb.UploadRequest(header=pb.UploadHeader(session_id="s", exchange_id=size))
     assert decode_chunk(2, header.SerializeToString()) is None
     assert decode_chunk(1, encode_chunk(1, data) + b"\x10\x01") is None  # a second field
+    words = np.frombuffer(data[:size - size % 8], dtype=np.uint64)  # not a byte view: its bytes
+    assert pb.DataChunk.FromString(encode_chunk(1, memoryview(words))).chunk == words.tobytes()

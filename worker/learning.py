@@ -8,6 +8,7 @@ each round the global weights are streamed into the tensors its `state_dict()` r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -104,11 +105,13 @@ def in_manifest_order(state: tensors.StateDict,
     return ordered
 
 
-def mask_vector(length: int, mask_seeds: list[tuple[bytes, int]]) -> np.ndarray:
-    """The sum of a round's masks (its self mask and pairwise masks), `length` uint64 words.
-    They do not depend on the weights: a round makes them while it downloads and trains."""
+def mask_vector(length: int, mask_seeds: list[tuple[bytes, int]],
+                stop: threading.Event | None = None) -> np.ndarray:
+    """The sum of a round's masks (its self mask and pairwise masks), `length` uint64 words
+    (left unfinished once `stop` is set). They do not depend on the weights: a round makes them
+    while it downloads and trains, holding 8 B a value meanwhile."""
     vector = np.zeros(length, dtype=np.uint64)
-    accumulate(vector, [], mask_seeds)
+    accumulate(vector, [], mask_seeds, stop=stop)
     return vector
 
 
@@ -239,26 +242,18 @@ class LearningProcess(Task):
             raise ValueError(f"it has no training samples: {self.data_path.name} holds "
                              f"{len(self.train_data) + len(self.validate_data or [])} rows "
                              "after validate_frac is held out")
-        self.user.device = device
-        state = self.user.state_dict()
-        missing = {info.name for info in self.infos} - state.keys()
-        if missing:
-            raise KeyError(f"state_dict() no longer has {sorted(missing)}")
         seeds = request["mask_seeds"]
         if seeds is not None:  # made on the side while the weights download and train
-            making = self.masking.submit(mask_vector, secure_length(self.infos), seeds)
-        self.link.download(request["session_id"], int(self.task_id), self.infos, into=state)
-        if self.learning.merge_iteration:
-            self.user.train(IterationLoader(self.train_loader, self.learning.merge_iteration))
-        else:
-            for _ in range(self.learning.merge_epoch):
-                self.user.train(self.train_loader)
-        metrics: dict[str, float] = {}
-        if request["validate"] and self.validate_loader is not None:
-            metrics = {k: float(v) for k, v in self.user.validate(self.validate_loader).items()}
+            stop = threading.Event()
+            making = self.masking.submit(mask_vector, secure_length(self.infos), seeds, stop)
+        try:
+            trained, metrics = self._train_round(device, request)
+        except BaseException:
+            if seeds is not None:
+                stop.set()  # nobody will send them: no CPU spent on them after this
+            raise
         samples = len(self.train_data)
         validated = len(self.validate_data) if metrics else 0
-        trained = in_manifest_order(self.user.state_dict(), self.infos)
         if seeds is None:
             meta = {"samples": samples, "validate_samples": validated, "metrics": metrics}
             self.sent = Sent(request["round"], meta, lambda: tensors.iter_chunks(trained))
@@ -275,6 +270,26 @@ class LearningProcess(Task):
             self.sent = Sent(request["round"], {"metric_names": sorted(metrics)}, masked_chunks)
             chunks = masked_chunks(making.result())
         return {"accepted": self._upload(request, self.sent.meta, chunks)}
+
+    def _train_round(self, device: str, request: dict) -> tuple[tensors.StateDict,
+                                                                dict[str, float]]:
+        """Downloads the global weights into the model, trains, validates when asked: the
+        trained weights in manifest order, and the metrics."""
+        self.user.device = device
+        state = self.user.state_dict()
+        missing = {info.name for info in self.infos} - state.keys()
+        if missing:
+            raise KeyError(f"state_dict() no longer has {sorted(missing)}")
+        self.link.download(request["session_id"], int(self.task_id), self.infos, into=state)
+        if self.learning.merge_iteration:
+            self.user.train(IterationLoader(self.train_loader, self.learning.merge_iteration))
+        else:
+            for _ in range(self.learning.merge_epoch):
+                self.user.train(self.train_loader)
+        metrics: dict[str, float] = {}
+        if request["validate"] and self.validate_loader is not None:
+            metrics = {k: float(v) for k, v in self.user.validate(self.validate_loader).items()}
+        return in_manifest_order(self.user.state_dict(), self.infos), metrics
 
     def _upload(self, request: dict, meta: dict, chunks: Iterator[bytes]) -> bool:
         return self.link.upload(request["session_id"], request["exchange_id"], meta, chunks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,25 +30,29 @@ THREADS = min(os.cpu_count() or 1, 8)  # AES and numpy release the GIL
 
 
 def accumulate(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[bytes, int]],
-               threads: int = THREADS) -> None:
+               threads: int = THREADS, stop: threading.Event | None = None) -> None:
     """out += sum(addends) + sum(sign * PRG(seed) for seed, sign in masks), mod 2^64, where PRG
     is the AES-256-CTR keystream of the seed as uint64 words. Streams over cache-sized chunks,
-    so each vector is read once from memory, in `threads` contiguous slices at once."""
+    so each vector is read once from memory, in `threads` contiguous slices at once. Once
+    `stop` is set it gives up between chunks, leaving `out` half done."""
     chunks = -(-out.size // CHUNK)
     bounds = [CHUNK * (chunks * i // threads) for i in range(threads)] + [out.size]
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda i: _accumulate_slice(out, addends, masks, bounds[i], bounds[i + 1]),
+        list(pool.map(lambda i: _accumulate_slice(out, addends, masks, bounds[i], bounds[i + 1],
+                                                  stop or threading.Event()),
                       range(threads)))
 
 
 def _accumulate_slice(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[bytes, int]],
-                      begin: int, end: int) -> None:
+                      begin: int, end: int, stop: threading.Event) -> None:
     counter = (begin // 2).to_bytes(16, "big")  # two words per AES block; begin is even
     streams = [(Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor(), sign)
                for seed, sign in masks]
     zeros = memoryview(bytes(8 * CHUNK))
     keystream = np.empty(CHUNK + 2, dtype=np.uint64)  # update_into wants a block's slack
     for start in range(begin, end, CHUNK):
+        if stop.is_set():
+            return
         part = out[start:min(start + CHUNK, end)]
         for addend in addends:
             part += addend[start:start + part.size]
