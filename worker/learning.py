@@ -194,7 +194,7 @@ class Sent(NamedTuple):
 
     round: int
     meta: dict
-    chunks: Callable[[], Iterator[bytes]]
+    chunks: Callable[[], Iterator[memoryview]]
 
 
 class LearningProcess(Task):
@@ -291,5 +291,5 @@ class LearningProcess(Task):
             metrics = {k: float(v) for k, v in self.user.validate(self.validate_loader).items()}
         return in_manifest_order(self.user.state_dict(), self.infos), metrics
 
-    def _upload(self, request: dict, meta: dict, chunks: Iterator[bytes]) -> bool:
+    def _upload(self, request: dict, meta: dict, chunks: Iterator[memoryview]) -> bool:
         return self.link.upload(request["session_id"], request["exchange_id"], meta, chunks)
