@@ -15,7 +15,7 @@ from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
 from sdk.wire import CHUNK_SIZE, decode_chunk, encode_chunk, serialize, split_chunks
 
-SERVICE = "deltaflow.v1.WorkerService"
+SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
 
 
 class WorkerService(services_pb2_grpc.WorkerServiceServicer):

@@ -152,11 +152,12 @@ class CoordinatorLink:
     def __init__(self, address: str) -> None:
         self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         # Chunks are written and read as raw wire bytes, with no message object (sdk.wire).
+        service = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
         self._fetch_weights = self.channel.unary_stream(
-            "/deltaflow.v1.WorkerService/FetchWeights", request_serializer=serialize,
+            f"/{service}/FetchWeights", request_serializer=serialize,
             response_deserializer=_data_chunk)
         self._upload = self.channel.stream_unary(
-            "/deltaflow.v1.WorkerService/Upload", request_serializer=serialize,
+            f"/{service}/Upload", request_serializer=serialize,
             response_deserializer=pb.UploadResponse.FromString)
 
     def download(self, session_id: str, task_id: int, infos: list[task_pb2.TensorInfo],
