@@ -25,12 +25,14 @@ TASK_STATE_ERROR: TaskState
 TASK_STATE_CANCELLED: TaskState
 
 class CreateTaskRequest(_message.Message):
-    __slots__ = ("chunk", "weights_chunk")
+    __slots__ = ("chunk", "weights_chunk", "signature")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     chunk: bytes
     weights_chunk: bytes
-    def __init__(self, chunk: _Optional[bytes] = ..., weights_chunk: _Optional[bytes] = ...) -> None: ...
+    signature: _task_pb2.TaskSignature
+    def __init__(self, chunk: _Optional[bytes] = ..., weights_chunk: _Optional[bytes] = ..., signature: _Optional[_Union[_task_pb2.TaskSignature, _Mapping]] = ...) -> None: ...
 
 class CreateTaskResponse(_message.Message):
     __slots__ = ("task_id",)
@@ -45,7 +47,7 @@ class GetTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[int] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "name", "kind", "state", "error", "created_at", "finished_at", "rules", "datasets", "log_length")
+    __slots__ = ("task_id", "name", "kind", "state", "error", "created_at", "finished_at", "rules", "datasets", "log_length", "owner")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +58,7 @@ class TaskInfo(_message.Message):
     RULES_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     LOG_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     name: str
     kind: _task_pb2.TaskKind
@@ -66,7 +69,8 @@ class TaskInfo(_message.Message):
     rules: _task_pb2.RoundRules
     datasets: _containers.RepeatedCompositeFieldContainer[_task_pb2.DatasetRef]
     log_length: int
-    def __init__(self, task_id: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[_task_pb2.TaskKind, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., rules: _Optional[_Union[_task_pb2.RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[_task_pb2.DatasetRef, _Mapping]]] = ..., log_length: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, task_id: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[_task_pb2.TaskKind, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., rules: _Optional[_Union[_task_pb2.RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[_task_pb2.DatasetRef, _Mapping]]] = ..., log_length: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("limit", "before_task_id")
@@ -155,6 +159,40 @@ class CancelTaskRequest(_message.Message):
     task_id: int
     def __init__(self, task_id: _Optional[int] = ...) -> None: ...
 
+class ListAuditRequest(_message.Message):
+    __slots__ = ("limit", "before_id")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_ID_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    before_id: int
+    def __init__(self, limit: _Optional[int] = ..., before_id: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "time", "caller", "role", "action", "target", "outcome", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    time: float
+    caller: str
+    role: str
+    action: str
+    target: str
+    outcome: str
+    detail: str
+    def __init__(self, id: _Optional[int] = ..., time: _Optional[float] = ..., caller: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("name", "datasets", "version", "coordinator_id", "held_tasks")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -170,16 +208,18 @@ class RegisterRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., coordinator_id: _Optional[str] = ..., held_tasks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval", "coordinator_id", "release_tasks")
+    __slots__ = ("session_id", "heartbeat_interval", "coordinator_id", "release_tasks", "crl")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     RELEASE_TASKS_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval: float
     coordinator_id: str
     release_tasks: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., coordinator_id: _Optional[str] = ..., release_tasks: _Optional[_Iterable[int]] = ...) -> None: ...
+    crl: bytes
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., coordinator_id: _Optional[str] = ..., release_tasks: _Optional[_Iterable[int]] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
     __slots__ = ("session_id", "heartbeat", "datasets")
@@ -204,14 +244,16 @@ class DatasetList(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("heartbeat", "assignment", "release_task_id")
+    __slots__ = ("heartbeat", "assignment", "release_task_id", "crl")
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     RELEASE_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     heartbeat: Heartbeat
     assignment: Assignment
     release_task_id: int
-    def __init__(self, heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., release_task_id: _Optional[int] = ...) -> None: ...
+    crl: bytes
+    def __init__(self, heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., release_task_id: _Optional[int] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("exchange_id", "task_id", "round", "phase", "stage", "inputs", "timeout", "secagg")
@@ -266,14 +308,20 @@ class SecAggRequest(_message.Message):
     def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class SecAggKeys(_message.Message):
-    __slots__ = ("c_pk", "s_pk", "commitment")
+    __slots__ = ("c_pk", "s_pk", "commitment", "signature", "certificate", "worker")
     C_PK_FIELD_NUMBER: _ClassVar[int]
     S_PK_FIELD_NUMBER: _ClassVar[int]
     COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     c_pk: bytes
     s_pk: bytes
     commitment: bytes
-    def __init__(self, c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., commitment: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    certificate: bytes
+    worker: str
+    def __init__(self, c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class SecAggResponse(_message.Message):
     __slots__ = ("keys", "shares", "malformed", "self_mask_shares", "mask_key_shares", "layout")
@@ -333,6 +381,14 @@ class DataChunk(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     chunk: bytes
     def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
+
+class TaskChunk(_message.Message):
+    __slots__ = ("chunk", "signature")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    signature: _task_pb2.TaskSignature
+    def __init__(self, chunk: _Optional[bytes] = ..., signature: _Optional[_Union[_task_pb2.TaskSignature, _Mapping]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("session_id", "exchange_id", "error", "meta")

@@ -72,6 +72,11 @@ class TaskServiceStub:
                 request_serializer=deltaflow_dot_v1_dot_services__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=deltaflow_dot_v1_dot_services__pb2.GetMetricsResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/deltaflow.v1.TaskService/ListAudit',
+                request_serializer=deltaflow_dot_v1_dot_services__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=deltaflow_dot_v1_dot_services__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -127,6 +132,14 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """Admins only: the audit log (who created, cancelled, downloaded, registered, was refused),
+        newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=deltaflow_dot_v1_dot_services__pb2.GetMetricsRequest.FromString,
                     response_serializer=deltaflow_dot_v1_dot_services__pb2.GetMetricsResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=deltaflow_dot_v1_dot_services__pb2.ListAuditRequest.FromString,
+                    response_serializer=deltaflow_dot_v1_dot_services__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -368,6 +386,33 @@ class TaskService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deltaflow.v1.TaskService/ListAudit',
+            deltaflow_dot_v1_dot_services__pb2.ListAuditRequest.SerializeToString,
+            deltaflow_dot_v1_dot_services__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class WorkerServiceStub:
     """---------------------------------------------------------------------------------------------
@@ -394,7 +439,7 @@ class WorkerServiceStub:
         self.FetchTask = channel.unary_stream(
                 '/deltaflow.v1.WorkerService/FetchTask',
                 request_serializer=deltaflow_dot_v1_dot_services__pb2.FetchTaskRequest.SerializeToString,
-                response_deserializer=deltaflow_dot_v1_dot_services__pb2.DataChunk.FromString,
+                response_deserializer=deltaflow_dot_v1_dot_services__pb2.TaskChunk.FromString,
                 _registered_method=True)
         self.FetchWeights = channel.unary_stream(
                 '/deltaflow.v1.WorkerService/FetchWeights',
@@ -465,7 +510,7 @@ def add_WorkerServiceServicer_to_server(servicer, server):
             'FetchTask': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchTask,
                     request_deserializer=deltaflow_dot_v1_dot_services__pb2.FetchTaskRequest.FromString,
-                    response_serializer=deltaflow_dot_v1_dot_services__pb2.DataChunk.SerializeToString,
+                    response_serializer=deltaflow_dot_v1_dot_services__pb2.TaskChunk.SerializeToString,
             ),
             'FetchWeights': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchWeights,
@@ -561,7 +606,7 @@ class WorkerService:
             target,
             '/deltaflow.v1.WorkerService/FetchTask',
             deltaflow_dot_v1_dot_services__pb2.FetchTaskRequest.SerializeToString,
-            deltaflow_dot_v1_dot_services__pb2.DataChunk.FromString,
+            deltaflow_dot_v1_dot_services__pb2.TaskChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -139,3 +139,27 @@ class TaskSpec(_message.Message):
     secure_aggregation: bool
     precision: int
     def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ..., learning: _Optional[_Union[LearningSpec, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., precision: _Optional[int] = ...) -> None: ...
+
+class TaskClaims(_message.Message):
+    __slots__ = ("spec_sha256", "weights_sha256", "nonce", "expires_at", "signer")
+    SPEC_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    spec_sha256: bytes
+    weights_sha256: bytes
+    nonce: bytes
+    expires_at: float
+    signer: str
+    def __init__(self, spec_sha256: _Optional[bytes] = ..., weights_sha256: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., expires_at: _Optional[float] = ..., signer: _Optional[str] = ...) -> None: ...
+
+class TaskSignature(_message.Message):
+    __slots__ = ("claims", "signature", "certificate")
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    claims: bytes
+    signature: bytes
+    certificate: bytes
+    def __init__(self, claims: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
