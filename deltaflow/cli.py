@@ -1,15 +1,17 @@
-"""The `deltaflow` command: `deltaflow coordinator ...` and `deltaflow worker ...`."""
+"""The `deltaflow` command: the coordinator and worker daemons, and provisioning."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     from coordinator import server
+    from deltaflow import provision
     from worker import daemon
 
     parser = argparse.ArgumentParser(
@@ -23,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="run a worker daemon on a data holder")
     daemon.add_arguments(worker)
     worker.set_defaults(run=daemon.serve)
+    provisioning = commands.add_parser("provision", help="make the federation's CA and kits")
+    provision.add_arguments(provisioning)
+    provisioning.set_defaults(run=provision.run)
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -30,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not inspect.iscoroutinefunction(args.run):
+        return args.run(args)
     try:
         asyncio.run(args.run(args))
     except KeyboardInterrupt:
