@@ -1,4 +1,4 @@
-"""`deltaflow provision`: make a federation's CA and kits, add participants, revoke, renew the CRL."""
+"""`deltaflow provision`: a federation's CA and kits, new participants, revocations, the CRL."""
 
 from __future__ import annotations
 
@@ -27,12 +27,14 @@ def _names(text: str) -> list[str]:
 
 
 def _participant_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=_names, action="extend", default=[], metavar="NAME[,NAME...]",
-                        help="workers (data holders) to issue kits to")
-    parser.add_argument("--users", type=_names, action="extend", default=[], metavar="NAME:ROLE[,...]",
+    parser.add_argument("--workers", type=_names, action="extend", default=[],
+                        metavar="NAME[,NAME...]", help="workers (data holders) to issue kits to")
+    parser.add_argument("--users", type=_names, action="extend", default=[],
+                        metavar="NAME:ROLE[,...]",
                         help="users to issue kits to; ROLE is admin or analyst")
     parser.add_argument("--valid-days", type=int, metavar="N",
-                        help="days the certificates are valid (default 365; for add, the federation's)")
+                        help="days the certificates are valid "
+                             "(default 365; for add, the federation's)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,21 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Make a federation's certificate authority and every participant's kit (ca.crt, tls.crt, "
         "tls.key, kit.toml), add participants later, revoke one, or renew the revocation list."
     )
-    parser.add_argument("--out", type=Path, metavar="DIR", help="folder to write ca/ and the kits in")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="folder to write ca/ and the kits in")
     parser.add_argument("--coordinator", dest="coordinators", action="append", default=[],
-                        metavar="HOST:PORT", help="the coordinator's address (the first is the kits' default)")
+                        metavar="HOST:PORT",
+                        help="the coordinator's address (the first is the kits' default)")
     _participant_arguments(parser)
     actions = parser.add_subparsers(dest="action", metavar="{add,revoke,crl}", prog=parser.prog)
     add = actions.add_parser("add", help="issue kits to new participants from an existing CA")
-    add.add_argument("--ca", type=Path, required=True, metavar="DIR/ca", help="the CA's folder")
-    add.add_argument("--out", type=Path, metavar="DIR", help="folder for the kits (default: the CA's parent)")
+    add.add_argument("--out", type=Path, metavar="DIR",
+                     help="folder for the kits (default: the CA's parent)")
     _participant_arguments(add)
     revoke_parser = actions.add_parser("revoke", help="revoke a participant's certificate")
-    revoke_parser.add_argument("--ca", type=Path, required=True, metavar="DIR/ca", help="the CA's folder")
     revoke_parser.add_argument("name", help="the participant to revoke")
     crl = actions.add_parser("crl", help="renew the revocation list before its next update")
-    crl.add_argument("--ca", type=Path, required=True, metavar="DIR/ca", help="the CA's folder")
-    crl.add_argument("--days", type=int, default=30, metavar="N", help="days until its next update (default 30)")
+    crl.add_argument("--days", type=int, default=30, metavar="N",
+                     help="days until its next update (default 30)")
+    for action in (add, revoke_parser, crl):
+        action.add_argument("--ca", type=Path, required=True, metavar="DIR/ca",
+                            help="the CA's folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,13 +72,14 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "crl":
             _report_crl(refresh_crl(args.ca, args.days), "renewed the revocation list")
         elif args.action == "add":
-            _report_kits(add_participants(args.ca, args.out, args.workers, _users(args.users), args.valid_days))
+            users = _users(args.users)
+            _report_kits(add_participants(args.ca, args.out, args.workers, users, args.valid_days))
         else:
             if args.out is None or not args.coordinators:
                 raise ValueError("a new federation needs --out DIR and --coordinator HOST:PORT")
-            kits = create_federation(
-                args.out, args.coordinators, args.workers, _users(args.users), args.valid_days or 365
-            )
+            users = _users(args.users)
+            valid_days = 365 if args.valid_days is None else args.valid_days
+            kits = create_federation(args.out, args.coordinators, args.workers, users, valid_days)
             print(f"wrote {args.out / 'ca'}  (the CA: ca.key stays here, in no kit)")
             _report_kits(kits)
     except (ValueError, TrustError) as error:

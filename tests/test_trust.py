@@ -67,7 +67,9 @@ def test_layout_and_modes(fed):
     ]
     assert mode(fed / "ca") == 0o700 and mode(fed / "ca" / "ca.key") == 0o600
     for path in KITS:
-        files = {"ca.crt", "tls.crt", "tls.key", "kit.toml"} | ({"revoked.crl"} if path == "coordinator" else set())
+        files = {"ca.crt", "tls.crt", "tls.key", "kit.toml"}
+        if path == "coordinator":
+            files.add("revoked.crl")
         assert {p.name for p in (fed / path).iterdir()} == files
         assert mode(fed / path) == 0o700 and mode(fed / path / "tls.key") == 0o600
     assert [p for p in fed.rglob("ca.key")] == [fed / "ca" / "ca.key"]
@@ -102,14 +104,17 @@ def test_kit_load_names_what_is_wrong(fed, other):
 
 
 def test_another_federations_certificate_is_refused(fed, other):
-    with pytest.raises(TrustError, match="certificate of alice is not issued by this federation's CA"):
+    refused = "certificate of alice is not issued by this federation's CA"
+    with pytest.raises(TrustError, match=refused):
         verifier(fed).check_certificate(kit(other, "users/alice").cert_pem)
 
 
 def test_certificate_outside_its_validity_is_refused(fed):
     authority = Authority.load(fed / "ca")
-    old, _ = authority.issue("old", "analyst", valid_days=30, now=utcnow() - datetime.timedelta(days=400))
-    with pytest.raises(TrustError, match=r"certificate of old expired on \d{4}-\d\d-\d\d \d\d:\d\d UTC"):
+    long_ago = utcnow() - datetime.timedelta(days=400)
+    old, _ = authority.issue("old", "analyst", valid_days=30, now=long_ago)
+    expired = r"certificate of old expired on \d{4}-\d\d-\d\d \d\d:\d\d UTC"
+    with pytest.raises(TrustError, match=expired):
         verifier(fed).check_certificate(old)
     with pytest.raises(TrustError, match="not valid before"):
         verifier(fed).check_certificate(kit(fed, "users/bob").cert_pem, now=time.time() - 86400)
@@ -175,15 +180,15 @@ def test_task_signature_refusals(fed):
 
     claims = task_pb2.TaskClaims.FromString(signature.claims)
     claims.expires_at += 3600
-    altered = task_pb2.TaskSignature(
-        claims=claims.SerializeToString(), signature=signature.signature, certificate=signature.certificate
-    )
+    altered = task_pb2.TaskSignature()
+    altered.CopyFrom(signature)
+    altered.claims = claims.SerializeToString()
     with pytest.raises(TrustError, match="signature of alice does not match"):
         check.verify_task(altered, b"spec")
 
-    borrowed = task_pb2.TaskSignature(
-        claims=signature.claims, signature=signature.signature, certificate=bob.certificate_der
-    )
+    borrowed = task_pb2.TaskSignature()
+    borrowed.CopyFrom(signature)
+    borrowed.certificate = bob.certificate_der
     with pytest.raises(TrustError, match="signature of bob does not match"):
         check.verify_task(borrowed, b"spec")
 
@@ -196,7 +201,9 @@ def test_task_signature_refusals(fed):
     claims = task_pb2.TaskClaims(
         spec_sha256=hashlib.sha256(b"spec").digest(), expires_at=time.time() + 60, signer="bob"
     ).SerializeToString()
-    impostor = task_pb2.TaskSignature(claims=claims, signature=alice.sign(claims), certificate=alice.certificate_der)
+    impostor = task_pb2.TaskSignature(
+        claims=claims, signature=alice.sign(claims), certificate=alice.certificate_der
+    )
     with pytest.raises(TrustError, match="claims name the signer bob"):
         check.verify_task(impostor, b"spec")
 
@@ -251,11 +258,11 @@ def test_coordinator_certificate_names_its_addresses(fed):
     assert names.get_values_for_type(x509.DNSName) == ["coord.example.org"]
     usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in usages
-    user = x509.load_pem_x509_certificate(kit(fed, "users/alice").cert_pem)
-    assert user.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName
-    ) == ["alice"]
-    assert ExtendedKeyUsageOID.SERVER_AUTH not in user.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    user = x509.load_pem_x509_certificate(kit(fed, "users/alice").cert_pem).extensions
+    names = user.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["alice"]
+    usages = user.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH not in usages
 
 
 class RecordingHealth(health.HealthServicer):
@@ -280,7 +287,11 @@ def test_mutual_tls(fed, other):
 
     def check(credentials: grpc.ChannelCredentials | None) -> None:
         address = f"127.0.0.1:{port}"
-        with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as channel:
+        channel = (
+            grpc.secure_channel(address, credentials) if credentials
+            else grpc.insecure_channel(address)
+        )
+        with channel:
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
     try:

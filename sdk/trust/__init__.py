@@ -1,6 +1,8 @@
 """Trust material every side uses: identities, kits, verification, task signing, provisioning."""
 
-from .identity import ROLES, USER_ROLES, Identity, TrustError, check_name, identity_from_pem, identity_of
+from .identity import (
+    ROLES, USER_ROLES, Identity, TrustError, check_name, identity_from_pem, identity_of,
+)
 from .kit import Kit, sign_task
 from .provision import add_participants, create_federation, refresh_crl, revoke
 from .verify import Verifier

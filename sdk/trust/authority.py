@@ -74,7 +74,7 @@ class Authority:
             .not_valid_after(now + datetime.timedelta(days=max(valid_days, CA_MIN_DAYS)))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(_subject_key_identifier(key), critical=False)
             .sign(key, hashes.SHA256())
         )
         return cls(certificate, key)
@@ -87,7 +87,8 @@ class Authority:
             key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
         except FileNotFoundError as error:
             raise TrustError(
-                f"{error.filename} is missing: --ca must name the ca folder `deltaflow provision` wrote"
+                f"{error.filename} is missing: --ca must name the ca folder "
+                "`deltaflow provision` wrote"
             ) from None
         except ValueError:
             raise TrustError(f"{ca_dir} holds no readable ca.crt and ca.key") from None
@@ -113,7 +114,9 @@ class Authority:
             raise ValueError(f"{role!r} is not a role: roles are {', '.join(ROLES)}")
         key = new_key()
         now = now or utcnow()
-        not_after = min(now + datetime.timedelta(days=valid_days), self.certificate.not_valid_after_utc)
+        not_after = min(
+            now + datetime.timedelta(days=valid_days), self.certificate.not_valid_after_utc
+        )
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         if role == "coordinator":
             usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
@@ -136,7 +139,7 @@ class Authority:
             .add_extension(_key_usage(digital_signature=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(self._authority_key_identifier(), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(_subject_key_identifier(key), critical=False)
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .sign(self.key, hashes.SHA256())
         )
@@ -164,6 +167,10 @@ class Authority:
     def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
         ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+
+
+def _subject_key_identifier(key: ec.EllipticCurvePrivateKey) -> x509.SubjectKeyIdentifier:
+    return x509.SubjectKeyIdentifier.from_public_key(key.public_key())
 
 
 def _key_usage(

@@ -21,8 +21,11 @@ from sdk.wire import normalize_address
 
 from .identity import ROLES, Identity, TrustError, check_name, identity_of
 
-CA_FILE, CERT_FILE, KEY_FILE, TOML_FILE, CRL_FILE = "ca.crt", "tls.crt", "tls.key", "kit.toml", "revoked.crl"
-GET_ONE = "run `deltaflow provision` (or `deltaflow provision add`) and copy the participant's kit folder"
+CA_FILE, CERT_FILE, KEY_FILE, TOML_FILE = "ca.crt", "tls.crt", "tls.key", "kit.toml"
+CRL_FILE = "revoked.crl"  # the coordinator's kit only
+GET_ONE = (
+    "run `deltaflow provision` (or `deltaflow provision add`) and copy the participant's kit folder"
+)
 
 
 def _read(path: Path) -> bytes:
@@ -75,11 +78,15 @@ class Kit:
             cert = x509.load_pem_x509_certificate(cert_pem)
             key = serialization.load_pem_private_key(key_pem, None)
         except (ValueError, TypeError):
-            raise TrustError(f"{path} holds a certificate or key that is not PEM: {GET_ONE}") from None
+            raise TrustError(
+                f"{path} holds a certificate or key that is not PEM: {GET_ONE}"
+            ) from None
         try:
             cert.verify_directly_issued_by(ca)
         except (ValueError, TypeError, InvalidSignature):
-            raise TrustError(f"{path / CERT_FILE} is not issued by {path / CA_FILE}: {GET_ONE}") from None
+            raise TrustError(
+                f"{path / CERT_FILE} is not issued by {path / CA_FILE}: {GET_ONE}"
+            ) from None
         identity = identity_of(cert)
         if (identity.name, identity.role) != (name, role):
             raise TrustError(
@@ -145,4 +152,6 @@ def sign_task(
         expires_at=time.time() + expires_in,
         signer=kit.name,
     ).SerializeToString()
-    return task_pb2.TaskSignature(claims=claims, signature=kit.sign(claims), certificate=kit.certificate_der)
+    return task_pb2.TaskSignature(
+        claims=claims, signature=kit.sign(claims), certificate=kit.certificate_der
+    )

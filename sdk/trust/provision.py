@@ -41,8 +41,8 @@ def create_federation(
     ca_dir = out / "ca"
     if ca_dir.exists():
         raise ValueError(
-            f"{ca_dir} already exists: add participants with `deltaflow provision add --ca {ca_dir}`, "
-            "or choose another --out"
+            f"{ca_dir} already exists: add participants with "
+            f"`deltaflow provision add --ca {ca_dir}`, or choose another --out"
         )
     addresses = [normalize_address(address) for address in coordinators]
     if not addresses:
@@ -202,7 +202,10 @@ def _publish_crl(ca_dir: Path, authority: Authority, entries: list[dict], days: 
 
 
 def _crl_pem(authority: Authority, revoked: list[dict], number: int, days: int = CRL_DAYS) -> bytes:
-    listed = [(int(entry["serial"]), datetime.datetime.fromisoformat(entry["revoked_at"])) for entry in revoked]
+    listed = [
+        (int(entry["serial"]), datetime.datetime.fromisoformat(entry["revoked_at"]))
+        for entry in revoked
+    ]
     return authority.revocation_list(number, listed, days).public_bytes(Encoding.PEM)
 
 
@@ -221,7 +224,9 @@ def _registry(ca_dir: Path) -> list[dict]:
     try:
         return json.loads(_read(ca_dir / REGISTRY_FILE))
     except json.JSONDecodeError:
-        raise TrustError(f"{ca_dir / REGISTRY_FILE} is not valid JSON: restore it from a backup") from None
+        raise TrustError(
+            f"{ca_dir / REGISTRY_FILE} is not valid JSON: restore it from a backup"
+        ) from None
 
 
 def _registry_bytes(entries: list[dict]) -> bytes:
@@ -232,7 +237,10 @@ def _federation(ca_dir: Path) -> dict:
     path = ca_dir / FEDERATION_FILE
     try:
         settings = tomllib.loads(_read(path).decode())
-        return {"coordinators": list(settings["coordinators"]), "valid_days": int(settings["valid_days"])}
+        return {
+            "coordinators": list(settings["coordinators"]),
+            "valid_days": int(settings["valid_days"]),
+        }
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, IndexError):
         raise TrustError(f"{path} is not as `deltaflow provision` wrote it: restore it") from None
 

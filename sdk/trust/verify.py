@@ -100,7 +100,10 @@ class Verifier:
             raise TrustError(f"no revocation list is loaded: {CRL_HINT}")
         next_update = self.crl_next_update
         if next_update is None or (time.time() if now is None else now) > next_update:
-            when = "has no next update" if next_update is None else f"is past its next update ({format_time(next_update)})"
+            when = (
+                "has no next update" if next_update is None
+                else f"is past its next update ({format_time(next_update)})"
+            )
             raise TrustError(f"the revocation list {when}: {CRL_HINT}")
 
     def is_revoked(self, serial: int) -> bool:
@@ -139,7 +142,8 @@ class Verifier:
             raise TrustError(f"the certificate of {identity.name} was revoked")
         if roles is not None and identity.role not in roles:
             raise TrustError(
-                f"{identity.name} has the role {identity.role}; this needs {' or '.join(sorted(roles))}"
+                f"{identity.name} has the role {identity.role}; "
+                f"this needs {' or '.join(sorted(roles))}"
             )
         return identity
 
@@ -161,7 +165,9 @@ class Verifier:
                 raise InvalidSignature
             public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
-            raise TrustError(f"the signature of {identity.name} does not match what it signs") from None
+            raise TrustError(
+                f"the signature of {identity.name} does not match what it signs"
+            ) from None
         return identity
 
     def verify_task(
