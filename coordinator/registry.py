@@ -25,6 +25,10 @@ class WorkerGone(Exception):
     """The worker can no longer answer: the message says why."""
 
 
+class AlreadyConnected(Exception):
+    """A worker of this name is connected and alive: a second one is refused, not swapped in."""
+
+
 @dataclass
 class WorkerSession:
     name: str
@@ -104,7 +108,14 @@ class WorkerRegistry:
     # Sessions ---------------------------------------------------------------------------------
 
     def register(self, name: str, datasets: list[str]) -> WorkerSession:
+        """A new session for worker `name`. One that registered and never attached gives way;
+        one that is connected stays, and this registration is refused (AlreadyConnected): a
+        second daemon with the same identity cannot evict the first. A connection that died
+        is noticed (closed channel, or no heartbeat for heartbeat_timeout), then `name` is free."""
         previous = self._by_name.get(name)
+        if previous is not None and previous.connected:
+            raise AlreadyConnected(f"worker {name} is already connected; a second daemon with "
+                                   "its identity is refused while the first one is alive")
         if previous is not None:
             self.drop(previous, "it registered again (restarted or reconnected)")
         session = WorkerSession(name, secrets.token_hex(16), frozenset(datasets))
@@ -150,6 +161,11 @@ class WorkerRegistry:
 
     def connected(self) -> list[WorkerSession]:
         return [s for s in self._by_name.values() if s.connected]
+
+    def broadcast(self, message: pb.CoordinatorMessage) -> None:
+        """Sends `message` to every connected worker."""
+        for session in self.connected():
+            session.send(message)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Returns when a worker connects, drops or changes its datasets, or after `timeout`."""

@@ -47,6 +47,7 @@ class SecureRound:
         self.workers = sorted(round_.workers, key=lambda w: w.name)
         self.index = {w.name: u for u, w in enumerate(self.workers)}
         self.server: SecAggServer | None = None
+        self.keys: dict[int, pb.SecAggKeys] = {}  # as each worker signed them
 
     @property
     def names(self) -> list[str]:
@@ -66,13 +67,16 @@ class SecureRound:
         for name, response in responses.items():
             keys = response.keys
             self.server.receive_keys(self.index[name], keys.c_pk, keys.s_pk, keys.commitment)
+            self.keys[self.index[name]] = pb.SecAggKeys(
+                c_pk=keys.c_pk, s_pk=keys.s_pk, commitment=keys.commitment,
+                signature=keys.signature, certificate=keys.certificate, worker=name)
 
     async def exchange_shares(self) -> list[int]:
         """Relays the public keys, then each worker's encrypted shares; returns U2, the workers
         that will mask with one another."""
         server = self._server
         keys = await self._close("advertise", server.public_keys)
-        public = {u: pb.SecAggKeys(c_pk=c, s_pk=s) for u, (c, s) in keys.items()}
+        public = {u: self.keys[u] for u in keys}  # with each one's signature, for its peers
         answers = await self._phase("secagg_share", {
             w.name: pb.SecAggRequest(public_keys=public) for w in self.round.workers})
         for name, response in self.parse(answers, "secagg_share").items():

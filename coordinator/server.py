@@ -1,4 +1,9 @@
-"""The coordinator daemon: one gRPC port with TaskService, WorkerService, health and reflection."""
+"""The coordinator daemon: one gRPC port with TaskService, WorkerService, health and reflection.
+
+With a kit it speaks mutual TLS only: every caller presents a certificate of the federation's CA,
+and `auth.Gate`, the server's one interceptor, decides what each may call. Without one
+(`--insecure`) it listens on loopback only and authenticates nobody.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from coordinator.auth import Gate
 from coordinator.registry import WorkerRegistry
 from coordinator.store import Store
 from coordinator.task_service import TaskService
 from coordinator.tasks import TaskManager
 from coordinator.worker_service import WorkerService, add_worker_service
 from sdk.proto import services_pb2, services_pb2_grpc
-from sdk.wire import SERVER_OPTIONS
+from sdk.trust import Kit, TrustError, Verifier
+from sdk.wire import SERVER_OPTIONS, is_loopback
 
 log = logging.getLogger("deltaflow.coordinator")
 
@@ -28,8 +35,18 @@ SERVICE_NAMES = [
 ]
 
 
+CRL_POLL_SECONDS = 1.0  # how often the kit's revoked.crl is looked at for a change
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default="127.0.0.1:6700", help="HOST:PORT (default %(default)s)")
+    parser.add_argument("--kit", type=Path, default=None,
+                        help="the coordinator's kit from `deltaflow provision` (DIR/coordinator): "
+                             "mutual TLS, with every caller identified by its certificate")
+    parser.add_argument("--insecure", action="store_true",
+                        help="no kit, no TLS, nobody authenticated: loopback development only")
+    parser.add_argument("--listen", default=None,
+                        help="HOST:PORT (default: 0.0.0.0 and the kit's port with a kit, "
+                             "127.0.0.1:6700 with --insecure)")
     parser.add_argument("--state-dir", type=Path, default=Path("deltaflow-state"),
                         help="where tasks, logs and results are kept (default %(default)s)")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0,
@@ -38,41 +55,126 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a worker silent this long is dropped (default %(default)s)")
 
 
+def _identity(args: argparse.Namespace) -> tuple[Kit | None, str]:
+    """The kit (None with --insecure) and the address to listen on; SystemExit saying what to
+    fix when neither or both are given, or --insecure would listen beyond loopback."""
+    if args.kit is None and not args.insecure:
+        raise SystemExit("give --kit DIR (a coordinator kit made by `deltaflow provision`), or "
+                         "--insecure for a development coordinator on loopback")
+    if args.kit is not None and args.insecure:
+        raise SystemExit("--kit and --insecure exclude each other")
+    if args.insecure:
+        listen = args.listen or "127.0.0.1:6700"
+        if not is_loopback(listen):
+            raise SystemExit(f"--insecure listens on loopback only, not on {listen}: "
+                             "give the coordinator a kit to serve a network")
+        return None, listen
+    try:
+        kit = Kit.load(args.kit)
+    except TrustError as error:
+        raise SystemExit(f"--kit: {error}") from None
+    if kit.role != "coordinator":
+        raise SystemExit(f"--kit {args.kit} is the kit of {kit.name}, a {kit.role}; the "
+                         "coordinator needs DIR/coordinator")
+    return kit, args.listen or f"0.0.0.0:{kit.coordinator.rpartition(':')[2]}"
+
+
+def _load_crl(kit: Kit, verifier: Verifier) -> None:
+    """Takes the kit's revoked.crl into `verifier`, or logs why not."""
+    try:
+        data = kit.crl_path.read_bytes()
+    except FileNotFoundError:
+        log.error("%s is missing: workers refuse tasks until the coordinator hands them a "
+                  "revocation list (`deltaflow provision crl --ca DIR/ca` writes one)",
+                  kit.crl_path)
+        return
+    try:
+        if verifier.set_crl(data):
+            verifier.check_crl_fresh()
+    except TrustError as error:
+        log.error("%s: %s", kit.crl_path, error)
+
+
+def _crl_stamp(kit: Kit) -> tuple[int, int] | None:
+    try:
+        stat = kit.crl_path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+async def _watch_crl(kit: Kit, verifier: Verifier, gate: Gate, registry: WorkerRegistry,
+                     seen: tuple[int, int] | None) -> None:
+    """Re-reads the kit's revoked.crl when it changes (`seen`: the stamp of the one read at
+    start): ends the revoked parties' calls, and so their sessions, and hands the new list to
+    every connected worker."""
+    while True:
+        await asyncio.sleep(CRL_POLL_SECONDS)
+        current = _crl_stamp(kit)
+        if current is None or current == seen:
+            continue
+        seen = current
+        _load_crl(kit, verifier)
+        ended = gate.end_revoked()
+        log.info("revocation list reloaded from %s; %d call(s) of revoked parties ended",
+                 kit.crl_path, ended)
+        if verifier.crl_der:
+            registry.broadcast(services_pb2.CoordinatorMessage(crl=verifier.crl_der))
+
+
 async def serve(args: argparse.Namespace) -> None:
+    kit, listen = _identity(args)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(args.state_dir)
     registry = WorkerRegistry(args.heartbeat_interval, args.heartbeat_timeout)
     tasks = TaskManager(store, registry)
     tasks.recover()
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    services_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(tasks), server)
-    add_worker_service(WorkerService(registry, store), server)
+    verifier = Verifier(kit.ca_pem) if kit is not None else None
+    crl_stamp = None
+    if kit is not None:
+        crl_stamp = _crl_stamp(kit)
+        _load_crl(kit, verifier)
+    else:
+        log.warning("--insecure: no TLS and no identities; every caller may do everything")
+    gate = Gate(verifier, store.append_audit)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
+    services_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(tasks, verifier), server)
+    add_worker_service(WorkerService(registry, store, verifier), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     try:
-        port = server.add_insecure_port(args.listen)
+        if kit is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, kit.server_credentials())
     except RuntimeError as error:
-        raise SystemExit(f"cannot listen on {args.listen}: {error}") from None
+        raise SystemExit(f"cannot listen on {listen}: {error}") from None
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    host = args.listen.rpartition(":")[0]
-    log.info("coordinator listening on %s:%d, state in %s", host, port, args.state_dir.resolve())
+    host = listen.rpartition(":")[0]
+    mode = f"mutual TLS as {kit.name}" if kit is not None else "plaintext, insecure"
+    log.info("coordinator listening on %s:%d (%s), state in %s", host, port, mode,
+             args.state_dir.resolve())
     print(f"deltaflow coordinator listening on {host}:{port}", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    watchdog = asyncio.create_task(registry.watch_heartbeats())
+    watchers = [asyncio.create_task(registry.watch_heartbeats())]
+    if kit is not None:
+        watchers.append(asyncio.create_task(
+            _watch_crl(kit, verifier, gate, registry, crl_stamp)))
     await stop.wait()
     log.info("coordinator stopping")
     await health_servicer.enter_graceful_shutdown()
-    watchdog.cancel()
+    for watcher in watchers:
+        watcher.cancel()
     await tasks.shutdown()
     await server.stop(grace=1.0)
     store.close()

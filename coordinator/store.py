@@ -46,7 +46,25 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 """
 
-_COLUMNS = "id, name, kind, state, error, created_at, finished_at, summary"
+# Schema changes after the first, each run once and in order; PRAGMA user_version counts them.
+_MIGRATIONS = [
+    """
+    ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT 'anonymous';
+    CREATE INDEX tasks_by_owner ON tasks (owner, id);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        caller TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
+]
+
+_COLUMNS = "id, name, kind, state, error, created_at, finished_at, summary, owner"
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class TaskRecord:
     created_at: float
     finished_at: float
     summary: bytes
+    owner: str
 
     @property
     def ended(self) -> bool:
@@ -82,23 +101,34 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
 
     def close(self) -> None:
         self._db.close()
 
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            self._db.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+
     # Tasks ------------------------------------------------------------------------------------
 
-    def create_task(self, spec: task_pb2.TaskSpec, spec_bytes: bytes,
+    def create_task(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, owner: str,
+                    signature: task_pb2.TaskSignature | None = None,
                     weights: Path | None = None) -> int:
-        """Records a new task; `weights`, a file in scratch, becomes its initial weights."""
+        """Records a new task of `owner`; `weights`, a file in scratch, becomes its initial
+        weights; `signature`, its submitter's, goes to its workers with the spec."""
         summary = task_pb2.TaskSpec(name=spec.name, kind=spec.kind, rules=spec.rules,
                                     datasets=spec.datasets).SerializeToString()
         cursor = self._db.execute(
-            "INSERT INTO tasks (name, kind, state, created_at, summary) VALUES (?, ?, ?, ?, ?)",
-            (spec.name, spec.kind, pb.TASK_STATE_PENDING, time.time(), summary),
+            "INSERT INTO tasks (name, kind, state, created_at, summary, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (spec.name, spec.kind, pb.TASK_STATE_PENDING, time.time(), summary, owner),
         )
         task_id = int(cursor.lastrowid)
         self._write_blob(f"task-{task_id}.spec", spec_bytes)
+        if signature is not None:
+            self._write_blob(f"task-{task_id}.sig", signature.SerializeToString())
         if weights is not None:
             first = self._weights_file(task_id, 0)
             weights.replace(first)
@@ -114,10 +144,13 @@ class Store:
         ).fetchone()
         return TaskRecord(*row) if row else None
 
-    def list_tasks(self, limit: int, before: int = 0) -> list[TaskRecord]:
+    def list_tasks(self, limit: int, before: int = 0, owner: str | None = None) -> list[TaskRecord]:
+        """The newest `limit` tasks older than task `before` (0: any), of `owner` only if given."""
+        before = min(before, 2**63 - 1)
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM tasks WHERE (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?",
-            (before, before, limit),
+            f"SELECT {_COLUMNS} FROM tasks WHERE (? = 0 OR id < ?) AND (? IS NULL OR owner = ?) "
+            "ORDER BY id DESC LIMIT ?",
+            (before, before, owner, owner, limit),
         ).fetchall()
         return [TaskRecord(*row) for row in rows]
 
@@ -137,6 +170,35 @@ class Store:
 
     def load_spec(self, task_id: int) -> bytes:
         return (self.blobs / f"task-{task_id}.spec").read_bytes()
+
+    def load_signature(self, task_id: int) -> task_pb2.TaskSignature | None:
+        """The submitter's signature of the task; None for a task created without identities."""
+        try:
+            data = (self.blobs / f"task-{task_id}.sig").read_bytes()
+        except FileNotFoundError:
+            return None
+        return task_pb2.TaskSignature.FromString(data)
+
+    # Audit ------------------------------------------------------------------------------------
+
+    def append_audit(self, caller: str, role: str, action: str, target: str, outcome: str,
+                     detail: str) -> None:
+        self._db.execute(
+            "INSERT INTO audit (time, caller, role, action, target, outcome, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), caller, role, action, target, outcome, detail),
+        )
+
+    def list_audit(self, limit: int, before: int = 0) -> list[pb.AuditEntry]:
+        """The newest `limit` audit entries older than entry `before` (0: any)."""
+        before = min(before, 2**63 - 1)
+        rows = self._db.execute(
+            "SELECT id, time, caller, role, action, target, outcome, detail FROM audit "
+            "WHERE (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?",
+            (before, before, limit),
+        ).fetchall()
+        return [pb.AuditEntry(id=i, time=t, caller=c, role=r, action=a, target=g, outcome=o,
+                              detail=d) for i, t, c, r, a, g, o, d in rows]
 
     # Logs -------------------------------------------------------------------------------------
 

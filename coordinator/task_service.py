@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from coordinator.auth import caller, may_see, visible_owner
 from coordinator.store import TaskRecord
 from coordinator.tasks import TaskManager
 from sdk import values, weights
@@ -18,26 +20,36 @@ from sdk.dataset import check_relative_name
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
 from sdk.task import FORMAT_VERSION, TaskError, check_rules
+from sdk.trust import TrustError, Verifier
 from sdk.wire import CHUNK_SIZE, TENSORS_FORMAT, VALUE_FORMAT, split_chunks
 
 PREVIEW_CHARS = 4000
 
 
 class TaskService(services_pb2_grpc.TaskServiceServicer):
-    def __init__(self, tasks: TaskManager) -> None:
+    """Users' calls; who calls is `auth.caller()`, and a task is only ever seen by its owner
+    and admins (`_task`, and the owner filter of `ListTasks`)."""
+
+    def __init__(self, tasks: TaskManager, verifier: Verifier | None) -> None:
         self.tasks = tasks
         self.store = tasks.store
+        self.verifier = verifier  # None: no identities, tasks are not signed
 
     async def CreateTask(self, request_iterator: AsyncIterator[pb.CreateTaskRequest],
                          context: grpc.aio.ServicerContext) -> pb.CreateTaskResponse:
         chunks: list[bytes] = []
         weights = self.store.scratch / f"create-{secrets.token_hex(8)}.weights"
         weights_bytes = 0
+        weights_digest = hashlib.sha256()
+        signature: task_pb2.TaskSignature | None = None
         try:
             with open(weights, "wb") as weights_file:
                 async for request in request_iterator:
+                    if request.HasField("signature"):
+                        signature = request.signature
                     chunks.append(request.chunk)
                     weights_file.write(request.weights_chunk)
+                    weights_digest.update(request.weights_chunk)
                     weights_bytes += len(request.weights_chunk)
             data = b"".join(chunks)
             spec = task_pb2.TaskSpec()
@@ -47,11 +59,33 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
             except (DecodeError, TaskError, ValueError) as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"not a valid built task ({len(data)} bytes): {error}")
+            try:
+                self._check_signature(signature, data,
+                                      weights_digest.digest() if weights_bytes else b"")
+            except TrustError as error:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
             learning = spec.kind == task_pb2.TASK_KIND_LEARNING
-            return pb.CreateTaskResponse(
-                task_id=self.tasks.create(spec, data, weights if learning else None))
+            return pb.CreateTaskResponse(task_id=self.tasks.create(
+                spec, data, caller().name, signature, weights if learning else None))
         finally:
             weights.unlink(missing_ok=True)
+
+    def _check_signature(self, signature: task_pb2.TaskSignature | None, spec_bytes: bytes,
+                         weights_sha256: bytes) -> None:
+        """TrustError unless the task is signed by the caller, over these very bytes (with
+        identities; without, a signature is not needed and not checked)."""
+        if self.verifier is None:
+            return
+        if signature is None:
+            raise TrustError("the task is not signed: create it with a Client that has a kit "
+                             "(Client(kit=...) or DELTAFLOW_KIT), which signs it")
+        signer, claims = self.verifier.verify_task(signature, spec_bytes)
+        if signer.name != caller().name:
+            raise TrustError(f"the task is signed by {signer.name}, not by the caller "
+                             f"{caller().name}: submit your own tasks")
+        if claims.weights_sha256 != weights_sha256:
+            raise TrustError("the initial weights sent are not those the task's signature "
+                             "covers")
 
     async def GetTask(self, request: pb.GetTaskRequest,
                       context: grpc.aio.ServicerContext) -> pb.TaskInfo:
@@ -60,8 +94,13 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
     async def ListTasks(self, request: pb.ListTasksRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
         limit = min(request.limit or 100, 1000)
-        records = self.store.list_tasks(limit, request.before_task_id)
+        records = self.store.list_tasks(limit, request.before_task_id, visible_owner(caller()))
         return pb.ListTasksResponse(tasks=[self._info(r) for r in records])
+
+    async def ListAudit(self, request: pb.ListAuditRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ListAuditResponse:
+        limit = min(request.limit or 100, 1000)
+        return pb.ListAuditResponse(entries=self.store.list_audit(limit, request.before_id))
 
     async def StreamLogs(self, request: pb.StreamLogsRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogEntry]:
@@ -120,12 +159,14 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         if task.ended:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"task {task.id} has already ended ({task.state_name})")
-        self.tasks.cancel(task)
+        self.tasks.cancel(task, caller().name)
         return self._info(await self._task(request.task_id, context))
 
     async def _task(self, task_id: int, context: grpc.aio.ServicerContext) -> TaskRecord:
+        """The task, if the caller may see it; another user's task is as absent as one that
+        does not exist, so its id tells nothing."""
         task = self.store.get_task(task_id)
-        if task is None:
+        if task is None or not may_see(caller(), task.owner):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} does not exist")
         return task
 
@@ -139,7 +180,7 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         return pb.TaskInfo(
             task_id=task.id, name=task.name, kind=task.kind, state=task.state, error=task.error,
             created_at=task.created_at, finished_at=task.finished_at, rules=spec.rules,
-            datasets=spec.datasets, log_length=self.store.log_length(task.id),
+            datasets=spec.datasets, log_length=self.store.log_length(task.id), owner=task.owner,
         )
 
 

@@ -35,11 +35,13 @@ class TaskManager:
             self.log(task.id, f"task {task.id} failed: {reason}")
             self.store.set_state(task.id, pb.TASK_STATE_ERROR, reason)
 
-    def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, weights: Path | None) -> int:
-        task_id = self.store.create_task(spec, spec_bytes, weights)
+    def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, owner: str,
+               signature: task_pb2.TaskSignature | None, weights: Path | None) -> int:
+        task_id = self.store.create_task(spec, spec_bytes, owner, signature, weights)
         rules = spec.rules
         kind = task_pb2.TaskKind.Name(spec.kind).removeprefix("TASK_KIND_").lower()
-        self.log(task_id, f"task {task_id} created: {spec.name} ({kind}; min_clients="
+        signed = f"signed by {owner}" if signature is not None else "unsigned"
+        self.log(task_id, f"task {task_id} created by {owner} ({signed}): {spec.name} ({kind}; min_clients="
                  f"{rules.min_clients}, max_clients={rules.max_clients}, wait_timeout="
                  f"{rules.wait_timeout:g}s, connection_timeout={rules.connection_timeout:g}s)")
         self._runs[task_id] = asyncio.create_task(self._run(task_id, spec))
@@ -54,9 +56,9 @@ class TaskManager:
         """An event set the next time the task's log or state changes."""
         return self._changed.setdefault(task_id, asyncio.Event())
 
-    def cancel(self, task: TaskRecord) -> None:
+    def cancel(self, task: TaskRecord, by: str) -> None:
         run = self._runs.get(task.id)
-        self._end(task.id, pb.TASK_STATE_CANCELLED, "cancelled by the user")
+        self._end(task.id, pb.TASK_STATE_CANCELLED, f"cancelled by {by}")
         if run is not None:
             run.cancel()
 

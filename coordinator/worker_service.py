@@ -8,42 +8,58 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from coordinator.registry import WorkerRegistry, WorkerSession
+from coordinator.auth import ANONYMOUS, caller
+from coordinator.registry import AlreadyConnected, WorkerRegistry, WorkerSession
 from coordinator.store import Store
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
+from sdk.trust import Verifier
 from sdk.wire import CHUNK_SIZE, decode_chunk, encode_chunk, serialize, split_chunks
 
 SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
 
 
 class WorkerService(services_pb2_grpc.WorkerServiceServicer):
-    """Served through add_worker_service: FetchWeights yields chunks as wire bytes."""
+    """Served through add_worker_service: FetchWeights yields chunks as wire bytes.
 
-    def __init__(self, registry: WorkerRegistry, store: Store) -> None:
+    With identities a worker is its certificate's name: it registers under that name only, and
+    every later call names a session of that same worker."""
+
+    def __init__(self, registry: WorkerRegistry, store: Store, verifier: Verifier | None) -> None:
         self.registry = registry
         self.store = store
+        self.verifier = verifier
         self.coordinator_id = secrets.token_hex(8)  # tells workers this is a new start
 
     async def Register(self, request: pb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         if not request.name.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker needs a name")
-        session = self.registry.register(request.name, list(request.datasets))
+        who = caller()
+        if who is not ANONYMOUS and request.name != who.name:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"worker {who.name} may register only as {who.name}, "
+                                f"not as {request.name!r}")
+        try:
+            session = self.registry.register(request.name, list(request.datasets))
+        except AlreadyConnected as error:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
         if request.coordinator_id != self.coordinator_id:
             release = list(request.held_tasks)  # kept for a coordinator that is gone
         else:
             release = [task_id for task_id in request.held_tasks
                        if (task := self.store.get_task(task_id)) is None or task.ended]
+        crl = (self.verifier.crl_der or b"") if self.verifier is not None else b""
         return pb.RegisterResponse(session_id=session.session_id,
                                    heartbeat_interval=self.registry.heartbeat_interval,
-                                   coordinator_id=self.coordinator_id, release_tasks=release)
+                                   coordinator_id=self.coordinator_id, release_tasks=release,
+                                   crl=crl)
 
     async def Connect(self, request_iterator: AsyncIterator[pb.WorkerMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CoordinatorMessage]:
         first = await anext(aiter(request_iterator), None)
-        session = self.registry.session(first.session_id) if first is not None else None
+        session = self._session(first.session_id) if first is not None else None
         if session is None or session.attached:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "unknown or used session: register again")
@@ -79,8 +95,12 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
         await self._check_selected(request.session_id, request.task_id, context)
         data = await asyncio.to_thread(self.store.load_spec, request.task_id)
-        for chunk in split_chunks(data):
-            yield pb.DataChunk(chunk=chunk)
+        signature = self.store.load_signature(request.task_id)
+        for index, chunk in enumerate(split_chunks(data)):
+            if index == 0 and signature is not None:
+                yield pb.TaskChunk(chunk=chunk, signature=signature)
+            else:
+                yield pb.TaskChunk(chunk=chunk)
 
     async def FetchWeights(self, request: pb.FetchWeightsRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -101,7 +121,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
                               context: grpc.aio.ServicerContext) -> None:
         """Aborts the call unless the session's worker is selected for the task: a task's code
         and weights go to the workers that run it, and to no other."""
-        session = self.registry.session(session_id)
+        session = self._session(session_id)
         if session is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "unknown session: register again")
@@ -110,12 +130,23 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
                                 f"worker {session.name} is not selected for task {task_id} (or "
                                 "was dropped from it): only its workers download it")
 
+    def _session(self, session_id: str) -> WorkerSession | None:
+        """The live session of that id, if it is the caller's own."""
+        session = self.registry.session(session_id)
+        who = caller()
+        if session is None or (who is not ANONYMOUS and session.name != who.name):
+            return None
+        return session
+
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest | memoryview],
                      context: grpc.aio.ServicerContext) -> pb.UploadResponse:
         first = await anext(aiter(request_iterator), None)
         if not isinstance(first, pb.UploadRequest) or not first.HasField("header"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
         header = first.header
+        if self._session(header.session_id) is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "unknown session: register again")
         if header.error:
             accepted = self.registry.answer(header.session_id, header.exchange_id, None,
                                             f"it reported an error: {header.error}")

@@ -14,6 +14,13 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+import grpc
+
+from sdk.client import Client
+from sdk.trust import Kit
+from sdk.wire import CHANNEL_OPTIONS
+from sdk.trust.provision import add_participants, create_federation
+
 T = TypeVar("T")
 
 
@@ -63,19 +70,60 @@ class Daemon:
 
 
 class LocalCluster:
-    """A coordinator and its workers under one folder; `stop()` ends them all."""
+    """A coordinator and its workers under one folder; `stop()` ends them all.
 
-    def __init__(self, root: Path) -> None:
+    By default it is a federation of its own: `root/fed` holds its CA and kits (users `alice`,
+    an analyst, and `root`, an admin; a worker's kit is made when it first starts), and every
+    wire is mutual TLS. `secure=False` runs everything with --insecure instead.
+    """
+
+    USERS = (("alice", "analyst"), ("bob", "analyst"), ("root", "admin"))
+
+    def __init__(self, root: Path, secure: bool = True) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.daemons: list[Daemon] = []
         self.coordinator: Daemon | None = None
         self.address = ""
         self.workers: dict[str, Daemon] = {}
+        self.federation = self.root / "fed" if secure else None
+        if self.federation is not None and not (self.federation / "ca").exists():
+            create_federation(self.federation, ["127.0.0.1:6700"], [], list(self.USERS))
+
+    def kit(self, name: str) -> Path:
+        """The kit of participant `name`, a worker's made on first use; the federation must be
+        secure."""
+        assert self.federation is not None, "an insecure cluster has no kits"
+        for folder in ("users", "workers"):
+            if (self.federation / folder / name).is_dir():
+                return self.federation / folder / name
+        add_participants(self.federation / "ca", None, [name], [])
+        return self.federation / "workers" / name
+
+    def client(self, user: str = "alice", **options: Any) -> Client:
+        """A Client of this cluster's coordinator, as `user` (with a secure cluster)."""
+        kit = self.kit(user) if self.federation is not None else None
+        return Client(self.address, kit=kit, **options)
+
+    def crl(self) -> bytes:
+        """The federation's current revocation list, as the coordinator hands it to workers."""
+        assert self.federation is not None, "an insecure cluster has no revocation list"
+        return (self.federation / "ca" / "revoked.crl").read_bytes()
+
+    def channel(self, name: str = "alice", **options: Any) -> grpc.Channel:
+        """A gRPC channel to the coordinator as participant `name` (mutual TLS with its kit;
+        plaintext in an insecure cluster), with the SDK's channel options."""
+        settings = [*CHANNEL_OPTIONS, *options.items()]
+        if self.federation is None:
+            return grpc.insecure_channel(self.address, options=settings)
+        credentials = Kit.load(self.kit(name)).channel_credentials()
+        return grpc.secure_channel(self.address, credentials, options=settings)
 
     def start_coordinator(self, port: int = 0, *extra: str) -> str:
         """Starts the coordinator on 127.0.0.1 (port 0: any free one); its address."""
-        daemon = Daemon(["coordinator", "--listen", f"127.0.0.1:{port}",
+        identity = (["--kit", str(self.federation / "coordinator")] if self.federation
+                    else ["--insecure"])
+        daemon = Daemon(["coordinator", *identity, "--listen", f"127.0.0.1:{port}",
                          "--state-dir", str(self.root / "state"), *extra],
                         self.root / "coordinator.log")
         self.daemons.append(daemon)
@@ -97,7 +145,9 @@ class LocalCluster:
         data_dir = self.data_dir(name)
         for file, frame in (frames or {}).items():
             frame.to_csv(data_dir / file, index=False, sep="\t" if file.endswith(".tsv") else ",")
-        daemon = Daemon(["worker", "--coordinator", self.address, "--name", name,
+        identity = (["--kit", str(self.kit(name))] if self.federation
+                    else ["--insecure", "--name", name])
+        daemon = Daemon(["worker", *identity, "--coordinator", self.address,
                          "--data-dir", str(data_dir), "--work-dir", str(self.root / "work" / name),
                          *extra], self.root / f"worker-{name}.log", env)
         self.daemons.append(daemon)

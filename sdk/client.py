@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
 
 from sdk import values
 from sdk.proto import services_pb2 as pb
-from sdk.proto import services_pb2_grpc, values_pb2
+from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
 from sdk.task import BuiltTask
-from sdk.wire import (CHANNEL_OPTIONS, TENSORS_FORMAT, VALUE_FORMAT, normalize_address,
-                      split_chunks)
+from sdk.trust import USER_ROLES, Kit, TrustError, sign_task
+from sdk.wire import (CHANNEL_OPTIONS, TENSORS_FORMAT, VALUE_FORMAT, is_loopback,
+                      normalize_address, split_chunks)
 
 RECONNECT_SECONDS = 30.0  # how long trace/wait keep trying while the coordinator restarts
+TASK_EXPIRY_SECONDS = 3600.0  # a signed task must be joined by its workers within this
 
 
 class ClientError(Exception):
@@ -28,12 +33,38 @@ class ClientError(Exception):
 
 
 class Client:
-    """Talks to a coordinator at "HOST:PORT" (or "http://HOST:PORT")."""
+    """Talks to a coordinator as a user.
 
-    def __init__(self, address: str, timeout: float = 30.0) -> None:
+    With a user's kit (`kit=` or the DELTAFLOW_KIT environment variable) it speaks mutual TLS
+    as that user, to the kit's coordinator unless `address` says otherwise, and signs every
+    task it creates. Without one it speaks plaintext, to a loopback address only (a coordinator
+    started with --insecure). `address` is "HOST:PORT" (or "http://HOST:PORT"), else the
+    DELTAFLOW_COORDINATOR environment variable.
+    """
+
+    def __init__(self, address: str | None = None, kit: str | os.PathLike | None = None,
+                 timeout: float = 30.0) -> None:
+        kit = kit or os.environ.get("DELTAFLOW_KIT") or None
+        self.kit = _user_kit(Path(kit)) if kit else None
+        address = address or os.environ.get("DELTAFLOW_COORDINATOR") or (
+            self.kit.coordinator if self.kit else None)
+        if not address:
+            raise ValueError("no coordinator address: pass Client(address) or a kit, or set "
+                             "DELTAFLOW_COORDINATOR")
         self.address = normalize_address(address)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        if self.kit is not None:
+            self._channel = grpc.secure_channel(self.address, self.kit.channel_credentials(),
+                                                options=CHANNEL_OPTIONS)
+        else:
+            if address.strip().lower().startswith("https://"):
+                raise ValueError(f"{address} asks for TLS, which needs a user kit: pass "
+                                 "Client(kit=DIR) or set DELTAFLOW_KIT")
+            if not is_loopback(self.address):
+                raise ValueError(f"without a kit the client speaks plaintext, to a loopback "
+                                 f"address only, not {self.address}: pass Client(kit=DIR) or "
+                                 "set DELTAFLOW_KIT to a user kit from `deltaflow provision`")
+            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._tasks = services_pb2_grpc.TaskServiceStub(self._channel)
 
     def close(self) -> None:
@@ -49,8 +80,13 @@ class Client:
         """Submits a built task; its id."""
         if not isinstance(task, BuiltTask):
             raise TypeError(f"create_task takes what task.build() returns, not {type(task).__name__}")
+        signature = None
+        if self.kit is not None:
+            signature = sign_task(self.kit, task.serialize(), _weights_sha256(task),
+                                  TASK_EXPIRY_SECONDS)
         # No deadline: the time a model takes to upload grows with its size.
-        return self._call(self._tasks.CreateTask, _create_requests(task), deadline=False).task_id
+        return self._call(self._tasks.CreateTask, _create_requests(task, signature),
+                          deadline=False).task_id
 
     def get_task(self, task_id: int) -> pb.TaskInfo:
         return self._call(self._tasks.GetTask, pb.GetTaskRequest(task_id=task_id))
@@ -60,6 +96,11 @@ class Client:
 
     def cancel_task(self, task_id: int) -> pb.TaskInfo:
         return self._call(self._tasks.CancelTask, pb.CancelTaskRequest(task_id=task_id))
+
+    def list_audit(self, limit: int = 100, before_id: int = 0) -> list[pb.AuditEntry]:
+        """The coordinator's audit log, newest first (admins only)."""
+        request = pb.ListAuditRequest(limit=limit, before_id=before_id)
+        return list(self._call(self._tasks.ListAudit, request).entries)
 
     def logs(self, task_id: int, offset: int = 0) -> list[pb.LogEntry]:
         """The task's log so far, from `offset` on, without waiting for more."""
@@ -125,10 +166,10 @@ class Client:
                     return info.state == pb.TASK_STATE_FINISHED
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise _client_error(error, self.address) from None
+                    raise self._error(error) from None
                 give_up = give_up or time.monotonic() + RECONNECT_SECONDS
                 if time.monotonic() > give_up:
-                    raise _client_error(error, self.address) from None
+                    raise self._error(error) from None
                 time.sleep(0.5)
 
     def _call(self, method: Any, request: Any, deadline: bool = True) -> Any:
@@ -137,31 +178,65 @@ class Client:
         try:
             return method(request, timeout=self.timeout if deadline else None)
         except grpc.RpcError as error:
-            raise _client_error(error, self.address) from None
+            raise self._error(error) from None
 
     def _call_stream(self, method: Any, request: Any, deadline: bool = True) -> Iterator[Any]:
         try:
             yield from method(request, timeout=self.timeout if deadline else None)
         except grpc.RpcError as error:
-            raise _client_error(error, self.address) from None
+            raise self._error(error) from None
+
+    def _error(self, error: grpc.RpcError) -> ClientError:
+        code = error.code()
+        if code != grpc.StatusCode.UNAVAILABLE:
+            return ClientError(code, f"{code.name}: {error.details()}")
+        message = (f"cannot reach the coordinator at {self.address} ({error.details()}); "
+                   "is `deltaflow coordinator` running there?")
+        if self.kit is None:
+            message += (" If it was started with a kit, it speaks TLS only: use a user kit "
+                        "(Client(kit=DIR) or DELTAFLOW_KIT)")
+        else:
+            message += (f" If it was started with --insecure, it speaks plaintext: drop the "
+                        f"kit. Otherwise check that {self.address} is a name in the "
+                        "coordinator's certificate and that your kit is of its federation")
+        return ClientError(code, message)
 
 
-def _create_requests(task: BuiltTask) -> Iterator[pb.CreateTaskRequest]:
-    """The spec in chunks, then a learning task's initial weights in chunks."""
-    for chunk in split_chunks(task.serialize()):
-        yield pb.CreateTaskRequest(chunk=chunk)
+def _user_kit(path: Path) -> Kit:
+    """The user's kit at `path`; ValueError saying what is wrong with it."""
+    try:
+        kit = Kit.load(path)
+    except TrustError as error:
+        raise ValueError(f"kit {path}: {error}") from None
+    if kit.role not in USER_ROLES:
+        raise ValueError(f"kit {path} belongs to {kit.name}, a {kit.role}; a client needs a "
+                         "user's kit (users/NAME from `deltaflow provision`)")
+    return kit
+
+
+def _weights_sha256(task: BuiltTask) -> bytes:
+    """SHA-256 of a learning task's initial weights as they travel; empty without weights."""
+    if not task.weights:
+        return b""
+    from sdk.tensors import iter_chunks  # torch: only learning tasks have weights
+
+    digest = hashlib.sha256()
+    for chunk in iter_chunks(task.weights):
+        digest.update(chunk)
+    return digest.digest()
+
+
+def _create_requests(task: BuiltTask,
+                     signature: task_pb2.TaskSignature | None) -> Iterator[pb.CreateTaskRequest]:
+    """The spec in chunks (the signature with the first), then a learning task's initial
+    weights in chunks."""
+    for index, chunk in enumerate(split_chunks(task.serialize())):
+        request = pb.CreateTaskRequest(chunk=chunk)
+        if index == 0 and signature is not None:
+            request.signature.CopyFrom(signature)
+        yield request
     if task.weights:
         from sdk.tensors import iter_chunks  # torch: only learning tasks have weights
 
         for chunk in iter_chunks(task.weights):
             yield pb.CreateTaskRequest(weights_chunk=bytes(chunk))
-
-
-def _client_error(error: grpc.RpcError, address: str) -> ClientError:
-    code = error.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        message = (f"cannot reach the coordinator at {address} ({error.details()}); "
-                   "is `deltaflow coordinator` running there?")
-    else:
-        message = f"{code.name}: {error.details()}"
-    return ClientError(code, message)

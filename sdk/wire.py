@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,3 +103,14 @@ def decode_chunk(field: int, message: bytes) -> memoryview | None:
 def serialize(message: Any) -> bytes:
     """A message's wire bytes; bytes (from encode_chunk) as they are."""
     return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names this machine's loopback interface only."""
+    host = address.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

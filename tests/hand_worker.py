@@ -9,21 +9,30 @@ import threading
 import grpc
 
 from sdk.proto import services_pb2 as pb
-from sdk.proto import services_pb2_grpc
-from sdk.wire import CHANNEL_OPTIONS, split_chunks
+from sdk.proto import services_pb2_grpc, task_pb2
+from sdk.trust import Kit, Verifier
+from sdk.wire import split_chunks
+from worker.contributions import ContributionLedger
+from worker.secure import Contribution, SecureRounds
 
 
 class HandWorker(threading.Thread):
-    """Registers as `name` holding `datasets`, heartbeats, and answers each assignment with
-    what `answer` returns (None: no answer at all), until `answer` sets `self.done`."""
+    """Registers as `name` holding `datasets` (with the cluster's kit for `name`, as a real
+    worker of the federation), heartbeats, and answers each assignment with what `answer`
+    returns (None: no answer at all), until `answer` sets `self.done`. `self.secure` runs its
+    side of secure aggregation, as the daemon's."""
 
-    def __init__(self, address: str, name: str, datasets: list[str]) -> None:
+    def __init__(self, cluster, name: str, datasets: list[str]) -> None:
         super().__init__(daemon=True)
-        self.address, self.name, self.datasets = address, name, datasets
+        self.name, self.datasets = name, datasets
         self.done = threading.Event()
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = cluster.channel(name)
         self.stub = services_pb2_grpc.WorkerServiceStub(self.channel)
         self.session = ""
+        kit = Kit.load(cluster.kit(name)) if cluster.federation is not None else None
+        self.verifier = Verifier(kit.ca_pem) if kit is not None else None
+        self.secure = SecureRounds(ContributionLedger(cluster.root / f"hand-{name}.sqlite3"),
+                                   kit, self.verifier)
 
     def answer(self, assignment: pb.Assignment) -> bytes | None:
         raise NotImplementedError
@@ -31,9 +40,26 @@ class HandWorker(threading.Thread):
     def header(self, assignment: pb.Assignment) -> pb.UploadHeader:
         return pb.UploadHeader(session_id=self.session, exchange_id=assignment.exchange_id)
 
+    def fetch_task(self, task_id: int) -> tuple[task_pb2.TaskSpec, task_pb2.TaskClaims]:
+        """The task's spec and its signed claims, as a worker downloads them."""
+        messages = list(self.stub.FetchTask(pb.FetchTaskRequest(session_id=self.session,
+                                                                task_id=task_id)))
+        data = b"".join(m.chunk for m in messages)
+        claims = task_pb2.TaskClaims.FromString(messages[0].signature.claims)
+        return task_pb2.TaskSpec.FromString(data), claims
+
+    def contribution(self, assignment: pb.Assignment, step: str,
+                     min_clients: int = 2) -> Contribution:
+        """What the rerun rule keys this round's input by, as the daemon does."""
+        _, claims = self.fetch_task(assignment.task_id)
+        return Contribution(claims.nonce or assignment.task_id.to_bytes(8, "big"), step,
+                            min_clients)
+
     def run(self) -> None:
-        self.session = self.stub.Register(
-            pb.RegisterRequest(name=self.name, datasets=self.datasets)).session_id
+        reply = self.stub.Register(pb.RegisterRequest(name=self.name, datasets=self.datasets))
+        self.session = reply.session_id
+        if self.verifier is not None and reply.crl:
+            self.verifier.set_crl(reply.crl)
         outgoing: queue.Queue = queue.Queue()
         outgoing.put(pb.WorkerMessage(session_id=self.session))
 

@@ -68,7 +68,7 @@ def fedavg_in_process(built, task_id, files, rounds):
 @pytest.mark.parametrize("secure", [True, False])
 def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
     start(cluster)
-    client = Client(cluster.address)
+    client = cluster.client()
     built = Regression(max_rounds=3, secure_aggregation=secure).build()
     task_id = client.create_task(built)
     assert client.wait(task_id), client.get_task(task_id).error
@@ -93,7 +93,7 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
 
 def test_merge_iteration_and_no_validation(cluster):
     start(cluster)
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(
         Regression(max_rounds=2, merge_iteration=3, validate_frac=0).build())
     assert client.wait(task_id), client.get_task(task_id).error
@@ -105,7 +105,7 @@ def test_merge_iteration_and_no_validation(cluster):
 
 def test_a_worker_killed_mid_round_is_dropped_and_the_task_finishes(cluster):
     start(cluster, env={"w3": {"TEST_TRAIN_DELAY": "30"}})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(Regression(max_rounds=2, wait_timeout=60).build())
     wait_for(lambda: "loaded the task" in log_text(client, task_id), what="the join phase")
     wait_for(lambda: "round 1 trained" in cluster.workers["w1"].log(), what="round 1 to run")
@@ -118,7 +118,7 @@ def test_a_worker_killed_mid_round_is_dropped_and_the_task_finishes(cluster):
 
 def test_a_straggler_past_wait_timeout_is_dropped(cluster):
     start(cluster, env={"w2": {"TEST_TRAIN_DELAY": "30"}})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(Regression(max_rounds=2, wait_timeout=5).build())
     assert client.wait(task_id), client.get_task(task_id).error
     log = log_text(client, task_id)
@@ -128,7 +128,7 @@ def test_a_straggler_past_wait_timeout_is_dropped(cluster):
 
 def test_too_few_workers_left_fails_the_task_naming_who_came(cluster):
     start(cluster, env={"w2": {"TEST_TRAIN_DELAY": "30"}, "w3": {"TEST_TRAIN_DELAY": "30"}})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(Regression(max_rounds=1, wait_timeout=5).build())
     assert client.wait(task_id) is False
     error = client.get_task(task_id).error
@@ -137,7 +137,7 @@ def test_too_few_workers_left_fails_the_task_naming_who_came(cluster):
 
 def test_an_error_in_the_users_train_reaches_the_trace(cluster):
     start(cluster, names=("w1", "w2"))
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(BrokenTraining(max_rounds=2).build())
     assert client.wait(task_id) is False
     log = log_text(client, task_id)
@@ -152,7 +152,7 @@ def test_a_worker_without_training_rows_is_dropped_and_named(cluster, secure):
     empty = cluster.data_dir("w3") / "train.npz"
     np.savez(empty, x=np.zeros((0, 4), np.float32), y=np.zeros((0, 1), np.float32))
     cluster.start_worker("w3")
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(
         Regression(max_rounds=1, validate_frac=0, secure_aggregation=secure).build())
     assert client.wait(task_id), client.get_task(task_id).error
@@ -163,7 +163,7 @@ def test_a_worker_without_training_rows_is_dropped_and_named(cluster, secure):
 
 def test_workers_end_their_engine_tasks_when_the_coordinator_restarts(cluster):
     start(cluster, env={name: {"TEST_TRAIN_DELAY": "30"} for name in SIZES})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(Regression(max_rounds=1, wait_timeout=60).build())
     wait_for(lambda: "loaded the task" in log_text(client, task_id), what="the join phase")
     port = int(cluster.address.rpartition(":")[2])
@@ -179,8 +179,8 @@ def test_workers_end_their_engine_tasks_when_the_coordinator_restarts(cluster):
 class Joiner(HandWorker):
     """Joins a task; `reader` downloads its weights as it joins, as an engine would."""
 
-    def __init__(self, address: str, name: str, infos=None) -> None:
-        super().__init__(address, name, ["train.npz"])
+    def __init__(self, cluster, name: str, infos=None) -> None:
+        super().__init__(cluster, name, ["train.npz"])
         self.reader = tensors.StateDictReader(infos) if infos else None
         self.joined = threading.Event()
 
@@ -203,8 +203,8 @@ def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
     task.model.register_buffer("big", big)
     built = task.build()
     infos = list(built.spec.learning.weights)
-    client = Client(cluster.address, timeout=600)
-    workers = [Joiner(cluster.address, "reader", infos), Joiner(cluster.address, "other")]
+    client = cluster.client(timeout=600)
+    workers = [Joiner(cluster, "reader", infos), Joiner(cluster, "other")]
     for worker in workers:
         worker.start()
         cluster.wait_connected(worker.name)
@@ -219,9 +219,9 @@ def test_only_a_tasks_workers_download_its_code_and_weights(cluster):
     """A registered worker that the task did not select is refused the task and its weights,
     with a message that says why; the task's own workers still get both."""
     start(cluster, names=("w1", "w2"))
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(Regression(max_rounds=1, min_clients=2, max_clients=2).build())
-    with grpc.insecure_channel(cluster.address, options=CHANNEL_OPTIONS) as channel:
+    with cluster.channel("outsider") as channel:
         stub = services_pb2_grpc.WorkerServiceStub(channel)
         outsider = stub.Register(pb.RegisterRequest(name="outsider", datasets=[])).session_id
         for call, request in ((stub.FetchWeights, pb.FetchWeightsRequest),
@@ -238,16 +238,16 @@ class GhostWorker(HandWorker):
     """It joins (and takes its part in secure aggregation's key exchange), then its upload
     goes wrong halfway: its connection dies ("breaks off"), or it sends a second header."""
 
-    def __init__(self, address: str, fault: str = "breaks off") -> None:
-        super().__init__(address, "ghost", ["train.npz"])
-        self.secure = SecureRounds()
+    def __init__(self, cluster, fault: str = "breaks off") -> None:
+        super().__init__(cluster, "ghost", ["train.npz"])
         self.fault = fault
 
     def answer(self, assignment: pb.Assignment) -> bytes | None:
         if assignment.phase == "join":
             return b""
         if assignment.phase == "secagg_keys":
-            return self.secure.open(assignment, 2)
+            return self.secure.open(assignment,
+                                    self.contribution(assignment, f"round {assignment.round}"))
         if assignment.phase != "train":
             return self.secure.answer(assignment)
         header = self.header(assignment)
@@ -273,10 +273,10 @@ class GhostWorker(HandWorker):
                                                (False, "two headers")])
 def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, secure, fault):
     start(cluster, names=("w1", "w2"))
-    ghost = GhostWorker(cluster.address, fault)
+    ghost = GhostWorker(cluster, fault)
     ghost.start()
     cluster.wait_connected("ghost")
-    client = Client(cluster.address)
+    client = cluster.client()
     built = Regression(max_rounds=2, min_clients=2, max_clients=3,
                        secure_aggregation=secure).build()
     task_id = client.create_task(built)

@@ -37,7 +37,7 @@ def start_three(cluster) -> pd.DataFrame:
 
 
 def run(cluster, task) -> tuple[object, str]:
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(task.build())
     log = io.StringIO()
     assert client.trace(task_id, out=log), log.getvalue()

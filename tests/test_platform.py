@@ -30,7 +30,7 @@ def start_three(cluster, sizes=(40, 75, 1)):
 
 def test_wage_avg_over_three_workers_equals_pandas_on_the_stacked_rows(cluster):
     frames = start_three(cluster)
-    client = Client("http://" + cluster.address)
+    client = Client("http://" + cluster.address, kit=cluster.kit("alice"))
     task_id = client.create_task(WageAvg().build())
     out = io.StringIO()
     assert client.trace(task_id, out=out) is True
@@ -53,7 +53,7 @@ def test_wage_avg_over_three_workers_equals_pandas_on_the_stacked_rows(cluster):
 def test_too_few_workers_fails_after_connection_timeout_saying_how_many_came(cluster):
     cluster.start_coordinator()
     cluster.start_worker("w1", {"wages.csv": wages(10, 1)})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageAvg(min_clients=2, connection_timeout=1).build())
     assert client.wait(task_id) is False
     info = client.get_task(task_id)
@@ -67,7 +67,7 @@ def test_too_few_workers_fails_after_connection_timeout_saying_how_many_came(clu
 
 def test_worker_killed_mid_task_is_dropped_and_the_task_finishes_over_the_rest(cluster):
     frames = start_three(cluster)
-    client = Client(cluster.address)
+    client = cluster.client()
     cluster.workers["w3"].signal(signal.SIGSTOP)  # selected, but can never answer
     task_id = client.create_task(WageAvg(wait_timeout=30).build())
     wait_for(lambda: "selected 3 worker(s)" in log_text(client, task_id), what="selection")
@@ -80,7 +80,7 @@ def test_worker_killed_mid_task_is_dropped_and_the_task_finishes_over_the_rest(c
 
 def test_stopped_worker_is_noticed_by_its_silence_and_dropped(cluster):
     frames = start_three(cluster)
-    client = Client(cluster.address)
+    client = cluster.client()
     cluster.workers["w2"].signal(signal.SIGSTOP)
     task_id = client.create_task(WageAvg(wait_timeout=60).build())
     assert client.wait(task_id) is True
@@ -93,7 +93,7 @@ def test_stopped_worker_is_noticed_by_its_silence_and_dropped(cluster):
 
 def test_restarted_coordinator_keeps_tasks_and_workers_find_it_again(cluster):
     frames = start_three(cluster)
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageAvg().build())
     assert client.wait(task_id)
     before = (client.get_task(task_id), log_text(client, task_id), client.get_result(task_id))
@@ -120,7 +120,7 @@ def test_a_worker_without_the_file_is_not_eligible_and_the_log_says_so(cluster):
     cluster.start_worker("w1", {"wages.csv": wages(10, 1)})
     cluster.start_worker("w2", {"wages.csv": wages(12, 2)})
     cluster.start_worker("w3", {"other.csv": wages(5, 3)})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageAvg().build())
     assert client.wait(task_id)
     log = log_text(client, task_id)
@@ -133,7 +133,7 @@ def test_tsv_files_are_tables_too(cluster):
     frames = [wages(12, 1), wages(7, 2)]
     for i, frame in enumerate(frames):
         cluster.start_worker(f"w{i}", {"wages.tsv": frame})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageAvg(file="wages.tsv").build())
     assert client.wait(task_id)
     pd.testing.assert_series_equal(client.get_result(task_id),
@@ -147,7 +147,7 @@ def test_a_dataset_that_links_out_of_the_data_dir_is_refused_by_the_worker(clust
     for seed, name in enumerate(("w1", "w2", "w3")):
         (cluster.data_dir(name) / "link.csv").symlink_to(outside)
         cluster.start_worker(name, {"wages.csv": wages(10, seed)})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageAvg(file="link.csv", connection_timeout=5).build())
     assert client.wait(task_id) is False
     log = log_text(client, task_id)
@@ -159,7 +159,7 @@ def test_a_dataset_that_links_out_of_the_data_dir_is_refused_by_the_worker(clust
 
 def test_unknown_task_ids_are_not_found_everywhere(cluster):
     cluster.start_coordinator()
-    client = Client(cluster.address)
+    client = cluster.client()
     for call in (client.get_task, client.get_result, client.cancel_task, client.wait):
         with pytest.raises(ClientError) as raised:
             call(4242)
@@ -171,7 +171,7 @@ def test_bytes_that_are_not_a_built_task_are_invalid_argument(cluster):
     cluster.start_coordinator()
     cluster.start_worker("w1", {"wages.csv": wages(10, 1)})
     cluster.start_worker("w2", {"wages.csv": wages(12, 2)})
-    with grpc.insecure_channel(cluster.address) as channel:
+    with cluster.channel() as channel:
         stub = services_pb2_grpc.TaskServiceStub(channel)
         for junk in (b"", b"not a task at all \xff\xfe", WageAvg().build().serialize()[:-7]):
             with pytest.raises(grpc.RpcError) as raised:
@@ -184,13 +184,13 @@ def test_bytes_that_are_not_a_built_task_are_invalid_argument(cluster):
             stub.CreateTask(iter([pb.CreateTaskRequest(chunk=escaping.SerializeToString())]))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "escapes the worker's data dir" in raised.value.details()
-    client = Client(cluster.address)
+    client = cluster.client()
     assert client.wait(client.create_task(WageAvg().build()))
 
 
 def test_result_of_a_running_task_names_its_state_and_cancel_ends_it(cluster):
     cluster.start_coordinator()
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageAvg(connection_timeout=60).build())
     wait_for(lambda: client.get_task(task_id).state == pb.TASK_STATE_RUNNING, what="RUNNING")
     with pytest.raises(ClientError) as raised:
@@ -216,7 +216,7 @@ def test_an_error_on_the_workers_reaches_the_trace_with_its_traceback(cluster):
     table = wages(10, 1).assign(city="Lyon")
     cluster.start_worker("w1", {"wages.csv": table})
     cluster.start_worker("w2", {"wages.csv": table})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageAvg().build())
     out = io.StringIO()
     assert client.trace(task_id, out=out) is False

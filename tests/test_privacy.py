@@ -33,7 +33,7 @@ def test_a_group_of_one_row_is_refused_without_naming_it(cluster):
     lonely = crowd.assign(city=["Lyon"] * 29 + ["Alice's village"])
     cluster.start_worker("w1", {"people.csv": crowd})
     cluster.start_worker("w2", {"people.csv": lonely})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(SumByCity().build())
     assert client.wait(task_id) is False
     log = log_text(client, task_id)

@@ -4,24 +4,20 @@ workers whose masked input arrived, and the log names who was dropped and why.""
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import pandas as pd
 import pytest
 from cluster import log_text, wages
 from hand_worker import HandWorker
+from lying_coordinator import LyingCoordinator, serve
 from tasks import WageAvg
 
 from sdk import dataset, values
-from sdk.client import Client
 from sdk.proto import services_pb2 as pb
-from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.task import HorizontalAnalytics
+from sdk.trust import Kit, sign_task
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir
-from worker.secure import SecureRounds
 
 
 class Faulty(HandWorker):
@@ -29,24 +25,23 @@ class Faulty(HandWorker):
     "silent" (no answer), "bad layout", "bad shares" (ciphertexts that do not decrypt) or
     "short vector"."""
 
-    def __init__(self, address: str, data_dir: DataDir, phase: str, fault: str,
+    def __init__(self, cluster, data_dir: DataDir, phase: str, fault: str,
                  stage: int = 0) -> None:
-        super().__init__(address, "ghost", data_dir.names())
+        super().__init__(cluster, "ghost", data_dir.names())
         self.data_dir, self.phase, self.fault, self.stage = data_dir, phase, fault, stage
-        self.secure = SecureRounds()
         self.job: AnalyticsJob | None = None
 
     def answer(self, assignment: pb.Assignment) -> bytes | None:
         if (assignment.phase, assignment.stage, self.fault) == (self.phase, self.stage, "silent"):
             return None
         if self.job is None:
-            spec = task_pb2.TaskSpec.FromString(b"".join(c.chunk for c in self.stub.FetchTask(
-                pb.FetchTaskRequest(session_id=self.session, task_id=assignment.task_id))))
+            spec, _ = self.fetch_task(assignment.task_id)
             self.job = AnalyticsJob(spec, self.data_dir, min_rows=1)
         if assignment.phase == "join":
             return b""
         if assignment.phase == "compute":
-            data = self.secure.open(assignment, self.job.min_clients,
+            step = self.contribution(assignment, f"step {assignment.stage + 1}")
+            data = self.secure.open(assignment, step,
                                     self.job.parts(assignment.stage,
                                                    values.decode(assignment.inputs)))
             if self.fault == "bad layout":
@@ -73,7 +68,7 @@ def start(cluster, phase: str, fault: str, stage: int = 0) -> dict[str, pd.DataF
     for name in ("w1", "w2"):
         cluster.start_worker(name, {"wages.csv": tables[name]})
     tables["ghost"].to_csv(cluster.data_dir("ghost") / "wages.csv", index=False)
-    Faulty(cluster.address, DataDir(cluster.data_dir("ghost")), phase, fault, stage).start()
+    Faulty(cluster, DataDir(cluster.data_dir("ghost")), phase, fault, stage).start()
     cluster.wait_connected("ghost")
     return tables
 
@@ -92,7 +87,7 @@ def start(cluster, phase: str, fault: str, stage: int = 0) -> dict[str, pd.DataF
 ])
 def test_a_worker_dropping_or_misbehaving_at_any_phase(cluster, phase, fault, summed, dropped):
     tables = start(cluster, phase, fault)
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageAvg(wait_timeout=3, connection_timeout=2).build())
     assert client.wait(task_id), client.get_task(task_id).error
     log = log_text(client, task_id)
@@ -108,7 +103,7 @@ def test_secure_aggregation_can_be_switched_off_and_the_log_says_so(cluster):
     tables = {"w1": wages(30, 1), "w2": wages(20, 2)}
     for name, table in tables.items():
         cluster.start_worker(name, {"wages.csv": table})
-    client = Client(cluster.address)
+    client = cluster.client()
     results = {}
     for secure in (True, False):
         task = WageAvg(max_clients=2)
@@ -136,7 +131,7 @@ class WageVar(HorizontalAnalytics):
 
 def test_a_worker_dropping_between_steps_fails_the_task_instead_of_a_revealing_rerun(cluster):
     start(cluster, "compute", "silent", stage=1)
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(WageVar().build())
     assert client.wait(task_id) is False
     error = client.get_task(task_id).error
@@ -145,42 +140,12 @@ def test_a_worker_dropping_between_steps_fails_the_task_instead_of_a_revealing_r
     assert "round 1: worker ghost dropped in compute: no answer within 3s" in log
 
 
-class LyingCoordinator(services_pb2_grpc.WorkerServiceServicer):
-    """A coordinator that asks a worker for a secure task's parts in the clear."""
-
-    def __init__(self, spec: task_pb2.TaskSpec) -> None:
-        self.spec = spec
-        self.answered = threading.Event()
-        self.error = ""
-
-    def Register(self, request, context):
-        return pb.RegisterResponse(session_id="s", heartbeat_interval=0.5, coordinator_id="c")
-
-    def Connect(self, request_iterator, context):
-        next(request_iterator)
-        yield pb.CoordinatorMessage(assignment=pb.Assignment(
-            exchange_id=1, task_id=1, round=1, phase="compute", stage=0, timeout=5,
-            inputs=values.encode({})))
-        while not self.answered.wait(0.5):
-            yield pb.CoordinatorMessage(heartbeat=pb.Heartbeat())
-
-    def FetchTask(self, request, context):
-        yield pb.DataChunk(chunk=self.spec.SerializeToString())
-
-    def Upload(self, request_iterator, context):
-        self.error = next(request_iterator).header.error
-        self.answered.set()
-        return pb.UploadResponse(accepted=True)
-
-
 def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
-    liar = LyingCoordinator(WageAvg().build().spec)
-    server = grpc.server(ThreadPoolExecutor(4))
-    services_pb2_grpc.add_WorkerServiceServicer_to_server(liar, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    spec = WageAvg().build().serialize()
+    liar = LyingCoordinator(spec, sign_task(Kit.load(cluster.kit("alice")), spec),
+                            crl=cluster.crl())
+    server = serve(liar, cluster)
     try:
-        cluster.address = f"127.0.0.1:{port}"
         cluster.start_worker("w1", {"wages.csv": wages(10, 1)}, False)
         assert liar.answered.wait(30), "the worker never answered"
     finally:

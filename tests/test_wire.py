@@ -33,7 +33,7 @@ def test_generated_code_matches_the_protos(tmp_path):
 
 def test_health_and_reflection_list_the_services(cluster):
     cluster.start_coordinator()
-    with grpc.insecure_channel(cluster.address) as channel:
+    with cluster.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "deltaflow.v1.TaskService", "deltaflow.v1.WorkerService"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service))

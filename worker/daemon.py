@@ -1,13 +1,17 @@
 """The worker daemon: registers with the coordinator, keeps the live channel, does assignments.
 
 It reconnects on its own, with backoff, whenever the coordinator goes away or restarts, and
-treats a coordinator that stays silent past the heartbeat timeout as gone.
+treats a coordinator that stays silent past the heartbeat timeout as gone. With a kit it speaks
+mutual TLS as its certificate's name, and trusts the coordinator with nothing: before it loads
+any task it checks the task's signature against the federation's CA and the revocation list
+the coordinator hands it (which the CA signs), and it keeps the rerun rule itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import importlib
 import logging
 import signal
@@ -25,7 +29,8 @@ from sdk.analytics.plan import PrivacyError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.secagg import SecAggError
-from sdk.wire import CHANNEL_OPTIONS, normalize_address, split_chunks
+from sdk.trust import Kit, TrustError, Verifier
+from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir, DatasetError
 from worker.engine import (
@@ -37,7 +42,8 @@ from worker.engine import (
     add_engine_arguments,
     limits_from_args,
 )
-from worker.secure import SecureRounds
+from worker.contributions import ContributionLedger
+from worker.secure import Contribution, SecureRounds
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -45,10 +51,22 @@ VERSION = "0.1.0"
 RESCAN_SECONDS = 2.0  # how often the data dir is scanned for new or removed files
 
 
+class TaskRefused(Exception):
+    """This worker will not run the task; the message says why, in words for the task's log."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--coordinator", default="127.0.0.1:6700",
-                        help="the coordinator's HOST:PORT (default %(default)s)")
-    parser.add_argument("--name", required=True, help="this worker's name, unique among workers")
+    parser.add_argument("--kit", type=Path, default=None,
+                        help="this worker's kit from `deltaflow provision` (DIR/workers/NAME): "
+                             "its name, its certificate, and the coordinator's address")
+    parser.add_argument("--insecure", action="store_true",
+                        help="no kit, no TLS, tasks unsigned: a coordinator on loopback only, "
+                             "for development")
+    parser.add_argument("--coordinator", default=None,
+                        help="the coordinator's HOST:PORT (default: the kit's, or "
+                             "127.0.0.1:6700 with --insecure)")
+    parser.add_argument("--name", default=None,
+                        help="this worker's name with --insecure (with a kit, the kit's)")
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="the folder whose files this worker offers as datasets")
     parser.add_argument("--work-dir", type=Path, default=None,
@@ -63,25 +81,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser)
 
 
-async def serve(args: argparse.Namespace) -> None:
-    if not args.data_dir.is_dir():
-        raise SystemExit(f"--data-dir {args.data_dir} is not a folder")
+def _identity(args: argparse.Namespace) -> tuple[Kit | None, str, str]:
+    """(kit or None with --insecure, name, coordinator address); SystemExit saying what to fix."""
+    if (args.kit is None) == (not args.insecure):
+        raise SystemExit("give --kit DIR (a worker kit made by `deltaflow provision`), or "
+                         "--insecure --name NAME for a development coordinator on loopback")
+    kit = None
+    if args.kit is not None:
+        try:
+            kit = Kit.load(args.kit)
+        except TrustError as error:
+            raise SystemExit(f"--kit: {error}") from None
+        if kit.role != "worker":
+            raise SystemExit(f"--kit {args.kit} is the kit of {kit.name}, a {kit.role}; a "
+                             "worker needs DIR/workers/NAME")
+        if args.name not in (None, kit.name):
+            raise SystemExit(f"--name {args.name}: this worker is {kit.name}, as its kit says")
+    elif not args.name:
+        raise SystemExit("--insecure needs --name NAME")
     try:
-        address = normalize_address(args.coordinator)
+        address = normalize_address(args.coordinator or (kit.coordinator if kit else
+                                                          "127.0.0.1:6700"))
     except ValueError as error:
         raise SystemExit(f"--coordinator: {error}") from None
+    if kit is None and not is_loopback(address):
+        raise SystemExit(f"--insecure speaks plaintext to a loopback coordinator only, not "
+                         f"{address}: give the worker its kit")
+    return kit, kit.name if kit else args.name, address
+
+
+async def serve(args: argparse.Namespace) -> None:
+    kit, name, address = _identity(args)
+    if not args.data_dir.is_dir():
+        raise SystemExit(f"--data-dir {args.data_dir} is not a folder")
     try:
         limits = limits_from_args(args)
     except (OSError, ValueError) as error:
         raise SystemExit(f"engine settings: {error}") from None
-    work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{args.name}"
-    worker = Worker(address, args.name, DataDir(args.data_dir),
-                    args.max_backoff, work_dir, limits, args.min_rows)
+    if kit is None:
+        log.warning("--insecure: no TLS, and tasks are run unsigned")
+    work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
+    worker = Worker(address, name, DataDir(args.data_dir), args.max_backoff, work_dir, limits,
+                    args.min_rows, kit)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    print(f"deltaflow worker {args.name} serving {worker.data_dir.root}", flush=True)
+    print(f"deltaflow worker {name} serving {worker.data_dir.root}", flush=True)
     await worker.run(stop)
 
 
@@ -122,9 +168,11 @@ Job = AnalyticsJob | LearningJob
 
 class Worker:
     def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float,
-                 work_dir: Path, limits: EngineLimits, min_rows: int) -> None:
+                 work_dir: Path, limits: EngineLimits, min_rows: int, kit: Kit | None) -> None:
         self.address = address
         self.name = name
+        self.kit = kit
+        self.verifier = Verifier(kit.ca_pem) if kit is not None else None
         self.data_dir = data_dir
         self.max_backoff = max_backoff
         self.min_rows = min_rows
@@ -134,7 +182,9 @@ class Worker:
         log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
                  ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
         self._jobs: dict[int, asyncio.Task[Job]] = {}
-        self.secure = SecureRounds()
+        self.secure = SecureRounds(ContributionLedger(work_dir / "contributions.sqlite3"), kit,
+                                   self.verifier)
+        self._task_keys: dict[int, bytes] = {}  # the rerun rule's key of each loaded task
         self._coordinator_id = ""  # the coordinator instance the jobs belong to
         self._background: set[asyncio.Task[None]] = set()
 
@@ -154,8 +204,13 @@ class Worker:
                 registered = connection.result()
             except grpc.aio.AioRpcError as error:
                 registered = False
-                log.warning("coordinator %s: %s: %s", self.address, error.code().name,
-                            error.details())
+                if error.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    # Another daemon with this identity is connected: wait, quietly.
+                    log.debug("coordinator %s: %s", self.address, error.details())
+                    delay = self.max_backoff
+                else:
+                    log.warning("coordinator %s: %s: %s", self.address, error.code().name,
+                                error.details())
             if registered:
                 delay = 0.1
             else:
@@ -170,9 +225,15 @@ class Worker:
         self.engine.close()
         log.info("worker %s stopped", self.name)
 
+    def _open_channel(self) -> grpc.aio.Channel:
+        if self.kit is None:
+            return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(self.address, self.kit.channel_credentials(),
+                                       options=CHANNEL_OPTIONS)
+
     async def _connect_once(self) -> bool:
         """One registration and channel, until it ends; True if registration succeeded."""
-        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+        async with self._open_channel() as channel:
             stub = services_pb2_grpc.WorkerServiceStub(channel)
             datasets = await asyncio.to_thread(self.data_dir.names)
             reply = await stub.Register(pb.RegisterRequest(
@@ -180,6 +241,7 @@ class Worker:
                 coordinator_id=self._coordinator_id, held_tasks=list(self._jobs),
             ), timeout=5)
             self._coordinator_id = reply.coordinator_id
+            self._take_crl(reply.crl)
             for task_id in reply.release_tasks:
                 self._release(task_id)
             log.info("registered with %s as %s, offering %d dataset(s)", self.address, self.name,
@@ -218,11 +280,26 @@ class Worker:
                     handler.add_done_callback(handlers.discard)
                 elif message.HasField("release_task_id"):
                     self._release(message.release_task_id)
+                elif message.HasField("crl"):
+                    self._take_crl(message.crl)
         finally:
             beats.cancel()
             call.cancel()
             for handler in handlers:
                 handler.cancel()
+
+    def _take_crl(self, data: bytes) -> None:
+        """Takes a revocation list from the coordinator, if the CA signed it and it is not older
+        than the one held (an old list could un-revoke someone)."""
+        if self.verifier is None or not data:
+            return
+        try:
+            if self.verifier.set_crl(data):
+                log.info("revocation list updated (next update %s)",
+                         time.strftime("%Y-%m-%d %H:%M", time.gmtime(
+                             self.verifier.crl_next_update or 0)))
+        except TrustError as error:
+            log.warning("refused the revocation list the coordinator sent: %s", error)
 
     async def _heartbeats(self, outgoing: asyncio.Queue[pb.WorkerMessage], interval: float,
                           datasets: list[str]) -> None:
@@ -261,13 +338,14 @@ class Worker:
                 inputs = values.decode(assignment.inputs)
                 if secagg:
                     parts = await asyncio.to_thread(job.parts, assignment.stage, inputs)
-                    data = self.secure.open(assignment, job.min_clients, parts)
+                    data = self.secure.open(assignment, self._contribution(assignment, job),
+                                            parts)
                 else:
                     data = await asyncio.to_thread(job.compute, assignment.stage, inputs)
                 log.info("task %d: step %d computed in %.3f s", task_id, assignment.stage + 1,
                          time.perf_counter() - started)
             elif phase == "secagg_keys":
-                data = self.secure.open(assignment, job.min_clients)
+                data = self.secure.open(assignment, self._contribution(assignment, job))
             elif phase in ("secagg_share", "secagg_check", "secagg_unmask"):
                 data = self.secure.answer(assignment)
             elif phase == "secagg_masked" and isinstance(job, AnalyticsJob):
@@ -291,6 +369,8 @@ class Worker:
                 return
             else:
                 raise ValueError(f"task {task_id} has no phase {phase!r}")
+        except TaskRefused as refusal:
+            error = f"worker {self.name} refused task {task_id}: {refusal}"
         except (DatasetError, TaskError, PrivacyError, SecAggError) as failure:
             error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
@@ -320,12 +400,28 @@ class Worker:
             self._jobs.pop(task_id, None)
             raise
 
+    def _contribution(self, assignment: pb.Assignment, job: Job) -> Contribution:
+        """What input of which task a round carries, for the rerun rule: an analytics step
+        whatever the coordinator calls its round, a learning round by its number."""
+        step = (f"round {assignment.round}" if isinstance(job, LearningJob)
+                else f"step {assignment.stage + 1}")
+        return Contribution(self._task_keys[assignment.task_id], step, job.min_clients)
+
     async def _load(self, stub: services_pb2_grpc.WorkerServiceStub, session_id: str,
                     task_id: int) -> Job:
-        chunks = [c.chunk async for c in stub.FetchTask(
-            pb.FetchTaskRequest(session_id=session_id, task_id=task_id))]
+        signature = None
+        chunks = []
+        async for message in stub.FetchTask(pb.FetchTaskRequest(session_id=session_id,
+                                                                task_id=task_id)):
+            if message.HasField("signature"):
+                signature = message.signature
+            chunks.append(message.chunk)
+        data = b"".join(chunks)
+        claims = self._check_signature(task_id, signature, data)
+        self._task_keys[task_id] = claims.nonce if claims else hashlib.sha256(
+            data + task_id.to_bytes(8, "big")).digest()
         spec = task_pb2.TaskSpec()
-        spec.ParseFromString(b"".join(chunks))
+        spec.ParseFromString(data)
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
             return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
         # torch is imported once a learning task comes, in a thread: heartbeats go on meanwhile.
@@ -334,10 +430,29 @@ class Worker:
         process = learning.LearningProcess(task_id, spec, data_path, self.address, session_id)
         return LearningJob(await self.engine.open_async(process), spec)
 
+    def _check_signature(self, task_id: int, signature: task_pb2.TaskSignature | None,
+                         spec_bytes: bytes) -> task_pb2.TaskClaims | None:
+        """The task's signed claims, checked before anything of the task is loaded: signed by
+        a user of this federation whose certificate is not revoked (by a revocation list that
+        is not stale), over these very bytes, and not expired. TaskRefused otherwise. Without
+        identities (--insecure) a task needs no signature, and None is returned."""
+        if self.verifier is None:
+            return None
+        if signature is None:
+            raise TaskRefused("it is not signed by its submitter")
+        try:
+            self.verifier.check_crl_fresh()
+            signer, claims = self.verifier.verify_task(signature, spec_bytes)
+        except TrustError as error:
+            raise TaskRefused(str(error)) from None
+        log.info("task %d: signed by %s, checked", task_id, signer.name)
+        return claims
+
     def _release(self, task_id: int) -> None:
         """Drops what is kept for a task that ended or left this worker out; a learning job's
         engine task ends once it has loaded (a load cannot be interrupted halfway)."""
         self.secure.release(task_id)
+        self._task_keys.pop(task_id, None)
         job = self._jobs.pop(task_id, None)
         if job is None:
             return

@@ -1,12 +1,14 @@
 """A worker's side of secure aggregation: its protocol state per task, one round at a time.
 
 The coordinator relays every message; what this worker sends it is public keys, shares
-encrypted to the other workers, and its input under masks that only the sum removes.
+encrypted to the other workers, and its input under masks that only the sum removes. With
+identities a worker signs the keys it advertises and checks every peer's signature, so it
+knows by name whom it masks with; the rerun rule (`worker.contributions`) is kept on those names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sdk import values
 from sdk.analytics import secure
@@ -14,36 +16,61 @@ from sdk.analytics.plan import Parts
 from sdk.proto import services_pb2 as pb
 from sdk.proto import values_pb2
 from sdk.secagg import SecAggClient, SecAggError, accumulate
-from sdk.secagg.binding import round_context
+from sdk.secagg.binding import keys_payload, round_context
 from sdk.secagg.shamir import SHARE_BYTES
+from sdk.trust import Kit, TrustError, Verifier
+from worker.contributions import ContributionLedger, RerunRefused
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """Which input of which task a round's protocol carries: the task's key (its signature's
+    nonce, or its spec's digest), the step ("step 2", "round 3") and the task's min_clients."""
+
+    task_key: bytes
+    step: str
+    min_clients: int
 
 
 @dataclass
 class _Round:
     number: tuple[int, int]  # (round, stage)
     client: SecAggClient
+    contribution: Contribution
     parts: Parts | None  # analytics: the parts computed in the opening phase
     opening_inputs: values_pb2.Value  # the inputs the opening phase came with
+    names: dict[int, str] = field(default_factory=dict)  # peers by number, from their keys
 
 
 class SecureRounds:
-    """The protocol state of each task this worker is in a round of."""
+    """The protocol state of each task this worker is in a round of. With `kit` and `verifier`
+    (identities) keys are signed and peers checked; `ledger` keeps the rerun rule."""
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: ContributionLedger, kit: Kit | None = None,
+                 verifier: Verifier | None = None) -> None:
         self._rounds: dict[int, _Round] = {}
+        self.ledger = ledger
+        self.kit = kit
+        self.verifier = verifier
 
-    def open(self, assignment: pb.Assignment, min_clients: int,
+    def open(self, assignment: pb.Assignment, contribution: Contribution,
              parts: Parts | None = None) -> bytes:
         """Starts the round's protocol: this worker's public keys, and the layout of `parts`
         (analytics) for the coordinator to lay every worker's parts on. The threshold comes
         from the task's own `min_clients`, never from the coordinator."""
         request = assignment.secagg
-        client = SecAggClient(request.index, min_clients, request.selected)
-        self._rounds[assignment.task_id] = _Round(_number(assignment), client, parts,
-                                                  assignment.inputs)
+        client = SecAggClient(request.index, contribution.min_clients, request.selected)
+        self._rounds[assignment.task_id] = _Round(_number(assignment), client, contribution,
+                                                  parts, assignment.inputs)
         c_pk, s_pk = client.advertise()
-        response = pb.SecAggResponse(keys=pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk,
-                                                        commitment=client.commitment))
+        keys = pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk, commitment=client.commitment)
+        if self.kit is not None:
+            keys.signature = self.kit.sign(keys_payload(
+                contribution.task_key, assignment.round, assignment.stage, request.index,
+                request.selected, keys))
+            keys.certificate = self.kit.certificate_der
+            keys.worker = self.kit.name
+        response = pb.SecAggResponse(keys=keys)
         if parts is not None:
             response.layout.CopyFrom(values.encode(secure.layout(parts)))
         return response.SerializeToString()
@@ -53,11 +80,13 @@ class SecureRounds:
         state, request = self._current(assignment), assignment.secagg
         response = pb.SecAggResponse()
         if assignment.phase == "secagg_share":
+            state.names = self._peer_names(assignment, state)
             keys = {u: (k.c_pk, k.s_pk) for u, k in request.public_keys.items()}
             response.shares.update(state.client.share_keys(keys))
         elif assignment.phase == "secagg_check":
             response.malformed.extend(state.client.check_shares(dict(request.shares)))
         elif assignment.phase == "secagg_unmask":
+            self._record(state, "summed with", request.survivors)
             revealed = state.client.unmask(list(request.survivors))
             response.self_mask_shares.update(_share_bytes(revealed.self_mask))
             response.mask_key_shares.update(_share_bytes(revealed.mask_key))
@@ -70,6 +99,7 @@ class SecureRounds:
         """The seeds and signs of this worker's masks for the round's masked input, bound to
         what this worker was told this round."""
         state = self._current(assignment)
+        self._record(state, "masked with", assignment.secagg.peers)
         context = round_context(assignment.task_id, assignment.round, assignment.stage,
                                 state.opening_inputs, assignment.inputs, assignment.secagg)
         return state.client.mask_seeds(list(assignment.secagg.peers), context)
@@ -86,6 +116,41 @@ class SecureRounds:
 
     def release(self, task_id: int) -> None:
         self._rounds.pop(task_id, None)
+
+    def _peer_names(self, assignment: pb.Assignment, state: _Round) -> dict[int, str]:
+        """The name of every worker whose keys came, by number. With identities each name is
+        that of a certificate of this federation's CA, not revoked, whose key signed these
+        keys for this very task, round, step and number: no two numbers may share a name."""
+        request, contribution = assignment.secagg, state.contribution
+        names: dict[int, str] = {}
+        for u, keys in request.public_keys.items():
+            if self.verifier is None:
+                names[u] = keys.worker or f"worker number {u}"
+                continue
+            payload = keys_payload(contribution.task_key, assignment.round, assignment.stage,
+                                   u, state.client.selected, keys)
+            try:
+                names[u] = self.verifier.verify(payload, keys.signature, keys.certificate,
+                                                roles={"worker"}).name
+            except TrustError as error:
+                raise SecAggError(f"the keys of worker number {u} ({keys.worker or 'unnamed'}) "
+                                  f"are refused: {error}") from None
+        if len(set(names.values())) != len(names):
+            raise SecAggError("two of the round's key sets belong to the same worker: the "
+                              "coordinator may not count one worker twice")
+        return names
+
+    def _record(self, state: _Round, kind: str, peers: list[int]) -> None:
+        """Keeps the rerun rule for the round's input (see worker.contributions)."""
+        unknown = [u for u in peers if u not in state.names]
+        if unknown:
+            raise SecAggError(f"the coordinator named workers {unknown}, whose keys this "
+                              "worker never saw")
+        try:
+            self.ledger.record(state.contribution.task_key.hex(), state.contribution.step,
+                               kind, [state.names[u] for u in peers])
+        except RerunRefused as error:
+            raise SecAggError(str(error)) from None
 
     def _current(self, assignment: pb.Assignment) -> _Round:
         state = self._rounds.get(assignment.task_id)

@@ -1,0 +1,198 @@
+"""Who may call what: one gate in front of every RPC, by the caller's certificate.
+
+The gate is the server's only interceptor. For each call it reads the peer's certificate (which
+mutual TLS has already checked against the federation's CA), refuses a revoked one, looks the
+method up in `METHODS` (a method missing from it is refused: default deny), records the audit
+entry, and sets `caller()` for the handler. Without identities (`--insecure`, loopback only)
+every caller is `ANONYMOUS` and may call everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+
+from sdk.proto import services_pb2 as pb
+from sdk.trust import USER_ROLES, Identity, TrustError, Verifier, identity_from_pem
+
+log = logging.getLogger("deltaflow.coordinator")
+
+ANONYMOUS = Identity(name="anonymous", role="anonymous", serial=0, not_after=math.inf)
+
+_USERS = frozenset(USER_ROLES)
+_ADMINS = frozenset({"admin"})
+_WORKERS = frozenset({"worker"})
+_ANYONE = frozenset({"admin", "analyst", "worker", "coordinator"})
+
+_TASKS = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
+_WORKER = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
+
+# Every method the port serves, and the roles that may call it.
+METHODS: dict[str, frozenset[str]] = {
+    **{f"/{_TASKS}/{name}": _USERS for name in (
+        "CreateTask", "GetTask", "ListTasks", "StreamLogs", "GetResult", "CancelTask",
+        "GetMetrics")},
+    f"/{_TASKS}/ListAudit": _ADMINS,
+    **{f"/{_WORKER}/{name}": _WORKERS for name in (
+        "Register", "Connect", "FetchTask", "FetchWeights", "Upload")},
+    "/grpc.health.v1.Health/Check": _ANYONE,
+    "/grpc.health.v1.Health/Watch": _ANYONE,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANYONE,
+}
+
+_NEEDED = {_USERS: "a user (admin or analyst)", _ADMINS: "an admin", _WORKERS: "a worker"}
+
+# Calls recorded in the audit log whatever their outcome; any other call only when refused.
+AUDITED = {f"/{_TASKS}/CreateTask": "create_task", f"/{_TASKS}/CancelTask": "cancel_task",
+           f"/{_TASKS}/GetResult": "get_result", f"/{_WORKER}/Register": "register"}
+_REFUSALS = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+             grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS}
+
+_CALLER: ContextVar[Identity] = ContextVar("deltaflow_caller")
+
+Record = Callable[[str, str, str, str, str, str], None]  # caller, role, action, target, outcome, detail
+
+
+def caller() -> Identity:
+    """Who is making the call being handled (set by the gate)."""
+    return _CALLER.get()
+
+
+def may_see(who: Identity, owner: str) -> bool:
+    """Whether `who` may see and cancel a task of `owner`: its owner, or an admin."""
+    return who.role == "admin" or who.name == owner
+
+
+def visible_owner(who: Identity) -> str | None:
+    """The owner whose tasks `who` may list; None for all of them (an admin)."""
+    return None if who.role == "admin" else who.name
+
+
+class Gate(grpc.aio.ServerInterceptor):
+    """Authenticates, authorizes and audits every call; `verifier` None means no identities."""
+
+    def __init__(self, verifier: Verifier | None, record: Record) -> None:
+        self.verifier = verifier
+        self.record = record
+        self._calls: dict[asyncio.Task[Any], Identity] = {}
+
+    async def intercept_service(self, continuation: Callable[..., Any],
+                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        return _wrap(handler, self, details.method)
+
+    def end_revoked(self) -> int:
+        """Ends the calls of callers whose certificate is now revoked; how many it ended."""
+        if self.verifier is None:
+            return 0
+        ended = [task for task, who in self._calls.items()
+                 if who.serial and self.verifier.is_revoked(who.serial)]
+        for task in ended:
+            task.cancel()
+        return len(ended)
+
+    async def admit(self, method: str, context: grpc.aio.ServicerContext) -> Identity:
+        """The caller, allowed to call `method`; aborts the call otherwise."""
+        who = ANONYMOUS
+        if self.verifier is not None:
+            pem = context.auth_context().get("x509_pem_cert")
+            try:
+                if not pem:
+                    raise TrustError("the caller presented no certificate")
+                who = identity_from_pem(pem[0])
+                if self.verifier.is_revoked(who.serial):
+                    raise TrustError(f"the certificate of {who.name} was revoked")
+            except TrustError as error:
+                self._audit(who, method, grpc.StatusCode.UNAUTHENTICATED, str(error), "")
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+            allowed = METHODS.get(method)
+            if allowed is None or who.role not in allowed:
+                needed = _NEEDED.get(allowed, "another role") if allowed else "nobody"
+                refusal = (f"{who.name} ({who.role}) may not call {method.rsplit('/', 1)[-1]}: "
+                           f"only {needed} may")
+                self._audit(who, method, grpc.StatusCode.PERMISSION_DENIED, refusal, "")
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        _CALLER.set(who)
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls[task] = who
+        return who
+
+    def finish(self, who: Identity, method: str, context: grpc.aio.ServicerContext,
+               request: Any, response: Any, error: BaseException | None) -> None:
+        """Forgets the call, and records it where the audit log wants it."""
+        self._calls.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+        code = context.code() if error is not None else None
+        if isinstance(code, int) or code is None:
+            code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+        if method in AUDITED or code in _REFUSALS:
+            if isinstance(error, asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED
+            detail = (context.details() or "") if error is not None else ""
+            self._audit(who, method, code, detail, _target(request, response))
+
+    def _audit(self, who: Identity, method: str, code: grpc.StatusCode, detail: str,
+               target: str) -> None:
+        action = AUDITED.get(method, method.rsplit("/", 1)[-1])
+        outcome = "ok" if code == grpc.StatusCode.OK else code.name
+        try:
+            self.record(who.name, who.role, action, target, outcome, detail)
+        except Exception:  # noqa: BLE001 - a failed audit write must not fail the call
+            log.exception("could not record the audit entry for %s by %s", action, who.name)
+
+
+def _target(request: Any, response: Any) -> str:
+    """What a call was about, in the audit log's words: "task 7", "worker hospital-a"."""
+    for message in (request, response):
+        if isinstance(message, pb.RegisterRequest):
+            return f"worker {message.name}"
+        task_id = getattr(message, "task_id", 0) if hasattr(message, "DESCRIPTOR") else 0
+        if task_id:
+            return f"task {task_id}"
+    return ""
+
+
+def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMethodHandler:
+    """`handler` behind the gate, keeping its kind (a streaming response stays an async
+    generator) and its serializers (WorkerService's raw-bytes ones among them)."""
+    if handler.request_streaming and handler.response_streaming:
+        behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+    if inspect.isasyncgenfunction(behavior):
+        async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            who = await gate.admit(method, context)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as error:
+                gate.finish(who, method, context, request, None, error)
+                raise
+            gate.finish(who, method, context, request, None, None)
+    else:
+        async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            who = await gate.admit(method, context)
+            try:
+                response = await behavior(request, context)
+            except BaseException as error:
+                gate.finish(who, method, context, request, None, error)
+                raise
+            gate.finish(who, method, context, request, response, None)
+            return response
+
+    return make(gated, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
