@@ -75,13 +75,38 @@ def visible_owner(who: Identity) -> str | None:
     return None if who.role == "admin" else who.name
 
 
+class Revoked(Exception):
+    """The caller's certificate was revoked while its call went on."""
+
+
+class Call:
+    """One admitted call: who makes it, and a future set if their certificate is revoked."""
+
+    def __init__(self, who: Identity, watched: bool) -> None:
+        self.who = who
+        self.revoked: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if watched else None)
+
+    async def until_revoked(self, step: Any) -> Any:
+        """Awaits `step` (a part of the call: a response, a request); Revoked if the caller's
+        certificate is revoked first."""
+        if self.revoked is None:
+            return await step
+        running = asyncio.ensure_future(step)
+        await asyncio.wait((running, self.revoked), return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            return running.result()
+        running.cancel()
+        raise Revoked
+
+
 class Gate(grpc.aio.ServerInterceptor):
     """Authenticates, authorizes and audits every call; `verifier` None means no identities."""
 
     def __init__(self, verifier: Verifier | None, record: Record) -> None:
         self.verifier = verifier
         self.record = record
-        self._calls: dict[asyncio.Task[Any], Identity] = {}
+        self._calls: set[Call] = set()
 
     async def intercept_service(self, continuation: Callable[..., Any],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -94,14 +119,14 @@ class Gate(grpc.aio.ServerInterceptor):
         """Ends the calls of callers whose certificate is now revoked; how many it ended."""
         if self.verifier is None:
             return 0
-        ended = [task for task, who in self._calls.items()
-                 if who.serial and self.verifier.is_revoked(who.serial)]
-        for task in ended:
-            task.cancel()
+        ended = [call for call in self._calls if call.revoked is not None
+                 and not call.revoked.done() and self.verifier.is_revoked(call.who.serial)]
+        for call in ended:
+            call.revoked.set_result(None)
         return len(ended)
 
-    async def admit(self, method: str, context: grpc.aio.ServicerContext) -> Identity:
-        """The caller, allowed to call `method`; aborts the call otherwise."""
+    async def admit(self, method: str, context: grpc.aio.ServicerContext) -> Call:
+        """The call of an authenticated caller allowed to call `method`; aborts it otherwise."""
         who = ANONYMOUS
         if self.verifier is not None:
             pem = context.auth_context().get("x509_pem_cert")
@@ -122,15 +147,21 @@ class Gate(grpc.aio.ServerInterceptor):
                 self._audit(who, method, grpc.StatusCode.PERMISSION_DENIED, refusal, "")
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         _CALLER.set(who)
-        task = asyncio.current_task()
-        if task is not None:
-            self._calls[task] = who
-        return who
+        call = Call(who, watched=self.verifier is not None)
+        self._calls.add(call)
+        return call
 
-    def finish(self, who: Identity, method: str, context: grpc.aio.ServicerContext,
-               request: Any, response: Any, error: BaseException | None) -> None:
-        """Forgets the call, and records it where the audit log wants it."""
-        self._calls.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+    async def end(self, call: Call, method: str, context: grpc.aio.ServicerContext,
+                  request: Any, response: Any, error: BaseException | None) -> None:
+        """Forgets the call, records it where the audit log wants it, and aborts it if its
+        caller's certificate was revoked meanwhile."""
+        self._calls.discard(call)
+        who = call.who
+        if isinstance(error, Revoked):
+            refusal = f"the certificate of {who.name} was revoked"
+            self._audit(who, method, grpc.StatusCode.UNAUTHENTICATED, refusal,
+                        _target(request, response))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
         code = context.code() if error is not None else None
         if isinstance(code, int) or code is None:
             code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
@@ -175,23 +206,28 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMe
 
     if inspect.isasyncgenfunction(behavior):
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            who = await gate.admit(method, context)
+            call = await gate.admit(method, context)
+            responses = behavior(request, context)
             try:
-                async for response in behavior(request, context):
+                while True:
+                    try:
+                        response = await call.until_revoked(anext(responses))
+                    except StopAsyncIteration:
+                        break
                     yield response
             except BaseException as error:
-                gate.finish(who, method, context, request, None, error)
+                await gate.end(call, method, context, request, None, error)
                 raise
-            gate.finish(who, method, context, request, None, None)
+            await gate.end(call, method, context, request, None, None)
     else:
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            who = await gate.admit(method, context)
+            call = await gate.admit(method, context)
             try:
-                response = await behavior(request, context)
+                response = await call.until_revoked(behavior(request, context))
             except BaseException as error:
-                gate.finish(who, method, context, request, None, error)
+                await gate.end(call, method, context, request, None, error)
                 raise
-            gate.finish(who, method, context, request, response, None)
+            await gate.end(call, method, context, request, response, None)
             return response
 
     return make(gated, request_deserializer=handler.request_deserializer,
