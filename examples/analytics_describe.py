@@ -5,7 +5,7 @@ pandas' describe() also gives min, quartiles and max; those are not sums of per-
 
 Run it against a coordinator whose workers hold wages.csv (scripts/demo.sh starts such a cluster):
 
-    python examples/analytics_describe.py [127.0.0.1:6700]
+    DELTAFLOW_KIT=fed/users/alice python examples/analytics_describe.py [HOST:PORT]
 """
 
 import sys
@@ -28,7 +28,7 @@ class DescribeWages(HorizontalAnalytics):
         return wages.describe()
 
 
-def main(address: str) -> int:
+def main(address: str | None = None) -> int:
     client = Client(address)
     task_id = client.create_task(DescribeWages().build())
     if not client.trace(task_id):
@@ -38,4 +38,4 @@ def main(address: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:6700"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))

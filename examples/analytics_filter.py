@@ -5,7 +5,7 @@ only the sums and counts of the rows kept leave it.
 
 Run it against a coordinator whose workers hold wages.csv (scripts/demo.sh starts such a cluster):
 
-    python examples/analytics_filter.py [127.0.0.1:6700]
+    DELTAFLOW_KIT=fed/users/alice python examples/analytics_filter.py [HOST:PORT]
 """
 
 import sys
@@ -35,7 +35,7 @@ class LongHours(HorizontalAnalytics):
         }
 
 
-def main(address: str) -> int:
+def main(address: str | None = None) -> int:
     client = Client(address)
     task_id = client.create_task(LongHours().build())
     if not client.trace(task_id):
@@ -46,4 +46,4 @@ def main(address: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:6700"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -6,7 +6,7 @@ deviations from the mean, which needs both. Arithmetic on aggregates runs on the
 
 Run it against a coordinator whose workers hold wages.csv (scripts/demo.sh starts such a cluster):
 
-    python examples/analytics_several_outputs.py [127.0.0.1:6700]
+    DELTAFLOW_KIT=fed/users/alice python examples/analytics_several_outputs.py [HOST:PORT]
 """
 
 import sys
@@ -42,7 +42,7 @@ class WageReport(HorizontalAnalytics):
         )
 
 
-def main(address: str) -> int:
+def main(address: str | None = None) -> int:
     client = Client(address)
     task_id = client.create_task(WageReport().build())
     if not client.trace(task_id):
@@ -55,4 +55,4 @@ def main(address: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:6700"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))

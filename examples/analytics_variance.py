@@ -6,7 +6,7 @@ large mean and a small spread keeps its precision.
 
 Run it against a coordinator whose workers hold wages.csv (scripts/demo.sh starts such a cluster):
 
-    python examples/analytics_variance.py [127.0.0.1:6700]
+    DELTAFLOW_KIT=fed/users/alice python examples/analytics_variance.py [HOST:PORT]
 """
 
 import sys
@@ -37,7 +37,7 @@ class WageSpread(HorizontalAnalytics):
         }
 
 
-def main(address: str) -> int:
+def main(address: str | None = None) -> int:
     client = Client(address)
     task_id = client.create_task(WageSpread().build())
     if not client.trace(task_id):
@@ -48,4 +48,4 @@ def main(address: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:6700"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -1,7 +1,7 @@
 """Federated learning: a small PyTorch regression trained with FedAvg across the workers.
 
 Each worker holds `regression.npz` (arrays x and y). Run it against a coordinator:
-    python examples/learning_regression.py [127.0.0.1:6700]
+    DELTAFLOW_KIT=fed/users/alice python examples/learning_regression.py [HOST:PORT]
 """
 
 import sys
@@ -59,7 +59,7 @@ class Regression(HorizontalLearning):
         return self.model.state_dict()
 
 
-def main(address: str) -> int:
+def main(address: str | None = None) -> int:
     client = Client(address)
     task_id = client.create_task(Regression().build())
     if not client.trace(task_id):
@@ -71,4 +71,4 @@ def main(address: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:6700"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -1,6 +1,8 @@
 """The average of every column of wages.csv across all workers: Delta's WageAvg, unchanged.
 
-Run it against a coordinator: python examples/wage_avg.py [127.0.0.1:6700]
+Run it against a coordinator, as a user of its federation:
+
+    DELTAFLOW_KIT=fed/users/alice python examples/wage_avg.py [HOST:PORT]
 """
 
 import sys
@@ -28,7 +30,7 @@ class WageAvg(HorizontalAnalytics):
         return wages.mean()
 
 
-def main(address: str) -> int:
+def main(address: str | None = None) -> int:
     client = Client(address)
     task_id = client.create_task(WageAvg().build())
     if client.trace(task_id):
@@ -39,4 +41,4 @@ def main(address: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:6700"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))

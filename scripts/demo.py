@@ -1,9 +1,11 @@
-"""The demo: a coordinator and three workers on 127.0.0.1 with generated data files, running
-the WageAvg task (its trace and result beside pandas' own answer), then a short federated
-training of a PyTorch model with FedAvg."""
+"""The demo: a throw-away federation (a CA and a kit for each participant, in a temporary
+folder), its coordinator and three workers on 127.0.0.1 over mutual TLS with generated data
+files, running the WageAvg task as the analyst alice (its trace and result beside pandas' own
+answer), then a short federated training of a PyTorch model with FedAvg."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +26,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="deltaflow-demo-") as folder:
         with LocalCluster(Path(folder)) as cluster:
             address = cluster.start_coordinator()
-            print(f"coordinator on {address}, state and logs in {folder}")
+            os.environ["DELTAFLOW_KIT"] = str(cluster.kit("alice"))  # the examples' Client
+            print(f"federation in {cluster.federation}: its CA, and a kit per participant")
+            print(f"coordinator on {address} (mutual TLS), state and logs in {folder}")
             tables = {f"hospital-{i}": wages(rows, seed=i) for i, rows in enumerate((120, 80, 45))}
             for seed, (name, table) in enumerate(tables.items()):
                 np.savez(cluster.data_dir(name) / "regression.npz", **regression(len(table), seed))

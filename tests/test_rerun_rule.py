@@ -1,0 +1,133 @@
+"""The rerun rule and signed keys, on the workers' side of secure aggregation: a hostile
+coordinator cannot sum one input of a worker twice over different peers, nor make up peers."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdk.proto import services_pb2 as pb
+from sdk.secagg import SecAggError
+from sdk.trust import Kit, Verifier
+from sdk.trust.provision import create_federation
+from worker.contributions import ContributionLedger
+from worker.secure import Contribution, SecureRounds
+
+TASK_KEY = b"\x07" * 16
+
+
+@pytest.fixture
+def federation(tmp_path):
+    create_federation(tmp_path / "fed", ["127.0.0.1:6700"], ["a", "b", "c"], [("alice", "analyst")])
+    return tmp_path / "fed"
+
+
+def worker(federation, name: str, ledger_dir) -> SecureRounds:
+    kit = Kit.load(federation / "workers" / name)
+    verifier = Verifier(kit.ca_pem, (federation / "ca" / "revoked.crl").read_bytes())
+    return SecureRounds(ContributionLedger(ledger_dir / f"{name}.sqlite3"), kit, verifier)
+
+
+def run_round(workers: dict[str, SecureRounds], round_number: int, stage: int = 0,
+              step: str = "step 1", tamper=None) -> dict[str, object]:
+    """Opens a round over `workers` (numbered in order), relays their keys (through `tamper`,
+    as a lying coordinator could), and asks each for its masks with all of them; what each
+    worker said: its mask seeds, or the SecAggError it refused with."""
+    names = list(workers)
+    keys = {}
+    for u, name in enumerate(names):
+        opening = pb.Assignment(task_id=1, round=round_number, stage=stage, phase="compute",
+                                secagg=pb.SecAggRequest(index=u, selected=len(names)))
+        response = pb.SecAggResponse.FromString(
+            workers[name].open(opening, Contribution(TASK_KEY, step, 2)))
+        keys[u] = response.keys
+    if tamper is not None:
+        tamper(keys)
+    outcome: dict[str, object] = {}
+    routed: dict[int, dict[int, bytes]] = {u: {} for u in range(len(names))}
+    for u, name in enumerate(names):
+        share = pb.Assignment(task_id=1, round=round_number, stage=stage, phase="secagg_share",
+                              secagg=pb.SecAggRequest(public_keys=keys))
+        try:
+            shares = pb.SecAggResponse.FromString(workers[name].answer(share)).shares
+        except SecAggError as error:
+            outcome[name] = error
+            continue
+        for v, ciphertext in shares.items():
+            routed[v][u] = ciphertext
+    for u, name in enumerate(names):
+        if name in outcome:
+            continue
+        check = pb.Assignment(task_id=1, round=round_number, stage=stage, phase="secagg_check",
+                              secagg=pb.SecAggRequest(shares=routed[u]))
+        masked = pb.Assignment(task_id=1, round=round_number, stage=stage, phase="secagg_masked",
+                               secagg=pb.SecAggRequest(peers=list(range(len(names)))))
+        workers[name].answer(check)
+        try:
+            outcome[name] = workers[name].mask_seeds(masked)
+        except SecAggError as error:
+            outcome[name] = error
+    return outcome
+
+
+def test_a_step_summed_again_over_other_peers_is_refused_even_after_a_restart(federation,
+                                                                             tmp_path):
+    workers = {name: worker(federation, name, tmp_path) for name in "abc"}
+    first = run_round(workers, 1)
+    assert all(isinstance(seeds, list) for seeds in first.values())
+    again = run_round(workers, 2)  # the same step over the same peers: nothing new is learnt
+    assert all(isinstance(seeds, list) for seeds in again.values())
+
+    fewer = run_round({name: workers[name] for name in "ab"}, 3)  # "c dropped", says it
+    for name in "ab":
+        assert isinstance(fewer[name], SecAggError)
+        assert str(fewer[name]) == (
+            "step 1 of this task was already masked with a, b, c; the same input is not "
+            "masked with another set of workers (a, b), since the difference of the two sums "
+            "would reveal inputs")
+    restarted = {name: worker(federation, name, tmp_path) for name in "ab"}
+    assert all(isinstance(e, SecAggError) for e in run_round(restarted, 4).values())
+    other_step = run_round({name: workers[name] for name in "ab"}, 5, stage=1, step="step 2")
+    assert all(isinstance(seeds, list) for seeds in other_step.values())
+
+
+def test_unmasking_over_another_set_of_survivors_is_refused(federation, tmp_path):
+    workers = {name: worker(federation, name, tmp_path) for name in "abc"}
+    run_round(workers, 1)
+    unmask = pb.Assignment(task_id=1, round=1, stage=0, phase="secagg_unmask",
+                           secagg=pb.SecAggRequest(survivors=[0, 1, 2]))
+    workers["a"].answer(unmask)
+    run_round(workers, 2)
+    fewer = pb.Assignment(task_id=1, round=2, stage=0, phase="secagg_unmask",
+                          secagg=pb.SecAggRequest(survivors=[0, 1]))
+    with pytest.raises(SecAggError, match="already summed with a, b, c"):
+        workers["a"].answer(fewer)
+
+
+def test_peers_the_coordinator_made_up_or_doubled_are_refused(federation, tmp_path):
+    create_federation(tmp_path / "other", ["127.0.0.1:6700"], ["c"], [])
+    strangers = {"a": worker(federation, "a", tmp_path), "b": worker(federation, "b", tmp_path),
+                 "c": worker(tmp_path / "other", "c", tmp_path / "other")}
+
+    def swap_keys(keys):  # the coordinator puts its own key in b's place
+        keys[1].s_pk = keys[2].s_pk
+
+    def double(keys):  # one worker counted twice
+        keys[2].CopyFrom(keys[1])
+
+    def unsigned(keys):
+        keys[2].ClearField("signature")
+
+    cases = [
+        (strangers, None, "the keys of worker number 2 (c) are refused: the certificate of c "
+                          "is not issued by this federation's CA"),
+        (None, swap_keys, "the keys of worker number 1 (b) are refused: the signature of b "
+                          "does not match what it signs"),
+        (None, double, "the keys of worker number 2 (b) are refused"),
+        (None, unsigned, "the keys of worker number 2 (c) are refused"),
+    ]
+    for index, (workers, tamper, refusal) in enumerate(cases):
+        workers = workers or {name: worker(federation, name, tmp_path / str(index))
+                              for name in "abc"}
+        outcome = run_round(workers, 1, tamper=tamper)
+        assert isinstance(outcome["a"], SecAggError), outcome
+        assert refusal in str(outcome["a"])
