@@ -55,6 +55,8 @@ AUDITED = {f"/{_TASKS}/CreateTask": "create_task", f"/{_TASKS}/CancelTask": "can
 _REFUSALS = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
              grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS}
 
+AUDIT_FIELD_CHARS = 256  # the most of a caller's text (a name, a refusal) an audit entry keeps
+
 _CALLER: ContextVar[Identity] = ContextVar("deltaflow_caller")
 
 Record = Callable[[str, str, str, str, str, str], None]  # caller, role, action, target, outcome, detail
@@ -176,9 +178,17 @@ class Gate(grpc.aio.ServerInterceptor):
         action = AUDITED.get(method, method.rsplit("/", 1)[-1])
         outcome = "ok" if code == grpc.StatusCode.OK else code.name
         try:
-            self.record(who.name, who.role, action, target, outcome, detail)
+            self.record(who.name, who.role, _field(action), _field(target), outcome,
+                        _field(detail))
         except Exception:  # noqa: BLE001 - a failed audit write must not fail the call
             log.exception("could not record the audit entry for %s by %s", action, who.name)
+
+
+def _field(text: str, limit: int = AUDIT_FIELD_CHARS) -> str:
+    """`text` as the audit log keeps it: control characters escaped, so that no caller can
+    forge an entry, and at most `limit` characters, so that none can flood it."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + "..." if len(text) > limit else shown
 
 
 def _target(request: Any, response: Any) -> str:

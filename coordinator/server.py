@@ -80,17 +80,16 @@ def _identity(args: argparse.Namespace) -> tuple[Kit | None, str]:
 
 
 def _load_crl(kit: Kit, verifier: Verifier) -> None:
-    """Takes the kit's revoked.crl into `verifier`, or logs why not."""
+    """Takes the kit's revoked.crl into `verifier`; TrustError when it is missing or not one
+    the CA signed (a stale one is taken, and logged: workers refuse tasks until it is renewed)."""
     try:
         data = kit.crl_path.read_bytes()
     except FileNotFoundError:
-        log.error("%s is missing: workers refuse tasks until the coordinator hands them a "
-                  "revocation list (`deltaflow provision crl --ca DIR/ca` writes one)",
-                  kit.crl_path)
-        return
+        raise TrustError(f"{kit.crl_path} is missing: copy revoked.crl from the CA's folder, or "
+                         "write one with `deltaflow provision crl --ca DIR/ca`") from None
+    verifier.set_crl(data)
     try:
-        if verifier.set_crl(data):
-            verifier.check_crl_fresh()
+        verifier.check_crl_fresh()
     except TrustError as error:
         log.error("%s: %s", kit.crl_path, error)
 
@@ -114,7 +113,11 @@ async def _watch_crl(kit: Kit, verifier: Verifier, gate: Gate, registry: WorkerR
         if current is None or current == seen:
             continue
         seen = current
-        _load_crl(kit, verifier)
+        try:
+            _load_crl(kit, verifier)
+        except TrustError as error:
+            log.error("kept the last revocation list: %s", error)
+            continue
         ended = gate.end_revoked()
         log.info("revocation list reloaded from %s; %d call(s) of revoked parties ended",
                  kit.crl_path, ended)
@@ -134,7 +137,10 @@ async def serve(args: argparse.Namespace) -> None:
     crl_stamp = None
     if kit is not None:
         crl_stamp = _crl_stamp(kit)
-        _load_crl(kit, verifier)
+        try:
+            _load_crl(kit, verifier)
+        except TrustError as error:
+            raise SystemExit(f"--kit: {error}") from None
     else:
         log.warning("--insecure: no TLS and no identities; every caller may do everything")
     gate = Gate(verifier, store.append_audit)

@@ -14,7 +14,8 @@ from coordinator.store import Store
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
-from sdk.trust import Verifier
+from sdk.trust import Verifier, check_name
+from sdk.trust.identity import printable_name
 from sdk.wire import CHUNK_SIZE, decode_chunk, encode_chunk, serialize, split_chunks
 
 SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -34,13 +35,15 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
 
     async def Register(self, request: pb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
-        if not request.name.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker needs a name")
         who = caller()
         if who is not ANONYMOUS and request.name != who.name:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"worker {who.name} may register only as {who.name}, "
-                                f"not as {request.name!r}")
+                                f"not as {printable_name(request.name)}")
+        try:
+            check_name(request.name)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a worker's name: {error}")
         try:
             session = self.registry.register(request.name, list(request.datasets))
         except AlreadyConnected as error:

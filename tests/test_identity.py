@@ -133,11 +133,24 @@ def test_a_worker_registers_only_as_its_certificate_says(cluster):
         stub = services_pb2_grpc.WorkerServiceStub(channel)
         code, details = _code(lambda: stub.Register(pb.RegisterRequest(name="hospital-a")))
         assert code == DENIED
-        assert details == "worker w1 may register only as w1, not as 'hospital-a'"
+        assert details == "worker w1 may register only as w1, not as hospital-a"
     with cluster.channel("alice") as channel:
         stub = services_pb2_grpc.WorkerServiceStub(channel)
         code, details = _code(lambda: stub.Register(pb.RegisterRequest(name="alice")))
         assert code == DENIED and "only a worker may" in details
+
+
+def test_a_registration_cannot_flood_or_forge_the_audit_log(cluster):
+    cluster.start_coordinator()
+    with cluster.channel("w1") as channel:
+        stub = services_pb2_grpc.WorkerServiceStub(channel)
+        for name in ("w" * 1_000_000, "w1\r\n2026-01-01 root admin cancel_task task 1 ok"):
+            code, details = _code(lambda: stub.Register(pb.RegisterRequest(name=name)))
+            assert code == DENIED and len(details) < 300, details
+    entries = [e for e in cluster.client("root").list_audit() if e.action == "register"]
+    assert len(entries) == 2
+    assert all(len(e.target) < 300 and len(e.detail) < 300 for e in entries)
+    assert "\n" not in entries[0].target and "\\r\\n" in entries[0].target
 
 
 def test_a_second_daemon_with_the_same_identity_is_refused_and_does_not_flap(cluster):

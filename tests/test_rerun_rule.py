@@ -9,7 +9,7 @@ from sdk.proto import services_pb2 as pb
 from sdk.secagg import SecAggError
 from sdk.trust import Kit, Verifier
 from sdk.trust.provision import create_federation
-from worker.contributions import ContributionLedger
+from worker.contributions import ContributionLedger, RerunRefused
 from worker.secure import Contribution, SecureRounds
 
 TASK_KEY = b"\x07" * 16
@@ -131,3 +131,21 @@ def test_peers_the_coordinator_made_up_or_doubled_are_refused(federation, tmp_pa
         outcome = run_round(workers, 1, tamper=tamper)
         assert isinstance(outcome["a"], SecAggError), outcome
         assert refusal in str(outcome["a"])
+
+
+def test_learning_rounds_only_go_forward_up_to_the_signed_max_rounds(tmp_path):
+    ledger = ContributionLedger(tmp_path / "ledger.sqlite3")
+    ledger.advance("task", 1, max_rounds=3)
+    ledger.advance("task", 1, max_rounds=3)  # a retry of the same round: the peers decide
+    ledger.advance("task", 3, max_rounds=3)
+    with pytest.raises(RerunRefused, match="round 2 comes after round 3, which this worker "
+                                           "already trained: rounds only go forward"):
+        ledger.advance("task", 2, max_rounds=3)
+    for renumbered in (0, 4, 999_999):
+        with pytest.raises(RerunRefused, match=f"round {renumbered} is not one of the task's "
+                                               r"rounds \(its submitter signed max_rounds=3\)"):
+            ledger.advance("task", renumbered, max_rounds=3)
+    restarted = ContributionLedger(tmp_path / "ledger.sqlite3")
+    with pytest.raises(RerunRefused, match="rounds only go forward"):
+        restarted.advance("task", 1, max_rounds=3)
+    restarted.advance("another task", 1, max_rounds=3)

@@ -104,6 +104,18 @@ def stale_crl(cluster) -> bytes:
     return crl.public_bytes(serialization.Encoding.DER)
 
 
+def test_a_restarted_worker_keeps_the_newest_revocation_list_it_saw(cluster):
+    """A coordinator cannot un-revoke someone by handing a restarted worker an older list."""
+    spec, signature = analytics(cluster, user="bob")
+    before = cluster.crl()
+    revoke(cluster.federation / "ca", "bob")
+    error = run_on_worker(cluster, LyingCoordinator(spec, signature, "join", crl=cluster.crl()))
+    assert "refused task 1: the certificate of bob was revoked" in error
+    cluster.workers["w1"].stop()
+    error = run_on_worker(cluster, LyingCoordinator(spec, signature, "join", crl=before))
+    assert "refused task 1: the certificate of bob was revoked" in error
+
+
 class Canary(Regression):
     """A learning task whose code, once unpickled on a worker, writes a file: the proof that
     the worker ran something of it."""

@@ -42,7 +42,7 @@ from worker.engine import (
     add_engine_arguments,
     limits_from_args,
 )
-from worker.contributions import ContributionLedger
+from worker.contributions import ContributionLedger, RerunRefused
 from worker.secure import Contribution, SecureRounds
 
 log = logging.getLogger("deltaflow.worker")
@@ -137,6 +137,7 @@ class LearningJob:
     def __init__(self, handle: TaskHandle, spec: task_pb2.TaskSpec) -> None:
         self.handle = handle
         self.min_clients = spec.rules.min_clients
+        self.max_rounds = spec.learning.max_rounds
         self.secure = spec.secure_aggregation
 
     def describe(self) -> str:
@@ -185,6 +186,9 @@ class Worker:
         self.secure = SecureRounds(ContributionLedger(work_dir / "contributions.sqlite3"), kit,
                                    self.verifier)
         self._task_keys: dict[int, bytes] = {}  # the rerun rule's key of each loaded task
+        self._crl_file = work_dir / "revoked.crl"  # the newest revocation list seen
+        if self.verifier is not None and self._crl_file.exists():
+            self._take_crl(self._crl_file.read_bytes(), keep=False)
         self._coordinator_id = ""  # the coordinator instance the jobs belong to
         self._background: set[asyncio.Task[None]] = set()
 
@@ -288,18 +292,26 @@ class Worker:
             for handler in handlers:
                 handler.cancel()
 
-    def _take_crl(self, data: bytes) -> None:
-        """Takes a revocation list from the coordinator, if the CA signed it and it is not older
-        than the one held (an old list could un-revoke someone)."""
+    def _take_crl(self, data: bytes, keep: bool = True) -> None:
+        """Takes a revocation list (from the coordinator, or kept from an earlier run), if the
+        CA signed it and it is not older than the one held: an old list could un-revoke
+        someone. The newest is kept in the work dir, so a restart does not forget it."""
         if self.verifier is None or not data:
             return
         try:
-            if self.verifier.set_crl(data):
-                log.info("revocation list updated (next update %s)",
-                         time.strftime("%Y-%m-%d %H:%M", time.gmtime(
-                             self.verifier.crl_next_update or 0)))
+            taken = self.verifier.set_crl(data)
         except TrustError as error:
-            log.warning("refused the revocation list the coordinator sent: %s", error)
+            log.warning("refused a revocation list: %s", error)
+            return
+        if not taken:
+            return
+        log.info("revocation list updated (next update %s)", time.strftime(
+            "%Y-%m-%d %H:%M", time.gmtime(self.verifier.crl_next_update or 0)))
+        if keep:
+            partial = self._crl_file.with_suffix(".partial")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(self.verifier.crl_der or b"")
+            partial.replace(self._crl_file)
 
     async def _heartbeats(self, outgoing: asyncio.Queue[pb.WorkerMessage], interval: float,
                           datasets: list[str]) -> None:
@@ -402,10 +414,16 @@ class Worker:
 
     def _contribution(self, assignment: pb.Assignment, job: Job) -> Contribution:
         """What input of which task a round carries, for the rerun rule: an analytics step
-        whatever the coordinator calls its round, a learning round by its number."""
-        step = (f"round {assignment.round}" if isinstance(job, LearningJob)
-                else f"step {assignment.stage + 1}")
-        return Contribution(self._task_keys[assignment.task_id], step, job.min_clients)
+        whatever the coordinator calls its round, a learning round by its number (which only
+        goes forward, up to the signed max_rounds)."""
+        key = self._task_keys[assignment.task_id]
+        if isinstance(job, LearningJob):
+            try:
+                self.secure.ledger.advance(key.hex(), assignment.round, job.max_rounds)
+            except RerunRefused as error:
+                raise TaskRefused(str(error)) from None
+            return Contribution(key, f"round {assignment.round}", job.min_clients)
+        return Contribution(key, f"step {assignment.stage + 1}", job.min_clients)
 
     async def _load(self, stub: services_pb2_grpc.WorkerServiceStub, session_id: str,
                     task_id: int) -> Job:
