@@ -65,14 +65,11 @@ def write_file(path: Path, state: StateDict) -> None:
 
 
 class StateDictReader:
-    """Fills tensors from the bytes of a state dict, piece by piece: freshly allocated ones, or
-    those of `into` (CPU, contiguous, of the manifest's dtypes and shapes) in place."""
+    """Fills freshly allocated tensors from the bytes of a state dict, piece by piece."""
 
-    def __init__(self, infos: list[task_pb2.TensorInfo], into: StateDict | None = None) -> None:
+    def __init__(self, infos: list[task_pb2.TensorInfo]) -> None:
         self.state: StateDict = {
-            info.name: (into[info.name] if into is not None else
-                        torch.empty(tuple(info.shape), dtype=DTYPES[info.dtype]))
-            for info in infos
+            info.name: torch.empty(tuple(info.shape), dtype=DTYPES[info.dtype]) for info in infos
         }
         self._views = [raw_bytes(t) for t in self.state.values()]  # writable: they share memory
         self._index = 0
@@ -103,22 +100,12 @@ class StateDictReader:
             self._index += 1
 
 
-def fits(state: StateDict, infos: list[task_pb2.TensorInfo]) -> bool:
-    """Whether `state`'s tensors can be read into in place (see StateDictReader)."""
-    return all(
-        info.name in state and state[info.name].device.type == "cpu"
-        and state[info.name].is_contiguous() and tensors_match(state[info.name], info)
-        for info in infos
-    )
-
-
 def tensors_match(tensor: torch.Tensor, info: task_pb2.TensorInfo) -> bool:
     return _NAMES.get(tensor.dtype) == info.dtype and list(tensor.shape) == list(info.shape)
 
 
-def read_file(path: Path, infos: list[task_pb2.TensorInfo],
-              into: StateDict | None = None) -> StateDict:
-    reader = StateDictReader(infos, into)
+def read_file(path: Path, infos: list[task_pb2.TensorInfo]) -> StateDict:
+    reader = StateDictReader(infos)
     with open(path, "rb") as handle:
         while piece := handle.read(CHUNK_SIZE):
             reader.write(piece)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import torch
@@ -66,3 +67,10 @@ class BrokenTraining(Regression):
 
     def train(self, dataloader):
         raise ValueError("a bug in the user's train()")
+
+
+class Probe(Regression):
+    """Reports, among its metrics, whether grpc was imported in the process it runs in."""
+
+    def validate(self, dataloader):
+        return {**super().validate(dataloader), "grpc_loaded": float("grpc" in sys.modules)}

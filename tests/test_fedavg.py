@@ -181,13 +181,14 @@ def test_secure_vectors_average_to_fedavg_within_the_fixed_point_quantisation(tm
     exactly, floats within workers * 0.5 * 10^-precision / samples (plus their dtype's rounding)."""
     from coordinator.fedavg import per_tensor, write_average
     from sdk.secagg.fixedpoint import decode_in_place
-    from worker.learning import mask_vector, masked_input
+    from worker.learning_job import mask_vector, masked_input
 
     precision, states, samples = 6, [state(seed) for seed in range(3)], [10, 30, 5]
     metrics = [{"mse": 0.5, "acc": 0.9}, {"mse": 0.25, "acc": 0.8}, {"mse": 1.0, "acc": 0.7}]
     infos = tensors.manifest(states[0])
     length = weights.secure_length(infos)
-    total = sum(masked_input(s, infos, n, 2 * n, m, precision, 3, mask_vector(length, []))
+    total = sum(masked_input(memoryview(b"".join(tensors.iter_chunks(s))), infos, n, 2 * n, m,
+                             precision, 3, mask_vector(length, []))
                 for s, n, m in zip(states, samples, metrics))
     sums = decode_in_place(total, precision)
     tail = sums[-2 - weights.METRIC_SLOTS:]

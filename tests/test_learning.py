@@ -4,16 +4,18 @@ computation done in this process."""
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 import torch
 from cluster import log_text, wait_for
 from hand_worker import HandWorker
-from learning_tasks import BrokenTraining, Regression, regression_data
+from learning_tasks import BrokenTraining, Probe, Regression, regression_data
 
 from sdk import tensors, values
 from sdk.client import Client
@@ -89,6 +91,28 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
     log = log_text(client, task_id)
     assert "round 3/3: mse=" in log and "from 3 workers" in log
     assert f"secure aggregation: {'on' if secure else 'off'}" in log
+
+
+def test_the_engine_task_holds_no_network_and_never_imports_grpc(cluster):
+    """The submitter's code runs without a socket: the daemon moves its weights."""
+    start(cluster, env={"w1": {"TEST_TRAIN_DELAY": "1"}})
+    client = Client(cluster.address)
+    task_id = client.create_task(Probe(max_rounds=2).build())
+    loaded = wait_for(lambda: re.search(r"engine task loaded, pid (\d+)",
+                                        cluster.workers["w1"].log()), what="the engine task")
+    engine_task = psutil.Process(int(loaded.group(1)))
+    daemon = psutil.Process(cluster.workers["w1"].process.pid)
+    assert engine_task in daemon.children(recursive=True)
+    sockets = []
+    while (client.get_task(task_id).state == pb.TASK_STATE_RUNNING
+           and engine_task.is_running()):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            sockets += engine_task.net_connections(kind="inet")
+        threading.Event().wait(0.1)
+    assert client.wait(task_id), client.get_task(task_id).error
+    assert sockets == []
+    metrics = client.get_metrics(task_id)
+    assert [m["grpc_loaded"] for m in metrics] == [0.0, 0.0]
 
 
 def test_merge_iteration_and_no_validation(cluster):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import importlib
 import logging
 import signal
 import tempfile
@@ -20,7 +19,6 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -38,11 +36,11 @@ from worker.engine import (
     EngineSession,
     NvmlInventory,
     TaskError,
-    TaskHandle,
     add_engine_arguments,
     limits_from_args,
 )
 from worker.contributions import ContributionLedger, RerunRefused
+from worker.learning_job import LearningJob
 from worker.secure import Contribution, SecureRounds
 
 log = logging.getLogger("deltaflow.worker")
@@ -131,39 +129,6 @@ async def serve(args: argparse.Namespace) -> None:
     await worker.run(stop)
 
 
-class LearningJob:
-    """A joined learning task: the engine task that trains it, and moves its weights."""
-
-    def __init__(self, handle: TaskHandle, spec: task_pb2.TaskSpec) -> None:
-        self.handle = handle
-        self.min_clients = spec.rules.min_clients
-        self.max_rounds = spec.learning.max_rounds
-        self.secure = spec.secure_aggregation
-
-    def describe(self) -> str:
-        return f"engine task loaded, pid {self.handle.task.pid}"
-
-    async def train(self, session_id: str, exchange_id: int, round_number: int, validate: bool,
-                    mask_seeds: list[tuple[bytes, int]] | None) -> dict[str, Any]:
-        """Runs a round in the engine task, which also uploads the answer to the exchange:
-        its weights, or under secure aggregation its masked input (`mask_seeds`)."""
-        return await self.handle.train_async({
-            "session_id": session_id, "exchange_id": exchange_id, "round": round_number,
-            "validate": validate, "mask_seeds": mask_seeds,
-        })
-
-    async def resend(self, session_id: str, exchange_id: int, round_number: int) -> dict[str, Any]:
-        """Has the engine task upload the round's answer again, unchanged (it needs no device
-        of its own for that)."""
-        return await self.handle.train_async({
-            "session_id": session_id, "exchange_id": exchange_id, "round": round_number,
-            "resend": True,
-        }, on_last_device=True)
-
-    async def close(self) -> None:
-        await self.handle.close_async()
-
-
 Job = AnalyticsJob | LearningJob
 
 
@@ -250,10 +215,10 @@ class Worker:
                 self._release(task_id)
             log.info("registered with %s as %s, offering %d dataset(s)", self.address, self.name,
                      len(datasets))
-            await self._channel(stub, reply, datasets)
+            await self._channel(channel, stub, reply, datasets)
             return True
 
-    async def _channel(self, stub: services_pb2_grpc.WorkerServiceStub,
+    async def _channel(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
                        reply: pb.RegisterResponse, datasets: list[str]) -> None:
         interval = reply.heartbeat_interval or 1.0
         silence_limit = max(4 * interval, 3.0)
@@ -279,7 +244,7 @@ class Worker:
                     return
                 if message.HasField("assignment"):
                     handler = asyncio.create_task(
-                        self._handle(stub, reply.session_id, message.assignment))
+                        self._handle(channel, stub, reply.session_id, message.assignment))
                     handlers.add(handler)
                     handler.add_done_callback(handlers.discard)
                 elif message.HasField("release_task_id"):
@@ -333,13 +298,13 @@ class Worker:
                 log.info("data dir changed: now offering %d dataset(s)", len(datasets))
                 outgoing.put_nowait(pb.WorkerMessage(datasets=pb.DatasetList(names=datasets)))
 
-    async def _handle(self, stub: services_pb2_grpc.WorkerServiceStub, session_id: str,
-                      assignment: pb.Assignment) -> None:
+    async def _handle(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
+                      session_id: str, assignment: pb.Assignment) -> None:
         task_id = assignment.task_id
         started = time.perf_counter()
         data, error = b"", ""
         try:
-            job = await self._job(stub, session_id, task_id)
+            job = await self._job(channel, stub, session_id, task_id)
             phase, secagg = assignment.phase, assignment.HasField("secagg")
             if phase in ("compute", "train") and job.secure and not secagg:
                 raise PrivacyError(f"task {task_id} asks for secure aggregation, and the "
@@ -367,17 +332,18 @@ class Worker:
             elif phase == "train" and isinstance(job, LearningJob):
                 round_input = values.decode(assignment.inputs)
                 seeds = self.secure.mask_seeds(assignment) if secagg else None
-                answer = await job.train(session_id, assignment.exchange_id, assignment.round,
-                                         bool(round_input["validate"]), seeds)
+                accepted = await job.train(channel, session_id, assignment.exchange_id,
+                                           assignment.round, bool(round_input["validate"]), seeds)
                 log.info("task %d: round %d trained on %s and sent%s in %.3f s%s", task_id,
                          assignment.round, job.handle.device, " under masks" if secagg else "",
                          time.perf_counter() - started,
-                         "" if answer["accepted"] else " (too late: not accepted)")
+                         "" if accepted else " (too late: not accepted)")
                 return
             elif phase == "resend" and isinstance(job, LearningJob):
-                answer = await job.resend(session_id, assignment.exchange_id, assignment.round)
+                accepted = await job.resend(channel, session_id, assignment.exchange_id,
+                                            assignment.round)
                 log.info("task %d: round %d sent again, as the coordinator asked%s", task_id,
-                         assignment.round, "" if answer["accepted"] else " (not accepted)")
+                         assignment.round, "" if accepted else " (not accepted)")
                 return
             else:
                 raise ValueError(f"task {task_id} has no phase {phase!r}")
@@ -400,11 +366,12 @@ class Worker:
 
         await stub.Upload(upload())
 
-    async def _job(self, stub: services_pb2_grpc.WorkerServiceStub, session_id: str,
-                   task_id: int) -> Job:
+    async def _job(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
+                   session_id: str, task_id: int) -> Job:
         """The task's job, fetched and loaded once however many phases ask for it."""
         if task_id not in self._jobs or self._jobs[task_id].cancelled():
-            self._jobs[task_id] = asyncio.create_task(self._load(stub, session_id, task_id))
+            self._jobs[task_id] = asyncio.create_task(
+                self._load(channel, stub, session_id, task_id))
         job = self._jobs[task_id]
         try:
             return await asyncio.shield(job)
@@ -425,8 +392,8 @@ class Worker:
             return Contribution(key, f"round {assignment.round}", job.min_clients)
         return Contribution(key, f"step {assignment.stage + 1}", job.min_clients)
 
-    async def _load(self, stub: services_pb2_grpc.WorkerServiceStub, session_id: str,
-                    task_id: int) -> Job:
+    async def _load(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
+                    session_id: str, task_id: int) -> Job:
         signature = None
         chunks = []
         async for message in stub.FetchTask(pb.FetchTaskRequest(session_id=session_id,
@@ -442,11 +409,11 @@ class Worker:
         spec.ParseFromString(data)
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
             return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
-        # torch is imported once a learning task comes, in a thread: heartbeats go on meanwhile.
-        learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
         data_path = self.data_dir.resolve(spec.datasets[0].file)
-        process = learning.LearningProcess(task_id, spec, data_path, self.address, session_id)
-        return LearningJob(await self.engine.open_async(process), spec)
+        job = LearningJob(task_id, spec, data_path, Path(self.engine.workdir))
+        await job.open(self.engine, channel, session_id,
+                       expected_weights_sha256=claims.weights_sha256 if claims else None)
+        return job
 
     def _check_signature(self, task_id: int, signature: task_pb2.TaskSignature | None,
                          spec_bytes: bytes) -> task_pb2.TaskClaims | None:

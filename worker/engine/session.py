@@ -109,14 +109,13 @@ class TaskHandle:
         self._closed = False
         self._slot = False
 
-    def train(self, round_input: Any = None, on_last_device: bool = False) -> dict:
+    def train(self, round_input: Any = None) -> dict:
         """Run ``train`` once with ``task.round_input = round_input``; return its dict.
 
         Waits for a device that fits ``task.estimate_cuda_memory`` (else the default), keeping
         the last device when it still fits; a CUDA out-of-memory error is retried on another
-        device up to ``oom_retries`` times. ``on_last_device`` skips the wait for a call that
-        takes no new device memory: it runs on the device of the last train. Raises TaskError
-        when train fails; the task stays open unless its subprocess died.
+        device up to ``oom_retries`` times. Raises TaskError when train fails; the task stays
+        open unless its subprocess died.
         """
         task, pool = self.task, self._pool
         with self._lock:
@@ -126,10 +125,9 @@ class TaskHandle:
             task.attempts = []
             while True:
                 try:
-                    device = (self.device if on_last_device and self.device else
-                              self._wait_for("train", lambda: pool.try_place(
-                                  task, estimate, pinned=task.pinned_device,
-                                  tried=task.attempts, preferred=self.device)))
+                    device = self._wait_for("train", lambda: pool.try_place(
+                        task, estimate, pinned=task.pinned_device, tried=task.attempts,
+                        preferred=self.device))
                 except PlacementError as error:
                     raise TaskError(task.task_id, "train", str(error)) from None
                 try:
@@ -149,8 +147,8 @@ class TaskHandle:
                     self._end()
                 raise TaskError(task.task_id, reply.stage, reply.message)
 
-    async def train_async(self, round_input: Any = None, on_last_device: bool = False) -> dict:
-        return await _in_thread(self.train, round_input, on_last_device)
+    async def train_async(self, round_input: Any = None) -> dict:
+        return await _in_thread(self.train, round_input)
 
     def close(self) -> None:
         """End the task's subprocess and free its slot. A ``train`` or ``open`` in progress

@@ -1,0 +1,103 @@
+"""The worker daemon's side of a learning task, in process: the fixed-point encoding of raw
+weights, and the initial weights' digest checked before any engine task starts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from sdk import tensors
+from sdk.proto import task_pb2
+from sdk.secagg import fixedpoint
+from sdk.weights import ITEMSIZES
+from sdk.wire import encode_chunk, split_views
+from worker.learning_job import LearningJob, masked_input
+
+
+def torch_encoding(state: tensors.StateDict, precision: int, max_clients: int,
+                   samples: int) -> np.ndarray:
+    """The weights' part of the vector as the engine task encoded it from tensors, before the
+    daemon did it from raw bytes."""
+    out = np.zeros(sum(t.numel() for t in state.values()), dtype=np.uint64)
+    start = 0
+    for tensor in state.values():
+        flat = tensor.reshape(-1)
+        if flat.dtype == torch.bfloat16:
+            flat = flat.float()
+        fixedpoint.encode_into(out[start:start + flat.numel()], flat.numpy(),
+                               samples * 10.0**precision, precision, 3, add=True)
+        start += flat.numel()
+    return out
+
+
+def test_raw_bytes_encode_as_the_tensors_did_for_every_dtype():
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name in ITEMSIZES:
+        dtype = tensors.DTYPES[name]
+        if dtype.is_floating_point:
+            state[name] = torch.randn(1000, generator=generator).to(dtype) * 100
+        elif dtype == torch.bool:
+            state[name] = torch.rand(1000, generator=generator) > 0.5
+        else:
+            info = torch.iinfo(dtype)
+            state[name] = torch.randint(max(info.min, -10**6), min(info.max, 10**6), (1000,),
+                                        generator=generator, dtype=dtype)
+    state["scalar"] = torch.tensor(7)
+    state["empty"] = torch.zeros(0, 3, dtype=torch.bfloat16)
+    infos = tensors.manifest(state)
+    raw = memoryview(b"".join(tensors.iter_chunks(state)))
+    words = sum(t.numel() for t in state.values())
+    masks = np.zeros(words + 2 + 16, dtype=np.uint64)
+    vector = masked_input(raw, infos, 17, 3, {}, 6, 3, masks)
+    expected = torch_encoding(state, 6, 3, 17)
+    start = 0
+    for name, tensor in state.items():
+        np.testing.assert_array_equal(vector[start:start + tensor.numel()],
+                                      expected[start:start + tensor.numel()], err_msg=name)
+        start += tensor.numel()
+
+
+class FakeChannel:
+    """Serves `weights` to FetchWeights as the coordinator would, in raw chunks."""
+
+    def __init__(self, weights: bytes) -> None:
+        self.weights = weights
+
+    def unary_stream(self, method, request_serializer, response_deserializer):
+        assert method.endswith("/FetchWeights")
+
+        async def chunks(request):
+            for piece in split_views(self.weights, 1000):
+                yield response_deserializer(encode_chunk(1, piece))
+        return chunks
+
+
+class NoEngine:
+    """An engine that must not be asked to start anything."""
+
+    opened = False
+
+    async def open_async(self, task):
+        NoEngine.opened = True
+        raise AssertionError("the engine task was started")
+
+
+def test_initial_weights_unlike_the_signed_digest_fail_the_load_before_the_engine(tmp_path):
+    state = {"w": torch.arange(3000, dtype=torch.float32)}
+    weights = b"".join(tensors.iter_chunks(state))
+    spec = task_pb2.TaskSpec(kind=task_pb2.TASK_KIND_LEARNING)
+    spec.learning.weights.extend(tensors.manifest(state))
+    job = LearningJob(7, spec, tmp_path / "train.npz", tmp_path)
+    shared = job.weights.path
+    with pytest.raises(ValueError, match="the initial weights do not match the digest its "
+                                         "submitter signed"):
+        asyncio.run(job.open(NoEngine(), FakeChannel(weights), "session",
+                             expected_weights_sha256=hashlib.sha256(b"other").digest()))
+    assert not NoEngine.opened
+    assert job.initial_sha256 == hashlib.sha256(weights).digest()
+    assert not shared.exists()  # the failed job left no shared memory behind

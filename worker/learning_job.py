@@ -1,0 +1,295 @@
+"""A learning task on the worker daemon's side: every exchange with the coordinator, and the
+masking, for the engine task that trains it.
+
+The engine task runs the submitter's code, so it gets no network, no session and no key: the
+daemon downloads the global weights into a shared-memory region of the model's size (the
+tensors' raw bytes in manifest order), the engine task trains from there and writes its trained
+weights back there, and the daemon uploads them, or under secure aggregation their fixed-point
+encoding added onto the round's masks. No torch here: the daemon stays light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import mmap
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import grpc
+import numpy as np
+
+from sdk import values
+from sdk.proto import services_pb2 as pb
+from sdk.proto import task_pb2
+from sdk.secagg import accumulate, fixedpoint
+from sdk.weights import METRIC_SLOTS, count, nbytes, secure_length, total_bytes
+from sdk.wire import decode_chunk, encode_chunk, serialize, split_views
+from worker.engine import EngineSession, TaskHandle
+
+SHM_DIR = Path("/dev/shm")
+
+# How each dtype's little-endian bytes read as numbers (bfloat16 apart: numpy has none).
+NUMPY_DTYPES = {
+    "float32": "<f4", "float16": "<f2", "float64": "<f8", "int64": "<i8", "int32": "<i4",
+    "int16": "<i2", "int8": "i1", "uint8": "u1", "bool": "?",
+}
+BFLOAT16_PIECE = 1 << 20  # values widened to float32 at a time
+
+
+class SharedWeights:
+    """A model's bytes in a file mapped into memory, shared with the engine task that maps the
+    same file: under /dev/shm (else `fallback_dir`), created 0600, its space reserved up front
+    so that a full tmpfs fails here rather than with SIGBUS on a write."""
+
+    def __init__(self, size: int, fallback_dir: Path, prefix: str) -> None:
+        self.size = size
+        for directory in (SHM_DIR, fallback_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=prefix, dir=directory)  # mode 0600
+            except OSError:
+                continue
+            try:
+                os.posix_fallocate(fd, 0, max(size, 1))  # mmap refuses length 0
+                self.path: Path | None = Path(name)
+                self._map = mmap.mmap(fd, max(size, 1))
+                break
+            except OSError:
+                os.unlink(name)
+            finally:
+                os.close(fd)
+        else:
+            raise OSError(f"no room for {size} bytes of weights in {SHM_DIR} or {fallback_dir}")
+        self.view = memoryview(self._map)[:size]
+
+    def unlink(self) -> None:
+        """Removes the file; the mappings stay valid for whoever holds them."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+    def close(self) -> None:
+        self.unlink()
+        self.view.release()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a view of it is still alive (an upload being torn down): unmapped with it
+
+
+def mask_vector(length: int, mask_seeds: list[tuple[bytes, int]],
+                stop: threading.Event | None = None) -> np.ndarray:
+    """The sum of a round's masks (its self mask and pairwise masks), `length` uint64 words
+    (left unfinished once `stop` is set). They do not depend on the weights: a round makes them
+    while it downloads and trains, holding 8 B a value meanwhile."""
+    vector = np.zeros(length, dtype=np.uint64)
+    accumulate(vector, [], mask_seeds, stop=stop)
+    return vector
+
+
+def _encode_tensor(out: np.ndarray, raw: memoryview, dtype: str, scale: float, precision: int,
+                   max_clients: int) -> None:
+    """One tensor's raw little-endian bytes, times `scale`, in fixed point added onto `out`."""
+    if dtype != "bfloat16":
+        numbers = np.frombuffer(raw, dtype=NUMPY_DTYPES[dtype])
+        fixedpoint.encode_into(out, numbers, scale, precision, max_clients, add=True)
+        return
+    halves = np.frombuffer(raw, dtype="<u2")  # a bfloat16 is a float32's upper half
+    for start in range(0, halves.size, BFLOAT16_PIECE):
+        piece = halves[start:start + BFLOAT16_PIECE]
+        widened = (piece.astype(np.uint32) << 16).view(np.float32)
+        fixedpoint.encode_into(out[start:start + piece.size], widened, scale, precision,
+                               max_clients, add=True)
+
+
+def masked_input(raw: memoryview, infos: list[task_pb2.TensorInfo], samples: int,
+                 validate_samples: int, metrics: dict[str, float], precision: int,
+                 max_clients: int, masks: np.ndarray) -> np.ndarray:
+    """The round's secure-aggregation vector (see sdk.weights) in fixed point, from the trained
+    weights' raw bytes `raw`, added to `masks` (mask_vector's) in place: what the worker sends."""
+    if len(metrics) > METRIC_SLOTS:
+        raise ValueError(f"validate() returned {len(metrics)} metrics; secure aggregation "
+                         f"carries at most {METRIC_SLOTS}")
+    word = offset = 0
+    for info in infos:
+        size, values_count = nbytes(info), count(info)
+        _encode_tensor(masks[word:word + values_count], raw[offset:offset + size], info.dtype,
+                       samples * 10.0**precision, precision, max_clients)
+        word, offset = word + values_count, offset + size
+    tail = np.zeros(2 + METRIC_SLOTS)
+    tail[:2] = samples, validate_samples
+    tail[2:2 + len(metrics)] = [metrics[name] * validate_samples for name in sorted(metrics)]
+    fixedpoint.encode_into(masks[word:], tail, 10.0**precision, precision, max_clients, add=True)
+    return masks
+
+
+def _data_chunk(message: bytes) -> memoryview | bytes:
+    """A DataChunk's bytes, read without a message object where it has the usual form."""
+    chunk = decode_chunk(1, message)
+    return chunk if chunk is not None else pb.DataChunk.FromString(message).chunk
+
+
+def _method(name: str) -> str:
+    return f"/{pb.DESCRIPTOR.services_by_name['WorkerService'].full_name}/{name}"
+
+
+class Sent(NamedTuple):
+    """A round's answer, kept until the next round in case the coordinator asks for it again:
+    the weights stay in shared memory until the next download; masks are made again."""
+
+    round: int
+    meta: dict[str, Any]
+    result: dict[str, Any]  # what the engine task's train returned
+    mask_seeds: list[tuple[bytes, int]] | None
+
+
+class LearningJob:
+    """A joined learning task: its shared weights, the engine task that trains on them, and
+    every exchange of weights with the coordinator (over the daemon's channel, given per call
+    since the daemon reconnects)."""
+
+    def __init__(self, task_id: int, spec: task_pb2.TaskSpec, data_path: Path,
+                 work_dir: Path) -> None:
+        self.task_id = task_id
+        self.spec = spec
+        self.data_path = data_path
+        self.min_clients = spec.rules.min_clients
+        self.max_rounds = spec.learning.max_rounds
+        self.max_clients = spec.rules.max_clients
+        self.precision = spec.precision
+        self.secure = spec.secure_aggregation
+        self.infos = list(spec.learning.weights)
+        self.weights = SharedWeights(total_bytes(self.infos), work_dir, f"task-{task_id}-")
+        self.initial_sha256 = b""  # of the initial weights, once downloaded
+        self.handle: TaskHandle | None = None
+        self._sent: Sent | None = None
+        self._lock = asyncio.Lock()  # one round's exchange at a time over the shared weights
+        self._masking = ThreadPoolExecutor(1, thread_name_prefix=f"masks-{task_id}")
+
+    async def open(self, engine: EngineSession, channel: grpc.aio.Channel, session_id: str,
+                   expected_weights_sha256: bytes | None = None) -> None:
+        """Downloads the initial weights, checks them against the digest their submitter signed
+        (when given), then starts and loads the engine task on them. Closes the job if any of
+        it fails."""
+        try:
+            digest = hashlib.sha256()
+            await self._download(channel, session_id, digest)
+            self.initial_sha256 = digest.digest()
+            if (expected_weights_sha256 is not None
+                    and self.initial_sha256 != expected_weights_sha256):
+                raise ValueError(f"task {self.task_id}: the initial weights do not match the "
+                                 "digest its submitter signed; the coordinator sent other "
+                                 "weights than the task was built with")
+            # torch is imported once a learning task comes, in a thread: heartbeats go on.
+            learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
+            process = learning.LearningProcess(self.task_id, self.spec, self.data_path,
+                                               str(self.weights.path))
+            self.handle = await engine.open_async(process)
+            self.weights.unlink()  # both sides have it mapped: nothing left behind on a crash
+        except BaseException:
+            await self.close()
+            raise
+
+    def describe(self) -> str:
+        return f"engine task loaded, pid {self.handle.task.pid}"
+
+    async def train(self, channel: grpc.aio.Channel, session_id: str, exchange_id: int,
+                    round_number: int, validate: bool,
+                    mask_seeds: list[tuple[bytes, int]] | None) -> bool:
+        """A round: downloads the global weights, trains them in the engine task and uploads
+        the answer to the exchange: the trained weights, or under secure aggregation (with
+        `mask_seeds`) their masked input, whose masks are made meanwhile. Accepted or not."""
+        async with self._lock:
+            self._sent = None
+            stop = threading.Event()
+            making = None
+            if mask_seeds is not None:
+                making = asyncio.get_running_loop().run_in_executor(
+                    self._masking, mask_vector, secure_length(self.infos), mask_seeds, stop)
+            try:
+                await self._download(channel, session_id)
+                result = await self.handle.train_async({"round": round_number,
+                                                        "validate": validate})
+                masks = await making if making is not None else None
+            except BaseException:
+                stop.set()  # nobody will send the masks: no CPU spent on them after this
+                raise
+            if mask_seeds is None:
+                meta = {key: result[key] for key in ("samples", "validate_samples", "metrics")}
+            else:
+                meta = {"metric_names": sorted(result["metrics"])}
+            self._sent = Sent(round_number, meta, result, mask_seeds)
+            return await self._upload(channel, session_id, exchange_id, masks)
+
+    async def resend(self, channel: grpc.aio.Channel, session_id: str, exchange_id: int,
+                     round_number: int) -> bool:
+        """Uploads the round's answer again, unchanged (the coordinator asks when another
+        worker's broken upload had reached the sum). Accepted or not."""
+        async with self._lock:
+            if self._sent is None or self._sent.round != round_number:
+                raise ValueError(f"it has no upload of round {round_number} to send again")
+            return await self._upload(channel, session_id, exchange_id)
+
+    async def close(self) -> None:
+        if self.handle is not None:
+            await self.handle.close_async()
+        self._masking.shutdown(wait=False, cancel_futures=True)
+        self.weights.close()
+
+    async def _download(self, channel: grpc.aio.Channel, session_id: str,
+                        digest: Any = None) -> None:
+        """The task's global weights into shared memory, as raw chunks; `digest` (a hashlib
+        object) updated with them."""
+        fetch = channel.unary_stream(_method("FetchWeights"), request_serializer=serialize,
+                                     response_deserializer=_data_chunk)
+        view, offset = self.weights.view, 0
+        async for chunk in fetch(pb.FetchWeightsRequest(session_id=session_id,
+                                                        task_id=self.task_id)):
+            end = offset + len(chunk)
+            if end > len(view):
+                raise ValueError(f"the coordinator sent more than the {len(view)} bytes of "
+                                 f"task {self.task_id}'s weights")
+            view[offset:end] = chunk
+            if digest is not None:
+                digest.update(chunk)
+            offset = end
+        if offset != len(view):
+            raise ValueError(f"the coordinator sent {offset} of the {len(view)} bytes of "
+                             f"task {self.task_id}'s weights")
+
+    async def _upload(self, channel: grpc.aio.Channel, session_id: str, exchange_id: int,
+                      masks: np.ndarray | None = None) -> bool:
+        """Sends the kept answer: the weights straight from shared memory, or their masked
+        input on `masks` (made again from the seeds when not given)."""
+        sent = self._sent
+        if sent.mask_seeds is None:
+            chunks: Iterator[memoryview] = split_views(self.weights.view)
+        else:
+            vector = await asyncio.to_thread(self._masked, sent, masks)
+            chunks = split_views(vector.astype("<u8", copy=False))
+        header = pb.UploadHeader(session_id=session_id, exchange_id=exchange_id)
+        header.meta.CopyFrom(values.encode(sent.meta))
+
+        def requests() -> Iterator[pb.UploadRequest | bytes]:
+            yield pb.UploadRequest(header=header)
+            for chunk in chunks:
+                yield encode_chunk(2, chunk)  # an UploadRequest's chunk, as wire bytes
+
+        upload = channel.stream_unary(_method("Upload"), request_serializer=serialize,
+                                      response_deserializer=pb.UploadResponse.FromString)
+        return (await upload(requests())).accepted
+
+    def _masked(self, sent: Sent, masks: np.ndarray | None) -> np.ndarray:
+        if masks is None:  # a resend: 8 B a value are not kept between rounds
+            masks = mask_vector(secure_length(self.infos), sent.mask_seeds)
+        result = sent.result
+        return masked_input(self.weights.view, self.infos, result["samples"],
+                            result["validate_samples"], result["metrics"], self.precision,
+                            self.max_clients, masks)
