@@ -59,7 +59,8 @@ AUDIT_FIELD_CHARS = 256  # the most of a caller's text (a name, a refusal) an au
 
 _CALLER: ContextVar[Identity] = ContextVar("deltaflow_caller")
 
-Record = Callable[[str, str, str, str, str, str], None]  # caller, role, action, target, outcome, detail
+# The audit log's sink: (caller, role, action, target, outcome, detail).
+Record = Callable[[str, str, str, str, str, str], None]
 
 
 def caller() -> Identity:

@@ -41,7 +41,8 @@ class TaskManager:
         rules = spec.rules
         kind = task_pb2.TaskKind.Name(spec.kind).removeprefix("TASK_KIND_").lower()
         signed = f"signed by {owner}" if signature is not None else "unsigned"
-        self.log(task_id, f"task {task_id} created by {owner} ({signed}): {spec.name} ({kind}; min_clients="
+        self.log(task_id, f"task {task_id} created by {owner} ({signed}): {spec.name} "
+                 f"({kind}; min_clients="
                  f"{rules.min_clients}, max_clients={rules.max_clients}, wait_timeout="
                  f"{rules.wait_timeout:g}s, connection_timeout={rules.connection_timeout:g}s)")
         self._runs[task_id] = asyncio.create_task(self._run(task_id, spec))

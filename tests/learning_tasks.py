@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -74,3 +75,16 @@ class Probe(Regression):
 
     def validate(self, dataloader):
         return {**super().validate(dataloader), "grpc_loaded": float("grpc" in sys.modules)}
+
+
+class Canary(Regression):
+    """A learning task whose code, once unpickled on a worker, writes a file: the proof that
+    the worker ran something of it."""
+
+    def __init__(self, canary: Path) -> None:
+        super().__init__(max_rounds=1)
+        self.canary = str(canary)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        Path(self.canary).write_text("the task's code ran here")

@@ -18,12 +18,9 @@ from hand_worker import HandWorker
 from learning_tasks import BrokenTraining, Probe, Regression, regression_data
 
 from sdk import tensors, values
-from sdk.client import Client
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
-from sdk.wire import CHANNEL_OPTIONS
 from worker.learning import load_training_data, split
-from worker.secure import SecureRounds
 
 SIZES = {"w1": 60, "w2": 100, "w3": 35}
 
@@ -94,23 +91,27 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
 
 
 def test_the_engine_task_holds_no_network_and_never_imports_grpc(cluster):
-    """The submitter's code runs without a socket: the daemon moves its weights."""
+    """The submitter's code runs without a socket and without the kit: the daemon moves its
+    weights, and holds the key."""
     start(cluster, env={"w1": {"TEST_TRAIN_DELAY": "1"}})
-    client = Client(cluster.address)
+    client = cluster.client()
     task_id = client.create_task(Probe(max_rounds=2).build())
     loaded = wait_for(lambda: re.search(r"engine task loaded, pid (\d+)",
                                         cluster.workers["w1"].log()), what="the engine task")
     engine_task = psutil.Process(int(loaded.group(1)))
     daemon = psutil.Process(cluster.workers["w1"].process.pid)
     assert engine_task in daemon.children(recursive=True)
-    sockets = []
+    sockets, files = [], set()
     while (client.get_task(task_id).state == pb.TASK_STATE_RUNNING
            and engine_task.is_running()):
         with contextlib.suppress(psutil.NoSuchProcess):
             sockets += engine_task.net_connections(kind="inet")
+            files |= {f.path for f in engine_task.open_files()}
         threading.Event().wait(0.1)
     assert client.wait(task_id), client.get_task(task_id).error
     assert sockets == []
+    kit = str(cluster.kit("w1"))
+    assert files and not [path for path in files if path.startswith(kit)], files
     metrics = client.get_metrics(task_id)
     assert [m["grpc_loaded"] for m in metrics] == [0.0, 0.0]
 

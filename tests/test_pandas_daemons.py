@@ -12,7 +12,6 @@ import io
 import pandas as pd
 
 from cluster import ROOT, wages
-from sdk.client import Client
 from test_pandas import assert_same
 
 

@@ -10,7 +10,6 @@ from cluster import log_text, wages
 from sdk import dataset
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan, PrivacyError, worker_parts
-from sdk.client import Client
 from sdk.task import HorizontalAnalytics
 from tasks import Rows
 

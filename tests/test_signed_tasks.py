@@ -7,14 +7,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cluster import wages
-from learning_tasks import Regression, regression_data
+from learning_tasks import Canary, regression_data
 from lying_coordinator import LyingCoordinator, serve
 from tasks import WageAvg
 
@@ -87,7 +86,8 @@ def test_a_worker_refuses_a_revoked_signer_and_a_stale_revocation_list(cluster):
     cluster.workers["w1"].stop()
 
     spec, signature = analytics(cluster)
-    error = run_on_worker(cluster, LyingCoordinator(spec, signature, "join", crl=stale_crl(cluster)))
+    liar = LyingCoordinator(spec, signature, "join", crl=stale_crl(cluster))
+    error = run_on_worker(cluster, liar)
     assert "refused task 1: the revocation list is past its next update" in error
 
 
@@ -114,19 +114,6 @@ def test_a_restarted_worker_keeps_the_newest_revocation_list_it_saw(cluster):
     cluster.workers["w1"].stop()
     error = run_on_worker(cluster, LyingCoordinator(spec, signature, "join", crl=before))
     assert "refused task 1: the certificate of bob was revoked" in error
-
-
-class Canary(Regression):
-    """A learning task whose code, once unpickled on a worker, writes a file: the proof that
-    the worker ran something of it."""
-
-    def __init__(self, canary: Path) -> None:
-        super().__init__(max_rounds=1)
-        self.canary = str(canary)
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        Path(self.canary).write_text("the task's code ran here")
 
 
 @pytest.mark.parametrize("attack", ["none", "altered bytes", "other weights", "expired"])
