@@ -10,9 +10,13 @@ For models of 1M, 25M and 100M float32 parameters with trivial training, over lo
 `--mode plain` (the default here) runs FedAvg without secure aggregation, the transfer the bare
 stream is compared with; `--mode secure` runs it as tasks do by default, where each worker
 uploads a masked vector of 8-byte words (twice a float32 model) after the key exchange.
+`--tls on` (the default) runs every wire, the bare stream's too, over mutual TLS with a
+throw-away federation's kits, `off` in plaintext (--insecure), `both` one after the other; the
+CPU columns are the seconds each side spent over the whole task per GB that crossed the wire
+(the initial weights, every round's downloads and uploads).
 
 Usage: python scripts/bench_learning.py [--sizes 1,25,100] [--workers 3,8] [--rounds 3]
-                                        [--mode plain|secure|both]
+                                        [--mode plain|secure|both] [--tls on|off|both]
 """
 
 from __future__ import annotations
@@ -27,14 +31,15 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 import torch
 
 from deltaflow.localcluster import LocalCluster
 from sdk import dataset
-from sdk.client import Client
 from sdk.task import FedAvg, HorizontalLearning
-from sdk.wire import CHUNK_SIZE
-from sdk.wire import CHANNEL_OPTIONS, SERVER_OPTIONS
+from sdk.trust import Kit
+from sdk.trust.provision import create_federation
+from sdk.wire import CHANNEL_OPTIONS, CHUNK_SIZE, SERVER_OPTIONS
 
 MIB = 2**20
 
@@ -68,19 +73,26 @@ class Trivial(HorizontalLearning):
         return {"weights": self.weights}
 
 
-def run_task(parameters: int, workers: int, rounds: int, secure: bool) -> tuple[float, float]:
-    """(median round seconds, coordinator peak RSS in MiB) for one task over `workers`."""
-    with tempfile.TemporaryDirectory() as folder, LocalCluster(Path(folder)) as cluster:
-        address = cluster.start_coordinator()
+def run_task(parameters: int, workers: int, rounds: int, secure: bool,
+             tls: bool) -> tuple[float, float, float, float]:
+    """(median round seconds, coordinator peak RSS in MiB, coordinator and workers' CPU
+    seconds per GB moved) for one task over `workers`."""
+    with tempfile.TemporaryDirectory() as folder, \
+            LocalCluster(Path(folder), secure=tls) as cluster:
+        cluster.start_coordinator()
         for i in range(workers):
             np.savez(cluster.data_dir(f"w{i}") / "bench.npz", x=np.zeros((1, 1)), y=np.zeros(1))
             cluster.start_worker(f"w{i}", wait=False)
         for i in range(workers):
             cluster.wait_connected(f"w{i}")
-        client = Client(address, timeout=600)
+        client = cluster.client(timeout=600)
+        sides = [[psutil.Process(cluster.coordinator.process.pid)],
+                 [psutil.Process(d.process.pid) for d in cluster.workers.values()]]
+        before = [_cpu_seconds(side) for side in sides]
         task_id = client.create_task(Trivial(parameters, rounds, workers, secure).build())
         if not client.wait(task_id):
             raise SystemExit(f"task failed: {client.get_task(task_id).error}")
+        coordinator_cpu, workers_cpu = (_cpu_seconds(side) - b for side, b in zip(sides, before))
         result = client.get_result(task_id)["weights"]
         assert float(result[0]) == rounds, "every round must have trained once"
         marks = [e.time for e in client.logs(task_id)
@@ -88,7 +100,23 @@ def run_task(parameters: int, workers: int, rounds: int, secure: bool) -> tuple[
                  and "/" in e.message.split()[1]]
         rss = _peak_rss_mib(cluster.coordinator.process.pid)
     rounds_seconds = [b - a for a, b in zip(marks, marks[1:])]
-    return statistics.median(rounds_seconds[1:] or rounds_seconds), rss
+    upload = parameters * (8 if secure else 4)
+    moved_gb = (parameters * 4 * (1 + workers * (1 + rounds)) + upload * workers * rounds) / 1e9
+    return (statistics.median(rounds_seconds[1:] or rounds_seconds), rss,
+            coordinator_cpu / moved_gb, workers_cpu / moved_gb)
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    """CPU seconds of `processes` and their children so far (the engine tasks included)."""
+    total = 0.0
+    for process in processes:
+        for member in [process, *process.children(recursive=True)]:
+            try:
+                times = member.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -100,7 +128,7 @@ def _peak_rss_mib(pid: int) -> float:
 
 # The bare transfer: a grpc.aio server and one client process per worker, raw bytes. ------------
 
-def _bare_server(port_queue: multiprocessing.Queue, size: int) -> None:
+def _bare_server(port_queue: multiprocessing.Queue, size: int, kit: str | None) -> None:
     import asyncio
 
     model = memoryview(bytearray(size))
@@ -123,7 +151,10 @@ def _bare_server(port_queue: multiprocessing.Queue, size: int) -> None:
             "Upload": grpc.stream_unary_rpc_method_handler(upload),
         }
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Bare", handlers)])
-        port = server.add_insecure_port("127.0.0.1:0")
+        if kit is None:
+            port = server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = server.add_secure_port("127.0.0.1:0", Kit.load(kit).server_credentials())
         await server.start()
         port_queue.put(port)
         await server.wait_for_termination()
@@ -131,8 +162,12 @@ def _bare_server(port_queue: multiprocessing.Queue, size: int) -> None:
     asyncio.run(serve())
 
 
-def _bare_client(port: int, size: int, start, downloaded, uploaded) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+def _bare_client(port: int, size: int, kit: str | None, start, downloaded, uploaded) -> None:
+    address = f"127.0.0.1:{port}"
+    channel = (grpc.insecure_channel(address, options=CHANNEL_OPTIONS) if kit is None else
+               grpc.secure_channel(address, Kit.load(kit).channel_credentials(),
+                                   options=CHANNEL_OPTIONS))
+    with channel:
         download = channel.unary_stream("/bench.Bare/Download")
         upload = channel.stream_unary("/bench.Bare/Upload")
         model = memoryview(bytearray(size))
@@ -148,16 +183,19 @@ def _bare_client(port: int, size: int, start, downloaded, uploaded) -> None:
         uploaded.wait()
 
 
-def bare_transfer(size: int, workers: int) -> float:
-    """Seconds for `workers` concurrent downloads of `size` bytes, then as many uploads."""
+def bare_transfer(size: int, workers: int, federation: Path | None) -> float:
+    """Seconds for `workers` concurrent downloads of `size` bytes, then as many uploads (over
+    mutual TLS with `federation`'s kits, where given)."""
     context = multiprocessing.get_context("spawn")
     ports = context.Queue()
-    server = context.Process(target=_bare_server, args=(ports, size), daemon=True)
+    server_kit = str(federation / "coordinator") if federation else None
+    client_kit = str(federation / "workers" / "w0") if federation else None
+    server = context.Process(target=_bare_server, args=(ports, size, server_kit), daemon=True)
     server.start()
     port = ports.get(timeout=60)
     start, downloaded, uploaded = (context.Barrier(workers + 1) for _ in range(3))
     clients = [context.Process(target=_bare_client,
-                               args=(port, size, start, downloaded, uploaded))
+                               args=(port, size, client_kit, start, downloaded, uploaded))
                for _ in range(workers)]
     for client in clients:
         client.start()
@@ -181,23 +219,33 @@ def main() -> None:
     parser.add_argument("--workers", default="3,8")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mode", choices=("plain", "secure", "both"), default="plain")
+    parser.add_argument("--tls", choices=("on", "off", "both"), default="on")
     args = parser.parse_args()
     sizes = [int(float(s) * 1_000_000) for s in args.sizes.split(",")]
     worker_counts = [int(w) for w in args.workers.split(",")]
     modes = {"plain": [False], "secure": [True], "both": [False, True]}[args.mode]
-    print("| params | model MiB | workers | mode | round s | bare s | ratio | coord. peak RSS MiB "
-          "| RSS target MiB |")
-    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
-    for parameters in sizes:
-        model_mib = parameters * 4 / MIB
-        for workers in worker_counts:
-            bare = bare_transfer(parameters * 4, workers)
-            for secure in modes:
-                round_seconds, rss = run_task(parameters, workers, args.rounds, secure)
-                print(f"| {parameters / 1e6:g}M | {model_mib:.0f} | {workers} "
-                      f"| {'secure' if secure else 'plain'} | {round_seconds:.2f} | {bare:.2f} "
-                      f"| {round_seconds / bare:.2f} | {rss:.0f} | {2 * model_mib + 300:.0f} |",
-                      flush=True)
+    wires = {"on": [True], "off": [False], "both": [False, True]}[args.tls]
+    print(f"{args.rounds} rounds a task, round s: median of rounds 2..; one run per row")
+    print("| params | model MiB | workers | mode | wire | round s | bare s | ratio "
+          "| coord. CPU s/GB | workers CPU s/GB | coord. peak RSS MiB | RSS target MiB |")
+    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as folder:
+        federation = Path(folder) / "fed"
+        create_federation(federation, ["127.0.0.1:6700"], ["w0"], [])
+        for parameters in sizes:
+            model_mib = parameters * 4 / MIB
+            for workers in worker_counts:
+                for tls in wires:
+                    bare = bare_transfer(parameters * 4, workers, federation if tls else None)
+                    for secure in modes:
+                        round_seconds, rss, coordinator_cpu, workers_cpu = run_task(
+                            parameters, workers, args.rounds, secure, tls)
+                        print(f"| {parameters / 1e6:g}M | {model_mib:.0f} | {workers} "
+                              f"| {'secure' if secure else 'plain'} | "
+                              f"{'mTLS' if tls else 'plaintext'} | {round_seconds:.2f} "
+                              f"| {bare:.2f} | {round_seconds / bare:.2f} "
+                              f"| {coordinator_cpu:.2f} | {workers_cpu:.2f} | {rss:.0f} "
+                              f"| {2 * model_mib + 300:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
