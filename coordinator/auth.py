@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -20,11 +19,9 @@ from typing import Any
 import grpc
 
 from sdk.proto import services_pb2 as pb
-from sdk.trust import USER_ROLES, Identity, TrustError, Verifier, identity_from_pem
+from sdk.trust import ANONYMOUS, USER_ROLES, Identity, TrustError, Verifier, identity_from_pem
 
 log = logging.getLogger("deltaflow.coordinator")
-
-ANONYMOUS = Identity(name="anonymous", role="anonymous", serial=0, not_after=math.inf)
 
 _USERS = frozenset(USER_ROLES)
 _ADMINS = frozenset({"admin"})

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from coordinator.auth import ANONYMOUS, caller
+from coordinator.auth import caller
 from coordinator.registry import AlreadyConnected, WorkerRegistry, WorkerSession
 from coordinator.store import Store
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
-from sdk.trust import Verifier, check_name
+from sdk.trust import ANONYMOUS, Verifier, check_name
 from sdk.trust.identity import printable_name
 from sdk.wire import CHUNK_SIZE, decode_chunk, encode_chunk, serialize, split_chunks
 

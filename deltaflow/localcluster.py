@@ -139,14 +139,31 @@ class LocalCluster:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    # Every user may run analytics and learning; plain tasks are allowed; min_rows from flags.
+    OPEN_POLICY = """\
+[analytics]
+users = ["*"]
+require_secure_aggregation = false
+
+[learning]
+users = ["*"]
+"""
+
     def start_worker(self, name: str, frames: dict[str, pd.DataFrame] | None = None,
-                     wait: bool = True, *extra: str, env: dict[str, str] | None = None) -> Daemon:
-        """Writes `frames` as files into the worker's data dir, then starts it."""
+                     wait: bool = True, *extra: str, env: dict[str, str] | None = None,
+                     policy: str | None = OPEN_POLICY) -> Daemon:
+        """Writes `frames` as files into the worker's data dir and `policy` as its site
+        policy (None: no policy file, which only an insecure worker accepts), then starts it."""
         data_dir = self.data_dir(name)
         for file, frame in (frames or {}).items():
             frame.to_csv(data_dir / file, index=False, sep="\t" if file.endswith(".tsv") else ",")
         identity = (["--kit", str(self.kit(name))] if self.federation
                     else ["--insecure", "--name", name])
+        if policy is not None:
+            policy_file = self.root / "policies" / f"{name}.toml"
+            policy_file.parent.mkdir(exist_ok=True)
+            policy_file.write_text(policy)
+            identity += ["--policy", str(policy_file)]
         daemon = Daemon(["worker", *identity, "--coordinator", self.address,
                          "--data-dir", str(data_dir), "--work-dir", str(self.root / "work" / name),
                          *extra], self.root / f"worker-{name}.log", env)

@@ -8,10 +8,16 @@ TABULAR_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 TRAINING_SUFFIXES = (".npz", ".pt", ".csv")
 
 
+MAX_NAME_BYTES = 255  # the longest dataset name a worker offers or accepts
+
+
 def check_relative_name(name: str) -> str:
     """The dataset name, normalised, or ValueError if it could leave a worker's data dir."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("a dataset needs a file name, relative to each worker's data dir")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or not name.isprintable():
+        raise ValueError(f"a dataset name is printable text of at most {MAX_NAME_BYTES} bytes, "
+                         f"not {name[:40]!r}")
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or name.startswith("~"):
         raise ValueError(

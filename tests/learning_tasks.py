@@ -87,4 +87,5 @@ class Canary(Regression):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        Path(self.canary).write_text("the task's code ran here")
+        with open(self.canary, "a") as canary:  # one line per process that ran it
+            canary.write(f"the task's code ran in process {os.getpid()}\n")

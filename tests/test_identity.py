@@ -158,6 +158,7 @@ def test_a_second_daemon_with_the_same_identity_is_refused_and_does_not_flap(clu
     first = cluster.start_worker("w1", {"wages.csv": wages(10, 1)})
     other = cluster.data_dir("w1-copy")
     second = Daemon(["worker", "--kit", str(cluster.kit("w1")), "--coordinator", cluster.address,
+                     "--policy", str(cluster.root / "policies" / "w1.toml"),
                      "--data-dir", str(other), "--work-dir", str(cluster.root / "work-copy")],
                     cluster.root / "worker-copy.log")
     cluster.daemons.append(second)

@@ -27,7 +27,7 @@ from sdk.analytics.plan import PrivacyError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.secagg import SecAggError
-from sdk.trust import Kit, TrustError, Verifier
+from sdk.trust import ANONYMOUS, Identity, Kit, TrustError, Verifier
 from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir, DatasetError
@@ -41,6 +41,7 @@ from worker.engine import (
 )
 from worker.contributions import ContributionLedger, RerunRefused
 from worker.learning_job import LearningJob
+from worker.policy import TEMPLATE, PolicyError, PolicyFile, PolicyRefusal
 from worker.secure import Contribution, SecureRounds
 
 log = logging.getLogger("deltaflow.worker")
@@ -65,17 +66,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "127.0.0.1:6700 with --insecure)")
     parser.add_argument("--name", default=None,
                         help="this worker's name with --insecure (with a kit, the kit's)")
-    parser.add_argument("--data-dir", type=Path, required=True,
+    parser.add_argument("--data-dir", type=Path, default=None,
                         help="the folder whose files this worker offers as datasets")
+    parser.add_argument("--policy", type=Path, default=None,
+                        help="the site policy (TOML): who may run analytics and send learning "
+                             "code here, min_rows, the files offered; required with a kit, "
+                             "re-read when it changes")
+    parser.add_argument("--write-policy", type=Path, default=None, metavar="FILE",
+                        help="write a policy template, every key commented, to FILE and exit")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where learning tasks keep weights and logs (default: a folder "
                              "under the system's temporary dir)")
-    parser.add_argument("--min-rows", type=int, default=3,
-                        help="refuse to send any aggregate of fewer rows than this (a group, or "
-                             "what a filter kept), as it would come close to single rows; 1 "
-                             "turns the check off (default %(default)s)")
+    parser.add_argument("--min-rows", type=int, default=None,
+                        help="the policy's [analytics] min_rows where the file sets none (where "
+                             "both do, the larger wins; default 3): smaller sets of rows (a "
+                             "group, what a filter kept) count as empty")
     parser.add_argument("--max-backoff", type=float, default=2.0,
-                        help="longest wait between reconnection attempts, seconds (default %(default)s)")
+                        help="longest wait between reconnection attempts, seconds "
+                             "(default %(default)s)")
     add_engine_arguments(parser)
 
 
@@ -108,10 +116,36 @@ def _identity(args: argparse.Namespace) -> tuple[Kit | None, str, str]:
     return kit, kit.name if kit else args.name, address
 
 
+def _write_policy(path: Path) -> None:
+    if path.exists():
+        raise SystemExit(f"--write-policy: {path} exists; it is left as it is")
+    path.write_text(TEMPLATE)
+    print(f"wrote a policy template to {path}: edit it, then start the worker with "
+          f"--policy {path}")
+
+
+def _policy(args: argparse.Namespace, kit: Kit | None) -> PolicyFile:
+    if args.policy is None and kit is not None:
+        raise SystemExit("a worker with a kit needs --policy FILE, which decides who may run "
+                         "what on this holder's data: `deltaflow worker --write-policy "
+                         "policy.toml` writes a template to edit")
+    try:
+        return PolicyFile(args.policy)
+    except OSError as error:
+        raise SystemExit(f"--policy: {error}") from None
+    except PolicyError as error:
+        raise SystemExit(f"--policy {args.policy}: {error}") from None
+
+
 async def serve(args: argparse.Namespace) -> None:
+    if args.write_policy is not None:
+        _write_policy(args.write_policy)
+        return
     kit, name, address = _identity(args)
-    if not args.data_dir.is_dir():
-        raise SystemExit(f"--data-dir {args.data_dir} is not a folder")
+    if args.data_dir is None or not args.data_dir.is_dir():
+        raise SystemExit(f"--data-dir {args.data_dir} is not a folder" if args.data_dir
+                         else "give --data-dir DIR, the folder of files this worker offers")
+    policy = _policy(args, kit)
     try:
         limits = limits_from_args(args)
     except (OSError, ValueError) as error:
@@ -120,7 +154,7 @@ async def serve(args: argparse.Namespace) -> None:
         log.warning("--insecure: no TLS, and tasks are run unsigned")
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
     worker = Worker(address, name, DataDir(args.data_dir), args.max_backoff, work_dir, limits,
-                    args.min_rows, kit)
+                    policy, args.min_rows, kit)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -134,14 +168,16 @@ Job = AnalyticsJob | LearningJob
 
 class Worker:
     def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float,
-                 work_dir: Path, limits: EngineLimits, min_rows: int, kit: Kit | None) -> None:
+                 work_dir: Path, limits: EngineLimits, policy: PolicyFile,
+                 min_rows: int | None, kit: Kit | None) -> None:
         self.address = address
         self.name = name
         self.kit = kit
         self.verifier = Verifier(kit.ca_pem) if kit is not None else None
         self.data_dir = data_dir
         self.max_backoff = max_backoff
-        self.min_rows = min_rows
+        self.policy = policy
+        self._min_rows_flag = min_rows  # --min-rows: the policy's min_rows where it sets none
         inventory = NvmlInventory()
         self.engine = EngineSession(work_dir, limits, inventory, name="engine")
         gpus = inventory.devices()
@@ -204,7 +240,7 @@ class Worker:
         """One registration and channel, until it ends; True if registration succeeded."""
         async with self._open_channel() as channel:
             stub = services_pb2_grpc.WorkerServiceStub(channel)
-            datasets = await asyncio.to_thread(self.data_dir.names)
+            datasets = await asyncio.to_thread(self._offered)
             reply = await stub.Register(pb.RegisterRequest(
                 name=self.name, datasets=datasets, version=VERSION,
                 coordinator_id=self._coordinator_id, held_tasks=list(self._jobs),
@@ -289,10 +325,12 @@ class Worker:
             scan.cancel()
 
     async def _rescan(self, outgoing: asyncio.Queue[pb.WorkerMessage], datasets: list[str]) -> None:
-        """Tells the coordinator when the data dir's files change (heartbeats never wait on it)."""
+        """Re-reads the policy if it changed, and tells the coordinator when the files offered
+        change (heartbeats never wait on it)."""
         while True:
             await asyncio.sleep(RESCAN_SECONDS)
-            current = await asyncio.to_thread(self.data_dir.names)
+            await asyncio.to_thread(self.policy.reload_if_changed)
+            current = await asyncio.to_thread(self._offered)
             if current != datasets:
                 datasets = current
                 log.info("data dir changed: now offering %d dataset(s)", len(datasets))
@@ -402,11 +440,15 @@ class Worker:
                 signature = message.signature
             chunks.append(message.chunk)
         data = b"".join(chunks)
-        claims = self._check_signature(task_id, signature, data)
-        self._task_keys[task_id] = claims.nonce if claims else hashlib.sha256(
-            data + task_id.to_bytes(8, "big")).digest()
+        signer, claims = self._check_signature(task_id, signature, data)
         spec = task_pb2.TaskSpec()
         spec.ParseFromString(data)
+        try:
+            self.policy.current.check(spec, signer)
+        except PolicyRefusal as refusal:
+            raise TaskRefused(str(refusal)) from None
+        self._task_keys[task_id] = claims.nonce if claims else hashlib.sha256(
+            data + task_id.to_bytes(8, "big")).digest()
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
             return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
         data_path = self.data_dir.resolve(spec.datasets[0].file)
@@ -416,13 +458,14 @@ class Worker:
         return job
 
     def _check_signature(self, task_id: int, signature: task_pb2.TaskSignature | None,
-                         spec_bytes: bytes) -> task_pb2.TaskClaims | None:
-        """The task's signed claims, checked before anything of the task is loaded: signed by
-        a user of this federation whose certificate is not revoked (by a revocation list that
-        is not stale), over these very bytes, and not expired. TaskRefused otherwise. Without
-        identities (--insecure) a task needs no signature, and None is returned."""
+                         spec_bytes: bytes) -> tuple[Identity, task_pb2.TaskClaims | None]:
+        """The task's signer and signed claims, checked before anything of the task is
+        loaded: signed by a user of this federation whose certificate is not revoked (by a
+        revocation list that is not stale), over these very bytes, and not expired.
+        TaskRefused otherwise. Without identities (--insecure) a task needs no signature, and
+        its signer is anonymous."""
         if self.verifier is None:
-            return None
+            return ANONYMOUS, None
         if signature is None:
             raise TaskRefused("it is not signed by its submitter")
         try:
@@ -431,7 +474,15 @@ class Worker:
         except TrustError as error:
             raise TaskRefused(str(error)) from None
         log.info("task %d: signed by %s, checked", task_id, signer.name)
-        return claims
+        return signer, claims
+
+    @property
+    def min_rows(self) -> int:
+        return self.policy.current.effective_min_rows(self._min_rows_flag)
+
+    def _offered(self) -> list[str]:
+        """The data dir's files that the policy offers, by name."""
+        return [name for name in self.data_dir.names() if self.policy.current.offers(name)]
 
     def _release(self, task_id: int) -> None:
         """Drops what is kept for a task that ended or left this worker out; a learning job's

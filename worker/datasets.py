@@ -21,13 +21,26 @@ class DataDir:
         self.root = root.resolve()
 
     def names(self) -> list[str]:
-        """Every regular file under the data dir, as a relative POSIX path (hidden ones skipped)."""
+        """Every regular file under the data dir, as a relative POSIX path: hidden ones, links
+        that lead out of the data dir, and names a task could not give (control characters,
+        over 255 bytes) are left out."""
         found = []
         for folder, subfolders, files in os.walk(self.root):
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             relative = Path(folder).relative_to(self.root)
-            found.extend((relative / f).as_posix() for f in sorted(files) if not f.startswith("."))
+            for file in sorted(files):
+                name = (relative / file).as_posix()
+                if not file.startswith(".") and self._acceptable(name):
+                    found.append(name)
         return found
+
+    def _acceptable(self, name: str) -> bool:
+        try:
+            check_relative_name(name)
+        except ValueError:
+            return False
+        path = (self.root / name).resolve()
+        return path.is_relative_to(self.root) and path.is_file()
 
     def resolve(self, name: str) -> Path:
         """The file a dataset name stands for, or DatasetError if it escapes or is missing."""
@@ -51,4 +64,6 @@ class DataDir:
         try:
             return pd.read_csv(path, sep=separator)
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
-            raise DatasetError(f"dataset {name!r} cannot be read as a table: {error}") from None
+            # The library's message may quote the file's bytes: only its kind goes out.
+            raise DatasetError(f"dataset {name!r} cannot be read as a table "
+                               f"({type(error).__name__})") from None

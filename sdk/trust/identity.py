@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -45,6 +46,10 @@ class Identity:
     role: str
     serial: int
     not_after: float  # unix seconds
+
+
+# Whoever calls, when nobody is identified (daemons started with --insecure, on loopback).
+ANONYMOUS = Identity(name="anonymous", role="anonymous", serial=0, not_after=math.inf)
 
 
 def _attribute(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:

@@ -1,0 +1,184 @@
+"""The site policy: what this data holder allows, and to whom, in one place.
+
+It is a TOML file the holder writes (`deltaflow worker --write-policy FILE` writes the template
+below); the daemon reads it at start and again whenever it changes, keeping the last good one
+when a new version does not parse. `PolicyFile.current` is the policy in force; `Policy.check`
+decides, before anything of a task is read or run, whether this worker takes part in it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdk.proto import task_pb2
+from sdk.trust import Identity
+
+log = logging.getLogger("deltaflow.worker")
+
+TEMPLATE = """\
+# deltaflow site policy: what this data holder allows, and to whom. The worker daemon reads it
+# at start (deltaflow worker --policy FILE) and again whenever it changes; a version that does
+# not parse is refused, and the last good one stays in force. Users are named by their kit's
+# name ("alice"), by role ("role:analyst", "role:admin"), or "*" for every user of the
+# federation ("anonymous" is every caller of a worker started with --insecure).
+
+[analytics]
+# Who may run analytics (a graph of pandas operations, never code) on this holder's data.
+users = ["role:analyst"]
+# The smallest set of this holder's rows an aggregate may cover: a group, a filtered set or a
+# cell with fewer rows counts as empty, exactly like no rows at all.
+min_rows = 3
+# Refuse tasks that switch secure aggregation off (the coordinator would see this holder's sums).
+require_secure_aggregation = true
+# Min, max, median and quantiles are single rows' values: released only if this is true.
+reveal_order_statistics = false
+
+[learning]
+# Who may send code (a learning task) that runs here, in a confined subprocess; [] = nobody.
+users = []
+# false: the task's log gets the type of an exception in the submitter's code, not its text.
+share_errors = true
+
+[datasets]
+# Glob patterns of the data dir's files offered by name; nothing else is advertised or read.
+offer = ["*"]
+"""
+
+_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "analytics": {"users": list, "min_rows": int, "require_secure_aggregation": bool,
+                  "reveal_order_statistics": bool},
+    "learning": {"users": list, "share_errors": bool},
+    "datasets": {"offer": list},
+}
+
+
+DEFAULT_MIN_ROWS = 3
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used: the message says which key and why."""
+
+
+class PolicyRefusal(Exception):
+    """The policy does not let this worker take part in a task: the message names the rule."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    analytics_users: tuple[str, ...] = ("*",)
+    min_rows: int | None = None  # None: not set by the file (--min-rows, else 3, decides)
+    require_secure_aggregation: bool = False
+    reveal_order_statistics: bool = False
+    learning_users: tuple[str, ...] = ()
+    share_errors: bool = True
+    offer: tuple[str, ...] = ("*",)
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        """The policy a file's text says; PolicyError naming the key that is wrong."""
+        try:
+            tables = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise PolicyError(f"not valid TOML: {error}") from None
+        values: dict[str, Any] = {}
+        for table, content in tables.items():
+            if table not in _KEYS or not isinstance(content, dict):
+                raise PolicyError(f"unknown table [{table}]; a policy has "
+                                  f"{', '.join(f'[{t}]' for t in _KEYS)}")
+            for key, value in content.items():
+                expected = _KEYS[table].get(key)
+                if expected is None:
+                    raise PolicyError(f"[{table}] has no key {key!r}; it has "
+                                      f"{', '.join(_KEYS[table])}")
+                if not isinstance(value, expected) or (expected is int and isinstance(
+                        value, bool)):
+                    raise PolicyError(f"[{table}] {key} must be a {expected.__name__}, "
+                                      f"not {value!r}")
+                if expected is list and not all(isinstance(v, str) for v in value):
+                    raise PolicyError(f"[{table}] {key} must be a list of strings")
+                values[f"{table}.{key}"] = tuple(value) if expected is list else value
+        if values.get("analytics.min_rows", 1) < 1:
+            raise PolicyError("[analytics] min_rows must be at least 1")
+        return cls(
+            analytics_users=values.get("analytics.users", ("role:analyst",)),
+            min_rows=values.get("analytics.min_rows"),
+            require_secure_aggregation=values.get("analytics.require_secure_aggregation", True),
+            reveal_order_statistics=values.get("analytics.reveal_order_statistics", False),
+            learning_users=values.get("learning.users", ()),
+            share_errors=values.get("learning.share_errors", True),
+            offer=values.get("datasets.offer", ("*",)),
+        )
+
+    def check(self, spec: task_pb2.TaskSpec, signer: Identity) -> None:
+        """PolicyRefusal unless this worker may take part in `spec`, signed by `signer`."""
+        if spec.kind == task_pb2.TASK_KIND_LEARNING:
+            if not _admits(self.learning_users, signer):
+                raise PolicyRefusal(f"learning code from {signer.name} is not accepted by its "
+                                    "policy ([learning] users)")
+        elif not _admits(self.analytics_users, signer):
+            raise PolicyRefusal(f"analytics from {signer.name} is not accepted by its policy "
+                                "([analytics] users)")
+        if self.require_secure_aggregation and not spec.secure_aggregation:
+            raise PolicyRefusal("the task switches secure aggregation off, which its policy "
+                                "requires ([analytics] require_secure_aggregation)")
+        for ref in spec.datasets:
+            if not self.offers(ref.file):
+                raise PolicyRefusal(f"its policy does not offer {ref.file!r} ([datasets] offer)")
+
+    def effective_min_rows(self, flag: int | None) -> int:
+        """The smallest set of rows an aggregate may cover: the policy's, the --min-rows flag's
+        where the policy sets none, the larger where both do; 3 where neither does."""
+        given = [value for value in (self.min_rows, flag) if value is not None]
+        return max(given) if given else DEFAULT_MIN_ROWS
+
+    def offers(self, name: str) -> bool:
+        """Whether the data dir's file `name` (a relative POSIX path) is offered."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.offer)
+
+
+def _admits(users: tuple[str, ...], who: Identity) -> bool:
+    return any(entry == "*" or entry == who.name or entry == f"role:{who.role}"
+               for entry in users)
+
+
+class PolicyFile:
+    """The policy in force: read from `path`, re-read when the file changes; None as path is
+    the policy of a worker without identities that was given no file (analytics for anyone,
+    no learning code)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self.current = Policy()
+        if path is not None:
+            self._stamp = self._read_stamp()
+            self.current = Policy.parse(path.read_text())
+
+    def reload_if_changed(self) -> bool:
+        """Re-reads the file if it changed; True if a new policy is now in force. A version
+        that does not parse, or a missing file, leaves the last good policy in force."""
+        if self.path is None:
+            return False
+        stamp = self._read_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self.current = Policy.parse(self.path.read_text())
+        except (OSError, PolicyError) as error:
+            log.error("policy %s: %s; the last good policy stays in force", self.path, error)
+            return False
+        log.info("policy %s reloaded", self.path)
+        return True
+
+    def _read_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()  # type: ignore[union-attr]
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
