@@ -89,3 +89,11 @@ class Canary(Regression):
         self.__dict__.update(state)
         with open(self.canary, "a") as canary:  # one line per process that ran it
             canary.write(f"the task's code ran in process {os.getpid()}\n")
+
+
+class Exfiltrating(Regression):
+    """A learning task whose train() raises an error carrying its training rows."""
+
+    def train(self, dataloader):
+        rows = " ".join(f"{float(v):.6f}" for batch in dataloader for v in batch[0].flatten())
+        raise RuntimeError("EXFIL:" + rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cluster import log_text, wages, wait_for
-from learning_tasks import Canary, regression_data
+from learning_tasks import Canary, Exfiltrating, regression_data
 from tasks import WageAvg
 
 from deltaflow.localcluster import Daemon, LocalCluster
@@ -147,3 +147,26 @@ def test_an_insecure_worker_without_a_policy_runs_analytics_but_no_learning_code
                 in log_text(client, task_id))
         assert not canary.exists()
         assert client.get_task(task_id).state == pb.TASK_STATE_ERROR
+
+
+@pytest.mark.parametrize("share_errors", [True, False])
+def test_errors_of_learning_code_are_cut_short_or_reduced_to_their_type(cluster, share_errors):
+    cluster.start_coordinator()
+    flag = str(share_errors).lower()
+    text = f'[analytics]\nusers = ["*"]\n[learning]\nusers = ["*"]\nshare_errors = {flag}\n'
+    for seed, name in enumerate(("w1", "w2")):
+        np.savez(cluster.data_dir(name) / "train.npz", **regression_data(400, seed))
+        cluster.start_worker(name, policy=text)
+    client = cluster.client()
+    task_id = client.create_task(Exfiltrating(max_rounds=1).build())
+    assert client.wait(task_id) is False
+    entries = [e.message for e in client.logs(task_id) if "worker w1" in e.message
+               and "dropped" in e.message]
+    assert entries, log_text(client, task_id)
+    if share_errors:
+        assert "RuntimeError: EXFIL:" in entries[0] and "(cut short)" in entries[0]
+        assert len(entries[0]) < 2300
+    else:
+        assert "RuntimeError (this holder's policy shares no more of it" in entries[0]
+        assert "EXFIL" not in log_text(client, task_id)
+    assert "EXFIL" in cluster.workers["w1"].log()  # the holder's own log keeps it whole

@@ -47,7 +47,8 @@ from worker.secure import Contribution, SecureRounds
 log = logging.getLogger("deltaflow.worker")
 
 VERSION = "0.1.0"
-RESCAN_SECONDS = 2.0  # how often the data dir is scanned for new or removed files
+RESCAN_SECONDS = 2.0  # how often the data dir and the policy are looked at for changes
+LEARNING_ERROR_CHARS = 2000  # the most of a learning task's error the task log gets
 
 
 class TaskRefused(Exception):
@@ -387,7 +388,11 @@ class Worker:
                 raise ValueError(f"task {task_id} has no phase {phase!r}")
         except TaskRefused as refusal:
             error = f"worker {self.name} refused task {task_id}: {refusal}"
-        except (DatasetError, TaskError, PrivacyError, SecAggError) as failure:
+        except TaskError as failure:
+            log.warning("task %d: the task's own code failed in %s:\n%s", task_id,
+                        assignment.phase, failure)  # whole, for this holder only
+            error = f"worker {self.name}: {self._learning_error(failure)}"
+        except (DatasetError, PrivacyError, SecAggError) as failure:
             error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
             raise
@@ -475,6 +480,20 @@ class Worker:
             raise TaskRefused(str(error)) from None
         log.info("task %d: signed by %s, checked", task_id, signer.name)
         return signer, claims
+
+    def _learning_error(self, failure: TaskError) -> str:
+        """What the task's log gets of an error in the submitter's own code: at most its first
+        LEARNING_ERROR_CHARS characters, or only the exception's type where the policy says
+        `share_errors = false`. The whole of it stays in this worker's log."""
+        text = str(failure)
+        if not self.policy.current.share_errors:
+            last = failure.message.strip().splitlines()[-1:] or [""]
+            kind = last[0].split(":", 1)[0].strip() or "an error"
+            return (f"task {failure.task_id} failed in {failure.stage}: {kind} (this holder's "
+                    "policy shares no more of it: [learning] share_errors)")
+        if len(text) > LEARNING_ERROR_CHARS:
+            text = text[:LEARNING_ERROR_CHARS] + " ... (cut short)"
+        return text
 
     @property
     def min_rows(self) -> int:
