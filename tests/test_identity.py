@@ -83,6 +83,21 @@ def test_every_role_may_call_only_its_own_methods(cluster):
                     assert f"may not call {method}: only {needed}" in details
 
 
+def test_a_revoked_certificate_may_call_nothing(cluster):
+    cluster.start_coordinator()
+    cluster.kit("wx")  # a worker's kit, made on first use
+    revoke(cluster.federation / "ca", "bob")
+    revoke(cluster.federation / "ca", "wx")
+    wait_for(lambda: "revocation list reloaded" in cluster.coordinator.log(),
+             what="the coordinator to reload its revocation list")
+    for name in ("bob", "wx"):
+        with cluster.channel(name) as channel:
+            for method, call in _calls(channel, name).items():
+                code, details = _code(call)
+                assert code == grpc.StatusCode.UNAUTHENTICATED, (name, method, code)
+                assert details == f"the certificate of {name} was revoked"
+
+
 def test_no_certificate_another_ca_and_plaintext_get_nothing(cluster, tmp_path):
     cluster.start_coordinator()
     create_federation(tmp_path / "other", ["127.0.0.1:6700"], [], [("alice", "admin")])
