@@ -23,10 +23,12 @@ from pathlib import Path
 import grpc
 
 from sdk import values
+from sdk.analytics.errors import EvaluationError
 from sdk.analytics.plan import PrivacyError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.secagg import SecAggError
+from sdk.secagg.fixedpoint import FixedPointOverflow
 from sdk.trust import Kit, TrustError, Verifier
 from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
@@ -303,6 +305,7 @@ class Worker:
         task_id = assignment.task_id
         started = time.perf_counter()
         data, error = b"", ""
+        job: Job | None = None
         try:
             job = await self._job(channel, stub, session_id, task_id)
             phase, secagg = assignment.phase, assignment.HasField("secagg")
@@ -349,12 +352,18 @@ class Worker:
                 raise ValueError(f"task {task_id} has no phase {phase!r}")
         except TaskRefused as refusal:
             error = f"worker {self.name} refused task {task_id}: {refusal}"
-        except (DatasetError, TaskError, PrivacyError, SecAggError) as failure:
+        except (DatasetError, TaskError, PrivacyError, SecAggError, EvaluationError) as failure:
             error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
             raise
-        except Exception:  # noqa: BLE001 - the coordinator and the user learn what went wrong
-            error = f"worker {self.name}: " + traceback.format_exc()
+        except Exception as failure:  # noqa: BLE001 - the coordinator and the user learn why
+            if isinstance(job, AnalyticsJob):  # a library's message may quote a row's value
+                log.warning("task %d: %s failed", task_id, assignment.phase, exc_info=True)
+                error = f"worker {self.name}: " + (
+                    str(failure) if isinstance(failure, FixedPointOverflow)
+                    else f"its {assignment.phase} failed; the worker's own log says why")
+            else:
+                error = f"worker {self.name}: " + traceback.format_exc()
         if error:
             log.warning("task %d: %s failed: %s", task_id, assignment.phase, error)
 

@@ -19,7 +19,8 @@ _SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//"
 
 
 class EvaluationError(ValueError):
-    """An operation of the graph failed on a worker's rows; the message names no value of a row."""
+    """An analytics task cannot be evaluated on a worker (an operation failed on its rows, say);
+    the message is composed from the graph and names no value of a row."""
 
 
 def compose(node: Node, args: list[Any], error: Exception) -> EvaluationError:

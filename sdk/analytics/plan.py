@@ -103,7 +103,8 @@ def worker_parts(
             if node.op == "source":
                 memo[node_id] = _at_least(frames[node.params["argument"]], min_rows)
             elif node_id not in plan.row_wise and node.op != "const":
-                raise ValueError(f"stage {stage} needs the aggregate of node {node_id}, not sent")
+                raise PrivacyError(f"step {stage + 1} needs the aggregate of node {node_id}, "
+                                   "which was not sent")
             else:
                 args = [value(i) for i in node.inputs]
                 result = _guarded(node, args, lambda: apply_row_op(node.op, node.params, args))
