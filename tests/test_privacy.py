@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from cluster import log_text
+from tasks import Rows
+
 from sdk import dataset, values
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan, PrivacyError, worker_parts
 from sdk.task import HorizontalAnalytics
-from tasks import Rows
 
 MIN_ROWS = 3
 
@@ -109,6 +110,7 @@ def marked(holder: int, rows: int = 6) -> pd.DataFrame:
 
 
 HOLDERS = [marked(h) for h in range(3)]
+ONE_ROW = 987654.0 + 1000.125 * 204.5  # the costs of the last holder's last row only exceed it
 
 
 def marker_texts(frames: list[pd.DataFrame]) -> set[str]:
@@ -168,8 +170,8 @@ HOSTILE: list[Callable[[Any], Any]] = [
     lambda d: d.assign(z=d.name.astype(float)).z.sum(),
     lambda d: d.astype({"name": "int64", "cost": "int8"}).sum(),
     lambda d: d.digits.astype("int64").sum(),
-    lambda d: d[d.cost > 987654.0 + 1000.125 * 201].cost.sum(),
-    lambda d: d[d.cost > 987654.0 + 1000.125 * 201].name.astype(float).sum(),
+    lambda d: d[d.cost > ONE_ROW].cost.sum(),
+    lambda d: d[d.cost > ONE_ROW].name.astype(float).sum(),
     lambda d: d[d.name.isin(["MARK_6fdc79"])].cost.mean(),
     lambda d: d[(d.id % 7 == 3) & (d.cost > 0)].cost.var(),
     lambda d: d.groupby("name").cost.sum(),
@@ -245,7 +247,7 @@ def test_no_marker_reaches_the_task_or_the_coordinators_files(cluster):
     client = cluster.client()
     tasks = [lambda d: d.name.astype("int64").sum(),
              lambda d: (d.cost.astype(str) + "|").astype(float).sum(),
-             lambda d: d[d.cost > 987654.0 + 1000.125 * 201].name.astype(float).sum(),
+             lambda d: d[d.cost > ONE_ROW].name.astype(float).sum(),
              lambda d: (d.groupby("name").cost.sum(), d.groupby("cost").size(), d.rare.mean()),
              lambda d: (d.id.astype("object") // d.zero.astype("object")).sum()]
     outcomes = []
@@ -268,9 +270,9 @@ def test_one_row_and_none_give_the_same_result_and_log(cluster):
     start_marked(cluster)
     client = cluster.client()
     answers = []
-    for keep in (987654.0 + 1000.125 * 201, 1e12):  # one row on w3, then none anywhere
-        task_id = client.create_task(Hostile(lambda d: (d[d.cost > keep].cost.sum(),
-                                                         d[d.cost > keep].id.count())).build())
+    for keep in (ONE_ROW, 1e12):  # one row on w3, then none anywhere
+        task_id = client.create_task(Hostile(lambda d, keep=keep: (
+            d[d.cost > keep].cost.sum(), d[d.cost > keep].id.count())).build())
         assert client.wait(task_id)
         lines = [re.sub(r"\d+(\.\d+)? ?s\b|task \d+", "#", e.message)
                  for e in client.logs(task_id)]

@@ -32,6 +32,7 @@ from sdk.secagg.fixedpoint import FixedPointOverflow
 from sdk.trust import Kit, TrustError, Verifier
 from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
+from worker.contributions import ContributionLedger, RerunRefused
 from worker.datasets import DataDir, DatasetError
 from worker.engine import (
     EngineLimits,
@@ -41,7 +42,6 @@ from worker.engine import (
     add_engine_arguments,
     limits_from_args,
 )
-from worker.contributions import ContributionLedger, RerunRefused
 from worker.learning_job import LearningJob
 from worker.secure import Contribution, SecureRounds
 
@@ -73,9 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where learning tasks keep weights and logs (default: a folder "
                              "under the system's temporary dir)")
     parser.add_argument("--min-rows", type=int, default=3,
-                        help="refuse to send any aggregate of fewer rows than this (a group, or "
-                             "what a filter kept), as it would come close to single rows; 1 "
-                             "turns the check off (default %(default)s)")
+                        help="a set of fewer rows than this (what a filter kept, a group, a "
+                             "column's values in one) counts as empty, as its aggregate would "
+                             "come close to single rows; 1 turns this off (default %(default)s)")
     parser.add_argument("--max-backoff", type=float, default=2.0,
                         help="longest wait between reconnection attempts, seconds (default %(default)s)")
     add_engine_arguments(parser)
@@ -356,7 +356,7 @@ class Worker:
             error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
             raise
-        except Exception as failure:  # noqa: BLE001 - the coordinator and the user learn why
+        except Exception as failure:  # the coordinator and the user learn why
             if isinstance(job, AnalyticsJob):  # a library's message may quote a row's value
                 log.warning("task %d: %s failed", task_id, assignment.phase, exc_info=True)
                 error = f"worker {self.name}: " + (

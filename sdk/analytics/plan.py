@@ -8,14 +8,21 @@ reduction whose rows use aggregates of earlier reductions (``x - x.mean()``) wai
 
 from __future__ import annotations
 
-from functools import reduce
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import partial, reduce
+from typing import Any
 
 import pandas as pd
 
 from sdk.analytics.errors import EvaluationError, compose
 from sdk.analytics.graph import Graph, Node, map_output, output_nodes
-from sdk.analytics.ops import REDUCTIONS, add_parts, apply_row_op, check_node, reduce_locally
+from sdk.analytics.ops import (
+    REDUCTIONS,
+    add_parts,
+    apply_row_op,
+    check_node,
+    reduce_locally,
+)
 
 Parts = dict[int, dict[str, Any]]  # reduction node id -> its named additive parts
 
@@ -115,11 +122,11 @@ def worker_parts(
     for node_id in plan.reductions_in(stage):
         node = plan.graph[node_id]
         arguments = [value(i) for i in node.inputs]  # its rows, then keys or aggregates it uses
-        parts[node_id] = _guarded(node, arguments, lambda: _partial(node, arguments, min_rows))
+        parts[node_id] = _guarded(node, arguments, partial(_parts, node, arguments, min_rows))
     return parts
 
 
-def _partial(node: Node, arguments: list[Any], min_rows: int) -> dict[str, Any]:
+def _parts(node: Node, arguments: list[Any], min_rows: int) -> dict[str, Any]:
     """The parts of a reduction node over its rows, less the sets of fewer than `min_rows`."""
     kind = node.params["kind"]
     kwargs = {k: v for k, v in node.params.items() if k != "kind"}
