@@ -38,6 +38,8 @@ async def run_analytics(
     round_ = Round(registry, task_id, 1, workers, rules.min_clients, log)
     log(f"round 1: selected {len(workers)} worker(s): {round_.names}")
     log(describe_mode(spec))
+    log("sets of fewer than a holder's min_rows rows (what a filter kept, a group, a column's "
+        "values in one) count as empty there, so that no answer tells them from none")
     await round_.phase("join", rules.connection_timeout)
     log(f"round 1: {len(round_.workers)} worker(s) joined; {plan.stage_count} step(s) to compute")
     while True:

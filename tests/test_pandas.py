@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from sdk import dataset, values
 from sdk import pandas as lazy
+from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Graph
 from sdk.analytics.ops import add_parts
 from sdk.analytics.plan import Aggregation, Plan, run_in_process, worker_parts
@@ -335,7 +336,7 @@ def test_rows_of_two_datasets_are_not_combined():
 def test_text_is_never_summed_on_a_holder(body, message):
     """pandas would concatenate text: that sum would carry every row, so a holder refuses it."""
     holders = [pd.DataFrame({"x": [1, 2], "k": ["a", "b"]}), pd.DataFrame({"x": [3], "k": ["c"]})]
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(EvaluationError, match=message):
         federated(body, holders)
 
 

@@ -13,7 +13,7 @@ from test_pandas import FAMILIES, SETTINGS, assert_same, plan_of, split_frames
 from sdk import values
 from sdk.analytics import secure
 from sdk.analytics.plan import Aggregation, Plan, worker_parts
-from sdk.secagg.fixedpoint import decode_wide, encode_wide
+from sdk.secagg.fixedpoint import FixedPointOverflow, decode_wide, encode_wide
 from sdk.secagg.local import run_local
 
 PRECISION = 9
@@ -74,5 +74,13 @@ def test_wide_encoding_keeps_integers_exact_and_refuses_what_would_overflow():
     assert decode_wide(encode_wide(ints, 0, 3) * np.uint64(3)) == [3 * int(i) for i in ints]
     floats = np.array([1e18, -2.5e-9, 123.456789123])
     assert decode_wide(encode_wide(floats, 9, 2)) == [int(1e27), -2, 123456789123]  # rint: even
-    with pytest.raises(ValueError, match=r"value 1e\+30 at index 1 does not fit.*2\^95"):
+    with pytest.raises(FixedPointOverflow, match=r"^a value does not fit.*2\^95") as refused:
         encode_wide(np.array([0.0, 1e30]), 9, 3)
+    assert refused.value.index == 1 and "1e+30" not in str(refused.value)
+
+
+def test_an_overflow_names_the_part_and_not_its_value():
+    parts = {5: {"sum": pd.Series([1.0, 987654.321e25], index=["a", "b"]), "count": np.int64(4)}}
+    with pytest.raises(FixedPointOverflow, match=r"^the 'sum' part of reduction node 5: a value "
+                                                 r"does not fit.*lower the task's precision"):
+        secure.encode(parts, secure.layout(parts), PRECISION, 3)

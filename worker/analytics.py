@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdk import values
+from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Parts, Plan, worker_parts
 from sdk.proto import task_pb2
@@ -19,7 +20,10 @@ class AnalyticsJob:
     """A joined analytics task: its plan and this worker's frames."""
 
     def __init__(self, spec: task_pb2.TaskSpec, data_dir: DataDir, min_rows: int) -> None:
-        self.plan = Plan(*Graph.from_proto(spec.analytics))
+        try:
+            self.plan = Plan(*Graph.from_proto(spec.analytics))
+        except ValueError as error:  # composed from the graph alone
+            raise EvaluationError(f"the task's graph is refused: {error}") from None
         self.frames = {ref.argument: data_dir.read_frame(ref.file) for ref in spec.datasets}
         self.min_rows = min_rows
         self.precision = spec.precision
@@ -33,7 +37,7 @@ class AnalyticsJob:
     def parts(self, stage: int, inputs: Any) -> Parts:
         """This worker's parts of the reductions of `stage`."""
         if not 0 <= stage < self.plan.stage_count:
-            raise ValueError(f"the task has no step {stage + 1}")
+            raise EvaluationError(f"the task has no step {stage + 1}")
         return worker_parts(self.plan, stage, self.frames, {int(k): v for k, v in inputs.items()},
                             self.min_rows)
 

@@ -23,13 +23,16 @@ from pathlib import Path
 import grpc
 
 from sdk import values
+from sdk.analytics.errors import EvaluationError
 from sdk.analytics.plan import PrivacyError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.secagg import SecAggError
+from sdk.secagg.fixedpoint import FixedPointOverflow
 from sdk.trust import ANONYMOUS, Identity, Kit, TrustError, Verifier
 from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
+from worker.contributions import ContributionLedger, RerunRefused
 from worker.datasets import DataDir, DatasetError
 from worker.engine import (
     EngineLimits,
@@ -39,7 +42,6 @@ from worker.engine import (
     add_engine_arguments,
     limits_from_args,
 )
-from worker.contributions import ContributionLedger, RerunRefused
 from worker.learning_job import LearningJob
 from worker.policy import TEMPLATE, PolicyError, PolicyFile, PolicyRefusal
 from worker.secure import Contribution, SecureRounds
@@ -342,6 +344,7 @@ class Worker:
         task_id = assignment.task_id
         started = time.perf_counter()
         data, error = b"", ""
+        job: Job | None = None
         try:
             job = await self._job(channel, stub, session_id, task_id)
             phase, secagg = assignment.phase, assignment.HasField("secagg")
@@ -392,12 +395,18 @@ class Worker:
             log.warning("task %d: the task's own code failed in %s:\n%s", task_id,
                         assignment.phase, failure)  # whole, for this holder only
             error = f"worker {self.name}: {self._learning_error(failure)}"
-        except (DatasetError, PrivacyError, SecAggError) as failure:
+        except (DatasetError, PrivacyError, SecAggError, EvaluationError) as failure:
             error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
             raise
-        except Exception:  # noqa: BLE001 - the coordinator and the user learn what went wrong
-            error = f"worker {self.name}: " + traceback.format_exc()
+        except Exception as failure:  # the coordinator and the user learn why
+            if isinstance(job, AnalyticsJob):  # a library's message may quote a row's value
+                log.warning("task %d: %s failed", task_id, assignment.phase, exc_info=True)
+                error = f"worker {self.name}: " + (
+                    str(failure) if isinstance(failure, FixedPointOverflow)
+                    else f"its {assignment.phase} failed; the worker's own log says why")
+            else:
+                error = f"worker {self.name}: " + traceback.format_exc()
         if error:
             log.warning("task %d: %s failed: %s", task_id, assignment.phase, error)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from sdk.dataset import TABULAR_SUFFIXES, check_relative_name
+
+log = logging.getLogger("deltaflow.worker")
 
 
 class DatasetError(Exception):
@@ -64,6 +67,7 @@ class DataDir:
         try:
             return pd.read_csv(path, sep=separator)
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
-            # The library's message may quote the file's bytes: only its kind goes out.
+            # pandas' message may quote the file's contents: it stays in this worker's log
+            log.warning("dataset %r cannot be read as a table: %s", name, error)
             raise DatasetError(f"dataset {name!r} cannot be read as a table "
-                               f"({type(error).__name__})") from None
+                               f"({type(error).__name__}; the worker's log says more)") from None

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Node
 
 BINARY: dict[str, Callable[[Any, Any], Any]] = {
@@ -71,12 +72,13 @@ def _numeric(data: Any, numeric_only: bool, reduction: str) -> Any:
     if isinstance(data, pd.DataFrame):
         bad = [c for c, dtype in data.dtypes.items() if not _is_numeric(dtype)]
         if bad:
-            raise TypeError(
+            raise EvaluationError(
                 f"{reduction} needs numeric columns, and {bad} are not; select numeric columns "
                 f"or pass numeric_only=True"
             )
     elif not _is_numeric(data.dtype):
-        raise TypeError(f"{reduction} needs a numeric Series, and {data.name!r} is {data.dtype}")
+        raise EvaluationError(f"{reduction} needs a numeric Series, and {data.name!r} is "
+                              f"{data.dtype}")
     return data
 
 
@@ -154,10 +156,12 @@ def _truth_parts(want: bool) -> Callable[..., dict[str, Any]]:
 def _describe_parts(data: Any, mean: Any, **_: Any) -> dict[str, Any]:
     """count, sum and deviations of numeric values; a Series travels as a one-column table."""
     if isinstance(data, pd.Series) and pd.api.types.is_bool_dtype(data.dtype):
-        raise TypeError("describe() of a bool Series gives unique/top/freq, which need rows")
+        raise EvaluationError("describe() of a bool Series gives unique/top/freq, which need "
+                              "rows")
     table = data if isinstance(data, pd.DataFrame) else pd.DataFrame({data.name: data})
     if table.shape[1] == 0:
-        raise TypeError("describe() found no numeric column; it describes numeric columns only")
+        raise EvaluationError("describe() found no numeric column; it describes numeric "
+                              "columns only")
     return {**_spread_parts(table, None, mean), "sum": table.sum()}
 
 

@@ -8,11 +8,21 @@ reduction whose rows use aggregates of earlier reductions (``x - x.mean()``) wai
 
 from __future__ import annotations
 
-from functools import reduce
+from collections.abc import Callable
+from functools import partial, reduce
 from typing import Any
 
-from sdk.analytics.graph import Graph, map_output, output_nodes
-from sdk.analytics.ops import REDUCTIONS, add_parts, apply_row_op, check_node, reduce_locally
+import pandas as pd
+
+from sdk.analytics.errors import EvaluationError, compose
+from sdk.analytics.graph import Graph, Node, map_output, output_nodes
+from sdk.analytics.ops import (
+    REDUCTIONS,
+    add_parts,
+    apply_row_op,
+    check_node,
+    reduce_locally,
+)
 
 Parts = dict[int, dict[str, Any]]  # reduction node id -> its named additive parts
 
@@ -72,7 +82,8 @@ class Plan:
 
 
 class PrivacyError(ValueError):
-    """A worker refuses to send parts that would reveal single rows, or unexpected inputs."""
+    """A worker refuses what would let others pick or see its rows: values for nodes a step
+    does not need (a row mask, say), or its parts in the clear when the task asks otherwise."""
 
 
 def worker_parts(
@@ -81,9 +92,11 @@ def worker_parts(
     """A worker's additive parts of every reduction in `stage`, over its own rows.
 
     `inputs` may only give the aggregates this stage needs: a value for any other node (a mask
-    of rows, say) would let the sender pick the rows summed. A reduction over fewer than
-    `min_rows` rows (a group, or what a filter kept; none at all is fine) is refused, as its
-    parts would come close to the rows themselves.
+    of rows, say) would let the sender pick the rows summed. A set of fewer than `min_rows` rows
+    (a dataset, what a filter kept, a group, the values of a column in one) counts as empty
+    where it is formed, before anything else runs on it: its parts are those of no rows, so
+    neither they nor an error nor the time taken tell it from an empty set. Any failure is an
+    `EvaluationError` composed from the graph, which names no value of a row.
     """
     unexpected = set(inputs) - set(plan.inputs_of(stage))
     if unexpected:
@@ -95,37 +108,68 @@ def worker_parts(
         if node_id not in memo:
             node = plan.graph[node_id]
             if node.op == "source":
-                memo[node_id] = frames[node.params["argument"]]
+                memo[node_id] = _at_least(frames[node.params["argument"]], min_rows)
             elif node_id not in plan.row_wise and node.op != "const":
-                raise ValueError(f"stage {stage} needs the aggregate of node {node_id}, not sent")
+                raise PrivacyError(f"step {stage + 1} needs the aggregate of node {node_id}, "
+                                   "which was not sent")
             else:
-                memo[node_id] = apply_row_op(node.op, node.params, [value(i) for i in node.inputs])
+                args = [value(i) for i in node.inputs]
+                result = _guarded(node, args, lambda: apply_row_op(node.op, node.params, args))
+                memo[node_id] = _at_least(result, min_rows) if node.op == "filter" else result
         return memo[node_id]
 
     parts: Parts = {}
     for node_id in plan.reductions_in(stage):
         node = plan.graph[node_id]
-        kwargs = {k: v for k, v in node.params.items() if k != "kind"}
         arguments = [value(i) for i in node.inputs]  # its rows, then keys or aggregates it uses
-        keys = arguments[1] if node.params["kind"].startswith("groupby_") else None
-        _check_rows(arguments[0], keys, min_rows)
-        parts[node_id] = REDUCTIONS[node.params["kind"]].partial(*arguments, **kwargs)
+        parts[node_id] = _guarded(node, arguments, partial(_parts, node, arguments, min_rows))
     return parts
 
 
-def _check_rows(data: Any, keys: Any, min_rows: int) -> None:
-    """PrivacyError if a reduction would cover between 1 and min_rows - 1 of this worker's rows."""
+def _parts(node: Node, arguments: list[Any], min_rows: int) -> dict[str, Any]:
+    """The parts of a reduction node over its rows, less the sets of fewer than `min_rows`."""
+    kind = node.params["kind"]
+    kwargs = {k: v for k, v in node.params.items() if k != "kind"}
+    if kind.startswith("groupby_"):
+        rows, keys = suppress_small_sets(arguments[0], arguments[1], min_rows)
+        return REDUCTIONS[kind].partial(rows, keys, *arguments[2:], **kwargs)
+    rows, _ = suppress_small_sets(arguments[0], None, min_rows)
+    return REDUCTIONS[kind].partial(rows, *arguments[1:], **kwargs)
+
+
+def _guarded(node: Node, args: list[Any], evaluate: Callable[[], Any]) -> Any:
+    """`evaluate()`, with any failure turned into an error composed from the graph alone."""
+    try:
+        return evaluate()
+    except EvaluationError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a library's message may quote a row's value
+        raise compose(node, args, error) from None
+
+
+def _at_least(rows: Any, min_rows: int) -> Any:
+    """`rows`, or none of them (with the same columns and dtypes) if fewer than `min_rows`."""
+    if isinstance(rows, (pd.Series, pd.DataFrame)) and len(rows) < min_rows:
+        return rows.iloc[:0]
+    return rows
+
+
+def suppress_small_sets(data: Any, keys: pd.Series | None,
+                        min_rows: int) -> tuple[Any, pd.Series | None]:
+    """The rows of a reduction without groups of fewer than `min_rows` rows (all of them when
+    ungrouped and fewer), and with the values of a cell (a column, per group) that holds fewer
+    than `min_rows` non-missing values made missing: what the reduction may cover."""
     if min_rows <= 1:
-        return
-    sizes = [len(data)] if keys is None else list(data.groupby(keys).size())
-    small = [n for n in sizes if 0 < n < min_rows]
-    if small:
-        where = "rows kept" if keys is None else f"{len(small)} group(s), the smallest of"
-        raise PrivacyError(
-            f"this worker sends no aggregate of fewer than {min_rows} rows, and {where} "
-            f"{min(small)} row(s) would be one: its values would come close to single rows "
-            "(the worker's --min-rows sets this)"
-        )
+        return data, keys
+    if keys is None:
+        data = _at_least(data, min_rows)
+        present = data.notna()
+        return data.mask(present & (present.sum() < min_rows)), None
+    keys = keys if keys.index.equals(data.index) else keys.reindex(data.index)
+    keep = (keys.map(keys.value_counts()) >= min_rows).to_numpy()
+    data, keys = data[keep], keys[keep]
+    present = data.notna()
+    return data.mask(present & (present.groupby(keys).transform("sum") < min_rows)), keys
 
 
 class Aggregation:

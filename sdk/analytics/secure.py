@@ -87,9 +87,11 @@ def encode(parts: Parts, union_layout: Parts, precision: int, max_clients: int) 
         raise ValueError(f"secure analytics supports fewer than {MAX_WORKERS} workers")
     aligned = {node: {name: _align(parts[node][name], value) for name, value in named.items()}
                for node, named in union_layout.items()}
-    integers, floats, specials = [], [], []
-    for values, shape in zip(_columns(aligned), _columns(union_layout), strict=True):
+    integers, floats, specials, float_parts = [], [], [], []
+    for values, shape, part in zip(_columns(aligned), _columns(union_layout),
+                                   _part_names(union_layout), strict=True):
         if _is_float(shape):
+            float_parts += [part] * len(values)
             number = pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan)
             specials.append(np.isnan(number) * 1 + (number == np.inf) * (1 << SPECIAL_BITS)
                             + (number == -np.inf) * (1 << 2 * SPECIAL_BITS))
@@ -98,8 +100,13 @@ def encode(parts: Parts, union_layout: Parts, precision: int, max_clients: int) 
             integers.append(np.asarray(values, dtype=np.int64))
     whole = np.concatenate(integers + specials + [np.zeros(0, np.int64)]).astype(np.int64)
     fractional = np.concatenate(floats + [np.zeros(0)])
-    return np.concatenate([fixedpoint.encode_wide(whole, 0, max_clients),
-                           fixedpoint.encode_wide(fractional, precision, max_clients)])
+    try:
+        scaled = fixedpoint.encode_wide(fractional, precision, max_clients)
+    except fixedpoint.FixedPointOverflow as error:
+        node, name = float_parts[error.index]
+        raise fixedpoint.FixedPointOverflow(
+            f"the {name!r} part of reduction node {node}: {error}", error.index) from None
+    return np.concatenate([fixedpoint.encode_wide(whole, 0, max_clients), scaled])
 
 
 def decode(total: np.ndarray, union_layout: Parts, precision: int) -> Parts:
@@ -151,6 +158,13 @@ def _columns(parts: Parts) -> Iterator[Any]:
                 yield value.array
             else:
                 yield np.array([value], dtype=_scalar_dtype(value))
+
+
+def _part_names(parts: Parts) -> Iterator[tuple[int, str]]:
+    """(reduction node, part name) of each array `_columns` gives, in the same order."""
+    for node, named in parts.items():
+        for name, value in named.items():
+            yield from [(node, name)] * (value.shape[1] if isinstance(value, pd.DataFrame) else 1)
 
 
 def _is_float(values: Any) -> bool:

@@ -13,14 +13,21 @@ LIMIT = 2.0**63
 SPLIT = 2**32  # encode_wide: value = high * SPLIT + low, 0 <= low < SPLIT
 
 
-def _refuse(x: np.ndarray, fits: np.ndarray, precision: int, max_clients: int, bound: str,
+class FixedPointOverflow(ValueError):
+    """A value too large for the fixed-point sum. Its message names no value; `index` (the
+    first such value's place in the vector) is for the caller to say which output it is."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def _refuse(fits: np.ndarray, precision: int, max_clients: int, bound: str,
             offset: int = 0) -> None:
-    bad = np.flatnonzero(~fits)
-    i = int(bad[0])
-    raise ValueError(
-        f"value {np.asarray(x).flat[i].item()!r} at index {offset + i} does not fit: "
-        f"|x| * 10^{precision} * {max_clients} workers must stay below {bound} ({bad.size} out "
-        "of range); lower the task's precision or scale the values")
+    raise FixedPointOverflow(
+        f"a value does not fit: |x| * 10^{precision} * {max_clients} workers must stay below "
+        f"{bound}; lower the task's precision or scale the values",
+        offset + int(np.flatnonzero(~fits)[0]))
 
 
 def encode(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
@@ -44,8 +51,7 @@ def encode_into(out: np.ndarray, x: np.ndarray, scale: float, precision: int, ma
         part = scaled[:min(piece, x.size - start)]
         np.multiply(x[start:start + part.size], scale, out=part, dtype=np.float64)
         if part.size and not max(-part.min(), part.max()) * max_clients < LIMIT:  # NaN too
-            _refuse(x[start:start + part.size] * (scale / 10.0**precision),
-                    np.abs(part) * max_clients < LIMIT, precision, max_clients, "2^63", start)
+            _refuse(np.abs(part) * max_clients < LIMIT, precision, max_clients, "2^63", start)
         np.rint(part, out=part)
         if add:
             np.copyto(words[:part.size], part, casting="unsafe")
@@ -71,7 +77,7 @@ def encode_wide(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
     high = np.floor(scaled / SPLIT)
     fits = np.abs(high) * max_clients < LIMIT
     if not fits.all():
-        _refuse(x, fits, precision, max_clients, "2^95")
+        _refuse(fits, precision, max_clients, "2^95")
     return np.concatenate([high, scaled - high * SPLIT]).astype(np.int64).view(np.uint64)
 
 
