@@ -82,7 +82,7 @@ class Canary(Regression):
     the worker ran something of it."""
 
     def __init__(self, canary: Path) -> None:
-        super().__init__(max_rounds=1)
+        super().__init__(max_rounds=1, connection_timeout=60)
         self.canary = str(canary)
 
     def __setstate__(self, state: dict) -> None:

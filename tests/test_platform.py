@@ -209,7 +209,7 @@ def test_unreachable_coordinator_is_a_clear_error():
         client.get_task(1)
 
 
-def test_an_error_on_the_workers_reaches_the_trace_with_its_traceback(cluster):
+def test_an_error_on_the_workers_reaches_the_trace_composed_without_a_traceback(cluster):
     cluster.start_coordinator()
     table = wages(10, 1).assign(city="Lyon")
     cluster.start_worker("w1", {"wages.csv": table})
@@ -220,5 +220,5 @@ def test_an_error_on_the_workers_reaches_the_trace_with_its_traceback(cluster):
     assert client.trace(task_id, out=out) is False
     text = out.getvalue()
     assert "mean() needs numeric columns, and ['city'] are not" in text
-    assert "Traceback (most recent call last)" in text and "worker w1" in text
+    assert "Traceback" not in text and "worker w1" in text
     assert "fewer than min_clients=2" in client.get_task(task_id).error
