@@ -97,7 +97,8 @@ class _GroupRun:
         while self.pending and self.pool.try_process():
             task = self.pending.popleft()
             try:
-                task.start(os.path.join(self.group.workdir, str(task.task_id)))
+                task.start(os.path.join(self.group.workdir, str(task.task_id)),
+                           self.pool.limits.run_as())
             except Exception:
                 self.pool.release_process()
                 self.group.report_exception(task.task_id, "load", "the task could not be sent "
