@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import tempfile
 import time
@@ -109,6 +110,7 @@ def _identity(args: argparse.Namespace) -> tuple[Kit | None, str, str]:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    os.umask(0o077)  # what the daemon writes is its own: a --task-user reads none of it
     kit, name, address = _identity(args)
     if not args.data_dir.is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder")

@@ -89,7 +89,7 @@ def _unshare_network() -> None:
 
 def readable_copy(source: Path, target: Path, user: TaskUser) -> None:
     """Copies ``source`` to ``target`` (the daemon reads it), for ``user`` alone to read."""
-    with open(source, "rb") as reading, open(target, "xb") as writing:
+    with open(source, "rb") as reading, open(target, "wb") as writing:
         os.fchmod(writing.fileno(), 0o400)
         os.fchown(writing.fileno(), user.uid, user.gid)
         shutil.copyfileobj(reading, writing, 1 << 20)
