@@ -18,11 +18,16 @@ WORKERS = {"w1": 60, "w2": 100}
 
 
 def ensure_task_user() -> None:
-    """Creates the task user where missing; fails, saying why, unless this runs as root."""
+    """Creates the task user where missing; fails, saying why, unless this runs as root and
+    that user can run this Python."""
     if os.geteuid() != 0:
         pytest.fail("confinement needs root: run this test as root (CI does)")
     if subprocess.run(["id", "-u", TASK_USER], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--system", "--no-create-home", TASK_USER], check=True)
+    try:
+        EngineLimits(task_user=TASK_USER)
+    except ValueError as error:
+        pytest.fail(f"this machine cannot confine tasks: {error}")
 
 
 def test_learning_code_runs_as_the_task_user_without_network_or_the_workers_files(cluster):

@@ -13,6 +13,8 @@ import ctypes
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,7 +41,24 @@ def find_task_user(name: str) -> TaskUser:
                          f"useradd --system --no-create-home {name})") from None
     if entry.pw_uid == 0:
         raise ValueError(f"--task-user {name} is root; name an unprivileged user")
-    return TaskUser(name, entry.pw_uid, entry.pw_gid)
+    user = TaskUser(name, entry.pw_uid, entry.pw_gid)
+    _check_python(user)
+    return user
+
+
+def _check_python(user: TaskUser) -> None:
+    """ValueError unless ``user`` can run this Python and read its standard library."""
+    try:
+        ran = subprocess.run([sys.executable, "-c", "import encodings.cp437"], user=user.uid,
+                             group=user.gid, extra_groups=[], capture_output=True, timeout=60)
+        runs = ran.returncode == 0
+    except OSError:
+        runs = False
+    if not runs:
+        raise ValueError(f"--task-user {user.name} cannot run this Python ({sys.executable}, "
+                         f"installed in {sys.base_prefix}): tasks run it as that user, so let "
+                         "it read Python, its packages and deltaflow (e.g. chmod o+x on a "
+                         "private home directory above them)")
 
 
 def give(path: str | os.PathLike, user: TaskUser | None, mode: int = 0o600) -> None:
