@@ -101,7 +101,8 @@ class Confined(Regression):
         self.port = port
 
     def validate(self, dataloader):
-        return {**super().validate(dataloader), "read_secret": float(any(map(_readable, self.secrets))),
+        return {**super().validate(dataloader),
+                "read_secret": float(any(map(_readable, self.secrets))),
                 "connected": float(_connects(self.port)), "uid": float(os.getuid())}
 
 

@@ -112,9 +112,9 @@ _FLAGS = [
     ("--engine-poll-interval", "poll_interval", float,
      "seconds between re-reads of free memory while a task waits for it (default: 0.5)"),
     ("--task-user", "task_user", str,
-     "OS user task subprocesses run as, with no network and only their own files; the worker "
-     "must run as root (default: the worker's user, confined only by a network namespace when "
-     "root)"),
+     ("OS user task subprocesses run as, with no network and only their own files; the worker "
+      "must run as root (default: the worker's user, confined only by a network namespace when "
+      "root)")),
 ]
 
 

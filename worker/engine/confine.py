@@ -50,7 +50,8 @@ def _check_python(user: TaskUser) -> None:
     """ValueError unless ``user`` can run this Python and read its standard library."""
     try:
         ran = subprocess.run([sys.executable, "-c", "import encodings.cp437"], user=user.uid,
-                             group=user.gid, extra_groups=[], capture_output=True, timeout=60)
+                             group=user.gid, extra_groups=[], capture_output=True, timeout=60,
+                             check=False)
         runs = ran.returncode == 0
     except OSError:
         runs = False
