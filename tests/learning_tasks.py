@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -97,3 +98,35 @@ class Exfiltrating(Regression):
     def train(self, dataloader):
         rows = " ".join(f"{float(v):.6f}" for batch in dataloader for v in batch[0].flatten())
         raise RuntimeError("EXFIL:" + rows)
+
+
+class Confined(Regression):
+    """Reports, among its metrics, what its code reaches on a worker (1.0 yes, 0.0 no): any of
+    `secrets` (files it must not read), a TCP connection to 127.0.0.1:`port`; and its uid."""
+
+    def __init__(self, secrets: list[Path], port: int) -> None:
+        super().__init__(max_rounds=2, secure_aggregation=False)
+        self.secrets = [str(path) for path in secrets]
+        self.port = port
+
+    def validate(self, dataloader):
+        return {**super().validate(dataloader),
+                "read_secret": float(any(map(_readable, self.secrets))),
+                "connected": float(_connects(self.port)), "uid": float(os.getuid())}
+
+
+def _readable(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError:
+        return False
+    return True
+
+
+def _connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True

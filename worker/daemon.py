@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import tempfile
 import time
@@ -141,6 +142,7 @@ def _policy(args: argparse.Namespace, kit: Kit | None) -> PolicyFile:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    os.umask(0o077)  # what the daemon writes is its own: a --task-user reads none of it
     if args.write_policy is not None:
         _write_policy(args.write_policy)
         return

@@ -133,7 +133,9 @@ class LearningProcess(Task):
     It has no network: its weights are in a shared-memory file the worker daemon made
     (`weights_path`), which holds the global weights when a round starts and must hold the
     trained ones when it ends. `round_input` for each `train` is {"round", "validate"}; it
-    returns {"samples", "validate_samples", "metrics"}.
+    returns {"samples", "validate_samples", "metrics"}. Its paths are absolute or relative to
+    its work dir: run as a task user, it may reach nothing above that dir (see
+    worker.engine.confine).
     """
 
     def __init__(self, task_id: int, spec: task_pb2.TaskSpec, data_path: Path,

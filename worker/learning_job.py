@@ -32,6 +32,7 @@ from sdk.secagg import accumulate, fixedpoint
 from sdk.weights import METRIC_SLOTS, count, nbytes, secure_length, total_bytes
 from sdk.wire import decode_chunk, encode_chunk, serialize, split_views
 from worker.engine import EngineSession, TaskHandle
+from worker.engine.confine import TaskUser, give, readable_copy
 
 SHM_DIR = Path("/dev/shm")
 
@@ -166,7 +167,9 @@ class LearningJob:
         self.precision = spec.precision
         self.secure = spec.secure_aggregation
         self.infos = list(spec.learning.weights)
-        self.weights = SharedWeights(total_bytes(self.infos), work_dir, f"task-{task_id}-")
+        self.task_dir = work_dir / str(task_id)  # the engine task's work dir
+        self.weights = SharedWeights(total_bytes(self.infos), self.task_dir, f"task-{task_id}-")
+        self.data_copy: Path | None = None  # the task user's copy of the dataset, if any
         self.initial_sha256 = b""  # of the initial weights, once downloaded
         self.handle: TaskHandle | None = None
         self._sent: Sent | None = None
@@ -189,8 +192,9 @@ class LearningJob:
                                  "weights than the task was built with")
             # torch is imported once a learning task comes, in a thread: heartbeats go on.
             learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
-            process = learning.LearningProcess(self.task_id, self.spec, self.data_path,
-                                               str(self.weights.path))
+            data_path = await asyncio.to_thread(self._give_to, engine.task_user)
+            process = learning.LearningProcess(self.task_id, self.spec, data_path,
+                                               str(self._as_task_sees(self.weights.path)))
             self.handle = await engine.open_async(process)
             self.weights.unlink()  # both sides have it mapped: nothing left behind on a crash
         except BaseException:
@@ -242,6 +246,26 @@ class LearningJob:
             await self.handle.close_async()
         self._masking.shutdown(wait=False, cancel_futures=True)
         self.weights.close()
+        if self.data_copy is not None:
+            self.data_copy.unlink(missing_ok=True)
+
+    def _give_to(self, user: TaskUser | None) -> Path:
+        """Hands the weights and the dataset to the task user: the weights file becomes its,
+        and it reads a copy of the dataset in its work dir (the daemon's data dir is closed to
+        it; the copy costs the dataset's size on disk and the time to write it). The dataset's
+        path as the engine task reaches it."""
+        if user is None:
+            return self.data_path
+        give(self.weights.path, user)
+        self.data_copy = self.task_dir / self.data_path.name
+        self.task_dir.mkdir(parents=True, exist_ok=True)
+        readable_copy(self.data_path, self.data_copy, user)
+        return self._as_task_sees(self.data_copy)
+
+    def _as_task_sees(self, path: Path) -> Path:
+        """`path` relative to the task's work dir (its cwd) when it is in there: the
+        directories above may be closed to the task user."""
+        return path.relative_to(self.task_dir) if path.is_relative_to(self.task_dir) else path
 
     async def _download(self, channel: grpc.aio.Channel, session_id: str,
                         digest: Any = None) -> None:

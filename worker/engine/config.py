@@ -9,6 +9,8 @@ import re
 import tomllib
 from dataclasses import dataclass
 
+from .confine import TaskUser, find_task_user
+
 GiB = 1024**3
 MiB = 1024**2
 
@@ -47,7 +49,8 @@ class EngineLimits:
     max_gpu_utilization percent takes no new task; a CUDA out-of-memory error is retried
     oom_retries times; allowed_gpus (NVML indices) limits the GPUs used, None meaning all;
     poll_interval is how often (seconds) memory and GPUs are re-read while a task waits for
-    memory that only other programs can free.
+    memory that only other programs can free; task_user is the OS user task subprocesses run
+    as (the engine must be root: see confine.py), None meaning the engine's own.
     """
 
     max_tasks: int = os.cpu_count() or 1
@@ -59,6 +62,7 @@ class EngineLimits:
     oom_retries: int = 2
     allowed_gpus: tuple[int, ...] | None = None
     poll_interval: float = 0.5
+    task_user: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("default_cuda_memory", "gpu_headroom"):
@@ -75,6 +79,11 @@ class EngineLimits:
             raise ValueError("max_gpu_utilization must be in (0, 100]")
         if self.poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
+        self.run_as()  # a task user this process cannot switch to is refused now
+
+    def run_as(self) -> TaskUser | None:
+        """The task user, None without one; ValueError where the engine cannot switch to it."""
+        return find_task_user(self.task_user) if self.task_user is not None else None
 
     def gpu_headroom_for(self, total_bytes: int) -> int:
         """Bytes to keep free on a GPU with ``total_bytes`` of memory."""
@@ -102,6 +111,10 @@ _FLAGS = [
     ("--gpus", "allowed_gpus", _gpu_list, "GPUs the engine may use, e.g. 0,1 (default: all)"),
     ("--engine-poll-interval", "poll_interval", float,
      "seconds between re-reads of free memory while a task waits for it (default: 0.5)"),
+    ("--task-user", "task_user", str,
+     ("OS user task subprocesses run as, with no network and only their own files; the worker "
+      "must run as root (default: the worker's user, confined only by a network namespace when "
+      "root)")),
 ]
 
 

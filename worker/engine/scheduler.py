@@ -9,6 +9,7 @@ from multiprocessing.connection import wait
 from typing import Callable, Iterable
 
 from .config import EngineLimits
+from .confine import TaskUser
 from .gpu import GpuInventory
 from .group import TaskGroup
 from .placement import PlacementError
@@ -46,6 +47,7 @@ class Scheduler:
         self.workdir = os.path.abspath(workdir)
         self.limits = limits if limits is not None else EngineLimits()
         self.pool = ResourcePool(self.limits, inventory, ram)
+        self.task_user = self.limits.run_as()
         self._groups_run = 0
 
     def execute(self, group: TaskGroup) -> dict:
@@ -54,7 +56,7 @@ class Scheduler:
         self._groups_run += 1
         group.workdir = os.path.join(self.workdir, group.group_name)
         os.makedirs(group.workdir, exist_ok=True)
-        _GroupRun(group, self.pool).run()
+        _GroupRun(group, self.pool, self.task_user).run()
         write_reports(group, os.path.join(self.workdir, "reports"))
         return group.result
 
@@ -66,9 +68,10 @@ class Scheduler:
 class _GroupRun:
     """The state of one group while it runs."""
 
-    def __init__(self, group: TaskGroup, pool: ResourcePool) -> None:
+    def __init__(self, group: TaskGroup, pool: ResourcePool, task_user: TaskUser | None) -> None:
         self.group = group
         self.pool = pool
+        self.task_user = task_user
         self.limits = pool.limits
         self.pending = deque(t for t in group.tasks if t.task_id not in group.result)
         self.live: list[Task] = []
@@ -97,7 +100,7 @@ class _GroupRun:
         while self.pending and self.pool.try_process():
             task = self.pending.popleft()
             try:
-                task.start(os.path.join(self.group.workdir, str(task.task_id)))
+                task.start(os.path.join(self.group.workdir, str(task.task_id)), self.task_user)
             except Exception:
                 self.pool.release_process()
                 self.group.report_exception(task.task_id, "load", "the task could not be sent "

@@ -57,13 +57,15 @@ async def _in_thread(function: Callable[..., T], *args: Any) -> T:
 
 
 class EngineSession:
-    """Opens persistent tasks under ``<workdir>/<name>/<task_id>/``, within ``limits``."""
+    """Opens persistent tasks under ``<workdir>/<name>/<task_id>/``, within ``limits``, as
+    ``limits.task_user`` when given (``task_user``)."""
 
     def __init__(self, workdir: str | os.PathLike, limits: EngineLimits | None = None,
                  inventory: GpuInventory | None = None,
                  ram: Callable[[], RamInfo] = psutil_ram, *, name: str = "session") -> None:
         self.workdir = os.path.join(os.path.abspath(workdir), name)
         self.pool = ResourcePool(limits if limits is not None else EngineLimits(), inventory, ram)
+        self.task_user = self.pool.limits.run_as()
         self._handles: dict[int | str, TaskHandle] = {}
         self._lock = threading.Lock()
 
@@ -171,7 +173,7 @@ class TaskHandle:
             try:
                 self._slot = self._wait_for("load", pool.try_process)
                 try:
-                    task.start(workdir)
+                    task.start(workdir, self.session.task_user)
                 except Exception:
                     raise TaskError(task.task_id, "load", "the task could not be sent to its "
                                     "subprocess:\n" + traceback.format_exc()) from None

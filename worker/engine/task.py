@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, NamedTuple
 
 from .config import parse_size
+from .confine import TaskUser, confine, give
 from .status import TaskStatus
 
 _NAME_FORBIDDEN = re.compile(r"[/\\\x00]")
@@ -142,14 +143,16 @@ class Task:
 
     # Parent side.
 
-    def start(self, workdir: str | os.PathLike | None = None) -> None:
-        """Start the subprocess in ``workdir`` (default ``./<task_id>``), created if needed."""
+    def start(self, workdir: str | os.PathLike | None = None, user: TaskUser | None = None) -> None:
+        """Start the subprocess in ``workdir`` (default ``./<task_id>``), created if needed;
+        as ``user`` (who then owns ``workdir``), when given, and confined (see confine.py)."""
         self._expect(TaskStatus.INIT)
         self.workdir = os.path.abspath(workdir if workdir is not None else str(self.task_id))
         os.makedirs(self.workdir, exist_ok=True)
+        give(self.workdir, user, 0o700)
         context = mp_context()
         self._conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_child_main, args=(self, child_conn),
+        self._process = context.Process(target=_child_main, args=(self, child_conn, user),
                                         name=f"task-{self.task_id}")
         try:
             self._process.start()
@@ -326,14 +329,19 @@ def _log_tail(path: str, lines: int = 20) -> str:
 
 # Child side.
 
-def _child_main(task: Task, conn: Connection) -> None:
-    """The subprocess: run commands from the parent until told to exit or the pipe closes."""
+def _child_main(task: Task, conn: Connection, user: TaskUser | None) -> None:
+    """The subprocess: run commands from the parent until told to exit or the pipe closes.
+
+    It enters its work dir before it is confined: the task reaches its files from there even
+    where the directories above are closed to it.
+    """
     os.setsid()  # its own process group, so that killing the task kills what it started
     os.chdir(task.workdir)
     log = os.open(_LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
     faulthandler.enable()
+    confine(user)
     # Numbers GPUs as NvmlInventory does.
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     while True:
