@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The confinement tests run learning code as another OS user, who must be able to run this Python.
+.venv/bin/python scripts/allow_task_user.py
 exec .venv/bin/python -m pytest "$@"
