@@ -102,6 +102,19 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         limit = min(request.limit or 100, 1000)
         return pb.ListAuditResponse(entries=self.store.list_audit(limit, request.before_id))
 
+    async def ListWorkers(self, request: pb.ListWorkersRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListWorkersResponse:
+        """Connected workers by name; when they connected and what they run, for admins only."""
+        admin = caller().role == "admin"
+        workers = []
+        for session in sorted(self.tasks.registry.connected(), key=lambda s: s.name):
+            info = pb.WorkerInfo(name=session.name, datasets=sorted(session.datasets))
+            if admin:
+                info.connected_at = session.connected_at
+                info.running_tasks.extend(sorted(session.tasks))
+            workers.append(info)
+        return pb.ListWorkersResponse(workers=workers)
+
     async def StreamLogs(self, request: pb.StreamLogsRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogEntry]:
         await self._task(request.task_id, context)
