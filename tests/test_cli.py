@@ -130,6 +130,7 @@ def test_submit_names_the_task_classes_when_it_cannot_choose(tmp_path):
 
 # Against daemons ------------------------------------------------------------------------------
 
+@pytest.mark.timeout(300)  # some forty runs of the command, each a new process
 def test_analytics_verbs(cluster, tmp_path):
     cluster.start_coordinator()
     frames = [wages(30, seed) for seed in range(3)]
@@ -223,6 +224,7 @@ def test_analytics_verbs(cluster, tmp_path):
     refused(deltaflow(cluster, "tasks", env=env, check=None), "config.toml is not valid TOML")
 
 
+@pytest.mark.timeout(300)
 def test_learning_verbs(cluster, tmp_path):
     cluster.start_coordinator()
     for seed, name in enumerate(("w1", "w2")):
