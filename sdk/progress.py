@@ -4,7 +4,6 @@ from 3 workers"), and the line that shows it on a terminal."""
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -41,28 +40,30 @@ class ProgressLine:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.started: float | None = None  # when the task's log began (unix seconds)
+        self.latest = 0.0  # the time of its latest line
         self.last: RoundDone | None = None
         self.last_at = 0.0
 
     def show(self, line: str, time_: float, message: str) -> None:
         """Prints a log line above the progress line, and redraws it."""
         self.started = self.started if self.started is not None else time_
+        self.latest = time_
         done = parse_round(message)
         if done is not None:
             self.last, self.last_at = done, time_
         self.out.write(f"\r\033[K{line}\n{self.render()}")
         self.out.flush()
 
-    def render(self, now: float | None = None) -> str:
-        """The progress line: round k of n, the last metrics, elapsed and estimated time left."""
+    def render(self) -> str:
+        """The progress line: round k of n, the last metrics, the time from the log's first
+        line to its latest, and the time left at the pace of the rounds so far."""
         if self.last is None or self.started is None:
             return ""
-        now = time.time() if now is None else now
         done = self.last
         per_round = (self.last_at - self.started) / done.number
         left = per_round * (done.max_rounds - done.number)
         parts = [f"round {done.number}/{done.max_rounds}", done.metrics,
-                 f"elapsed {_duration(now - self.started)}",
+                 f"elapsed {_duration(self.latest - self.started)}",
                  f"about {_duration(left)} left" if done.number < done.max_rounds else "done"]
         return "  ".join(part for part in parts if part)
 

@@ -87,7 +87,9 @@ def test_progress_line_estimates_the_time_left_from_the_rounds_done():
     progress.show("line 1", 100.0, "selected 3 worker(s)")
     assert out.getvalue() == "\r\033[Kline 1\n"  # no round yet: no progress line
     progress.show("line 2", 110.0, "round 1/4: mse=2 from 3 workers")
-    assert progress.render(now=115.0) == "round 1/4  mse=2  elapsed 0:15  about 0:30 left"
+    assert out.getvalue().endswith("line 2\nround 1/4  mse=2  elapsed 0:10  about 0:30 left")
+    progress.show("line 3", 115.0, "worker w1 sent its weights")
+    assert progress.render() == "round 1/4  mse=2  elapsed 0:15  about 0:30 left"
     progress.close()
     assert out.getvalue().endswith("\n")
 
