@@ -35,7 +35,7 @@ _WORKER = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
 METHODS: dict[str, frozenset[str]] = {
     **{f"/{_TASKS}/{name}": _USERS for name in (
         "CreateTask", "GetTask", "ListTasks", "StreamLogs", "GetResult", "CancelTask",
-        "GetMetrics")},
+        "GetMetrics", "ListWorkers")},
     f"/{_TASKS}/ListAudit": _ADMINS,
     **{f"/{_WORKER}/{name}": _WORKERS for name in (
         "Register", "Connect", "FetchTask", "FetchWeights", "Upload")},

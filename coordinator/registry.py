@@ -37,6 +37,7 @@ class WorkerSession:
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
     last_seen: float = field(default_factory=time.monotonic)
     attached: bool = False
+    connected_at: float = 0.0  # unix seconds its live channel attached
     closed_reason: str = ""
     tasks: set[int] = field(default_factory=set)  # selected for, and not dropped from
 
@@ -130,6 +131,7 @@ class WorkerRegistry:
     def attach(self, session: WorkerSession) -> None:
         session.attached = True
         session.last_seen = time.monotonic()
+        session.connected_at = time.time()
         log.info("worker %s connected, holding %d datasets", session.name, len(session.datasets))
         self._notify()
 

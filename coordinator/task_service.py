@@ -20,7 +20,7 @@ from sdk.dataset import check_relative_name
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
 from sdk.task import FORMAT_VERSION, TaskError, check_rules
-from sdk.trust import TrustError, Verifier
+from sdk.trust import ANONYMOUS, TrustError, Verifier
 from sdk.wire import CHUNK_SIZE, TENSORS_FORMAT, VALUE_FORMAT, split_chunks
 
 PREVIEW_CHARS = 4000
@@ -101,6 +101,19 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
                         context: grpc.aio.ServicerContext) -> pb.ListAuditResponse:
         limit = min(request.limit or 100, 1000)
         return pb.ListAuditResponse(entries=self.store.list_audit(limit, request.before_id))
+
+    async def ListWorkers(self, request: pb.ListWorkersRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListWorkersResponse:
+        """Connected workers by name; when they connected and what they run, for admins only."""
+        admin = caller().role in ("admin", ANONYMOUS.role)  # anonymous: no identities at all
+        workers = []
+        for session in sorted(self.tasks.registry.connected(), key=lambda s: s.name):
+            info = pb.WorkerInfo(name=session.name, datasets=sorted(session.datasets))
+            if admin:
+                info.connected_at = session.connected_at
+                info.running_tasks.extend(sorted(session.tasks))
+            workers.append(info)
+        return pb.ListWorkersResponse(workers=workers)
 
     async def StreamLogs(self, request: pb.StreamLogsRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogEntry]:

@@ -13,6 +13,8 @@ from typing import Any, TextIO
 import grpc
 
 from sdk import values
+from sdk.config import config_path, load_config
+from sdk.progress import ProgressLine
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
 from sdk.task import BuiltTask
@@ -39,18 +41,25 @@ class Client:
     as that user, to the kit's coordinator unless `address` says otherwise, and signs every
     task it creates. Without one it speaks plaintext, to a loopback address only (a coordinator
     started with --insecure). `address` is "HOST:PORT" (or "http://HOST:PORT"), else the
-    DELTAFLOW_COORDINATOR environment variable.
+    DELTAFLOW_COORDINATOR environment variable. Last come the keys `kit` and `coordinator` of
+    the user's settings file (`sdk.config`: ~/.config/deltaflow/config.toml), whose address
+    goes before the kit's.
     """
 
     def __init__(self, address: str | None = None, kit: str | os.PathLike | None = None,
                  timeout: float = 30.0) -> None:
-        kit = kit or os.environ.get("DELTAFLOW_KIT") or None
+        settings = {}
+        if not (kit or os.environ.get("DELTAFLOW_KIT")) or not (
+                address or os.environ.get("DELTAFLOW_COORDINATOR")):
+            settings = load_config()
+        kit = kit or os.environ.get("DELTAFLOW_KIT") or settings.get("kit")
         self.kit = _user_kit(Path(kit)) if kit else None
-        address = address or os.environ.get("DELTAFLOW_COORDINATOR") or (
-            self.kit.coordinator if self.kit else None)
+        address = address or os.environ.get("DELTAFLOW_COORDINATOR") or settings.get(
+            "coordinator") or (self.kit.coordinator if self.kit else None)
         if not address:
-            raise ValueError("no coordinator address: pass Client(address) or a kit, or set "
-                             "DELTAFLOW_COORDINATOR")
+            raise ValueError("no coordinator address: pass Client(address) or a kit, set "
+                             f"DELTAFLOW_COORDINATOR, or write coordinator = \"HOST:PORT\" in "
+                             f"{config_path()}")
         self.address = normalize_address(address)
         self.timeout = timeout
         if self.kit is not None:
@@ -102,24 +111,35 @@ class Client:
         request = pb.ListAuditRequest(limit=limit, before_id=before_id)
         return list(self._call(self._tasks.ListAudit, request).entries)
 
+    def list_workers(self) -> list[pb.WorkerInfo]:
+        """The workers connected now, by name; admins also see when each connected and the
+        tasks it runs."""
+        return list(self._call(self._tasks.ListWorkers, pb.ListWorkersRequest()).workers)
+
     def logs(self, task_id: int, offset: int = 0) -> list[pb.LogEntry]:
         """The task's log so far, from `offset` on, without waiting for more."""
         request = pb.StreamLogsRequest(task_id=task_id, offset=offset)
         return list(self._call_stream(self._tasks.StreamLogs, request))
 
-    def trace(self, task_id: int, out: TextIO | None = None) -> bool:
-        """Prints the task's log until it ends; True if it finished well."""
+    def trace(self, task_id: int, out: TextIO | None = None, offset: int = 0) -> bool:
+        """Prints the task's log from `offset` until it ends; True if it finished well.
+
+        On a terminal a learning task's progress (round, metrics, time left) is redrawn in
+        place below the log lines."""
         stream = out or sys.stdout
-
-        def show(entry: pb.LogEntry) -> None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time))
-            print(f"{stamp}  {entry.message}", file=stream, flush=True)
-
-        return self._follow(task_id, show)
+        if not stream.isatty():
+            return self.follow(task_id, lambda entry: print(log_line(entry), file=stream,
+                                                            flush=True), offset)
+        progress = ProgressLine(stream)
+        try:
+            return self.follow(task_id, lambda entry: progress.show(
+                log_line(entry), entry.time, entry.message), offset)
+        finally:
+            progress.close()
 
     def wait(self, task_id: int) -> bool:
         """Waits until the task ends; True if it finished well."""
-        return self._follow(task_id, lambda entry: None)
+        return self.follow(task_id, lambda entry: None)
 
     def get_result(self, task_id: int) -> Any:
         """The result of a finished task: pandas/Python values for analytics, the global
@@ -150,9 +170,9 @@ class Client:
         reply = self._call(self._tasks.GetMetrics, pb.GetMetricsRequest(task_id=task_id))
         return [{"round": r.round, "workers": r.workers, **dict(r.metrics)} for r in reply.rounds]
 
-    def _follow(self, task_id: int, show: Callable[[pb.LogEntry], None]) -> bool:
-        """Streams the log from where it got to, riding out a coordinator restart."""
-        offset = 0
+    def follow(self, task_id: int, show: Callable[[pb.LogEntry], None], offset: int = 0) -> bool:
+        """Hands each log entry from `offset` on to `show` until the task ends, riding out a
+        coordinator restart; True if it finished well."""
         give_up = None
         while True:
             try:
@@ -200,6 +220,12 @@ class Client:
                         f"kit. Otherwise check that {self.address} is a name in the "
                         "coordinator's certificate and that your kit is of its federation")
         return ClientError(code, message)
+
+
+def log_line(entry: pb.LogEntry) -> str:
+    """A log entry as one line: local time, two spaces, the message."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time))
+    return f"{stamp}  {entry.message}"
 
 
 def _user_kit(path: Path) -> Kit:

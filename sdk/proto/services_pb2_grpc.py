@@ -77,6 +77,11 @@ class TaskServiceStub:
                 request_serializer=deltaflow_dot_v1_dot_services__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=deltaflow_dot_v1_dot_services__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/deltaflow.v1.TaskService/ListWorkers',
+                request_serializer=deltaflow_dot_v1_dot_services__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=deltaflow_dot_v1_dot_services__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -140,6 +145,13 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """The workers connected now. Admins get every field; analysts names and datasets only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +194,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=deltaflow_dot_v1_dot_services__pb2.ListAuditRequest.FromString,
                     response_serializer=deltaflow_dot_v1_dot_services__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=deltaflow_dot_v1_dot_services__pb2.ListWorkersRequest.FromString,
+                    response_serializer=deltaflow_dot_v1_dot_services__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +420,33 @@ class TaskService:
             '/deltaflow.v1.TaskService/ListAudit',
             deltaflow_dot_v1_dot_services__pb2.ListAuditRequest.SerializeToString,
             deltaflow_dot_v1_dot_services__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deltaflow.v1.TaskService/ListWorkers',
+            deltaflow_dot_v1_dot_services__pb2.ListWorkersRequest.SerializeToString,
+            deltaflow_dot_v1_dot_services__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,2 @@
+"""The user's verbs of the `deltaflow` command, one module each: `add_arguments(parser)` and
+`run(args) -> int`."""
