@@ -70,12 +70,9 @@ def _identity(args: argparse.Namespace) -> tuple[Kit | None, str]:
                              "give the coordinator a kit to serve a network")
         return None, listen
     try:
-        kit = Kit.load(args.kit)
+        kit = Kit.load(args.kit, roles={"coordinator"})
     except TrustError as error:
         raise SystemExit(f"--kit: {error}") from None
-    if kit.role != "coordinator":
-        raise SystemExit(f"--kit {args.kit} is the kit of {kit.name}, a {kit.role}; the "
-                         "coordinator needs DIR/coordinator")
     return kit, args.listen or f"0.0.0.0:{kit.coordinator.rpartition(':')[2]}"
 
 

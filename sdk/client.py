@@ -231,13 +231,9 @@ def log_line(entry: pb.LogEntry) -> str:
 def _user_kit(path: Path) -> Kit:
     """The user's kit at `path`; ValueError saying what is wrong with it."""
     try:
-        kit = Kit.load(path)
+        return Kit.load(path, roles=USER_ROLES)
     except TrustError as error:
         raise ValueError(f"kit {path}: {error}") from None
-    if kit.role not in USER_ROLES:
-        raise ValueError(f"kit {path} belongs to {kit.name}, a {kit.role}; a client needs a "
-                         "user's kit (users/NAME from `deltaflow provision`)")
-    return kit
 
 
 def _weights_sha256(task: BuiltTask) -> bytes:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from deltaflow import cli
 from deltaflow.samples import regression, wages
 from sdk.client import Client
 from sdk.config import load_config
@@ -51,12 +54,25 @@ if __name__ == "__main__":
 
 
 def deltaflow(cluster, *args: str, user: str = "alice", env: dict[str, str] | None = None,
-              check: int | None = 0) -> subprocess.CompletedProcess:
-    """Runs `python -m deltaflow ARGS` as `user`; asserts its exit code unless `check` is None."""
-    environment = {**os.environ, "DELTAFLOW_KIT": str(cluster.kit(user)),
+              check: int | None = 0, real: bool = False) -> subprocess.CompletedProcess:
+    """Runs `deltaflow ARGS` as `user`, in this process (`cli.main`, as the console script
+    does), or as `python -m deltaflow` in a process of its own with `real`; asserts its exit
+    code unless `check` is None."""
+    environment = {"DELTAFLOW_KIT": str(cluster.kit(user)),
                    "DELTAFLOW_COORDINATOR": cluster.address, **(env or {})}
-    done = subprocess.run([sys.executable, "-m", "deltaflow", *args], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=90)
+    if real:
+        done = subprocess.run([sys.executable, "-m", "deltaflow", *args], cwd=ROOT,
+                              env={**os.environ, **environment}, capture_output=True, text=True,
+                              timeout=90)
+    else:
+        out, err = io.StringIO(), io.StringIO()
+        with mock.patch.dict(os.environ, environment), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors
+                code = exit_.code if isinstance(exit_.code, int) else 2
+        done = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     if check is not None:
         assert done.returncode == check, (done.stdout, done.stderr)
     return done
@@ -147,7 +163,7 @@ def test_analytics_verbs(cluster, tmp_path):
     wage_avg = ids["wage_avg"]
 
     # --follow prints the log as plain lines (not a terminal); the id comes first.
-    done = deltaflow(cluster, "submit", str(EXAMPLES / "wage_avg.py"), "--follow")
+    done = deltaflow(cluster, "submit", str(EXAMPLES / "wage_avg.py"), "--follow", real=True)
     first, *lines = done.stdout.splitlines()
     assert first.isdigit() and lines
     assert all(pd.Series(lines).str.match(TRACE_LINE)), lines
@@ -210,7 +226,8 @@ def test_analytics_verbs(cluster, tmp_path):
     assert full[0]["connectedAt"] > 0
 
     # Refusals: one sentence, exit 2. Another user's task is as absent as a missing one.
-    refused(deltaflow(cluster, "status", "999", check=None), "task 999 does not exist (NOT_FOUND)")
+    refused(deltaflow(cluster, "status", "999", check=None, real=True),
+            "task 999 does not exist (NOT_FOUND)")
     refused(deltaflow(cluster, "status", str(wage_avg), "--json", user="bob", check=None),
             f"task {wage_avg} does not exist")
     refused(deltaflow(cluster, "cancel", str(wage_avg), check=None), "has already ended")

@@ -177,7 +177,7 @@ def test_a_second_daemon_with_the_same_identity_is_refused_and_does_not_flap(clu
                      "--data-dir", str(other), "--work-dir", str(cluster.root / "work-copy")],
                     cluster.root / "worker-copy.log")
     cluster.daemons.append(second)
-    time.sleep(5)  # the second daemon retries meanwhile
+    time.sleep(4)  # the second daemon retries meanwhile (every 2 s at most)
     log = cluster.coordinator.log()
     assert log.count("worker w1 connected") == 1, log
     assert "dropped" not in log

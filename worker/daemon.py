@@ -99,12 +99,9 @@ def _identity(args: argparse.Namespace) -> tuple[Kit | None, str, str]:
     kit = None
     if args.kit is not None:
         try:
-            kit = Kit.load(args.kit)
+            kit = Kit.load(args.kit, roles={"worker"})
         except TrustError as error:
             raise SystemExit(f"--kit: {error}") from None
-        if kit.role != "worker":
-            raise SystemExit(f"--kit {args.kit} is the kit of {kit.name}, a {kit.role}; a "
-                             "worker needs DIR/workers/NAME")
         if args.name not in (None, kit.name):
             raise SystemExit(f"--name {args.name}: this worker is {kit.name}, as its kit says")
     elif not args.name:

@@ -7,6 +7,7 @@ import hashlib
 import secrets
 import time
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,11 @@ def _read(path: Path) -> bytes:
         raise TrustError(f"{path} cannot be read ({error.strerror})") from None
 
 
+# Where `deltaflow provision` puts each role's kit, for messages that say which one is needed.
+KIT_FOLDERS = {"admin": "DIR/users/NAME", "analyst": "DIR/users/NAME",
+               "worker": "DIR/workers/NAME", "coordinator": "DIR/coordinator"}
+
+
 @dataclass(frozen=True)
 class Kit:
     """A participant's folder: ca.crt, tls.crt, tls.key, kit.toml (and revoked.crl for the
@@ -51,8 +57,9 @@ class Kit:
     key_pem: bytes = field(repr=False)
 
     @classmethod
-    def load(cls, path: Path | str) -> Kit:
-        """The kit in folder `path`; TrustError naming what is missing or does not match."""
+    def load(cls, path: Path | str, roles: Collection[str] | None = None) -> Kit:
+        """The kit in folder `path`, of one of `roles` when given; TrustError naming what is
+        missing or does not match."""
         path = Path(path)
         if not path.is_dir():
             raise TrustError(f"{path} is not a kit folder: {GET_ONE}")
@@ -99,6 +106,10 @@ class Kit:
             raise TrustError(f"{path / KEY_FILE} is not the key of {path / CERT_FILE}: {GET_ONE}")
         if role == "coordinator" and not (path / CRL_FILE).is_file():
             raise TrustError(f"{path / CRL_FILE} is missing: copy it from the CA's folder (DIR/ca)")
+        if roles is not None and role not in roles:
+            folders = ", ".join(sorted({KIT_FOLDERS[r] for r in roles}))
+            raise TrustError(f"{path} is the kit of {name}, a {role}; this needs the kit of "
+                             f"{' or '.join(sorted(roles))} ({folders})")
         return cls(path, name, role, coordinator, ca_pem, cert_pem, key_pem)
 
     @functools.cached_property
