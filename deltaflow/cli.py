@@ -1,24 +1,38 @@
 """The `deltaflow` command: the coordinator and worker daemons, provisioning, and the user's
-verbs (deltaflow/commands/)."""
+verbs (deltaflow/commands/). Only the module of the command given is imported, so that a daemon
+or a verb starts without loading the others."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import functools
+import importlib
 import inspect
 import logging
 import sys
 from importlib.metadata import version
 
+# Each command: the module with its add_arguments and its run (serve, for daemons), and a summary.
+DAEMONS = {
+    "coordinator": ("coordinator.server", "serve", "run the coordinator daemon"),
+    "worker": ("worker.daemon", "serve", "run a worker daemon on a data holder"),
+    "provision": ("deltaflow.provision", "run", "make the federation's CA and kits"),
+}
+VERBS = {
+    "submit": "build a task script's task and submit it",
+    "tasks": "list your tasks, newest first",
+    "status": "show one task",
+    "logs": "print a task's log (-f: until it ends)",
+    "result": "print or save a finished task's result",
+    "cancel": "cancel a task",
+    "metrics": "a learning task's metrics by round",
+    "workers": "the workers connected now",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
-    from coordinator import server
-    from deltaflow import provision
-    from deltaflow.commands import (cancel, common, logs, metrics, result, status, submit,
-                                    tasks, workers)
-    from worker import daemon
-
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
         prog="deltaflow", description="Federated analytics and learning: daemons and verbs."
     )
@@ -26,29 +40,21 @@ def main(argv: list[str] | None = None) -> int:
                         version=f"%(prog)s {version('deltaflow')}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
-    coordinator = commands.add_parser("coordinator", help="run the coordinator daemon")
-    server.add_arguments(coordinator)
-    coordinator.set_defaults(run=server.serve)
-    worker = commands.add_parser("worker", help="run a worker daemon on a data holder")
-    daemon.add_arguments(worker)
-    worker.set_defaults(run=daemon.serve)
-    provisioning = commands.add_parser("provision", help="make the federation's CA and kits")
-    provision.add_arguments(provisioning)
-    provisioning.set_defaults(run=provision.run)
-    verbs = {
-        "submit": (submit, "build a task script's task and submit it"),
-        "tasks": (tasks, "list your tasks, newest first"),
-        "status": (status, "show one task"),
-        "logs": (logs, "print a task's log (-f: until it ends)"),
-        "result": (result, "print or save a finished task's result"),
-        "cancel": (cancel, "cancel a task"),
-        "metrics": (metrics, "a learning task's metrics by round"),
-        "workers": (workers, "the workers connected now"),
-    }
-    for verb, (module, summary) in verbs.items():
-        verb_parser = commands.add_parser(verb, help=summary)
-        module.add_arguments(verb_parser)
-        verb_parser.set_defaults(run=functools.partial(common.guarded, verb, module.run))
+    chosen = _command(argv)
+    wanted = {chosen} if chosen in DAEMONS or chosen in VERBS else {*DAEMONS, *VERBS}
+    for name, (module_name, run, summary) in DAEMONS.items():
+        command = commands.add_parser(name, help=summary)
+        if name in wanted:
+            module = importlib.import_module(module_name)
+            module.add_arguments(command)
+            command.set_defaults(run=getattr(module, run))
+    for verb, summary in VERBS.items():
+        command = commands.add_parser(verb, help=summary)
+        if verb in wanted:
+            common = importlib.import_module("deltaflow.commands.common")
+            module = importlib.import_module(f"deltaflow.commands.{verb}")
+            module.add_arguments(command)
+            command.set_defaults(run=functools.partial(common.guarded, verb, module.run))
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -63,6 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command word of `argv`: its first word that is neither an option nor the value of
+    --log-level."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 if __name__ == "__main__":

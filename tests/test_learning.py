@@ -32,7 +32,9 @@ def start(cluster, env=None, names=tuple(SIZES)):
             continue
         path = cluster.data_dir(name) / "train.npz"
         np.savez(path, **regression_data(rows, seed))
-        cluster.start_worker(name, env=(env or {}).get(name))
+        cluster.start_worker(name, None, False, env=(env or {}).get(name))
+    for name in names:
+        cluster.wait_connected(name)
 
 
 def fedavg_in_process(built, task_id, files, rounds):

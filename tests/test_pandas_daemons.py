@@ -29,8 +29,10 @@ def start_three(cluster) -> pd.DataFrame:
     one_row = pd.DataFrame({"age": [61], "wage": [4200.5], "hours": [38.5]})
     for name, table in {"w1": wages(40, 1), "w2": one_row, "w3": wages(25, 3)}.items():
         # --min-rows 1: these tests check exactness down to a single row, which a worker's
-        # default (3) would refuse to aggregate.
-        cluster.start_worker(name, {"wages.csv": table}, True, "--min-rows", "1")
+        # default (3) would count as empty.
+        cluster.start_worker(name, {"wages.csv": table}, False, "--min-rows", "1")
+    for name in ("w1", "w2", "w3"):
+        cluster.wait_connected(name)
     files = [cluster.data_dir(name) / "wages.csv" for name in ("w1", "w2", "w3")]
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
 

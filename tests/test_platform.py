@@ -24,7 +24,9 @@ def start_three(cluster, sizes=(40, 75, 1)):
     cluster.start_coordinator()
     frames = {f"w{i + 1}": wages(n, seed=i) for i, n in enumerate(sizes)}
     for name, frame in frames.items():
-        cluster.start_worker(name, {"wages.csv": frame}, True, "--min-rows", "1")
+        cluster.start_worker(name, {"wages.csv": frame}, False, "--min-rows", "1")
+    for name in frames:
+        cluster.wait_connected(name)
     return frames
 
 
