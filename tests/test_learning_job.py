@@ -15,7 +15,7 @@ from sdk.proto import task_pb2
 from sdk.secagg import fixedpoint
 from sdk.weights import ITEMSIZES
 from sdk.wire import encode_chunk, split_views
-from worker.learning_job import LearningJob, masked_input
+from worker.learning_job import LearningJob, WeightsMismatch, masked_input
 
 
 def torch_encoding(state: tensors.StateDict, precision: int, max_clients: int,
@@ -94,8 +94,8 @@ def test_initial_weights_unlike_the_signed_digest_fail_the_load_before_the_engin
     spec.learning.weights.extend(tensors.manifest(state))
     job = LearningJob(7, spec, tmp_path / "train.npz", tmp_path)
     shared = job.weights.path
-    with pytest.raises(ValueError, match="the initial weights do not match the digest its "
-                                         "submitter signed"):
+    with pytest.raises(WeightsMismatch, match="the initial weights do not match the digest "
+                                              "its submitter signed"):
         asyncio.run(job.open(NoEngine(), FakeChannel(weights), "session",
                              expected_weights_sha256=hashlib.sha256(b"other").digest()))
     assert not NoEngine.opened

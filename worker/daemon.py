@@ -17,7 +17,6 @@ import os
 import signal
 import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from worker.engine import (
     add_engine_arguments,
     limits_from_args,
 )
-from worker.learning_job import LearningJob
+from worker.learning_job import LearningJob, WeightsMismatch
 from worker.policy import TEMPLATE, PolicyError, PolicyFile, PolicyRefusal
 from worker.secure import Contribution, SecureRounds
 
@@ -398,14 +397,15 @@ class Worker:
             error = f"worker {self.name}: {failure}"
         except grpc.aio.AioRpcError:
             raise
-        except Exception as failure:  # the coordinator and the user learn why
-            if isinstance(job, AnalyticsJob):  # a library's message may quote a row's value
-                log.warning("task %d: %s failed", task_id, assignment.phase, exc_info=True)
-                error = f"worker {self.name}: " + (
-                    str(failure) if isinstance(failure, FixedPointOverflow)
-                    else f"its {assignment.phase} failed; the worker's own log says why")
-            else:
-                error = f"worker {self.name}: " + traceback.format_exc()
+        except Exception as failure:  # the traceback stays here; the coordinator learns why
+            log.warning("task %d: %s failed", task_id, assignment.phase, exc_info=True)
+            if isinstance(job, LearningJob):  # deltaflow's own code: its message says why
+                error = f"worker {self.name}: {type(failure).__name__}: {failure}"
+            elif isinstance(failure, FixedPointOverflow):
+                error = f"worker {self.name}: {failure}"
+            else:  # analytics, or a task not loaded: a library's message may quote a row
+                error = (f"worker {self.name}: its {assignment.phase} failed; the worker's own "
+                         "log says why")
         if error:
             log.warning("task %d: %s failed: %s", task_id, assignment.phase, error)
 
@@ -466,8 +466,11 @@ class Worker:
             return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
         data_path = self.data_dir.resolve(spec.datasets[0].file)
         job = LearningJob(task_id, spec, data_path, Path(self.engine.workdir))
-        await job.open(self.engine, channel, session_id,
-                       expected_weights_sha256=claims.weights_sha256 if claims else None)
+        try:
+            await job.open(self.engine, channel, session_id,
+                           expected_weights_sha256=claims.weights_sha256 if claims else None)
+        except WeightsMismatch as error:
+            raise TaskRefused(str(error)) from None
         return job
 
     def _check_signature(self, task_id: int, signature: task_pb2.TaskSignature | None,

@@ -44,6 +44,10 @@ NUMPY_DTYPES = {
 BFLOAT16_PIECE = 1 << 20  # values widened to float32 at a time
 
 
+
+class WeightsMismatch(Exception):
+    """The initial weights are not those the task's submitter signed."""
+
 class SharedWeights:
     """A model's bytes in a file mapped into memory, shared with the engine task that maps the
     same file: under /dev/shm (else `fallback_dir`), created 0600, its space reserved up front
@@ -187,9 +191,9 @@ class LearningJob:
             self.initial_sha256 = digest.digest()
             if (expected_weights_sha256 is not None
                     and self.initial_sha256 != expected_weights_sha256):
-                raise ValueError(f"task {self.task_id}: the initial weights do not match the "
-                                 "digest its submitter signed; the coordinator sent other "
-                                 "weights than the task was built with")
+                raise WeightsMismatch("the initial weights do not match the digest its "
+                                      "submitter signed; the coordinator sent other weights "
+                                      "than the task was built with")
             # torch is imported once a learning task comes, in a thread: heartbeats go on.
             learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
             data_path = await asyncio.to_thread(self._give_to, engine.task_user)
