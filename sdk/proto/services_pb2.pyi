@@ -413,16 +413,18 @@ class TaskChunk(_message.Message):
     def __init__(self, chunk: _Optional[bytes] = ..., signature: _Optional[_Union[_task_pb2.TaskSignature, _Mapping]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("session_id", "exchange_id", "error", "meta")
+    __slots__ = ("session_id", "exchange_id", "error", "meta", "note")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     exchange_id: int
     error: str
     meta: _values_pb2.Value
-    def __init__(self, session_id: _Optional[str] = ..., exchange_id: _Optional[int] = ..., error: _Optional[str] = ..., meta: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
+    note: str
+    def __init__(self, session_id: _Optional[str] = ..., exchange_id: _Optional[int] = ..., error: _Optional[str] = ..., meta: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "chunk")

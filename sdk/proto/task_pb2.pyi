@@ -101,7 +101,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LearningSpec(_message.Message):
-    __slots__ = ("task", "max_rounds", "validate_interval", "validate_frac", "merge_epoch", "merge_iteration", "weights")
+    __slots__ = ("task", "max_rounds", "validate_interval", "validate_frac", "merge_epoch", "merge_iteration", "weights", "clip_norm", "noise_multiplier")
     TASK_FIELD_NUMBER: _ClassVar[int]
     MAX_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,8 @@ class LearningSpec(_message.Message):
     MERGE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     MERGE_ITERATION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     task: bytes
     max_rounds: int
     validate_interval: int
@@ -116,10 +118,20 @@ class LearningSpec(_message.Message):
     merge_epoch: int
     merge_iteration: int
     weights: _containers.RepeatedCompositeFieldContainer[TensorInfo]
-    def __init__(self, task: _Optional[bytes] = ..., max_rounds: _Optional[int] = ..., validate_interval: _Optional[int] = ..., validate_frac: _Optional[float] = ..., merge_epoch: _Optional[int] = ..., merge_iteration: _Optional[int] = ..., weights: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
+    clip_norm: float
+    noise_multiplier: float
+    def __init__(self, task: _Optional[bytes] = ..., max_rounds: _Optional[int] = ..., validate_interval: _Optional[int] = ..., validate_frac: _Optional[float] = ..., merge_epoch: _Optional[int] = ..., merge_iteration: _Optional[int] = ..., weights: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ...) -> None: ...
+
+class DifferentialPrivacy(_message.Message):
+    __slots__ = ("epsilon", "delta")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    delta: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics", "learning", "secure_aggregation", "precision")
+    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics", "learning", "secure_aggregation", "precision", "privacy")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +141,7 @@ class TaskSpec(_message.Message):
     LEARNING_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     name: str
     kind: TaskKind
@@ -138,7 +151,8 @@ class TaskSpec(_message.Message):
     learning: LearningSpec
     secure_aggregation: bool
     precision: int
-    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ..., learning: _Optional[_Union[LearningSpec, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., precision: _Optional[int] = ...) -> None: ...
+    privacy: DifferentialPrivacy
+    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ..., learning: _Optional[_Union[LearningSpec, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., precision: _Optional[int] = ..., privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ...) -> None: ...
 
 class TaskClaims(_message.Message):
     __slots__ = ("spec_sha256", "weights_sha256", "nonce", "expires_at", "signer")

@@ -1,0 +1,210 @@
+"""Differential privacy of an analytics task: its releases, their noise, and what they cost.
+
+Each reduction a plan runs on the workers releases additive parts (sums, counts, sums of
+squared deviations); under DP each part, per column, is one release with a sensitivity that the
+graph's bounds give (`sdk.privacy.bounds`): 1 for a count, the largest |value| for a sum, the
+bound's width for deviations from the mean and its square for squared deviations. A grouped
+part is one release too: a row is in one group, and the groups are the keys the task declares.
+Every release gets Skellam noise of standard deviation z times its sensitivity, with one noise
+multiplier z calibrated so that the whole task costs (epsilon, delta).
+
+Sums, squares and deviations travel as floats in fixed point (10^precision units), counts as
+exact integers: each worker casts its parts so, so that the layout of what it sends never
+depends on its rows. The SDK builds this plan to refuse early and to show the noise; every
+worker builds it again from the signed graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from sdk.analytics.plan import Plan
+from sdk.privacy.accounting import Cost, calibrate, epsilon
+from sdk.privacy.bounds import Frame, Interval, bounds_of
+from sdk.privacy.noise import Noise
+from sdk.privacy.spec import DifferentialPrivacy, PrivacyRefused
+
+# The parts each reduction releases, and each part's sensitivity given the data's bound.
+_PARTS = {
+    "count": ("count",), "sum": ("sum",), "mean": ("sum", "count"),
+    "var": ("squares", "deviations", "count"), "std": ("squares", "deviations", "count"),
+    "sem": ("squares", "deviations", "count"), "size": ("size",),
+    "all": ("matches",), "any": ("matches",),
+    "describe": ("count", "sum", "squares", "deviations"),
+}
+_INTEGER_PARTS = {"count", "size", "matches"}
+_SENSITIVITY: dict[str, Callable[[Interval], float]] = {
+    "sum": lambda bound: bound.magnitude,
+    "deviations": lambda bound: bound.width,
+    "squares": lambda bound: bound.width**2,
+}
+_SPREAD = {"var", "std", "sem", "describe"}  # reductions that use the mean of an earlier step
+
+
+@dataclass(frozen=True)
+class Release:
+    """One released part of one reduction: `column` is the column of a DataFrame's reduction
+    (None for a Series'); its sensitivity is in the value's own units."""
+
+    node: int
+    part: str
+    column: Any
+    sensitivity: float
+
+    @property
+    def integer(self) -> bool:
+        return self.part in _INTEGER_PARTS
+
+    def units(self, precision: int) -> float:
+        """The sensitivity in fixed-point units: a float part is rounded to the grid once."""
+        return self.sensitivity if self.integer else self.sensitivity * 10.0**precision + 1
+
+
+class PrivacyPlan:
+    """The releases of a plan under (epsilon, delta)-DP, with the noise of each.
+    PrivacyRefused, with what to change, when a release has no bound."""
+
+    def __init__(self, plan: Plan, privacy: DifferentialPrivacy, precision: int) -> None:
+        self.plan = plan
+        self.privacy = privacy
+        self.precision = precision
+        bounds = bounds_of(plan.graph, plan.row_wise)
+        self.data_bound: dict[int, Interval | Frame] = {}
+        self.releases: list[Release] = []
+        for node_id in sorted(plan.stage_of):
+            self.releases += self._releases_of(node_id, bounds)
+        units = [r.units(precision) for r in self.releases]
+
+        def cost_at(z: float) -> Cost:
+            return Cost.total(Noise.for_sigma(z * u).cost(u, u) for u in units)
+
+        self.noise_multiplier = calibrate(cost_at, privacy.epsilon, privacy.delta)
+        self.noise = {(r.node, r.part, r.column): Noise.for_sigma(self.noise_multiplier * u)
+                      for r, u in zip(self.releases, units, strict=True)}
+        self._units = dict(zip(self.noise, units, strict=True))
+
+    def _releases_of(self, node_id: int, bounds: dict[int, Any]) -> list[Release]:
+        node = self.plan.graph[node_id]
+        kind = node.params["kind"]
+        grouped = kind.startswith("groupby_")
+        kind = kind.removeprefix("groupby_")
+        where = f"{kind}() (node {node_id})"
+        if grouped and node.params.get("declared_keys") is None:
+            raise PrivacyRefused(
+                f"under differential privacy, {where} needs the keys it reports, declared: "
+                "d.groupby('dept', keys=['a', 'b']); a key that appears in the answer is itself "
+                "a release")
+        if node.params.get("skipna") is False:
+            raise PrivacyRefused(f"under differential privacy, {where} skips missing values: "
+                                 "skipna=False would release whether one is present")
+        data = bounds.get(node.inputs[0])
+        if isinstance(data, Frame) and data.columns is None:
+            raise PrivacyRefused(
+                f"under differential privacy, {where} reduces a DataFrame whose columns are not "
+                "named in the task: select them (d[['age', 'wage']]), so that the numbers "
+                "released are known when the task is built")
+        self.data_bound[node_id] = data
+        columns = data.columns if isinstance(data, Frame) else (None,)
+        releases = []
+        for part in _PARTS[kind]:
+            for column in columns:
+                bound = data.column(column) if isinstance(data, Frame) else data
+                name = column if column is not None else _unbounded_columns(
+                    self.plan, bounds, node.inputs[0])
+                releases.append(Release(node_id, part, column,
+                                        self._sensitivity(part, bound, name, where)))
+        return releases
+
+    @staticmethod
+    def _sensitivity(part: str, bound: Interval | None, column: Any, where: str) -> float:
+        if part in _INTEGER_PARTS:
+            return 1.0
+        if bound is None or not bound.finite:
+            columns = [column] if isinstance(column, str) else list(column or [])
+            name = (f"column {columns[0]!r}" if len(columns) == 1 else
+                    f"columns {', '.join(map(repr, columns))}" if columns else
+                    "the values it reduces")
+            raise PrivacyRefused(
+                f"under differential privacy, {where} needs a bound on {name}: clip it "
+                "(.clip(0, 20_000)), filter it with between(), or reduce booleans, so that one "
+                "row's effect on the answer is known")
+        return _SENSITIVITY[part](bound)
+
+    # What a worker does with it.
+
+    def cost(self, stage: int | None = None) -> Cost:
+        """The cost of one step's releases (all of the task's with None)."""
+        nodes = set(self.plan.reductions_in(stage)) if stage is not None else None
+        return Cost.total(noise.cost(units, units) for (node, *_), noise, units in
+                          zip(self.noise, self.noise.values(), self._units.values())
+                          if nodes is None or node in nodes)
+
+    def epsilon(self) -> float:
+        return epsilon(self.cost(), self.privacy.delta)
+
+    def clamp_mean(self, node_id: int, mean: Any) -> Any:
+        """The mean a spread reduction centres on, inside the data's bound: whatever the
+        coordinator sends, a row's deviation stays within the bound's width."""
+        bound = self.data_bound[node_id]
+        if isinstance(bound, Frame) and isinstance(mean, pd.Series):
+            return pd.Series({c: bound.column(c).clamp(v) if bound.column(c) else v
+                              for c, v in mean.items()}, dtype="float64")
+        if isinstance(mean, pd.Series):  # a grouped Series: one mean per key
+            return mean.astype("float64").clip(bound.low, bound.high)
+        if isinstance(mean, pd.DataFrame):  # a grouped frame: per column
+            return mean.astype("float64").apply(
+                lambda column: column.clip(bound.column(column.name).low,
+                                           bound.column(column.name).high))
+        return bound.clamp(float(mean))
+
+    def fix_layout(self, node_id: int, parts: dict[str, Any]) -> dict[str, Any]:
+        """The parts with sums as floats and grouped parts on exactly the declared keys, so
+        that the layout the coordinator sees depends on the task alone."""
+        keys = self.plan.graph[node_id].params.get("declared_keys")
+        fixed = {}
+        for name, value in parts.items():
+            if keys is not None and isinstance(value, (pd.Series, pd.DataFrame)):
+                value = value.reindex(pd.Index(keys), fill_value=0)
+            if name not in _INTEGER_PARTS:
+                value = value.astype("float64") if hasattr(value, "astype") else float(value)
+            fixed[name] = value
+        return fixed
+
+    def add_noise(self, node: int, part: str, labels: list[Any], values: list[int],
+                  shares: int) -> list[int]:
+        """`values` (fixed-point integers of one column of a part, one label each: a column's
+        name, or a key) with this worker's share of their noise, `shares` workers adding one."""
+        column_wise = isinstance(self.data_bound[node], Frame)
+        return [self.noise[(node, part, label if column_wise else None)].add_exact([v], shares)[0]
+                for label, value in zip(labels, values, strict=True) for v in [value]]
+
+    def describe(self) -> list[str]:
+        """One line per release: the standard deviation of its noise, in the value's units."""
+        lines = []
+        for (node, part, column), noise in self.noise.items():
+            units = 1 if part in _INTEGER_PARTS else 10.0**self.precision
+            where = f"node {node} {part}" + (f" of {column!r}" if column is not None else "")
+            lines.append(f"{where}: noise std {noise.std() / units:.4g}")
+        return lines
+
+
+def _unbounded_columns(plan: Plan, bounds: dict[int, Any], node_id: int) -> list[Any]:
+    """The columns whose lack of a bound leaves node `node_id` unbounded (`(d.id == 57) *
+    d.wage` is unbounded for want of a bound on 'wage'; the comparison bounds 'id')."""
+    found: list[Any] = []
+    pending, seen = [node_id], set()
+    while pending:
+        node = plan.graph[pending.pop()]
+        bound = bounds.get(node.id)
+        if node.id in seen or isinstance(bound, Interval) and bound.finite:
+            continue
+        seen.add(node.id)
+        if node.op == "getitem" and not isinstance(node.params["key"], (list, tuple)):
+            found.append(node.params["key"])
+        else:
+            pending += [i for i in node.inputs if i in plan.row_wise]
+    return sorted(set(found), key=str)
