@@ -177,8 +177,10 @@ def test_analytics_verbs(cluster, tmp_path):
     failed = int(done.stdout)
 
     listed = deltaflow(cluster, "tasks").stdout.splitlines()
-    assert listed[0].split() == ["ID", "NAME", "KIND", "STATE", "OWNER", "CREATED", "TOOK"]
-    assert listed[1].split()[:5] == [str(failed), "too_many", "analytics", "ERROR", "alice"]
+    assert listed[0].split() == ["ID", "NAME", "KIND", "STATE", "OWNER", "WORKERS", "CREATED",
+                                 "TOOK"]
+    assert listed[1].split()[:6] == [str(failed), "too_many", "analytics", "ERROR", "alice", "-"]
+    assert listed[2].split()[4:6] == ["alice", "w1,w2,w3"]  # the --follow wage_avg
     assert len(listed) == 1 + len(ids) + 2
     reply = json.loads(deltaflow(cluster, "tasks", "--state", "error", "--json").stdout)
     assert [t["taskId"] for t in reply["tasks"]] == [str(failed)]
