@@ -28,6 +28,7 @@ VERBS = {
     "cancel": "cancel a task",
     "metrics": "a learning task's metrics by round",
     "workers": "the workers connected now",
+    "dashboard": "a local web page of your tasks, logs, metrics and the workers",
 }
 
 
