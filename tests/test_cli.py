@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,12 @@ def test_submit_names_the_task_classes_when_it_cannot_choose(tmp_path):
     version = subprocess.run([sys.executable, "-m", "deltaflow", "--version"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert version.stdout.startswith("deltaflow 0.")
+
+
+def test_the_cli_reference_is_generated_from_the_current_help():
+    render = runpy.run_path(str(ROOT / "scripts" / "gen_cli_docs.py"))["render"]
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), (
+        "docs/cli.md is stale: run python scripts/gen_cli_docs.py")
 
 
 # Against daemons ------------------------------------------------------------------------------
