@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -83,8 +82,8 @@ class _State(Collector):
                                 "workers connected now", value=connected)
 
 
-def serve(listen: str, store: Store, workers: WorkerRegistry) -> tuple[WSGIServer, str]:
-    """Serves the metrics on `listen` ([HOST:]PORT); the server and its URL. Call it on the
-    event loop the store and the registry belong to."""
+def serve(listen: str, store: Store, workers: WorkerRegistry) -> str:
+    """Serves the metrics on `listen` ([HOST:]PORT), in a daemon thread; their URL. Call it on
+    the event loop the store and the registry belong to."""
     REGISTRY.register(_State(store, workers, asyncio.get_running_loop()))
     return serve_metrics(listen, REGISTRY)

@@ -167,9 +167,8 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("coordinator listening on %s:%d (%s), state in %s", host, port, mode,
              args.state_dir.resolve())
     print(f"deltaflow coordinator listening on {host}:{port}", flush=True)
-    metrics_server = None
-    if args.metrics_listen is not None:
-        metrics_server, url = metrics.serve(args.metrics_listen, store, registry)
+    if args.metrics_listen is not None:  # a daemon thread: it ends with the process
+        url = metrics.serve(args.metrics_listen, store, registry)
         print(f"deltaflow coordinator metrics at {url}", flush=True)
 
     stop = asyncio.Event()
@@ -187,7 +186,5 @@ async def serve(args: argparse.Namespace) -> None:
         watcher.cancel()
     await tasks.shutdown()
     await server.stop(grace=1.0)
-    if metrics_server is not None:
-        metrics_server.shutdown()
     store.close()
     log.info("coordinator stopped")

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deltaflow.cli import DAEMONS, VERBS, build_parser  # noqa: E402
+from deltaflow.cli import DAEMONS, VERBS, build_parser
 
 DEFAULT_OUTPUT = ROOT / "docs" / "cli.md"
 WIDTH = "100"  # columns the help is wrapped to, whatever the terminal

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -14,9 +13,9 @@ def add_metrics_argument(parser: argparse.ArgumentParser) -> None:
                              "defaults to 127.0.0.1; PORT 0: any free one); off by default")
 
 
-def serve_metrics(listen: str, registry: CollectorRegistry) -> tuple[WSGIServer, str]:
-    """Serves `registry` on `listen` in a thread of its own; the server and its URL.
-    SystemExit saying what to fix when it cannot listen there."""
+def serve_metrics(listen: str, registry: CollectorRegistry) -> str:
+    """Serves `registry` on `listen` in a daemon thread of its own; its URL. SystemExit saying
+    what to fix when it cannot listen there."""
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit():
@@ -26,4 +25,4 @@ def serve_metrics(listen: str, registry: CollectorRegistry) -> tuple[WSGIServer,
     except OSError as error:
         raise SystemExit(f"--metrics-listen: cannot listen on {host}:{port} "
                          f"({error.strerror})") from None
-    return server, f"http://{host}:{server.server_port}/metrics"
+    return f"http://{host}:{server.server_port}/metrics"

@@ -10,20 +10,17 @@ import re
 import runpy
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
+from cluster import log_text, wait_for
 
-from cluster import LocalCluster, log_text, wait_for
 from deltaflow.localcluster import Daemon
-from deltaflow.samples import regression, wages
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-# A task name is the submitter's text, shown in the list, the task's title and its log.
-HOSTILE = '<img src=x onerror="document.title=1"><script>document.title="owned"</script>'
 ARTIFACTS = Path(os.environ.get("DELTAFLOW_ARTIFACTS", ROOT / "build" / "artifacts"))
 
 
@@ -57,45 +54,31 @@ class Board:
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    """A coordinator, two workers, a finished learning task, a finished analytics task with a
-    hostile name, and alice's dashboard."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("dashboard"))
+def board(served):
+    """Alice's dashboard of the shared cluster (see `cluster.served_cluster`)."""
+    cluster, ids = served
+    dashboard = Daemon(["dashboard", "--port", "0"], cluster.root / "dashboard.log",
+                       {"DELTAFLOW_KIT": str(cluster.kit("alice")),
+                        "DELTAFLOW_COORDINATOR": cluster.address})
     try:
-        cluster.start_coordinator()
-        for seed, name in enumerate(("w1", "w2")):
-            np.savez(cluster.data_dir(name) / "regression.npz", **regression(40, seed))
-            cluster.start_worker(name, {"wages.csv": wages(20, seed)}, False, "--min-rows", "1")
-        for name in ("w1", "w2"):
-            cluster.wait_connected(name)
-        wage_avg = runpy.run_path(str(EXAMPLES / "wage_avg.py"))["WageAvg"]
-        learning = runpy.run_path(str(EXAMPLES / "learning_regression.py"))["Regression"]
-        hostile = wage_avg()
-        hostile.name = HOSTILE
-        with cluster.client() as client:
-            ids = {"learning": client.create_task(learning().build()),
-                   "hostile": client.create_task(hostile.build())}
-            assert all(client.wait(task_id) for task_id in ids.values())
-        dashboard = Daemon(["dashboard", "--port", "0"], cluster.root / "dashboard.log",
-                           {"DELTAFLOW_KIT": str(cluster.kit("alice")),
-                            "DELTAFLOW_COORDINATOR": cluster.address})
-        cluster.daemons.append(dashboard)
         found = wait_for(lambda: re.search(r"open (http://\S+)\n", dashboard.log()),
                          what="the dashboard's URL")
         yield cluster, Board(found.group(1)), ids
     finally:
-        cluster.stop()
+        dashboard.stop()
 
 
 def chromium(*args: str) -> str:
-    """Runs headless Chromium; its stdout. Fails saying how to get it where it is missing."""
+    """Runs headless Chromium with a fresh profile; its stdout. Fails saying how to get it
+    where it is missing."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     assert binary, ("the browser test needs Debian's chromium: run scripts/setup.sh (as root it "
                     "installs it) or `apt-get install chromium`")
-    done = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--disable-dev-shm-usage", "--no-first-run", "--user-data-dir="
-                           + str(ARTIFACTS / "chromium-profile"), *args],
-                          capture_output=True, text=True, timeout=90)
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu",
+                               "--disable-dev-shm-usage", "--no-first-run",
+                               f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -137,7 +120,8 @@ def test_every_request_needs_the_token_its_own_host_and_its_own_origin(board):
     assert board.request("GET", "/static/%2e%2e/server.py")[0] == 404
     # Another user's task is as absent as a missing one.
     with cluster.client("root") as root:
-        theirs = root.create_task(runpy.run_path(str(EXAMPLES / "wage_avg.py"))["WageAvg"]().build())
+        wage_avg = runpy.run_path(str(EXAMPLES / "wage_avg.py"))["WageAvg"]
+        theirs = root.create_task(wage_avg().build())
     assert board.request("GET", f"/api/tasks/{theirs}")[0] == 404
     assert board.request("GET", "/api/tasks/999999")[0] == 404
 
@@ -150,29 +134,29 @@ def test_api_serves_the_verbs_rows_and_cancels(board):
     assert listed[1]["workers"] == ["w1", "w2"]
     assert board.api("/api/me") == {"user": "alice", "role": "analyst",
                                     "coordinator": cluster.address}
-    assert [w["name"] for w in board.api("/api/workers")["workers"]] == ["w1", "w2"]
+    assert [w["name"] for w in board.api("/api/workers")["workers"]] == ["w1", "w2", "w3"]
     rounds = board.api(f"/api/tasks/{learning}/metrics")["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5] and "mse" in rounds[0]
     # The log from an offset: what the page asks for as it follows it.
     whole = board.api(f"/api/tasks/{learning}/logs")["entries"]
     assert board.api(f"/api/tasks/{learning}/logs?from=3")["entries"] == whole[3:]
 
-    # Cancel, as the page's script does it: a task that waits for a third worker.
+    # Cancel, as the page's script does it: a task that waits for a fourth worker.
     waiting = runpy.run_path(str(EXAMPLES / "wage_avg.py"))["WageAvg"]()
-    waiting.min_clients = waiting.max_clients = 3
+    waiting.min_clients = waiting.max_clients = 4
     waiting.connection_timeout = 60
     with cluster.client() as client:
         task_id = client.create_task(waiting.build())
         headers = {"Origin": f"http://127.0.0.1:{board.port}", "X-Deltaflow-Token": board.token}
         status, _, body = board.request("POST", f"/api/tasks/{task_id}/cancel", headers, False)
         assert status == 200 and json.loads(body)["state"] == "TASK_STATE_CANCELLED"
-        assert f"cancelled by alice" in log_text(client, task_id)
+        assert "cancelled by alice" in log_text(client, task_id)
     status, _, body = board.request("POST", f"/api/tasks/{task_id}/cancel", headers, False)
     assert status == 409 and "already ended" in json.loads(body)["error"]
 
 
 def test_page_in_a_browser_shows_tasks_log_plots_and_escapes_text(board):
-    cluster, board, ids = board
+    _, board, ids = board
     learning, hostile = ids["learning"], ids["hostile"]
 
     home = dump(board)
@@ -191,14 +175,14 @@ def test_page_in_a_browser_shows_tasks_log_plots_and_escapes_text(board):
     assert "<dd>w1, w2</dd>" in page
     assert f"task {learning} finished\n" in page  # the log, to its end
     assert 'id="cancel" type="button" hidden=""' in page  # an ended task cannot be cancelled
-    plot = re.search(r'<svg[^>]*data-metric="mse"[^>]*>.*?</svg>', page, re.S)
+    plot = re.search(r'<svg[^>]*data-metric="mse"[^>]*>.*?</svg>', page, re.DOTALL)
     assert plot and 'data-points="5"' in plot.group(0)
     assert plot.group(0).count("<circle") == 5  # one point per validated round
     assert len(re.search(r'<polyline[^>]*points="([^"]*)"', plot.group(0)).group(1).split()) == 5
 
     hostile_page = dump(board, f"#/tasks/{hostile}")
     assert f"Task {hostile}: &lt;img src=x onerror=" in hostile_page
-    assert f"created by alice (signed by alice): &lt;img" in hostile_page  # in the log too
+    assert "created by alice (signed by alice): &lt;img" in hostile_page  # in the log too
     assert "<img" not in hostile_page and "<title>deltaflow</title>" in hostile_page
 
     # A screenshot of a learning task's page, kept as the test's artifact.

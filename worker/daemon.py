@@ -162,7 +162,7 @@ async def serve(args: argparse.Namespace) -> None:
     if kit is None:
         log.warning("--insecure: no TLS, and tasks are run unsigned")
     if args.metrics_listen is not None:
-        print(f"deltaflow worker metrics at {metrics.serve(args.metrics_listen)[1]}", flush=True)
+        print(f"deltaflow worker metrics at {metrics.serve(args.metrics_listen)}", flush=True)
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
     worker = Worker(address, name, DataDir(args.data_dir), args.max_backoff, work_dir, limits,
                     policy, args.min_rows, kit)

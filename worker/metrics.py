@@ -6,8 +6,6 @@ its data, such as rows: that is what a holder's min_rows hides.
 
 from __future__ import annotations
 
-from wsgiref.simple_server import WSGIServer
-
 from prometheus_client import CollectorRegistry, Counter
 
 from sdk.prometheus import serve_metrics
@@ -27,6 +25,6 @@ FAILURES = Counter("deltaflow_worker_failures", "assignments that failed, by pha
                    registry=REGISTRY)
 
 
-def serve(listen: str) -> tuple[WSGIServer, str]:
-    """Serves the metrics on `listen` ([HOST:]PORT); the server and its URL."""
+def serve(listen: str) -> str:
+    """Serves the metrics on `listen` ([HOST:]PORT), in a daemon thread; their URL."""
     return serve_metrics(listen, REGISTRY)

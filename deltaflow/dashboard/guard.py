@@ -43,10 +43,9 @@ class Guard:
         if headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
             raise Refused(403, "requests from other sites' pages are refused")
         header_token = headers.get(TOKEN_HEADER)
-        if method != "GET":
-            if origin is None or header_token is None:
-                raise Refused(403, f"a {method} needs the Origin and {TOKEN_HEADER} headers "
-                                   "the dashboard's own page sends")
+        if method != "GET" and (origin is None or header_token is None):
+            raise Refused(403, f"a {method} needs the Origin and {TOKEN_HEADER} headers "
+                               "the dashboard's own page sends")
         given = header_token if header_token is not None else query_token
         if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
             raise Refused(401, "this request lacks the dashboard's token: open the URL that "
