@@ -11,12 +11,14 @@ instead, as two sums of a stage over different workers would reveal the differen
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from coordinator.metrics import ROUND_SECONDS
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import Round, RoundFailed, select_workers
 from coordinator.secure import SecureRound, describe_mode
@@ -43,7 +45,7 @@ async def run_analytics(
     await round_.phase("join", rules.connection_timeout)
     log(f"round 1: {len(round_.workers)} worker(s) joined; {plan.stage_count} step(s) to compute")
     while True:
-        started_with = len(round_.workers)
+        started, started_with = time.perf_counter(), len(round_.workers)
         aggregation = Aggregation(plan)
         first_summed: list[str] = []
         for stage in range(plan.stage_count):
@@ -62,7 +64,9 @@ async def run_analytics(
             log(f"round {round_.number}, step {stage + 1}/{plan.stage_count}: "
                 f"aggregated {len(summed)} worker(s)")
         else:
+            ROUND_SECONDS.labels("analytics").observe(time.perf_counter() - started)
             return aggregation.result()
+        ROUND_SECONDS.labels("analytics").observe(time.perf_counter() - started)
         round_.number += 1
         log(f"round {round_.number}: computing again over the {len(round_.workers)} remaining "
             f"worker(s) ({round_.names}) so that every aggregate covers the same rows")

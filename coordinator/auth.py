@@ -3,21 +3,25 @@
 The gate is the server's only interceptor. For each call it reads the peer's certificate (which
 mutual TLS has already checked against the federation's CA), refuses a revoked one, looks the
 method up in `METHODS` (a method missing from it is refused: default deny), records the audit
-entry, and sets `caller()` for the handler. Without identities (`--insecure`, loopback only)
-every caller is `ANONYMOUS` and may call everything.
+entry, and sets `caller()` for the handler; it also counts every call, its status code, time
+and bytes (`metrics`). Without identities (`--insecure`, loopback only) every caller is
+`ANONYMOUS` and may call everything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import grpc
 
+from coordinator import metrics
 from sdk.proto import services_pb2 as pb
 from sdk.trust import ANONYMOUS, USER_ROLES, Identity, TrustError, Verifier, identity_from_pem
 
@@ -162,12 +166,8 @@ class Gate(grpc.aio.ServerInterceptor):
             self._audit(who, method, grpc.StatusCode.UNAUTHENTICATED, refusal,
                         _target(request, response))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-        code = context.code() if error is not None else None
-        if isinstance(code, int) or code is None:
-            code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+        code = _code(context, error)
         if method in AUDITED or code in _REFUSALS:
-            if isinstance(error, asyncio.CancelledError):
-                code = grpc.StatusCode.CANCELLED
             detail = (context.details() or "") if error is not None else ""
             self._audit(who, method, code, detail, _target(request, response))
 
@@ -180,6 +180,16 @@ class Gate(grpc.aio.ServerInterceptor):
                         _field(detail))
         except Exception:  # noqa: BLE001 - a failed audit write must not fail the call
             log.exception("could not record the audit entry for %s by %s", action, who.name)
+
+
+def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    """The status code a call ended with: OK, the one it was aborted with, else UNKNOWN."""
+    code = context.code() if error is not None else None
+    if isinstance(code, int) or code is None:
+        code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+    if isinstance(error, asyncio.CancelledError):
+        code = grpc.StatusCode.CANCELLED
+    return code
 
 
 def _field(text: str, limit: int = AUDIT_FIELD_CHARS) -> str:
@@ -214,29 +224,61 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMe
 
     if inspect.isasyncgenfunction(behavior):
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = await gate.admit(method, context)
-            responses = behavior(request, context)
-            try:
-                while True:
-                    try:
-                        response = await call.until_revoked(anext(responses))
-                    except StopAsyncIteration:
-                        break
-                    yield response
-            except BaseException as error:
-                await gate.end(call, method, context, request, None, error)
-                raise
-            await gate.end(call, method, context, request, None, None)
+            with _measured(method, context):
+                call = await gate.admit(method, context)
+                responses = behavior(request, context)
+                try:
+                    while True:
+                        try:
+                            response = await call.until_revoked(anext(responses))
+                        except StopAsyncIteration:
+                            break
+                        yield response
+                except BaseException as error:
+                    await gate.end(call, method, context, request, None, error)
+                    raise
+                await gate.end(call, method, context, request, None, None)
     else:
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = await gate.admit(method, context)
-            try:
-                response = await call.until_revoked(behavior(request, context))
-            except BaseException as error:
-                await gate.end(call, method, context, request, None, error)
-                raise
-            await gate.end(call, method, context, request, response, None)
-            return response
+            with _measured(method, context):
+                call = await gate.admit(method, context)
+                try:
+                    response = await call.until_revoked(behavior(request, context))
+                except BaseException as error:
+                    await gate.end(call, method, context, request, None, error)
+                    raise
+                await gate.end(call, method, context, request, response, None)
+                return response
 
-    return make(gated, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return make(gated, request_deserializer=_counted(handler.request_deserializer, method),
+                response_serializer=_counting(handler.response_serializer, method))
+
+
+@contextlib.contextmanager
+def _measured(method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+    """Counts the call it wraps: its method, status code and time."""
+    started, error = time.perf_counter(), None
+    try:
+        yield
+    except BaseException as raised:
+        error = raised
+        raise
+    finally:
+        metrics.rpc_handled(method, _code(context, error), time.perf_counter() - started)
+
+
+def _counted(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    """`deserialize` (None: the bytes as they are), counting the bytes it is given."""
+    def counted(data: bytes) -> Any:
+        metrics.rpc_bytes(method, received=len(data))
+        return deserialize(data) if deserialize is not None else data
+    return counted
+
+
+def _counting(serialize: Callable[[Any], bytes] | None, method: str) -> Callable[[Any], bytes]:
+    """`serialize` (None: the bytes as they are), counting the bytes it makes."""
+    def counting(message: Any) -> bytes:
+        data = serialize(message) if serialize is not None else message
+        metrics.rpc_bytes(method, sent=len(data))
+        return data
+    return counting

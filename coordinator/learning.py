@@ -17,6 +17,7 @@ only the unmasked sum is ever read.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from coordinator.contributions import Contribution, StreamedSum, WordSum
 from coordinator.fedavg import WeightedSum, per_tensor, write_average
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import Round, select_workers
+from coordinator.metrics import ROUND_SECONDS
 from coordinator.secure import SecureRound, describe_mode
 from coordinator.store import Store
 from sdk import weights
@@ -56,8 +58,10 @@ async def run_learning(
             round_.number = number
             validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
             average = store.spare_weights_path(task_id)
+            started = time.perf_counter()
             workers, samples, metrics = await aggregate.train(
                 {"round": number, "validate": validate}, average)
+            ROUND_SECONDS.labels("learning").observe(time.perf_counter() - started)
             store.checkpoint(task_id, average)
             prefix = f"round {number}/{learning.max_rounds}: "
             if metrics:

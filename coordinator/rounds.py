@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from coordinator import metrics
 from coordinator.registry import Receiver, WorkerGone, WorkerRegistry, WorkerSession
 from sdk import values
 from sdk.proto import services_pb2 as pb
@@ -126,8 +127,10 @@ class Round:
                 dropped.append((worker, str(future.exception())))
             else:
                 answers[worker.name] = future.result()
+        took = time.perf_counter() - started
+        metrics.PHASE_SECONDS.labels(name).observe(took)
         log.debug("task %d round %d: %s answered by %d of %d worker(s) in %.3f s", self.task_id,
-                  self.number, name, len(answers), len(futures), time.perf_counter() - started)
+                  self.number, name, len(answers), len(futures), took)
         for worker, reason in dropped:
             self.drop(worker, name, reason)
         self.check(name)
@@ -136,6 +139,7 @@ class Round:
     def drop(self, worker: WorkerSession, phase: str, reason: str) -> None:
         """Leaves `worker` out of the rest of the round (and the task), saying why."""
         self.workers.remove(worker)
+        metrics.DROPS.labels(phase).inc()
         worker.tasks.discard(self.task_id)
         worker.send(pb.CoordinatorMessage(release_task_id=self.task_id))
         self.log(f"round {self.number}: worker {worker.name} dropped in {phase}: {reason}")

@@ -17,12 +17,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from coordinator import metrics
 from coordinator.auth import Gate
 from coordinator.registry import WorkerRegistry
 from coordinator.store import Store
 from coordinator.task_service import TaskService
 from coordinator.tasks import TaskManager
 from coordinator.worker_service import WorkerService, add_worker_service
+from sdk.prometheus import add_metrics_argument
 from sdk.proto import services_pb2, services_pb2_grpc
 from sdk.trust import Kit, TrustError, Verifier
 from sdk.wire import SERVER_OPTIONS, is_loopback
@@ -53,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between heartbeats on each worker channel (default %(default)s)")
     parser.add_argument("--heartbeat-timeout", type=float, default=4.0,
                         help="a worker silent this long is dropped (default %(default)s)")
+    add_metrics_argument(parser)
 
 
 def _identity(args: argparse.Namespace) -> tuple[Kit | None, str]:
@@ -164,6 +167,9 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("coordinator listening on %s:%d (%s), state in %s", host, port, mode,
              args.state_dir.resolve())
     print(f"deltaflow coordinator listening on {host}:{port}", flush=True)
+    if args.metrics_listen is not None:  # a daemon thread: it ends with the process
+        url = metrics.serve(args.metrics_listen, store, registry)
+        print(f"deltaflow coordinator metrics at {url}", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,6 +6,7 @@ the call that caused it returns, so a coordinator killed at any moment restarts 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -61,6 +62,9 @@ _MIGRATIONS = [
         outcome TEXT NOT NULL,
         detail TEXT NOT NULL
     );
+    """,
+    """
+    ALTER TABLE tasks ADD COLUMN workers TEXT NOT NULL DEFAULT '[]';
     """,
 ]
 
@@ -160,6 +164,19 @@ class Store:
             "UPDATE tasks SET state = ?, error = ?, finished_at = ? WHERE id = ?",
             (state, error, finished_at, task_id),
         )
+
+    def set_workers(self, task_id: int, names: list[str]) -> None:
+        """Records the workers that stayed to the task's end."""
+        self._db.execute("UPDATE tasks SET workers = ? WHERE id = ?", (json.dumps(names), task_id))
+
+    def task_workers(self, task_id: int) -> list[str]:
+        """The workers recorded by `set_workers` ([] if none were)."""
+        row = self._db.execute("SELECT workers FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return json.loads(row[0]) if row else []
+
+    def count_by_state(self) -> dict[int, int]:
+        """How many tasks are in each state (states without any left out)."""
+        return dict(self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
 
     def unfinished_tasks(self) -> list[TaskRecord]:
         rows = self._db.execute(

@@ -194,6 +194,7 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
             task_id=task.id, name=task.name, kind=task.kind, state=task.state, error=task.error,
             created_at=task.created_at, finished_at=task.finished_at, rules=spec.rules,
             datasets=spec.datasets, log_length=self.store.log_length(task.id), owner=task.owner,
+            workers=self.tasks.workers(task.id),
         )
 
 

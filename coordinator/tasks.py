@@ -57,6 +57,11 @@ class TaskManager:
         """An event set the next time the task's log or state changes."""
         return self._changed.setdefault(task_id, asyncio.Event())
 
+    def workers(self, task_id: int) -> list[str]:
+        """The task's workers by name: those in its round now, else those recorded at its end."""
+        running = sorted(w.name for w in self.registry.connected() if task_id in w.tasks)
+        return running or self.store.task_workers(task_id)
+
     def cancel(self, task: TaskRecord, by: str) -> None:
         run = self._runs.get(task.id)
         self._end(task.id, pb.TASK_STATE_CANCELLED, f"cancelled by {by}")
@@ -106,6 +111,9 @@ class TaskManager:
         self._notify(task_id)
 
     def _release(self, task_id: int) -> None:
+        stayed = self.workers(task_id)
+        if stayed:
+            self.store.set_workers(task_id, stayed)
         for worker in self.registry.connected():
             worker.tasks.discard(task_id)
             worker.send(pb.CoordinatorMessage(release_task_id=task_id))

@@ -28,11 +28,31 @@ VERBS = {
     "cancel": "cancel a task",
     "metrics": "a learning task's metrics by round",
     "workers": "the workers connected now",
+    "dashboard": "a local web page of your tasks, logs, metrics and the workers",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not inspect.iscoroutinefunction(args.run):
+        return args.run(args)
+    try:
+        asyncio.run(args.run(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser, with the arguments of `chosen` only (the others' modules are not
+    imported), or of every command when `chosen` is none of them."""
     parser = argparse.ArgumentParser(
         prog="deltaflow", description="Federated analytics and learning: daemons and verbs."
     )
@@ -40,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
                         version=f"%(prog)s {version('deltaflow')}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
-    chosen = _command(argv)
     wanted = {chosen} if chosen in DAEMONS or chosen in VERBS else {*DAEMONS, *VERBS}
     for name, (module_name, run, summary) in DAEMONS.items():
         command = commands.add_parser(name, help=summary)
@@ -55,20 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(f"deltaflow.commands.{verb}")
             module.add_arguments(command)
             command.set_defaults(run=functools.partial(common.guarded, verb, module.run))
-    args = parser.parse_args(argv)
-
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not inspect.iscoroutinefunction(args.run):
-        return args.run(args)
-    try:
-        asyncio.run(args.run(args))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return parser
 
 
 def _command(argv: list[str]) -> str | None:

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,12 @@ def test_submit_names_the_task_classes_when_it_cannot_choose(tmp_path):
     assert version.stdout.startswith("deltaflow 0.")
 
 
+def test_the_cli_reference_is_generated_from_the_current_help():
+    render = runpy.run_path(str(ROOT / "scripts" / "gen_cli_docs.py"))["render"]
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), (
+        "docs/cli.md is stale: run python scripts/gen_cli_docs.py")
+
+
 # Against daemons ------------------------------------------------------------------------------
 
 @pytest.mark.timeout(300)  # some forty runs of the command, each a new process
@@ -177,8 +184,10 @@ def test_analytics_verbs(cluster, tmp_path):
     failed = int(done.stdout)
 
     listed = deltaflow(cluster, "tasks").stdout.splitlines()
-    assert listed[0].split() == ["ID", "NAME", "KIND", "STATE", "OWNER", "CREATED", "TOOK"]
-    assert listed[1].split()[:5] == [str(failed), "too_many", "analytics", "ERROR", "alice"]
+    assert listed[0].split() == ["ID", "NAME", "KIND", "STATE", "OWNER", "WORKERS", "CREATED",
+                                 "TOOK"]
+    assert listed[1].split()[:6] == [str(failed), "too_many", "analytics", "ERROR", "alice", "-"]
+    assert listed[2].split()[4:6] == ["alice", "w1,w2,w3"]  # the --follow wage_avg
     assert len(listed) == 1 + len(ids) + 2
     reply = json.loads(deltaflow(cluster, "tasks", "--state", "error", "--json").stdout)
     assert [t["taskId"] for t in reply["tasks"]] == [str(failed)]

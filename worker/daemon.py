@@ -25,6 +25,7 @@ import grpc
 from sdk import values
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.plan import PrivacyError
+from sdk.prometheus import add_metrics_argument
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.secagg import SecAggError
@@ -32,6 +33,7 @@ from sdk.secagg.fixedpoint import FixedPointOverflow
 from sdk.trust import ANONYMOUS, Identity, Kit, TrustError, Verifier
 from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
 from worker.analytics import AnalyticsJob
+from worker import metrics
 from worker.contributions import ContributionLedger, RerunRefused
 from worker.datasets import DataDir, DatasetError
 from worker.engine import (
@@ -54,7 +56,12 @@ LEARNING_ERROR_CHARS = 2000  # the most of a learning task's error the task log 
 
 
 class TaskRefused(Exception):
-    """This worker will not run the task; the message says why, in words for the task's log."""
+    """This worker will not run the task; the message says why, in words for the task's log,
+    and `reason` which rule, in one word for the metrics (policy, signature, rerun, weights)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-backoff", type=float, default=2.0,
                         help="longest wait between reconnection attempts, seconds "
                              "(default %(default)s)")
+    add_metrics_argument(parser)
     add_engine_arguments(parser)
 
 
@@ -153,6 +161,8 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"engine settings: {error}") from None
     if kit is None:
         log.warning("--insecure: no TLS, and tasks are run unsigned")
+    if args.metrics_listen is not None:
+        print(f"deltaflow worker metrics at {metrics.serve(args.metrics_listen)}", flush=True)
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
     worker = Worker(address, name, DataDir(args.data_dir), args.max_backoff, work_dir, limits,
                     policy, args.min_rows, kit)
@@ -359,6 +369,7 @@ class Worker:
                                             parts)
                 else:
                     data = await asyncio.to_thread(job.compute, assignment.stage, inputs)
+                metrics.STEPS.inc()
                 log.info("task %d: step %d computed in %.3f s", task_id, assignment.stage + 1,
                          time.perf_counter() - started)
             elif phase == "secagg_keys":
@@ -368,12 +379,14 @@ class Worker:
             elif phase == "secagg_masked" and isinstance(job, AnalyticsJob):
                 data = await asyncio.to_thread(self.secure.masked_parts, assignment,
                                                job.precision, job.max_clients)
+                metrics.STEPS.inc()
                 log.info("task %d: step %d sent under masks", task_id, assignment.stage + 1)
             elif phase == "train" and isinstance(job, LearningJob):
                 round_input = values.decode(assignment.inputs)
                 seeds = self.secure.mask_seeds(assignment) if secagg else None
                 accepted = await job.train(channel, session_id, assignment.exchange_id,
                                            assignment.round, bool(round_input["validate"]), seeds)
+                metrics.ROUNDS.inc()
                 log.info("task %d: round %d trained on %s and sent%s in %.3f s%s", task_id,
                          assignment.round, job.handle.device, " under masks" if secagg else "",
                          time.perf_counter() - started,
@@ -388,6 +401,7 @@ class Worker:
             else:
                 raise ValueError(f"task {task_id} has no phase {phase!r}")
         except TaskRefused as refusal:
+            metrics.REFUSALS.labels(refusal.reason).inc()
             error = f"worker {self.name} refused task {task_id}: {refusal}"
         except TaskError as failure:
             log.warning("task %d: the task's own code failed in %s:\n%s", task_id,
@@ -407,6 +421,7 @@ class Worker:
                 error = (f"worker {self.name}: its {assignment.phase} failed; the worker's own "
                          "log says why")
         if error:
+            metrics.FAILURES.labels(assignment.phase).inc()
             log.warning("task %d: %s failed: %s", task_id, assignment.phase, error)
 
         def upload() -> Iterator[pb.UploadRequest]:
@@ -439,7 +454,7 @@ class Worker:
             try:
                 self.secure.ledger.advance(key.hex(), assignment.round, job.max_rounds)
             except RerunRefused as error:
-                raise TaskRefused(str(error)) from None
+                raise TaskRefused(str(error), "rerun") from None
             return Contribution(key, f"round {assignment.round}", job.min_clients)
         return Contribution(key, f"step {assignment.stage + 1}", job.min_clients)
 
@@ -459,18 +474,21 @@ class Worker:
         try:
             self.policy.current.check(spec, signer)
         except PolicyRefusal as refusal:
-            raise TaskRefused(str(refusal)) from None
+            raise TaskRefused(str(refusal), "policy") from None
         self._task_keys[task_id] = claims.nonce if claims else hashlib.sha256(
             data + task_id.to_bytes(8, "big")).digest()
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
-            return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
+            job = await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
+            metrics.TASKS.labels("analytics").inc()
+            return job
         data_path = self.data_dir.resolve(spec.datasets[0].file)
         job = LearningJob(task_id, spec, data_path, Path(self.engine.workdir))
         try:
             await job.open(self.engine, channel, session_id,
                            expected_weights_sha256=claims.weights_sha256 if claims else None)
         except WeightsMismatch as error:
-            raise TaskRefused(str(error)) from None
+            raise TaskRefused(str(error), "weights") from None
+        metrics.TASKS.labels("learning").inc()
         return job
 
     def _check_signature(self, task_id: int, signature: task_pb2.TaskSignature | None,
@@ -483,12 +501,12 @@ class Worker:
         if self.verifier is None:
             return ANONYMOUS, None
         if signature is None:
-            raise TaskRefused("it is not signed by its submitter")
+            raise TaskRefused("it is not signed by its submitter", "signature")
         try:
             self.verifier.check_crl_fresh()
             signer, claims = self.verifier.verify_task(signature, spec_bytes)
         except TrustError as error:
-            raise TaskRefused(str(error)) from None
+            raise TaskRefused(str(error), "signature") from None
         log.info("task %d: signed by %s, checked", task_id, signer.name)
         return signer, claims
 

@@ -23,14 +23,16 @@ _REFUSALS = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS}
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+def add_connection_arguments(parser: argparse.ArgumentParser, json: bool = True) -> None:
+    """--coordinator and --kit, and --json unless `json` is False."""
     parser.add_argument("--coordinator", metavar="ADDR",
                         help="HOST:PORT of the coordinator (else DELTAFLOW_COORDINATOR, the "
                              "config file's coordinator, the kit's)")
     parser.add_argument("--kit", metavar="DIR",
                         help="your user kit (else DELTAFLOW_KIT, the config file's kit)")
-    parser.add_argument("--json", action="store_true",
-                        help="print JSON (protobuf's mapping) and nothing else on stdout")
+    if json:
+        parser.add_argument("--json", action="store_true",
+                            help="print JSON (protobuf's mapping) and nothing else on stdout")
 
 
 def open_client(args: argparse.Namespace) -> Client:

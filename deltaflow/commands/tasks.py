@@ -31,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(pb.ListTasksResponse(tasks=tasks))
         return OK
-    print_table(["ID", "NAME", "KIND", "STATE", "OWNER", "CREATED", "TOOK"], [
+    print_table(["ID", "NAME", "KIND", "STATE", "OWNER", "WORKERS", "CREATED", "TOOK"], [
         [t.task_id, t.name, kind_name(t.kind), state_name(t.state), t.owner,
-         when(t.created_at), took(t)] for t in tasks])
+         ",".join(t.workers) or "-", when(t.created_at), took(t)] for t in tasks])
     return OK
 
 

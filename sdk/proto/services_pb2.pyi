@@ -47,7 +47,7 @@ class GetTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[int] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "name", "kind", "state", "error", "created_at", "finished_at", "rules", "datasets", "log_length", "owner")
+    __slots__ = ("task_id", "name", "kind", "state", "error", "created_at", "finished_at", "rules", "datasets", "log_length", "owner", "workers")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class TaskInfo(_message.Message):
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     LOG_LENGTH_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     name: str
     kind: _task_pb2.TaskKind
@@ -70,7 +71,8 @@ class TaskInfo(_message.Message):
     datasets: _containers.RepeatedCompositeFieldContainer[_task_pb2.DatasetRef]
     log_length: int
     owner: str
-    def __init__(self, task_id: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[_task_pb2.TaskKind, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., rules: _Optional[_Union[_task_pb2.RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[_task_pb2.DatasetRef, _Mapping]]] = ..., log_length: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    workers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[_task_pb2.TaskKind, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., rules: _Optional[_Union[_task_pb2.RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[_task_pb2.DatasetRef, _Mapping]]] = ..., log_length: _Optional[int] = ..., owner: _Optional[str] = ..., workers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("limit", "before_task_id")
