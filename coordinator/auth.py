@@ -93,7 +93,11 @@ class Call:
         if self.revoked is None:
             return await step
         running = asyncio.ensure_future(step)
-        await asyncio.wait((running, self.revoked), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((running, self.revoked), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the call ended (its peer cancelled): so does `step`
+            running.cancel()
+            raise
         if running.done():
             return running.result()
         running.cancel()

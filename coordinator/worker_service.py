@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coordinator.auth import caller
+from coordinator.limits import LimitExceeded
 from coordinator.registry import AlreadyConnected, WorkerRegistry, WorkerSession
 from coordinator.store import Store
 from sdk import values
@@ -92,6 +93,8 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             reason = "it closed its connection"
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             reason = "its connection broke"
+        except LimitExceeded as error:  # a stall, or a list of datasets past a bound
+            reason = str(error)
         self.registry.drop(session, reason)
 
     async def FetchTask(self, request: pb.FetchTaskRequest,
