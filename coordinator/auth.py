@@ -166,13 +166,13 @@ class Gate(grpc.aio.ServerInterceptor):
             self._audit(who, method, grpc.StatusCode.UNAUTHENTICATED, refusal,
                         _target(request, response))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-        code = context.code() if error is not None else None
+        code = context.code()  # set by an abort, or by a handler that answered a refusal
         if isinstance(code, int) or code is None:
             code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
         if method in AUDITED or code in _REFUSALS:
             if isinstance(error, asyncio.CancelledError):
                 code = grpc.StatusCode.CANCELLED
-            detail = (context.details() or "") if error is not None else ""
+            detail = (context.details() or "") if code != grpc.StatusCode.OK else ""
             self._audit(who, method, code, detail, _target(request, response))
 
     def _audit(self, who: Identity, method: str, code: grpc.StatusCode, detail: str,
@@ -204,17 +204,21 @@ def _target(request: Any, response: Any) -> str:
     return ""
 
 
+def behavior_of(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The handler's behavior, and the function that makes a handler of the same kind."""
+    if handler.request_streaming and handler.response_streaming:
+        return handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    if handler.request_streaming:
+        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    if handler.response_streaming:
+        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    return handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+
 def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMethodHandler:
     """`handler` behind the gate, keeping its kind (a streaming response stays an async
     generator) and its serializers (WorkerService's raw-bytes ones among them)."""
-    if handler.request_streaming and handler.response_streaming:
-        behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    behavior, make = behavior_of(handler)
 
     if inspect.isasyncgenfunction(behavior):
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:

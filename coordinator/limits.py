@@ -2,10 +2,10 @@
 
 A bound that is reached answers RESOURCE_EXHAUSTED (too much, too many, too slow) or
 INVALID_ARGUMENT (a request that could never be served) with a sentence naming the limit and
-the flag that raises it. Handlers and the registry raise `LimitExceeded`; `StreamGuard`, the
-server's interceptor after `auth.Gate`, turns it into that status for every method, counts each
-user's open streams, and closes a stream whose peer stalls past `--stream-stall-timeout`: one
-that sends nothing while its request stream is read, or takes nothing while responses wait.
+the flag that raises it. Handlers and the registry raise `Refused`; `StreamGuard`, the server's
+interceptor after `auth.Gate`, answers it with its status for every method, counts each user's
+open streams, and closes a stream whose peer stalls past `--stream-stall-timeout`: one that sends
+nothing while its request stream is read, or takes nothing while responses wait.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from coordinator.auth import caller
+from coordinator.auth import behavior_of, caller
 from sdk.proto import services_pb2 as pb
 from sdk.sizes import GiB, MiB, parse_size, show_size
 
@@ -103,8 +103,11 @@ def _positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float
     return parse
 
 
-class LimitExceeded(Exception):
-    """A bound was reached: `code` and the sentence that says which, and which flag raises it."""
+class Refused(Exception):
+    """A call refused: `code`, and the sentence that says why (for a bound: which, and the flag
+    that raises it). Unlike `context.abort`, whose exception holds the handler's frames (and
+    its request) in a cycle with the call until a full garbage collection, it is answered by
+    setting the status, and all of it is freed as the call ends."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -117,12 +120,12 @@ def bound(flag: str, value: int | str) -> str:
     return f"this coordinator's {flag} of {shown}"
 
 
-def exhausted(message: str) -> LimitExceeded:
-    return LimitExceeded(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+def exhausted(message: str) -> Refused:
+    return Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
-def invalid(message: str) -> LimitExceeded:
-    return LimitExceeded(grpc.StatusCode.INVALID_ARGUMENT, message)
+def invalid(message: str) -> Refused:
+    return Refused(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def cut_line(text: str, chars: int) -> str:
@@ -133,13 +136,34 @@ def cut_line(text: str, chars: int) -> str:
            f"{bound('--max-log-line-chars', chars)}]"
 
 
+class PerUser:
+    """How many of something (streams, tasks being received) each user holds now."""
+
+    def __init__(self) -> None:
+        self._held: Counter[str] = Counter()
+
+    def __getitem__(self, user: str) -> int:
+        return self._held[user]
+
+    @contextmanager
+    def hold(self, user: str) -> Iterator[None]:
+        """Counts one more for `user` while the block runs."""
+        self._held[user] += 1
+        try:
+            yield
+        finally:
+            self._held[user] -= 1
+            if not self._held[user]:
+                del self._held[user]
+
+
 class StreamGuard(grpc.aio.ServerInterceptor):
-    """Turns `LimitExceeded` into its status for every method; bounds each user's open streams
-    and every stream's stalls. Goes after `auth.Gate`, which sets `caller()`."""
+    """Answers `Refused` with its status for every method; bounds each user's open streams and
+    every stream's stalls. Goes after `auth.Gate`, which sets `caller()`."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._open: Counter[str] = Counter()  # streams open, by user
+        self._open = PerUser()  # streams open
 
     async def intercept_service(self, continuation: Callable[..., Any],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -161,13 +185,8 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             raise exhausted(f"{user} already has {self._open[user]} streams open (log follows, "
                             "result downloads, task uploads), the most allowed by "
                             f"{bound('--max-streams-per-user', most)}; close one first")
-        self._open[user] += 1
-        try:
+        with self._open.hold(user):
             yield
-        finally:
-            self._open[user] -= 1
-            if not self._open[user]:
-                del self._open[user]
 
     async def requests(self, requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
         """`requests`, each awaited at most --stream-stall-timeout."""
@@ -191,7 +210,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
         except TimeoutError:
             raise self._stalled(method, "took nothing") from None
 
-    def _stalled(self, method: str, what: str) -> LimitExceeded:
+    def _stalled(self, method: str, what: str) -> Refused:
         stall = self.limits.stream_stall_timeout
         name = method.rsplit("/", 1)[-1]
         log.info("closed a %s stream of %s: its peer %s for %g s", name, caller().name, what,
@@ -205,14 +224,7 @@ def _guard(handler: grpc.RpcMethodHandler, guard: StreamGuard,
            method: str) -> grpc.RpcMethodHandler:
     """`handler` behind the guard, keeping its serializers. A streaming response is written
     here, each message within the stall timeout, so the handler becomes a coroutine."""
-    if handler.request_streaming and handler.response_streaming:
-        behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    behavior, make = behavior_of(handler)
     streaming = handler.request_streaming or handler.response_streaming
     responses_streamed = inspect.isasyncgenfunction(behavior)
 
@@ -229,8 +241,10 @@ def _guard(handler: grpc.RpcMethodHandler, guard: StreamGuard,
                     async for response in responses:
                         await guard.send(context, response, method)
                 return None
-        except LimitExceeded as error:
-            await context.abort(error.code, str(error))
+        except Refused as error:
+            context.set_code(error.code)
+            context.set_details(str(error))
+            return None
 
     return make(guarded, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)

@@ -14,6 +14,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -113,12 +114,12 @@ class WorkerRegistry:
 
     # Sessions ---------------------------------------------------------------------------------
 
-    def register(self, name: str, datasets: list[str]) -> WorkerSession:
+    def register(self, name: str, datasets: Sequence[str]) -> WorkerSession:
         """A new session for worker `name`. One that registered and never attached gives way;
         one that is connected stays, and this registration is refused (AlreadyConnected): a
         second daemon with the same identity cannot evict the first. A connection that died
         is noticed (closed channel, or no heartbeat for heartbeat_timeout), then `name` is free.
-        LimitExceeded when the dataset names are too many or one is not a dataset name."""
+        Refused when the dataset names are too many or one is not a dataset name."""
         self._check_datasets(name, datasets)
         previous = self._by_name.get(name)
         if previous is not None and previous.connected:
@@ -145,8 +146,8 @@ class WorkerRegistry:
     def saw(self, session: WorkerSession) -> None:
         session.last_seen = time.monotonic()
 
-    def update_datasets(self, session: WorkerSession, datasets: list[str]) -> None:
-        """The worker's new list of dataset names; LimitExceeded as for `register`."""
+    def update_datasets(self, session: WorkerSession, datasets: Sequence[str]) -> None:
+        """The worker's new list of dataset names; Refused as for `register`."""
         self._check_datasets(session.name, datasets)
         session.datasets = frozenset(datasets)
         self._notify()
@@ -170,7 +171,7 @@ class WorkerRegistry:
             log.info("worker %s dropped: %s", session.name, reason)
         self._notify()
 
-    def _check_datasets(self, name: str, datasets: list[str]) -> None:
+    def _check_datasets(self, name: str, datasets: Sequence[str]) -> None:
         if len(datasets) > self.max_datasets:
             raise invalid(f"worker {name} offers {len(datasets):,} datasets, over "
                           f"{bound('--max-worker-datasets', self.max_datasets)}")
@@ -263,7 +264,8 @@ class WorkerRegistry:
                 if silent <= self.heartbeat_timeout:
                     continue
                 if session.attached:
-                    self.drop(session, f"no heartbeat for {silent:.1f} s (hung, stopped or cut off)")
+                    self.drop(session,
+                              f"no heartbeat for {silent:.1f} s (hung, stopped or cut off)")
                 else:
                     log.info("worker %s registered but did not connect within %g s; forgotten",
                              session.name, self.heartbeat_timeout)

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from coordinator.auth import caller, may_see, visible_owner
-from coordinator.limits import Limits, bound, exhausted, invalid
+from coordinator.limits import Limits, Refused, bound, exhausted, invalid
 from coordinator.store import TaskRecord
 from coordinator.tasks import TaskManager
 from sdk import values, weights
@@ -52,13 +52,13 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
                     spec.ParseFromString(received.spec)
                     _validate(spec, received.weights_bytes)
                 except (DecodeError, TaskError, ValueError) as error:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid built task "
-                                        f"({len(received.spec)} bytes): {error}")
+                    raise invalid(f"not a valid built task ({len(received.spec)} bytes): "
+                                  f"{error}") from None
                 try:
                     self._check_signature(received.signature, received.spec,
                                           received.weights_sha256)
                 except TrustError as error:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+                    raise Refused(grpc.StatusCode.PERMISSION_DENIED, str(error)) from None
                 learning = spec.kind == task_pb2.TASK_KIND_LEARNING
                 return pb.CreateTaskResponse(task_id=self.tasks.create(
                     spec, received.spec, caller().name, received.signature,
@@ -268,7 +268,7 @@ class _Received:
 async def _receive(requests: AsyncIterator[pb.CreateTaskRequest], weights_path: Path,
                    limits: Limits) -> _Received:
     """Reads a CreateTask stream, a learning task's weights into the file `weights_path`;
-    LimitExceeded past --max-task-bytes (all but the weights counts) or --max-model-bytes, or
+    Refused past --max-task-bytes (all but the weights counts) or --max-model-bytes, or
     at an empty message (a stream of them would never end)."""
     chunks: list[bytes] = []
     spec_bytes = weights_bytes = 0
@@ -301,7 +301,7 @@ async def _receive(requests: AsyncIterator[pb.CreateTaskRequest], weights_path: 
 
 
 def _check_model_size(spec_bytes: bytes, most: int) -> None:
-    """LimitExceeded if the weights manifest of a learning task's spec declares more than
+    """Refused if the weights manifest of a learning task's spec declares more than
     `most` bytes; a spec that does not parse is left to validation."""
     spec = task_pb2.TaskSpec()
     try:

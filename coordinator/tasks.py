@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from coordinator.analytics import run_analytics
 from coordinator.learning import run_learning
-from coordinator.limits import Limits, bound, cut_line, exhausted
+from coordinator.limits import Limits, PerUser, bound, cut_line, exhausted
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import RoundFailed
 from coordinator.store import Store, TaskRecord
@@ -31,7 +30,7 @@ class TaskManager:
         self.registry = registry
         self.limits = limits
         self._runs: dict[int, asyncio.Task[None]] = {}
-        self._creating: Counter[str] = Counter()  # tasks being received, by owner
+        self._creating = PerUser()  # tasks being received
         self._changed: dict[int, asyncio.Event] = {}
 
     def recover(self) -> None:
@@ -43,7 +42,7 @@ class TaskManager:
 
     @contextmanager
     def reserve(self, owner: str) -> Iterator[None]:
-        """Holds a place for a task of `owner` while it is received; LimitExceeded when the
+        """Holds a place for a task of `owner` while it is received; Refused when the
         owner already has --max-tasks-per-user tasks pending, running or being received."""
         active = self.store.count_unfinished(owner) + self._creating[owner]
         most = self.limits.max_tasks_per_user
@@ -51,13 +50,8 @@ class TaskManager:
             raise exhausted(f"{owner} already has {active} tasks pending, running or being "
                             f"created, the most allowed by {bound('--max-tasks-per-user', most)}"
                             "; wait for one to end, or cancel one")
-        self._creating[owner] += 1
-        try:
+        with self._creating.hold(owner):
             yield
-        finally:
-            self._creating[owner] -= 1
-            if not self._creating[owner]:
-                del self._creating[owner]
 
     def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, owner: str,
                signature: task_pb2.TaskSignature | None, weights: Path | None) -> int:

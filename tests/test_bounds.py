@@ -55,6 +55,11 @@ def refusal(call, *args, **kwargs) -> grpc.RpcError:
     return refused.value
 
 
+def endless(request: pb.CreateTaskRequest) -> Iterator[pb.CreateTaskRequest]:
+    while True:
+        yield request
+
+
 def waiting_task(file: str = "nobody-holds-this.csv") -> BuiltTask:
     """A task that waits a minute for workers nobody runs (cancel it)."""
     return WageAvg(connection_timeout=60, file=file).build()
@@ -62,12 +67,8 @@ def waiting_task(file: str = "nobody-holds-this.csv") -> BuiltTask:
 
 def test_a_task_stream_that_never_ends_is_cut_at_max_task_bytes_and_leaves_nothing(bounded):
     before = task_ids(bounded)
-
-    def endless() -> Iterator[pb.CreateTaskRequest]:
-        while True:
-            yield pb.CreateTaskRequest(chunk=bytes(64 << 10))
-
-    error = refusal(tasks_stub(bounded).CreateTask, endless())
+    error = refusal(tasks_stub(bounded).CreateTask, endless(pb.CreateTaskRequest(
+        chunk=bytes(64 << 10))))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.details() == ("the task is larger than this coordinator's --max-task-bytes "
                                "of 2 MiB")
@@ -87,12 +88,8 @@ def test_initial_weights_are_bounded_by_max_model_bytes_before_and_while_they_ar
     assert declared.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert declared.details() == ("the initial weights are 4 MiB, over this coordinator's "
                                   "--max-model-bytes of 256 KiB")
-
-    def endless() -> Iterator[pb.CreateTaskRequest]:
-        while True:
-            yield pb.CreateTaskRequest(weights_chunk=bytes(64 << 10))
-
-    error = refusal(tasks_stub(bounded).CreateTask, endless())
+    error = refusal(tasks_stub(bounded).CreateTask, endless(pb.CreateTaskRequest(
+        weights_chunk=bytes(64 << 10))))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.details() == ("the initial weights are larger than this coordinator's "
                                "--max-model-bytes of 256 KiB")
