@@ -10,7 +10,6 @@ every caller is `ANONYMOUS` and may call everything.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -216,35 +215,20 @@ def behavior_of(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any], Cal
 
 
 def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMethodHandler:
-    """`handler` behind the gate, keeping its kind (a streaming response stays an async
-    generator) and its serializers (WorkerService's raw-bytes ones among them)."""
+    """`handler` behind the gate, keeping its kind and its serializers (WorkerService's
+    raw-bytes ones among them). Every handler reaches the gate as a coroutine: a streamed
+    response is written by `limits.StreamGuard`, the interceptor inside it."""
     behavior, make = behavior_of(handler)
 
-    if inspect.isasyncgenfunction(behavior):
-        async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = await gate.admit(method, context)
-            responses = behavior(request, context)
-            try:
-                while True:
-                    try:
-                        response = await call.until_revoked(anext(responses))
-                    except StopAsyncIteration:
-                        break
-                    yield response
-            except BaseException as error:
-                await gate.end(call, method, context, request, None, error)
-                raise
-            await gate.end(call, method, context, request, None, None)
-    else:
-        async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = await gate.admit(method, context)
-            try:
-                response = await call.until_revoked(behavior(request, context))
-            except BaseException as error:
-                await gate.end(call, method, context, request, None, error)
-                raise
-            await gate.end(call, method, context, request, response, None)
-            return response
+    async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = await gate.admit(method, context)
+        try:
+            response = await call.until_revoked(behavior(request, context))
+        except BaseException as error:
+            await gate.end(call, method, context, request, None, error)
+            raise
+        await gate.end(call, method, context, request, response, None)
+        return response
 
     return make(gated, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
