@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from cluster import LocalCluster, log_text, wait_for
+from coordinator.rounds import not_eligible
 from coordinator.store import Store
 from hand_worker import HandWorker
 from sdk.client import ClientError
@@ -190,6 +191,14 @@ def test_registrations_are_bounded_and_one_that_never_connects_is_forgotten(boun
 
     session = stub.Register(pb.RegisterRequest(name="w-reg", datasets=["wages.csv"]),
                             timeout=30).session_id
+    listed = pb.WorkerMessage(datasets=pb.DatasetList(names=[f"d{i}.csv" for i in range(21)]))
+    list(stub.Connect(iter([pb.WorkerMessage(session_id=session), listed]), timeout=30))
+    wait_for(lambda: "worker w-reg dropped: worker w-reg offers 21 datasets, over this "
+             "coordinator's --max-worker-datasets of 20" in bounded.coordinator.log(),
+             what="a connected worker's long list to be refused")
+
+    session = stub.Register(pb.RegisterRequest(name="w-reg", datasets=["wages.csv"]),
+                            timeout=30).session_id
     coordinator = bounded.coordinator
     wait_for(lambda: "worker w-reg registered but did not connect within 2 s; forgotten"
              in coordinator.log(), timeout=10, what="the registration to be forgotten")
@@ -232,6 +241,17 @@ def test_one_line_names_the_workers_not_eligible_and_a_long_line_is_cut(bounded)
         assert line.endswith("more characters cut: over this coordinator's "
                              "--max-log-line-chars of 2,000]")
         assert len(line) < 2100
+
+
+def test_the_not_eligible_line_groups_workers_by_what_they_lack_and_caps_every_list():
+    lacking = {f"w{i}": ("wages.csv",) for i in range(12)}
+    lacking |= {f"v{i}": tuple(f"f{j}.csv" for j in range(8)) for i in range(2)}
+    lacking |= {f"u{i}": (f"g{i}.csv",) for i in range(6)}
+    assert not_eligible(lacking) == (
+        "not eligible: 12 workers lack wages.csv: w0, w1, w10, w11, w2 and 7 more workers; "
+        "2 workers lack f0.csv, f1.csv, f2.csv, f3.csv, f4.csv and 3 more files: v0, v1; "
+        "1 worker lacks g0.csv: u0; 1 worker lacks g1.csv: u1; 1 worker lacks g2.csv: u2; "
+        "3 more lack other files")
 
 
 def test_list_tasks_pages_by_size_as_well_as_count(bounded):
