@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -97,7 +96,11 @@ class Call:
         if self.revoked is None:
             return await step
         running = asyncio.ensure_future(step)
-        await asyncio.wait((running, self.revoked), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((running, self.revoked), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the call ended (its peer cancelled): so does `step`
+            running.cancel()
+            raise
         if running.done():
             return running.result()
         running.cancel()
@@ -168,7 +171,7 @@ class Gate(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
         code = _code(context, error)
         if method in AUDITED or code in _REFUSALS:
-            detail = (context.details() or "") if error is not None else ""
+            detail = (context.details() or "") if code != grpc.StatusCode.OK else ""
             self._audit(who, method, code, detail, _target(request, response))
 
     def _audit(self, who: Identity, method: str, code: grpc.StatusCode, detail: str,
@@ -183,12 +186,13 @@ class Gate(grpc.aio.ServerInterceptor):
 
 
 def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
-    """The status code a call ended with: OK, the one it was aborted with, else UNKNOWN."""
-    code = context.code() if error is not None else None
+    """The status code a call ended with: CANCELLED if it was, else the one its handler set or
+    aborted with, else OK (UNKNOWN for an error)."""
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
     if isinstance(code, int) or code is None:
         code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-    if isinstance(error, asyncio.CancelledError):
-        code = grpc.StatusCode.CANCELLED
     return code
 
 
@@ -210,45 +214,33 @@ def _target(request: Any, response: Any) -> str:
     return ""
 
 
-def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMethodHandler:
-    """`handler` behind the gate, keeping its kind (a streaming response stays an async
-    generator) and its serializers (WorkerService's raw-bytes ones among them)."""
+def behavior_of(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The handler's behavior, and the function that makes a handler of the same kind."""
     if handler.request_streaming and handler.response_streaming:
-        behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        return handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    if handler.request_streaming:
+        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    if handler.response_streaming:
+        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    return handler.unary_unary, grpc.unary_unary_rpc_method_handler
 
-    if inspect.isasyncgenfunction(behavior):
-        async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with _measured(method, context):
-                call = await gate.admit(method, context)
-                responses = behavior(request, context)
-                try:
-                    while True:
-                        try:
-                            response = await call.until_revoked(anext(responses))
-                        except StopAsyncIteration:
-                            break
-                        yield response
-                except BaseException as error:
-                    await gate.end(call, method, context, request, None, error)
-                    raise
-                await gate.end(call, method, context, request, None, None)
-    else:
-        async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with _measured(method, context):
-                call = await gate.admit(method, context)
-                try:
-                    response = await call.until_revoked(behavior(request, context))
-                except BaseException as error:
-                    await gate.end(call, method, context, request, None, error)
-                    raise
-                await gate.end(call, method, context, request, response, None)
-                return response
+
+def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMethodHandler:
+    """`handler` behind the gate, keeping its kind and its serializers (WorkerService's
+    raw-bytes ones among them). Every handler reaches the gate as a coroutine: a streamed
+    response is written by `limits.StreamGuard`, the interceptor inside it."""
+    behavior, make = behavior_of(handler)
+
+    async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        with _measured(method, context):
+            call = await gate.admit(method, context)
+            try:
+                response = await call.until_revoked(behavior(request, context))
+            except BaseException as error:
+                await gate.end(call, method, context, request, None, error)
+                raise
+            await gate.end(call, method, context, request, response, None)
+            return response
 
     return make(gated, request_deserializer=_counted(handler.request_deserializer, method),
                 response_serializer=_counting(handler.response_serializer, method))

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coordinator.registry import WorkerRegistry
-from coordinator.store import Store
 from sdk.prometheus import serve_metrics
 from sdk.proto import services_pb2 as pb
+
+if TYPE_CHECKING:  # the registry's module imports the gate's, which imports this one
+    from coordinator.registry import WorkerRegistry
+    from coordinator.store import Store
 
 REGISTRY = CollectorRegistry()
 _LONG = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

@@ -3,7 +3,8 @@
 A worker registers (name and dataset names), then attaches its live channel. It is *connected*
 while that channel is open and its heartbeats keep coming; a worker that closes the channel,
 vanishes, or stops sending heartbeats (a hung or SIGSTOPped process keeps its TCP connection
-open) is dropped, and every answer it owed fails at once with the reason.
+open) is dropped, and every answer it owed fails at once with the reason. A registration whose
+channel never attaches is forgotten after the same timeout; what a worker offers is bounded.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from coordinator.limits import Limits, bound, invalid
+from sdk.dataset import check_relative_name
 from sdk.proto import services_pb2 as pb
 
 log = logging.getLogger("deltaflow.coordinator")
@@ -97,9 +101,11 @@ class _Pending:
 class WorkerRegistry:
     """Sessions by name and id, answers owed by exchange id, and the heartbeat watchdog."""
 
-    def __init__(self, heartbeat_interval: float, heartbeat_timeout: float) -> None:
+    def __init__(self, heartbeat_interval: float, heartbeat_timeout: float,
+                 limits: Limits = Limits()) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        self.max_datasets = limits.max_worker_datasets
         self._by_name: dict[str, WorkerSession] = {}
         self._by_id: dict[str, WorkerSession] = {}
         self._pending: dict[int, _Pending] = {}
@@ -108,11 +114,13 @@ class WorkerRegistry:
 
     # Sessions ---------------------------------------------------------------------------------
 
-    def register(self, name: str, datasets: list[str]) -> WorkerSession:
+    def register(self, name: str, datasets: Sequence[str]) -> WorkerSession:
         """A new session for worker `name`. One that registered and never attached gives way;
         one that is connected stays, and this registration is refused (AlreadyConnected): a
         second daemon with the same identity cannot evict the first. A connection that died
-        is noticed (closed channel, or no heartbeat for heartbeat_timeout), then `name` is free."""
+        is noticed (closed channel, or no heartbeat for heartbeat_timeout), then `name` is free.
+        Refused when the dataset names are too many or one is not a dataset name."""
+        self._check_datasets(name, datasets)
         previous = self._by_name.get(name)
         if previous is not None and previous.connected:
             raise AlreadyConnected(f"worker {name} is already connected; a second daemon with "
@@ -138,7 +146,9 @@ class WorkerRegistry:
     def saw(self, session: WorkerSession) -> None:
         session.last_seen = time.monotonic()
 
-    def update_datasets(self, session: WorkerSession, datasets: list[str]) -> None:
+    def update_datasets(self, session: WorkerSession, datasets: Sequence[str]) -> None:
+        """The worker's new list of dataset names; Refused as for `register`."""
+        self._check_datasets(session.name, datasets)
         session.datasets = frozenset(datasets)
         self._notify()
 
@@ -160,6 +170,17 @@ class WorkerRegistry:
         if session.attached:
             log.info("worker %s dropped: %s", session.name, reason)
         self._notify()
+
+    def _check_datasets(self, name: str, datasets: Sequence[str]) -> None:
+        if len(datasets) > self.max_datasets:
+            raise invalid(f"worker {name} offers {len(datasets):,} datasets, over "
+                          f"{bound('--max-worker-datasets', self.max_datasets)}")
+        for dataset in datasets:
+            try:
+                check_relative_name(dataset)
+            except ValueError as error:
+                raise invalid(f"worker {name} offers what is not a dataset name: {error}") \
+                    from None
 
     def connected(self) -> list[WorkerSession]:
         return [s for s in self._by_name.values() if s.connected]
@@ -233,11 +254,19 @@ class WorkerRegistry:
     # Watchdog ---------------------------------------------------------------------------------
 
     async def watch_heartbeats(self) -> None:
-        """Drops every worker whose heartbeats stopped for longer than the timeout."""
+        """Drops every worker whose heartbeats stopped for longer than the timeout, and every
+        registration whose channel did not attach within it."""
         while True:
             await asyncio.sleep(self.heartbeat_interval / 2)
             now = time.monotonic()
-            for session in self.connected():
+            for session in list(self._by_id.values()):
                 silent = now - session.last_seen
-                if silent > self.heartbeat_timeout:
-                    self.drop(session, f"no heartbeat for {silent:.1f} s (hung, stopped or cut off)")
+                if silent <= self.heartbeat_timeout:
+                    continue
+                if session.attached:
+                    self.drop(session,
+                              f"no heartbeat for {silent:.1f} s (hung, stopped or cut off)")
+                else:
+                    log.info("worker %s registered but did not connect within %g s; forgotten",
+                             session.name, self.heartbeat_timeout)
+                    self.drop(session, "it registered but did not connect")

@@ -35,30 +35,59 @@ async def select_workers(
 ) -> list[WorkerSession]:
     """Up to `max_clients` connected workers holding every file, once at least `min_clients` do.
 
-    Waits at most `connection_timeout` for enough eligible workers to connect.
+    Waits at most `connection_timeout` for enough eligible workers to connect; then logs one
+    line on the connected workers that are not eligible, if any.
     """
     deadline = time.monotonic() + rules.connection_timeout
-    reported_missing: set[str] = set()
     while True:
-        eligible = []
+        eligible, lacking = [], {}
         for worker in registry.connected():
-            lacking = [f for f in files if f not in worker.datasets]
-            if not lacking:
+            missing = tuple(f for f in files if f not in worker.datasets)
+            if missing:
+                lacking[worker.name] = missing
+            else:
                 eligible.append(worker)
-            elif worker.name not in reported_missing:
-                reported_missing.add(worker.name)
-                log(f"worker {worker.name} lacks {', '.join(lacking)}; not eligible")
-        if len(eligible) >= rules.min_clients:
-            return random.sample(eligible, min(len(eligible), rules.max_clients))
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            names = ", ".join(sorted(w.name for w in eligible)) or "none"
-            raise RoundFailed(
-                f"only {len(eligible)} eligible worker(s) came within connection_timeout="
-                f"{rules.connection_timeout:g}s ({names}); the task needs min_clients="
-                f"{rules.min_clients} connected workers holding {', '.join(files)}"
-            )
+        if len(eligible) >= rules.min_clients or remaining <= 0:
+            break
         await registry.wait_for_change(remaining)
+    if lacking:
+        log(not_eligible(lacking))
+    if len(eligible) < rules.min_clients:
+        names = ", ".join(sorted(w.name for w in eligible)) or "none"
+        raise RoundFailed(
+            f"only {len(eligible)} eligible worker(s) came within connection_timeout="
+            f"{rules.connection_timeout:g}s ({names}); the task needs min_clients="
+            f"{rules.min_clients} connected workers holding {_listed(files, 'file')}"
+        )
+    return random.sample(eligible, min(len(eligible), rules.max_clients))
+
+
+SHOWN = 5  # workers named, files named, and groups shown in a line about workers
+
+
+def not_eligible(lacking: dict[str, tuple[str, ...]]) -> str:
+    """One line on the workers (by name) that lack files (what each lacks), grouped by what
+    they lack, at most SHOWN of anything named: "not eligible: 3 workers lack wages.csv: a,
+    b, c; 1 worker lacks x.csv: d"."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, missing in sorted(lacking.items()):
+        groups.setdefault(missing, []).append(name)
+    ordered = sorted(groups.items(), key=lambda group: -len(group[1]))
+    parts = [f"{len(names)} worker{'s lack' if len(names) > 1 else ' lacks'} "
+             f"{_listed(list(missing), 'file')}: {_listed(names, 'worker')}"
+             for missing, names in ordered[:SHOWN]]
+    rest = sum(len(names) for _, names in ordered[SHOWN:])
+    if rest:
+        parts.append(f"{rest} more lack other files")
+    return "not eligible: " + "; ".join(parts)
+
+
+def _listed(items: list[str], noun: str) -> str:
+    """`items` joined with commas, the first SHOWN of them: "a, b, c and 4 more files"."""
+    shown = ", ".join(items[:SHOWN])
+    rest = len(items) - SHOWN
+    return f"{shown} and {rest} more {noun}{'s' if rest > 1 else ''}" if rest > 0 else shown
 
 
 class Round:

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator import metrics
+from coordinator import limits, metrics
 from coordinator.auth import Gate
 from coordinator.registry import WorkerRegistry
 from coordinator.store import Store
@@ -54,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-interval", type=float, default=1.0,
                         help="seconds between heartbeats on each worker channel (default %(default)s)")
     parser.add_argument("--heartbeat-timeout", type=float, default=4.0,
-                        help="a worker silent this long is dropped (default %(default)s)")
+                        help="a worker silent this long is dropped, and one that registered "
+                             "without connecting is forgotten (default %(default)s)")
+    limits.add_arguments(parser)
     add_metrics_argument(parser)
 
 
@@ -129,8 +131,9 @@ async def serve(args: argparse.Namespace) -> None:
     kit, listen = _identity(args)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(args.state_dir)
-    registry = WorkerRegistry(args.heartbeat_interval, args.heartbeat_timeout)
-    tasks = TaskManager(store, registry)
+    bounds = limits.from_args(args)
+    registry = WorkerRegistry(args.heartbeat_interval, args.heartbeat_timeout, bounds)
+    tasks = TaskManager(store, registry, bounds)
     tasks.recover()
 
     verifier = Verifier(kit.ca_pem) if kit is not None else None
@@ -144,7 +147,9 @@ async def serve(args: argparse.Namespace) -> None:
     else:
         log.warning("--insecure: no TLS and no identities; every caller may do everything")
     gate = Gate(verifier, store.append_audit)
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
+    # The gate first: the guard counts streams by the caller the gate sets.
+    guard = limits.StreamGuard(bounds)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate, guard])
     services_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(tasks, verifier), server)
     add_worker_service(WorkerService(registry, store, verifier), server)
     health_servicer = health.aio.HealthServicer()

@@ -185,6 +185,14 @@ class Store:
         ).fetchall()
         return [TaskRecord(*row) for row in rows]
 
+    def count_unfinished(self, owner: str) -> int:
+        """How many tasks of `owner` are pending or running."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM tasks WHERE owner = ? AND state IN (?, ?)",
+            (owner, pb.TASK_STATE_PENDING, pb.TASK_STATE_RUNNING),
+        ).fetchone()
+        return int(row[0])
+
     def load_spec(self, task_id: int) -> bytes:
         return (self.blobs / f"task-{task_id}.spec").read_bytes()
 
@@ -232,13 +240,23 @@ class Store:
         row = self._db.execute("SELECT COUNT(*) FROM logs WHERE task_id = ?", (task_id,)).fetchone()
         return int(row[0])
 
-    def read_logs(self, task_id: int, offset: int, limit: int = 1000) -> list[pb.LogEntry]:
+    def read_logs(self, task_id: int, offset: int, limit: int = 1000,
+                  max_chars: int = 1 << 20) -> list[pb.LogEntry]:
+        """Entries from `offset` on: at most `limit`, and no more after `max_chars` characters
+        of messages (always one at least)."""
         rows = self._db.execute(
             "SELECT offset, time, message FROM logs WHERE task_id = ? AND offset >= ? "
             "ORDER BY offset LIMIT ?",
             (task_id, offset, limit),
-        ).fetchall()
-        return [pb.LogEntry(offset=o, time=t, message=m) for o, t, m in rows]
+        )
+        entries, chars = [], 0
+        for o, t, m in rows:
+            entries.append(pb.LogEntry(offset=o, time=t, message=m))
+            chars += len(m)
+            if chars >= max_chars:
+                break
+        rows.close()
+        return entries
 
     # Learning ---------------------------------------------------------------------------------
 

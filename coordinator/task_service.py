@@ -6,11 +6,14 @@ import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from coordinator.auth import caller, may_see, visible_owner
+from coordinator.limits import Limits, Refused, bound, exhausted, invalid
 from coordinator.store import TaskRecord
 from coordinator.tasks import TaskManager
 from sdk import values, weights
@@ -19,11 +22,14 @@ from sdk.analytics.plan import Plan
 from sdk.dataset import check_relative_name
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
+from sdk.sizes import show_size
 from sdk.task import FORMAT_VERSION, TaskError, check_rules
 from sdk.trust import ANONYMOUS, TrustError, Verifier
 from sdk.wire import CHUNK_SIZE, TENSORS_FORMAT, VALUE_FORMAT, split_chunks
 
 PREVIEW_CHARS = 4000
+SUMMARY_BYTES = 1 << 20  # a task's name and dataset references: what every listing carries
+LIST_BYTES = 4 << 20  # a page of ListTasks, well under the largest message (sdk.wire)
 
 
 class TaskService(services_pb2_grpc.TaskServiceServicer):
@@ -37,38 +43,28 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
 
     async def CreateTask(self, request_iterator: AsyncIterator[pb.CreateTaskRequest],
                          context: grpc.aio.ServicerContext) -> pb.CreateTaskResponse:
-        chunks: list[bytes] = []
-        weights = self.store.scratch / f"create-{secrets.token_hex(8)}.weights"
-        weights_bytes = 0
-        weights_digest = hashlib.sha256()
-        signature: task_pb2.TaskSignature | None = None
-        try:
-            with open(weights, "wb") as weights_file:
-                async for request in request_iterator:
-                    if request.HasField("signature"):
-                        signature = request.signature
-                    chunks.append(request.chunk)
-                    weights_file.write(request.weights_chunk)
-                    weights_digest.update(request.weights_chunk)
-                    weights_bytes += len(request.weights_chunk)
-            data = b"".join(chunks)
-            spec = task_pb2.TaskSpec()
+        with self.tasks.reserve(caller().name):
+            weights = self.store.scratch / f"create-{secrets.token_hex(8)}.weights"
             try:
-                spec.ParseFromString(data)
-                _validate(spec, weights_bytes)
-            except (DecodeError, TaskError, ValueError) as error:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"not a valid built task ({len(data)} bytes): {error}")
-            try:
-                self._check_signature(signature, data,
-                                      weights_digest.digest() if weights_bytes else b"")
-            except TrustError as error:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
-            learning = spec.kind == task_pb2.TASK_KIND_LEARNING
-            return pb.CreateTaskResponse(task_id=self.tasks.create(
-                spec, data, caller().name, signature, weights if learning else None))
-        finally:
-            weights.unlink(missing_ok=True)
+                received = await _receive(request_iterator, weights, self.tasks.limits)
+                spec = task_pb2.TaskSpec()
+                try:
+                    spec.ParseFromString(received.spec)
+                    _validate(spec, received.weights_bytes)
+                except (DecodeError, TaskError, ValueError) as error:
+                    raise invalid(f"not a valid built task ({len(received.spec)} bytes): "
+                                  f"{error}") from None
+                try:
+                    self._check_signature(received.signature, received.spec,
+                                          received.weights_sha256)
+                except TrustError as error:
+                    raise Refused(grpc.StatusCode.PERMISSION_DENIED, str(error)) from None
+                learning = spec.kind == task_pb2.TASK_KIND_LEARNING
+                return pb.CreateTaskResponse(task_id=self.tasks.create(
+                    spec, received.spec, caller().name, received.signature,
+                    weights if learning else None))
+            finally:
+                weights.unlink(missing_ok=True)
 
     def _check_signature(self, signature: task_pb2.TaskSignature | None, spec_bytes: bytes,
                          weights_sha256: bytes) -> None:
@@ -93,9 +89,18 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
 
     async def ListTasks(self, request: pb.ListTasksRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
+        """The newest tasks the caller may see, up to the count asked and LIST_BYTES: a page
+        may hold fewer than asked; the next starts before its last."""
         limit = min(request.limit or 100, 1000)
         records = self.store.list_tasks(limit, request.before_task_id, visible_owner(caller()))
-        return pb.ListTasksResponse(tasks=[self._info(r) for r in records])
+        reply, size = pb.ListTasksResponse(), 0
+        for record in records:
+            info = self._info(record)
+            size += info.ByteSize()
+            if reply.tasks and size > LIST_BYTES:
+                break
+            reply.tasks.append(info)
+        return reply
 
     async def ListAudit(self, request: pb.ListAuditRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListAuditResponse:
@@ -208,6 +213,11 @@ def _validate(spec: task_pb2.TaskSpec, weights_bytes: int) -> None:
                 rules.connection_timeout)
     if not spec.datasets:
         raise ValueError("the task names no dataset")
+    summary = len(spec.name.encode()) + sum(ref.ByteSize() for ref in spec.datasets)
+    if summary > SUMMARY_BYTES:
+        raise ValueError(f"its name and dataset references take {show_size(summary)}, more than "
+                         f"the {show_size(SUMMARY_BYTES)} a task may use for them: name fewer "
+                         "datasets")
     for ref in spec.datasets:
         check_relative_name(ref.file)
     if spec.kind == task_pb2.TASK_KIND_LEARNING:
@@ -244,6 +254,65 @@ def _validate_learning(learning: task_pb2.LearningSpec, weights_bytes: int) -> N
     if weights_bytes != expected:
         raise ValueError(f"the initial weights hold {weights_bytes} bytes; the manifest "
                          f"needs {expected}")
+
+
+@dataclass
+class _Received:
+    """A CreateTask stream as received; the weights went to a file."""
+
+    spec: bytes
+    signature: task_pb2.TaskSignature | None
+    weights_bytes: int
+    weights_sha256: bytes  # empty without weights
+
+
+async def _receive(requests: AsyncIterator[pb.CreateTaskRequest], weights_path: Path,
+                   limits: Limits) -> _Received:
+    """Reads a CreateTask stream, a learning task's weights into the file `weights_path`;
+    Refused past --max-task-bytes (all but the weights counts) or --max-model-bytes, or
+    at an empty message (a stream of them would never end)."""
+    chunks: list[bytes] = []
+    spec_bytes = weights_bytes = 0
+    digest = hashlib.sha256()
+    signature: task_pb2.TaskSignature | None = None
+    with open(weights_path, "wb") as weights_file:
+        async for request in requests:
+            size = request.ByteSize()
+            if not size:
+                raise invalid("not a valid built task: a message of the stream is empty; each "
+                              "carries a piece of the task or of its weights")
+            if request.HasField("signature"):
+                signature = request.signature
+            spec_bytes += size - len(request.weights_chunk)
+            if spec_bytes > limits.max_task_bytes:
+                raise exhausted("the task is larger than "
+                                f"{bound('--max-task-bytes', show_size(limits.max_task_bytes))}")
+            chunks.append(request.chunk)
+            if request.weights_chunk:
+                if not weights_bytes:  # the spec is whole: refuse too large a model at once
+                    _check_model_size(b"".join(chunks), limits.max_model_bytes)
+                weights_bytes += len(request.weights_chunk)
+                if weights_bytes > limits.max_model_bytes:
+                    raise exhausted("the initial weights are larger than " + bound(
+                        "--max-model-bytes", show_size(limits.max_model_bytes)))
+                weights_file.write(request.weights_chunk)
+                digest.update(request.weights_chunk)
+    return _Received(b"".join(chunks), signature, weights_bytes,
+                     digest.digest() if weights_bytes else b"")
+
+
+def _check_model_size(spec_bytes: bytes, most: int) -> None:
+    """Refused if the weights manifest of a learning task's spec declares more than
+    `most` bytes; a spec that does not parse is left to validation."""
+    spec = task_pb2.TaskSpec()
+    try:
+        spec.ParseFromString(spec_bytes)
+        size = weights.total_bytes(list(spec.learning.weights))
+    except (DecodeError, KeyError):
+        return
+    if size > most:
+        raise exhausted(f"the initial weights are {show_size(size)}, over "
+                        f"{bound('--max-model-bytes', show_size(most))}")
 
 
 def _no_result(task: TaskRecord) -> str:

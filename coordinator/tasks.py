@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from coordinator.analytics import run_analytics
 from coordinator.learning import run_learning
+from coordinator.limits import Limits, PerUser, bound, cut_line, exhausted
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import RoundFailed
 from coordinator.store import Store, TaskRecord
@@ -22,10 +25,12 @@ log = logging.getLogger("deltaflow.coordinator")
 class TaskManager:
     """Owns every task's life: PENDING -> RUNNING -> FINISHED | ERROR | CANCELLED."""
 
-    def __init__(self, store: Store, registry: WorkerRegistry) -> None:
+    def __init__(self, store: Store, registry: WorkerRegistry, limits: Limits = Limits()) -> None:
         self.store = store
         self.registry = registry
+        self.limits = limits
         self._runs: dict[int, asyncio.Task[None]] = {}
+        self._creating = PerUser()  # tasks being received
         self._changed: dict[int, asyncio.Event] = {}
 
     def recover(self) -> None:
@@ -34,6 +39,19 @@ class TaskManager:
             reason = "the coordinator restarted while the task was running; submit it again"
             self.log(task.id, f"task {task.id} failed: {reason}")
             self.store.set_state(task.id, pb.TASK_STATE_ERROR, reason)
+
+    @contextmanager
+    def reserve(self, owner: str) -> Iterator[None]:
+        """Holds a place for a task of `owner` while it is received; Refused when the
+        owner already has --max-tasks-per-user tasks pending, running or being received."""
+        active = self.store.count_unfinished(owner) + self._creating[owner]
+        most = self.limits.max_tasks_per_user
+        if active >= most:
+            raise exhausted(f"{owner} already has {active} tasks pending, running or being "
+                            f"created, the most allowed by {bound('--max-tasks-per-user', most)}"
+                            "; wait for one to end, or cancel one")
+        with self._creating.hold(owner):
+            yield
 
     def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, owner: str,
                signature: task_pb2.TaskSignature | None, weights: Path | None) -> int:
@@ -49,6 +67,7 @@ class TaskManager:
         return task_id
 
     def log(self, task_id: int, message: str) -> None:
+        message = cut_line(message, self.limits.max_log_line_chars)
         self.store.append_log(task_id, message)
         log.info("[task %d] %s", task_id, message)
         self._notify(task_id)
@@ -107,7 +126,7 @@ class TaskManager:
         else:
             word = "cancelled" if state == pb.TASK_STATE_CANCELLED else "failed"
             self.log(task_id, f"task {task_id} {word}: {error}" + (f"\n{details}" if details else ""))
-        self.store.set_state(task_id, state, error)
+        self.store.set_state(task_id, state, cut_line(error, self.limits.max_log_line_chars))
         self._notify(task_id)
 
     def _release(self, task_id: int) -> None:

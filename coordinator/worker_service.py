@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coordinator.auth import caller
+from coordinator.limits import Refused
 from coordinator.registry import AlreadyConnected, WorkerRegistry, WorkerSession
 from coordinator.store import Store
 from sdk import values
@@ -45,7 +46,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         except ValueError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a worker's name: {error}")
         try:
-            session = self.registry.register(request.name, list(request.datasets))
+            session = self.registry.register(request.name, request.datasets)
         except AlreadyConnected as error:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
         if request.coordinator_id != self.coordinator_id:
@@ -88,10 +89,12 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             async for message in requests:
                 self.registry.saw(session)
                 if message.HasField("datasets"):
-                    self.registry.update_datasets(session, list(message.datasets.names))
+                    self.registry.update_datasets(session, message.datasets.names)
             reason = "it closed its connection"
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             reason = "its connection broke"
+        except Refused as error:  # a stall, or a list of datasets past a bound
+            reason = str(error)
         self.registry.drop(session, reason)
 
     async def FetchTask(self, request: pb.FetchTaskRequest,

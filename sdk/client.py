@@ -101,7 +101,17 @@ class Client:
         return self._call(self._tasks.GetTask, pb.GetTaskRequest(task_id=task_id))
 
     def list_tasks(self, limit: int = 100) -> list[pb.TaskInfo]:
-        return list(self._call(self._tasks.ListTasks, pb.ListTasksRequest(limit=limit)).tasks)
+        """The newest `limit` tasks the caller may see, newest first, page after page (the
+        coordinator cuts a page by size too)."""
+        tasks: list[pb.TaskInfo] = []
+        while len(tasks) < limit:
+            request = pb.ListTasksRequest(limit=limit - len(tasks),
+                                          before_task_id=tasks[-1].task_id if tasks else 0)
+            page = self._call(self._tasks.ListTasks, request).tasks
+            if not page:
+                break
+            tasks.extend(page)
+        return tasks
 
     def cancel_task(self, task_id: int) -> pb.TaskInfo:
         return self._call(self._tasks.CancelTask, pb.CancelTaskRequest(task_id=task_id))
@@ -172,9 +182,11 @@ class Client:
 
     def follow(self, task_id: int, show: Callable[[pb.LogEntry], None], offset: int = 0) -> bool:
         """Hands each log entry from `offset` on to `show` until the task ends, riding out a
-        coordinator restart; True if it finished well."""
+        coordinator restart, and a coordinator that closed the stream because `show` fell
+        behind (it goes on from the next entry); True if it finished well."""
         give_up = None
         while True:
+            start = offset
             try:
                 for entry in self._tasks.StreamLogs(
                         pb.StreamLogsRequest(task_id=task_id, offset=offset, follow=True)):
@@ -185,6 +197,8 @@ class Client:
                 if info.state not in (pb.TASK_STATE_PENDING, pb.TASK_STATE_RUNNING):
                     return info.state == pb.TASK_STATE_FINISHED
             except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and offset > start:
+                    continue  # it fell behind the log and was cut off after some entries
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise self._error(error) from None
                 give_up = give_up or time.monotonic() + RECONNECT_SECONDS

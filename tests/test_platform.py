@@ -126,7 +126,7 @@ def test_a_worker_without_the_file_is_not_eligible_and_the_log_says_so(cluster):
     task_id = client.create_task(WageAvg().build())
     assert client.wait(task_id)
     log = log_text(client, task_id)
-    assert "worker w3 lacks wages.csv; not eligible" in log
+    assert "not eligible: 1 worker lacks wages.csv: w3" in log
     assert "selected 2 worker(s): w1, w2" in log
 
 

@@ -5,33 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import tomllib
 from dataclasses import dataclass
 
+from sdk.sizes import GiB, MiB, parse_size
+
 from .confine import TaskUser, find_task_user
-
-GiB = 1024**3
-MiB = 1024**2
-
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "k": 1024, "m": MiB, "g": GiB, "t": 1024**4,
-    "kib": 1024, "mib": MiB, "gib": GiB, "tib": 1024**4,
-}
-
-
-def parse_size(value: int | str | None) -> int | None:
-    """Bytes from an int or a string like "512MiB", "8GiB", "2GB" (None stays None)."""
-    if value is None or isinstance(value, int):
-        if isinstance(value, int) and value < 0:
-            raise ValueError(f"a size cannot be negative: {value}")
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {value!r} (try 512MiB, 8GiB or a number of bytes)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def format_size(size: int) -> str:
