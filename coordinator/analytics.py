@@ -26,6 +26,9 @@ from sdk import values
 from sdk.analytics import secure
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Aggregation, Parts, Plan
+from sdk.privacy import DifferentialPrivacy
+from sdk.privacy.accounting import fewest_honest
+from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2, values_pb2
 
 
@@ -40,8 +43,8 @@ async def run_analytics(
     round_ = Round(registry, task_id, 1, workers, rules.min_clients, log)
     log(f"round 1: selected {len(workers)} worker(s): {round_.names}")
     log(describe_mode(spec))
-    log("sets of fewer than a holder's min_rows rows (what a filter kept, a group, a column's "
-        "values in one) count as empty there, so that no answer tells them from none")
+    for line in _privacy_lines(spec, plan, len(workers)):
+        log(line)
     await round_.phase("join", rules.connection_timeout)
     log(f"round 1: {len(round_.workers)} worker(s) joined; {plan.stage_count} step(s) to compute")
     while True:
@@ -70,6 +73,41 @@ async def run_analytics(
         round_.number += 1
         log(f"round {round_.number}: computing again over the {len(round_.workers)} remaining "
             f"worker(s) ({round_.names}) so that every aggregate covers the same rows")
+
+
+def _privacy_lines(spec: task_pb2.TaskSpec, plan: Plan, selected: int) -> list[str]:
+    """The task log's lines on what protects the rows: min_rows, or differential privacy's
+    cost, who adds the noise, how much of it a sum is sure to hold, and each output's noise."""
+    privacy = DifferentialPrivacy.from_spec(spec)
+    if privacy is None:
+        return ["sets of fewer than a holder's min_rows rows (what a filter kept, a group, a "
+                "column's values in one) count as empty there, so that no answer tells them "
+                "from none"]
+    dp = PrivacyPlan(plan, privacy, spec.precision)
+    cost = dp.cost()
+    lines = [f"differential privacy: the task spends epsilon {dp.epsilon():.4g} at delta "
+             f"{privacy.delta:g} (zCDP rho {cost.rho:.4g}, xi {cost.xi:.4g}) on "
+             f"{len(dp.noise)} released parts, noise multiplier {dp.noise_multiplier:.4g}; no "
+             "amplification by sampling is claimed",
+             "differential privacy: no set is suppressed by min_rows, since the noise protects "
+             "every set and suppression would break the sensitivity (one row could turn a "
+             "suppressed group into a released one)"]
+    if spec.secure_aggregation:
+        honest = fewest_honest(spec.rules.min_clients, selected)
+        spread = (selected / honest) ** 0.5
+        lines.append(
+            f"differential privacy: each worker's daemon adds 1/{honest} of the noise in fixed "
+            f"point before masking; every sum holds at least max(min_clients, selected // 2 + "
+            f"1) = {honest} workers' shares, so the noise is whole while {honest} of the "
+            "summed workers are honest (colluding workers can subtract their own shares); "
+            f"with all {selected} summed it is {spread:.3g} times the calibrated std")
+    else:
+        spread = selected ** 0.5
+        lines.append(
+            "differential privacy without secure aggregation: each worker adds all of the noise "
+            "to its own parts, which the coordinator sees; it costs accuracy: the sum of "
+            f"{selected} carries {spread:.3g} times the calibrated std")
+    return lines + [f"noise of {line}" for line in dp.describe(spread)]
 
 
 def _check_same_workers(first: list[str], summed: list[str], stage: int) -> None:

@@ -14,7 +14,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,6 +95,7 @@ class _Pending:
     worker: WorkerSession
     future: asyncio.Future[Any]
     receiver: Receiver
+    on_note: Callable[[str], None] | None = None  # where a note sent with the answer goes
     claimed: bool = False  # an upload stream is bringing the answer
 
 
@@ -204,17 +205,20 @@ class WorkerRegistry:
     # Answers ----------------------------------------------------------------------------------
 
     def expect(self, worker: WorkerSession,
-               receiver: Receiver | None = None) -> tuple[int, asyncio.Future[Any]]:
+               receiver: Receiver | None = None,
+               on_note: Callable[[str], None] | None = None) -> tuple[int, asyncio.Future[Any]]:
         """A new exchange id for a request to `worker`, and the future its answer resolves.
 
-        The answer's body goes to `receiver` (by default kept in memory as bytes).
+        The answer's body goes to `receiver` (by default kept in memory as bytes), and a note
+        the worker sends with it to `on_note`.
         """
         exchange_id = next(self._exchange_ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if worker.closed_reason:
             future.set_exception(WorkerGone(worker.closed_reason))
         else:
-            self._pending[exchange_id] = _Pending(worker, future, receiver or MemoryReceiver())
+            self._pending[exchange_id] = _Pending(worker, future, receiver or MemoryReceiver(),
+                                                  on_note)
         return exchange_id, future
 
     def forget(self, exchange_id: int) -> None:
@@ -237,6 +241,13 @@ class WorkerRegistry:
             return None
         self._pending[exchange_id].claimed = True
         return receiver
+
+    def note(self, session_id: str, exchange_id: int, text: str) -> None:
+        """Hands a worker's note on an exchange to whoever asked for it (if anyone waits)."""
+        if self.receiver(session_id, exchange_id) is not None:
+            on_note = self._pending[exchange_id].on_note
+            if on_note is not None:
+                on_note(text)
 
     def answer(self, session_id: str, exchange_id: int, answer: Any, error: str) -> bool:
         """Resolves an exchange with a worker's answer, or with `error` (why the worker could

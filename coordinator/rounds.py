@@ -133,7 +133,9 @@ class Round:
         started = time.perf_counter()
         futures: dict[asyncio.Future[Any], tuple[WorkerSession, int]] = {}
         for worker in self.workers:
-            exchange_id, future = self.registry.expect(worker, receiver and receiver(worker))
+            exchange_id, future = self.registry.expect(
+                worker, receiver and receiver(worker),
+                lambda text, name=worker.name: self.log(f"worker {name}: {text}"))
             message = pb.Assignment()
             message.CopyFrom(assignment)
             message.exchange_id = exchange_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import unicodedata
 from collections.abc import AsyncIterator
 
 import grpc
@@ -153,6 +154,8 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         if self._session(header.session_id) is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "unknown session: register again")
+        if header.note:
+            self.registry.note(header.session_id, header.exchange_id, note_line(header.note))
         if header.error:
             accepted = self.registry.answer(header.session_id, header.exchange_id, None,
                                             f"it reported an error: {header.error}")
@@ -184,6 +187,17 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             receiver.discard()
             return pb.UploadResponse(accepted=False)
         return pb.UploadResponse(accepted=True)
+
+
+NOTE_CHARS = 300  # the most of a worker's note the task log gets
+
+
+def note_line(text: str) -> str:
+    """A worker's note as one printable line of at most NOTE_CHARS characters: line breaks
+    become spaces, other control and format characters are dropped."""
+    line = "".join(" " if c in "\t\n\r" else c for c in text
+                   if c in "\t\n\r" or unicodedata.category(c)[0] != "C").strip()
+    return line if len(line) <= NOTE_CHARS else line[:NOTE_CHARS] + " ... (cut short)"
 
 
 def add_worker_service(service: WorkerService, server: grpc.aio.Server) -> None:

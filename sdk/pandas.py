@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as _pandas
 
 from sdk.analytics.graph import Graph
@@ -327,8 +328,14 @@ class DataFrame(_Table):
         given = {k: v for k, v in (("include", include), ("exclude", exclude)) if v is not None}
         return self._method(DataFrame, "select_dtypes", **given)
 
-    def groupby(self, by: Any, sort: bool = True, dropna: bool = True) -> GroupBy:
-        """Reductions per value of one column (or of a Series computed from the same rows)."""
+    def groupby(self, by: Any, sort: bool = True, dropna: bool = True,
+                keys: Any = None) -> GroupBy:
+        """Reductions per value of one column (or of a Series computed from the same rows).
+
+        `keys` (a list of values) declares the keys the answer reports: rows of other keys are
+        left out, and every declared key is in the answer (0 rows where no holder has it).
+        Differential privacy needs it, since a key that appears is itself a release."""
+        declared = _declared_keys(keys)
         if not self._rows:
             raise refuse("groupby of an aggregate", "group rows; aggregates are already small")
         if not sort:
@@ -346,11 +353,11 @@ class DataFrame(_Table):
             if not by._rows or by._source != self._source:
                 raise refuse("groupby by this Series", "group by a column, or a Series computed "
                              "from the same rows")
-            return GroupBy(self, by, self)
+            return GroupBy(self, by, self, declared)
         if isinstance(by, (_Lazy, list, tuple, dict)):
             raise refuse("groupby by several keys or by this value",
                          "group by one column; a MultiIndex result is not supported")
-        return GroupBy(self, self[by], self.drop(columns=[by]))
+        return GroupBy(self, self[by], self.drop(columns=[by]), declared)
 
 
 class Scalar(_Lazy):
@@ -360,15 +367,17 @@ class Scalar(_Lazy):
 class GroupBy:
     """`d.groupby(key)`: reductions per key over every holder's rows, sorted by key."""
 
-    def __init__(self, frame: DataFrame, keys: Series, data: _Table) -> None:
+    def __init__(self, frame: DataFrame, keys: Series, data: _Table,
+                 declared: list[Any] | None = None) -> None:
         self._frame = frame
         self._keys = keys
         self._data = data  # what the reductions reduce: the frame less its key, or a selection
+        self._declared = declared  # the keys the task declares, or None
 
     def __getitem__(self, key: Any) -> GroupBy:
         if isinstance(key, _Lazy):
             raise refuse("filtering a groupby", "filter the rows first: d[mask].groupby(key)")
-        return GroupBy(self._frame, self._keys, self._frame[key])
+        return GroupBy(self._frame, self._keys, self._frame[key], self._declared)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -382,6 +391,8 @@ class GroupBy:
 
     def _reduce(self, kind: str, *aggregates: _Lazy, result: type | None = None,
                 **params: Any) -> Any:
+        if self._declared is not None:
+            params["declared_keys"] = self._declared
         return self._data._record(result or type(self._data), "reduce",
                                   (self._data, self._keys, *aggregates), False,
                                   kind="groupby_" + kind, **params)
@@ -423,6 +434,23 @@ def _wider(*values: Any) -> type:
         if any(isinstance(v, cls) for v in values):
             return cls
     return Scalar
+
+
+def _declared_keys(keys: Any) -> list[Any] | None:
+    """groupby's `keys` as a list of distinct text, numbers or booleans; None if not given."""
+    if keys is None:
+        return None
+    if isinstance(keys, (str, bytes, dict, _Lazy)) or not hasattr(keys, "__iter__"):
+        raise refuse(f"groupby(keys={keys!r})", "declare the keys as a list: keys=['a', 'b']")
+    declared = list(keys)
+    for key in declared:
+        if isinstance(key, float) and key != key or not isinstance(
+                key, (str, int, float, bool, np.integer, np.floating, np.bool_)):
+            raise refuse(f"groupby key {key!r}", "declare keys that are text, numbers or "
+                         "booleans (missing keys are never a group)")
+    if not declared or len(set(declared)) != len(declared):
+        raise refuse(f"groupby(keys={declared!r})", "declare each key once, at least one")
+    return [key.item() if isinstance(key, np.generic) else key for key in declared]
 
 
 def _column_of(frame: DataFrame, series: Series) -> Any:

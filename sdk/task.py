@@ -9,6 +9,8 @@ from typing import Any
 from sdk import dataset, pandas
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan
+from sdk.privacy import DifferentialPrivacy, PrivacyRefused
+from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2
 
 FORMAT_VERSION = 1
@@ -74,12 +76,15 @@ class HorizontalAnalytics:
 
     Subclasses implement `dataset()` and `execute(**frames)` with `sdk.pandas`. With
     `secure_aggregation` (the default) the coordinator learns only the sum of the holders'
-    aggregates, kept to `precision` decimal digits (default 9; integers stay exact).
+    aggregates, kept to `precision` decimal digits (default 9; integers stay exact). With
+    `privacy` (a `sdk.privacy.DifferentialPrivacy`) every number released gets noise from the
+    holders, calibrated to the bounds the task declares (see docs/pandas.md).
     """
 
     def __init__(self, name: str, min_clients: int = 2, max_clients: int = 2,
                  wait_timeout: float = 60, connection_timeout: float = 60,
-                 secure_aggregation: bool = True, precision: int | None = None) -> None:
+                 secure_aggregation: bool = True, precision: int | None = None,
+                 privacy: DifferentialPrivacy | None = None) -> None:
         self.name = name
         self.min_clients = min_clients
         self.max_clients = max_clients
@@ -87,6 +92,7 @@ class HorizontalAnalytics:
         self.connection_timeout = connection_timeout
         self.secure_aggregation = secure_aggregation
         self.precision = precision
+        self.privacy = privacy
 
     def dataset(self) -> dict[str, dataset.DataFrame]:
         raise NotImplementedError("implement dataset(): {argument name: dataset.DataFrame(file)}")
@@ -114,9 +120,10 @@ class HorizontalAnalytics:
             frames[argument] = pandas.DataFrame(graph, graph.add("source", argument=argument), True)
         output = _record_output(graph, self.execute(**frames))
         try:
-            Plan(graph, output)
+            plan = Plan(graph, output)
         except ValueError as error:
             raise TaskError(str(error)) from None
+        privacy = _check_privacy(self.privacy, plan, secure["precision"])
         return BuiltTask(task_pb2.TaskSpec(
             format_version=FORMAT_VERSION,
             name=self.name,
@@ -124,8 +131,25 @@ class HorizontalAnalytics:
             rules=rules,
             datasets=[task_pb2.DatasetRef(argument=a, file=d.name) for a, d in datasets.items()],
             analytics=graph.to_proto(output),
+            privacy=privacy,
             **secure,
         ))
+
+
+def _check_privacy(privacy: Any, plan: Plan,
+                   precision: int) -> task_pb2.DifferentialPrivacy | None:
+    """The spec's privacy, once a PrivacyPlan of the task shows every release has a bound;
+    TaskError saying what to change otherwise (which column needs clip, say)."""
+    if privacy is None:
+        return None
+    if not isinstance(privacy, DifferentialPrivacy):
+        raise TaskError(f"privacy must be a sdk.privacy.DifferentialPrivacy, not "
+                        f"{type(privacy).__name__}")
+    try:
+        PrivacyPlan(plan, privacy, precision)
+    except PrivacyRefused as error:
+        raise TaskError(str(error)) from None
+    return privacy.to_proto()
 
 
 def _record_output(graph: Graph, value: Any) -> Any:

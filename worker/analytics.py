@@ -2,45 +2,105 @@
 
 The task arrives as a graph of named operations and is evaluated with pandas; nothing the
 submitter wrote is executed here. What leaves is only the additive parts of reductions.
+
+Under differential privacy the job builds its own PrivacyPlan from the signed graph (never
+trusting a claim of the task's or the coordinator's): no set is suppressed by min_rows (the
+noise protects every set, and suppression would break the sensitivity: one row could turn a
+suppressed group into a released one), the mean a spread reduction is sent is clamped into the
+data's bound, the parts are laid out as the task alone decides, and noise is added in fixed
+point: a share of it under secure aggregation (by the daemon, before masking), all of it on
+this worker's own parts without.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from sdk import values
+from sdk.analytics import secure
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Parts, Plan, worker_parts
+from sdk.privacy import DifferentialPrivacy, PrivacyRefused
+from sdk.privacy.accounting import Cost
+from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2
 from worker.datasets import DataDir
 
 
 class AnalyticsJob:
-    """A joined analytics task: its plan and this worker's frames."""
+    """A joined analytics task: its plan, its privacy plan under DP, and this worker's frames."""
 
     def __init__(self, spec: task_pb2.TaskSpec, data_dir: DataDir, min_rows: int) -> None:
         try:
             self.plan = Plan(*Graph.from_proto(spec.analytics))
         except ValueError as error:  # composed from the graph alone
             raise EvaluationError(f"the task's graph is refused: {error}") from None
-        self.frames = {ref.argument: data_dir.read_frame(ref.file) for ref in spec.datasets}
-        self.min_rows = min_rows
         self.precision = spec.precision
         self.max_clients = spec.rules.max_clients
         self.min_clients = spec.rules.min_clients
         self.secure = spec.secure_aggregation
+        self.privacy = _privacy_plan(spec, self.plan)
+        self.min_rows = 1 if self.privacy else min_rows
+        self.frames = {ref.argument: data_dir.read_frame(ref.file) for ref in spec.datasets}
 
     def describe(self) -> str:
-        return ", ".join(f"{name}: {len(frame)} rows" for name, frame in self.frames.items())
+        rows = ", ".join(f"{name}: {len(frame)} rows" for name, frame in self.frames.items())
+        if self.privacy is None:
+            return rows
+        return (f"{rows}; differential privacy: {self.privacy.epsilon():.4g}-DP at delta "
+                f"{self.delta:g}, no min_rows suppression")
 
     def parts(self, stage: int, inputs: Any) -> Parts:
-        """This worker's parts of the reductions of `stage`."""
+        """This worker's parts of the reductions of `stage` (without noise)."""
         if not 0 <= stage < self.plan.stage_count:
             raise EvaluationError(f"the task has no step {stage + 1}")
-        return worker_parts(self.plan, stage, self.frames, {int(k): v for k, v in inputs.items()},
-                            self.min_rows)
+        inputs = {int(k): v for k, v in inputs.items()}
+        if self.privacy is None:
+            return worker_parts(self.plan, stage, self.frames, inputs, self.min_rows)
+        parts = worker_parts(self.plan, stage, self.frames, inputs, self.min_rows,
+                             self.privacy.clamp_mean)
+        return {node: self.privacy.fix_layout(node, named) for node, named in parts.items()}
 
     def compute(self, stage: int, inputs: Any) -> bytes:
-        """This worker's parts of `stage`, serialized, for a task without secure aggregation."""
-        return values.encode(self.parts(stage, inputs)).SerializeToString()
+        """This worker's parts of `stage`, serialized, for a task without secure aggregation;
+        under DP with all of the noise (no other worker's share is in what it sends)."""
+        parts = self.parts(stage, inputs)
+        if self.privacy is not None:
+            layout = secure.layout(parts)
+            vector = secure.encode(parts, layout, self.precision, self.max_clients,
+                                   self.noise(shares=1))
+            parts = secure.decode(vector, layout, self.precision)
+        return values.encode(parts).SerializeToString()
+
+    def noise(self, shares: int) -> secure.NoiseHook | None:
+        """The hook that adds this worker's share of the noise, `shares` workers adding one
+        each (None without DP)."""
+        if self.privacy is None:
+            return None
+        return partial(self.privacy.add_noise, shares=shares)
+
+    # What a budget ledger reads.
+
+    def privacy_cost(self, stage: int) -> Cost | None:
+        """The zCDP cost of releasing `stage`; None without DP."""
+        return None if self.privacy is None else self.privacy.cost(stage)
+
+    def total_privacy_cost(self) -> Cost | None:
+        """The zCDP cost of all the task's releases; None without DP."""
+        return None if self.privacy is None else self.privacy.cost()
+
+    @property
+    def delta(self) -> float | None:
+        """The delta the task's epsilon is stated at; None without DP."""
+        return None if self.privacy is None else self.privacy.privacy.delta
+
+
+def _privacy_plan(spec: task_pb2.TaskSpec, plan: Plan) -> PrivacyPlan | None:
+    """The task's PrivacyPlan, built here from the signed spec, or None without DP."""
+    try:
+        privacy = DifferentialPrivacy.from_spec(spec)
+        return None if privacy is None else PrivacyPlan(plan, privacy, spec.precision)
+    except PrivacyRefused as error:
+        raise EvaluationError(f"the task's differential privacy is refused: {error}") from None

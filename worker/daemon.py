@@ -177,6 +177,11 @@ async def serve(args: argparse.Namespace) -> None:
 Job = AnalyticsJob | LearningJob
 
 
+def _noise_note(job: AnalyticsJob, stage: int, how: str) -> str:
+    """The task log's line on the noise this worker added to a step ("" without DP)."""
+    return "" if job.privacy is None else f"step {stage + 1}: added {how}"
+
+
 class Worker:
     def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float,
                  work_dir: Path, limits: EngineLimits, policy: PolicyFile,
@@ -351,7 +356,7 @@ class Worker:
                       session_id: str, assignment: pb.Assignment) -> None:
         task_id = assignment.task_id
         started = time.perf_counter()
-        data, error = b"", ""
+        data, error, note = b"", "", ""
         job: Job | None = None
         try:
             job = await self._job(channel, stub, session_id, task_id)
@@ -369,6 +374,7 @@ class Worker:
                                             parts)
                 else:
                     data = await asyncio.to_thread(job.compute, assignment.stage, inputs)
+                    note = _noise_note(job, assignment.stage, "all of the noise to its own parts")
                 metrics.STEPS.inc()
                 log.info("task %d: step %d computed in %.3f s", task_id, assignment.stage + 1,
                          time.perf_counter() - started)
@@ -378,7 +384,8 @@ class Worker:
                 data = self.secure.answer(assignment)
             elif phase == "secagg_masked" and isinstance(job, AnalyticsJob):
                 data = await asyncio.to_thread(self.secure.masked_parts, assignment,
-                                               job.precision, job.max_clients)
+                                               job.precision, job.max_clients, job.noise)
+                note = _noise_note(job, assignment.stage, "its share of the noise before masking")
                 metrics.STEPS.inc()
                 log.info("task %d: step %d sent under masks", task_id, assignment.stage + 1)
             elif phase == "train" and isinstance(job, LearningJob):
@@ -426,7 +433,8 @@ class Worker:
 
         def upload() -> Iterator[pb.UploadRequest]:
             yield pb.UploadRequest(header=pb.UploadHeader(
-                session_id=session_id, exchange_id=assignment.exchange_id, error=error))
+                session_id=session_id, exchange_id=assignment.exchange_id, error=error,
+                note="" if error else note))
             for chunk in split_chunks(data):
                 yield pb.UploadRequest(chunk=chunk)
 

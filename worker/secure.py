@@ -8,11 +8,13 @@ knows by name whom it masks with; the rerun rule (`worker.contributions`) is kep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sdk import values
 from sdk.analytics import secure
 from sdk.analytics.plan import Parts
+from sdk.privacy.accounting import fewest_honest
 from sdk.proto import services_pb2 as pb
 from sdk.proto import values_pb2
 from sdk.secagg import SecAggClient, SecAggError, accumulate
@@ -104,13 +106,25 @@ class SecureRounds:
                                 state.opening_inputs, assignment.inputs, assignment.secagg)
         return state.client.mask_seeds(list(assignment.secagg.peers), context)
 
-    def masked_parts(self, assignment: pb.Assignment, precision: int, max_clients: int) -> bytes:
-        """Analytics: the opening phase's parts on the union layout, encoded and masked."""
+    def masked_parts(self, assignment: pb.Assignment, precision: int, max_clients: int,
+                     noise: Callable[[int], secure.NoiseHook | None] | None = None) -> bytes:
+        """Analytics: the opening phase's parts on the union layout, encoded and masked.
+        `noise(shares)` gives differential privacy's hook: this worker adds 1/shares of the
+        noise, shares being the fewest workers any sum it is in holds (the protocol's
+        threshold), and the union must then be its own layout, which the task alone decides
+        (another could encode a count in a float's units, where its noise would be lost)."""
         state = self._current(assignment)
         if state.parts is None:
             raise SecAggError(f"task {assignment.task_id}: no parts were computed this round")
+        shares = fewest_honest(state.contribution.min_clients, state.client.selected)
+        hook = noise(shares) if noise is not None else None
+        if hook is not None and assignment.secagg.layout != values.encode(
+                secure.layout(state.parts)):
+            raise SecAggError(f"task {assignment.task_id}: under differential privacy every "
+                              "worker's parts have the task's own layout, and the coordinator "
+                              "sent another: refused")
         union = values.decode(assignment.secagg.layout)
-        vector = secure.encode(state.parts, union, precision, max_clients)
+        vector = secure.encode(state.parts, union, precision, max_clients, hook)
         accumulate(vector, [], self.mask_seeds(assignment))
         return vector.astype("<u8", copy=False).tobytes()
 

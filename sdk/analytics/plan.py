@@ -86,8 +86,12 @@ class PrivacyError(ValueError):
     does not need (a row mask, say), or its parts in the clear when the task asks otherwise."""
 
 
+Centre = Callable[[int, Any], Any]  # (spread reduction node, the mean sent) -> the mean used
+
+
 def worker_parts(
-    plan: Plan, stage: int, frames: dict[str, Any], inputs: dict[int, Any], min_rows: int = 1
+    plan: Plan, stage: int, frames: dict[str, Any], inputs: dict[int, Any], min_rows: int = 1,
+    centre: Centre | None = None,
 ) -> Parts:
     """A worker's additive parts of every reduction in `stage`, over its own rows.
 
@@ -95,8 +99,10 @@ def worker_parts(
     of rows, say) would let the sender pick the rows summed. A set of fewer than `min_rows` rows
     (a dataset, what a filter kept, a group, the values of a column in one) counts as empty
     where it is formed, before anything else runs on it: its parts are those of no rows, so
-    neither they nor an error nor the time taken tell it from an empty set. Any failure is an
-    `EvaluationError` composed from the graph, which names no value of a row.
+    neither they nor an error nor the time taken tell it from an empty set. `centre`, where
+    given, changes the mean that a var/std/sem/describe reduction centres on (differential
+    privacy keeps it inside the data's bound). Any failure is an `EvaluationError` composed from
+    the graph, which names no value of a row.
     """
     unexpected = set(inputs) - set(plan.inputs_of(stage))
     if unexpected:
@@ -122,19 +128,46 @@ def worker_parts(
     for node_id in plan.reductions_in(stage):
         node = plan.graph[node_id]
         arguments = [value(i) for i in node.inputs]  # its rows, then keys or aggregates it uses
-        parts[node_id] = _guarded(node, arguments, partial(_parts, node, arguments, min_rows))
+        parts[node_id] = _guarded(node, arguments,
+                                  partial(_parts, node, arguments, min_rows, centre))
     return parts
 
 
-def _parts(node: Node, arguments: list[Any], min_rows: int) -> dict[str, Any]:
-    """The parts of a reduction node over its rows, less the sets of fewer than `min_rows`."""
+def _parts(node: Node, arguments: list[Any], min_rows: int,
+           centre: Centre | None = None) -> dict[str, Any]:
+    """The parts of a reduction node over its rows, less the sets of fewer than `min_rows`;
+    grouped, over the rows of the declared keys only, and on exactly those keys."""
     kind = node.params["kind"]
-    kwargs = {k: v for k, v in node.params.items() if k != "kind"}
-    if kind.startswith("groupby_"):
-        rows, keys = suppress_small_sets(arguments[0], arguments[1], min_rows)
-        return REDUCTIONS[kind].partial(rows, keys, *arguments[2:], **kwargs)
-    rows, _ = suppress_small_sets(arguments[0], None, min_rows)
-    return REDUCTIONS[kind].partial(rows, *arguments[1:], **kwargs)
+    if centre is not None and kind.removeprefix("groupby_") in SPREAD:
+        arguments = [*arguments[:-1], centre(node.id, arguments[-1])]
+    if not kind.startswith("groupby_"):
+        rows, _ = suppress_small_sets(arguments[0], None, min_rows)
+        return REDUCTIONS[kind].partial(rows, *arguments[1:], **reduction_params(node.params))
+    declared = node.params.get("declared_keys")
+    rows, keys = arguments[0], arguments[1]
+    if declared is not None:
+        rows, keys = _declared_only(rows, keys, declared)
+    rows, keys = suppress_small_sets(rows, keys, min_rows)
+    parts = REDUCTIONS[kind].partial(rows, keys, *arguments[2:], **reduction_params(node.params))
+    if declared is None:
+        return parts
+    return {name: value.reindex(pd.Index(declared, name=value.index.name), fill_value=0)
+            for name, value in parts.items()}
+
+
+SPREAD = {"var", "std", "sem", "describe"}  # reductions centred on the mean of an earlier step
+
+
+def reduction_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A reduce node's parameters that its reduction takes (not its kind, nor its keys)."""
+    return {k: v for k, v in params.items() if k not in ("kind", "declared_keys")}
+
+
+def _declared_only(rows: Any, keys: pd.Series, declared: list[Any]) -> tuple[Any, pd.Series]:
+    """The rows whose key is one the task declares: no other key may appear in the answer."""
+    keys = keys if keys.index.equals(rows.index) else keys.reindex(rows.index)
+    keep = keys.isin(declared).to_numpy()
+    return rows[keep], keys[keep]
 
 
 def _guarded(node: Node, args: list[Any], evaluate: Callable[[], Any]) -> Any:
@@ -191,8 +224,8 @@ class Aggregation:
                 name: reduce(add_parts, (parts[node_id][name] for parts in parts_per_worker))
                 for name in names
             }
-            kwargs = {k: v for k, v in node.params.items() if k != "kind"}
-            self.values[node_id] = REDUCTIONS[node.params["kind"]].finalize(total, **kwargs)
+            self.values[node_id] = REDUCTIONS[node.params["kind"]].finalize(
+                total, **reduction_params(node.params))
 
     def value(self, node_id: int) -> Any:
         if node_id not in self.values:

@@ -10,7 +10,7 @@ Summed vectors decode to the same parts that adding every worker's parts in the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import reduce
 from typing import Any
 
@@ -81,32 +81,57 @@ def vector_length(union_layout: Parts) -> int:
                for values in _columns(union_layout))
 
 
-def encode(parts: Parts, union_layout: Parts, precision: int, max_clients: int) -> np.ndarray:
-    """This worker's parts on `union_layout`, as the uint64 vector whose sum is decoded."""
+# Differential privacy's hook: (reduction node, part name, each value's label (a column or a
+# key), the values' exact fixed-point integers) -> the integers with this worker's noise added.
+NoiseHook = Callable[[int, str, list[Any], list[int]], list[int]]
+
+
+def encode(parts: Parts, union_layout: Parts, precision: int, max_clients: int,
+           noise: NoiseHook | None = None) -> np.ndarray:
+    """This worker's parts on `union_layout`, as the uint64 vector whose sum is decoded; with
+    `noise`, each value's exact integer goes through it first (a sum in fixed point may pass
+    2^63, so these are Python integers). Noise needs finite values: NaN and infinities, which
+    travel as counts, would be released without it."""
     if max_clients >= MAX_WORKERS:
         raise ValueError(f"secure analytics supports fewer than {MAX_WORKERS} workers")
     aligned = {node: {name: _align(parts[node][name], value) for name, value in named.items()}
                for node, named in union_layout.items()}
-    integers, floats, specials, float_parts = [], [], [], []
-    for values, shape, part in zip(_columns(aligned), _columns(union_layout),
-                                   _part_names(union_layout), strict=True):
+    integers: list[int] = []
+    scaled: list[int] = []
+    specials, float_parts = [], []
+    for values, shape, part, labels in zip(_columns(aligned), _columns(union_layout),
+                                           _part_names(union_layout), _labels(union_layout),
+                                           strict=True):
         if _is_float(shape):
             float_parts += [part] * len(values)
             number = pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan)
             specials.append(np.isnan(number) * 1 + (number == np.inf) * (1 << SPECIAL_BITS)
                             + (number == -np.inf) * (1 << 2 * SPECIAL_BITS))
-            floats.append(np.where(np.isfinite(number), number, 0.0))
+            try:
+                exact = fixedpoint.exact(np.where(np.isfinite(number), number, 0.0), precision,
+                                         max_clients)
+            except fixedpoint.FixedPointOverflow as error:
+                raise _overflow(part, error) from None
+            target = scaled
         else:
-            integers.append(np.asarray(values, dtype=np.int64))
-    whole = np.concatenate(integers + specials + [np.zeros(0, np.int64)]).astype(np.int64)
-    fractional = np.concatenate(floats + [np.zeros(0)])
+            exact, target = np.asarray(values, dtype=np.int64).tolist(), integers
+        target += exact if noise is None else noise(*part, labels, exact)
+    special = np.concatenate(specials + [np.zeros(0, np.int64)]).astype(np.int64).tolist()
+    if noise is not None and any(special):
+        raise ValueError("under differential privacy every value released must be finite, and "
+                         "one of this step's is NaN or infinite")
     try:
-        scaled = fixedpoint.encode_wide(fractional, precision, max_clients)
+        fractional = fixedpoint.encode_exact(scaled, precision, max_clients)
     except fixedpoint.FixedPointOverflow as error:
-        node, name = float_parts[error.index]
-        raise fixedpoint.FixedPointOverflow(
-            f"the {name!r} part of reduction node {node}: {error}", error.index) from None
-    return np.concatenate([fixedpoint.encode_wide(whole, 0, max_clients), scaled])
+        raise _overflow(float_parts[error.index], error) from None
+    return np.concatenate([fixedpoint.encode_exact(integers + special, 0, max_clients),
+                           fractional])
+
+
+def _overflow(part: tuple[int, str], error: fixedpoint.FixedPointOverflow) -> Exception:
+    node, name = part
+    return fixedpoint.FixedPointOverflow(f"the {name!r} part of reduction node {node}: {error}",
+                                         error.index)
 
 
 def decode(total: np.ndarray, union_layout: Parts, precision: int) -> Parts:
@@ -153,11 +178,18 @@ def _columns(parts: Parts) -> Iterator[Any]:
     for named in parts.values():
         for value in named.values():
             if isinstance(value, pd.DataFrame):
-                yield from (value.iloc[:, i].array for i in range(value.shape[1]))
+                yield from (_array(value.iloc[:, i]) for i in range(value.shape[1]))
             elif isinstance(value, pd.Series):
-                yield value.array
+                yield _array(value)
             else:
                 yield np.array([value], dtype=_scalar_dtype(value))
+
+
+def _array(series: pd.Series) -> Any:
+    """A Series' values: a numpy array where pandas keeps them in one (so that integers are
+    summed as integers), its extension array otherwise (nullable values)."""
+    array = series.array
+    return array.to_numpy() if isinstance(array, pd.arrays.NumpyExtensionArray) else array
 
 
 def _part_names(parts: Parts) -> Iterator[tuple[int, str]]:
@@ -165,6 +197,19 @@ def _part_names(parts: Parts) -> Iterator[tuple[int, str]]:
     for node, named in parts.items():
         for name, value in named.items():
             yield from [(node, name)] * (value.shape[1] if isinstance(value, pd.DataFrame) else 1)
+
+
+def _labels(parts: Parts) -> Iterator[list[Any]]:
+    """The label of each value of each array `_columns` gives: its column in a DataFrame, its
+    index label in a Series (a column, or a key), None for a scalar."""
+    for named in parts.values():
+        for value in named.values():
+            if isinstance(value, pd.DataFrame):
+                yield from ([column] * len(value) for column in value.columns)
+            elif isinstance(value, pd.Series):
+                yield list(value.index)
+            else:
+                yield [None]
 
 
 def _is_float(values: Any) -> bool:

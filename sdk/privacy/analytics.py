@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sdk.analytics.plan import Plan
@@ -42,7 +43,6 @@ _SENSITIVITY: dict[str, Callable[[Interval], float]] = {
     "deviations": lambda bound: bound.width,
     "squares": lambda bound: bound.width**2,
 }
-_SPREAD = {"var", "std", "sem", "describe"}  # reductions that use the mean of an earlier step
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class PrivacyPlan:
         if node.params.get("skipna") is False:
             raise PrivacyRefused(f"under differential privacy, {where} skips missing values: "
                                  "skipna=False would release whether one is present")
-        data = bounds.get(node.inputs[0])
+        data = bounds.get(node.inputs[0]) if kind != "size" else None  # size: one per key
         if isinstance(data, Frame) and data.columns is None:
             raise PrivacyRefused(
                 f"under differential privacy, {where} reduces a DataFrame whose columns are not "
@@ -148,30 +148,50 @@ class PrivacyPlan:
 
     def clamp_mean(self, node_id: int, mean: Any) -> Any:
         """The mean a spread reduction centres on, inside the data's bound: whatever the
-        coordinator sends, a row's deviation stays within the bound's width."""
+        coordinator sends, a row's deviation stays within the bound's width. A mean of another
+        kind than the reduction's own (a scalar for a grouped one, say) is refused."""
         bound = self.data_bound[node_id]
-        if isinstance(bound, Frame) and isinstance(mean, pd.Series):
-            return pd.Series({c: bound.column(c).clamp(v) if bound.column(c) else v
-                              for c, v in mean.items()}, dtype="float64")
-        if isinstance(mean, pd.Series):  # a grouped Series: one mean per key
-            return mean.astype("float64").clip(bound.low, bound.high)
-        if isinstance(mean, pd.DataFrame):  # a grouped frame: per column
-            return mean.astype("float64").apply(
-                lambda column: column.clip(bound.column(column.name).low,
-                                           bound.column(column.name).high))
-        return bound.clamp(float(mean))
+        grouped = self.plan.graph[node_id].params["kind"].startswith("groupby_")
+        expected = {(False, False): "a number", (False, True): "a Series (one mean per key)",
+                    (True, False): "a Series (one mean per column)",
+                    (True, True): "a DataFrame (one mean per key and column)"}[
+            (isinstance(bound, Frame), grouped)]
+        kind = (pd.DataFrame if grouped else pd.Series) if isinstance(bound, Frame) else (
+            pd.Series if grouped else None)
+        if kind is None:
+            if isinstance(mean, (pd.Series, pd.DataFrame)):
+                raise PrivacyRefused(f"node {node_id} was sent a mean that is not {expected}")
+            return bound.clamp(float(mean))
+        if not isinstance(mean, kind):
+            raise PrivacyRefused(f"node {node_id} was sent a mean that is not {expected}")
+        if isinstance(bound, Interval):
+            return _clipped(mean, bound)
+        columns = pd.Index(bound.columns)
+        if grouped:
+            mean = mean.reindex(columns=columns)
+            return pd.DataFrame({i: _clipped(mean.iloc[:, i], bound.column(c))
+                                 for i, c in enumerate(columns)}).set_axis(columns, axis=1)
+        mean = pd.to_numeric(mean.reindex(columns)).astype("float64")
+        return pd.Series([bound.column(c).clamp(v) for c, v in zip(columns, mean)],
+                         index=columns, dtype="float64")
 
     def fix_layout(self, node_id: int, parts: dict[str, Any]) -> dict[str, Any]:
-        """The parts with sums as floats and grouped parts on exactly the declared keys, so
-        that the layout the coordinator sees depends on the task alone."""
-        keys = self.plan.graph[node_id].params.get("declared_keys")
+        """The parts of node `node_id` on exactly the columns the task names (a column that
+        select_dtypes or numeric_only left out counts as 0), sums as float64 and counts as
+        int64, so that the layout the coordinator sees depends on the task alone. Grouped
+        parts are on the declared keys already (`sdk.analytics.plan`)."""
+        data = self.data_bound[node_id]
+        grouped = self.plan.graph[node_id].params["kind"].startswith("groupby_")
+        columns = pd.Index(data.columns) if isinstance(data, Frame) else None
         fixed = {}
         for name, value in parts.items():
-            if keys is not None and isinstance(value, (pd.Series, pd.DataFrame)):
-                value = value.reindex(pd.Index(keys), fill_value=0)
-            if name not in _INTEGER_PARTS:
-                value = value.astype("float64") if hasattr(value, "astype") else float(value)
-            fixed[name] = value
+            if columns is not None and isinstance(value, pd.DataFrame):
+                value = value.reindex(columns=columns, fill_value=0)
+            elif columns is not None and not grouped and isinstance(value, pd.Series):
+                value = value.reindex(columns, fill_value=0)
+            dtype = np.dtype("int64" if name in _INTEGER_PARTS else "float64")
+            fixed[name] = (value.astype(dtype) if isinstance(value, (pd.Series, pd.DataFrame))
+                           else dtype.type(value))
         return fixed
 
     def add_noise(self, node: int, part: str, labels: list[Any], values: list[int],
@@ -179,17 +199,30 @@ class PrivacyPlan:
         """`values` (fixed-point integers of one column of a part, one label each: a column's
         name, or a key) with this worker's share of their noise, `shares` workers adding one."""
         column_wise = isinstance(self.data_bound[node], Frame)
-        return [self.noise[(node, part, label if column_wise else None)].add_exact([v], shares)[0]
-                for label, value in zip(labels, values, strict=True) for v in [value]]
+        keys = [(node, part, label if column_wise else None) for label in labels]
+        noised = list(values)
+        for key in dict.fromkeys(keys):
+            places = [i for i, k in enumerate(keys) if k == key]
+            for i, value in zip(places, self.noise[key].add_exact([values[i] for i in places],
+                                                                  shares)):
+                noised[i] = value
+        return noised
 
-    def describe(self) -> list[str]:
-        """One line per release: the standard deviation of its noise, in the value's units."""
+    def describe(self, spread: float = 1.0) -> list[str]:
+        """One line per release: the standard deviation of its noise, in the value's units,
+        times `spread` (the noise a sum carries over the calibrated amount)."""
         lines = []
         for (node, part, column), noise in self.noise.items():
             units = 1 if part in _INTEGER_PARTS else 10.0**self.precision
-            where = f"node {node} {part}" + (f" of {column!r}" if column is not None else "")
-            lines.append(f"{where}: noise std {noise.std() / units:.4g}")
+            kind = self.plan.graph[node].params["kind"]
+            where = f"{kind}() node {node}, its {part}" + (
+                f" of {column!r}" if column is not None else "")
+            lines.append(f"{where}: noise std {spread * noise.std() / units:.4g}")
         return lines
+
+
+def _clipped(values: pd.Series, bound: Interval) -> pd.Series:
+    return pd.to_numeric(values).astype("float64").clip(bound.low, bound.high)
 
 
 def _unbounded_columns(plan: Plan, bounds: dict[int, Any], node_id: int) -> list[Any]:

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from sdk.analytics.graph import Graph, Node
 
 
@@ -96,7 +98,10 @@ def _arithmetic(op: str, a: Interval | None, b: Interval | None) -> Interval | N
         return Interval(0.0, b.low)
     if op == "pow" and b.low == b.high and float(b.low).is_integer() and 0 <= b.low <= 8:
         k = int(b.low)
-        ends = [a.low**k, a.high**k]
+        try:
+            ends = [a.low**k, a.high**k]
+        except OverflowError:
+            return None
         low = 0.0 if k % 2 == 0 and a.low <= 0 <= a.high else min(ends)
         return _interval(low, max(ends))
     if op in ("and", "or", "xor") and _within(a, UNIT) and _within(b, UNIT):
@@ -154,12 +159,29 @@ def _clip(a: Interval | None, lower: Any, upper: Any) -> Interval | None:
 
 
 def _cast(a: Interval | None, dtype: Any) -> Interval | None:
+    """The bound after astype(dtype): integers truncate, and wrap where they do not fit the
+    type; a narrower float rounds, or overflows to infinity."""
     name = str(dtype).lower()
     if name in ("bool", "boolean"):
         return UNIT
-    if a is not None and name.startswith(("int", "uint", "float")):
-        return _interval(math.floor(a.low), math.ceil(a.high)) if "int" in name else a
-    return None
+    if a is None or not name.startswith(("int", "uint", "float")):
+        return None
+    try:
+        kind = np.dtype(name)
+    except TypeError:
+        return None
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        if info.min <= a.low and a.high <= info.max:
+            return _interval(math.floor(a.low), math.ceil(a.high))
+        return Interval(float(info.min), float(info.max))
+    if kind == np.float64:
+        return a
+    info = np.finfo(kind)
+    if a.magnitude >= float(info.max):
+        return None
+    slack = a.magnitude * float(info.eps)
+    return _interval(a.low - slack, a.high + slack)
 
 
 def bounds_of(graph: Graph, row_wise: set[int]) -> dict[int, Bound]:
@@ -225,6 +247,8 @@ def _method(name: str, arguments: dict[str, int], graph: Graph, data: Bound,
     if name in ("isin", "between", "notna", "isna"):
         return _elementwise(lambda _: UNIT, data)
     if name == "clip":
+        if any(graph[i].op != "const" for i in arguments.values()):
+            return None  # clip(upper=d.other) may move values as far as the other goes
         return _elementwise(lambda a: _clip(a, value.get("lower"), value.get("upper")), data)
     if name == "astype":
         dtype = value.get("dtype")
@@ -245,8 +269,8 @@ def _method(name: str, arguments: dict[str, int], graph: Graph, data: Bound,
                             _interval(a.low - half, a.high + half), data)
     if not isinstance(data, Frame):
         return None
-    if name == "select_dtypes":
-        return Frame(None, data.bounds, data.default)
+    if name == "select_dtypes":  # some of the columns: a release for each of them all
+        return data
     if name == "drop":
         dropped = value.get("columns")
         dropped = [dropped] if isinstance(dropped, str) else list(dropped or [])

@@ -70,15 +70,31 @@ def encode_wide(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
     """`x` (finite floats, or integers kept exact) times 10^precision as 2n words: the signed
     high parts, then the low parts. Refuses values whose high parts could overflow a sum over
     `max_clients` workers."""
+    return encode_exact(exact(x, precision, max_clients), precision, max_clients)
+
+
+def exact(x: np.ndarray, precision: int, max_clients: int) -> list[int]:
+    """The Python integers rint(x * 10^precision) of finite floats, or integers as they are:
+    what `encode_exact` takes, after any noise is added to them."""
     if x.dtype.kind in "iub":
-        whole = x.astype(np.int64)
-        return np.concatenate([whole >> 32, whole & (SPLIT - 1)]).view(np.uint64)
+        return x.astype(np.int64).tolist()
     scaled = np.rint(np.multiply(x, 10.0**precision, dtype=np.float64))
-    high = np.floor(scaled / SPLIT)
-    fits = np.abs(high) * max_clients < LIMIT
+    finite = np.isfinite(scaled)
+    if not finite.all():
+        _refuse(finite, precision, max_clients, "2^95")
+    return [int(value) for value in scaled.tolist()]
+
+
+def encode_exact(values: list[int], precision: int, max_clients: int) -> np.ndarray:
+    """Integers of any size as 2n words, the signed high parts (value >> 32), then the low
+    ones, which sum separately; refuses values whose high parts could overflow a sum over
+    `max_clients` workers (`precision` is for the message)."""
+    high = [value >> 32 for value in values]
+    fits = np.array([abs(h) * max_clients < 2**63 for h in high], dtype=bool)
     if not fits.all():
         _refuse(fits, precision, max_clients, "2^95")
-    return np.concatenate([high, scaled - high * SPLIT]).astype(np.int64).view(np.uint64)
+    low = [value & (SPLIT - 1) for value in values]
+    return np.array(high + low, dtype=np.int64).view(np.uint64)
 
 
 def decode_wide(total: np.ndarray) -> list[int]:
