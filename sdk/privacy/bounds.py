@@ -143,18 +143,16 @@ def _unary(op: str, a: Interval | None) -> Interval | None:
 
 
 def _clip(a: Interval | None, lower: Any, upper: Any) -> Interval | None:
+    """The bound after clip(lower, upper) (pandas swaps them where lower > upper); an end stays
+    infinite where neither the values nor the clip bound it."""
     low, high = _constant(lower), _constant(upper)
-    if low is not None and high is not None:
-        if a is None:
-            return _interval(low.low, high.high)
-        return _interval(Interval(low.low, high.high).clamp(a.low),
-                         Interval(low.low, high.high).clamp(a.high))
-    if a is None:
-        return None
+    if low is not None and high is not None and low.low > high.high:
+        low, high = high, low
+    a = a or Interval(-math.inf, math.inf)
     if low is not None:
-        return Interval(max(a.low, low.low), max(a.high, low.low))
+        a = Interval(max(a.low, low.low), max(a.high, low.low))
     if high is not None:
-        return Interval(min(a.low, high.high), min(a.high, high.high))
+        a = Interval(min(a.low, high.high), min(a.high, high.high))
     return a
 
 
@@ -335,10 +333,12 @@ _NOT_OURS = object()
 
 
 def _column_tested(graph: Graph, node_id: int, data_id: int) -> Any:
-    """The column of the filtered data that node `node_id` is (None: the data itself)."""
-    if node_id == data_id:
+    """The column of the filtered data that node `node_id` is (None: the data itself, which
+    `d.x[d.x > 0]` records as a second node taking the same column)."""
+    node, data = graph[node_id], graph[data_id]
+    if node_id == data_id or (node.op == data.op == "getitem" and node.inputs == data.inputs
+                              and node.params == data.params):
         return None
-    node = graph[node_id]
     if node.op == "getitem" and node.inputs == (data_id,) and isinstance(node.params["key"],
                                                                           (str, int)):
         return node.params["key"]
