@@ -156,14 +156,18 @@ def test_skellam_cost_is_the_papers_bound():
     assert Cost(1, 2).times(3) == Cost(3, 6)
 
 
-@pytest.mark.parametrize("shares", [1, 3])
-def test_noise_shares_sum_to_the_whole_variance(shares):
-    noise = Noise.for_sigma(40.0)
+@pytest.mark.parametrize("sigma, shares", [(40.0, 1), (40.0, 3), (MAX_STEP_SIGMA, 2),
+                                           (3e6 * MAX_STEP_SIGMA, 2)])
+def test_noise_shares_sum_to_the_whole_variance(sigma, shares):
+    """Up to the largest variance a step holds, where numpy's sampler is still exact."""
+    noise = Noise.for_sigma(sigma)
     runs = 4000
-    total = sum(np.array(noise.add_exact([0] * runs, shares)) for _ in range(shares))
+    total = sum(np.array(noise.add_exact([0] * runs, shares), dtype=object)
+                for _ in range(shares)).astype(float)
     low, high = stats.chi2.ppf([1e-7, 1 - 1e-7], runs) / runs
-    assert low < np.mean(total.astype(float) ** 2) / 1600 < high
-    assert abs(total.mean()) < 5.5 * 40 / math.sqrt(runs)
+    assert low < np.mean(total**2) / noise.std() ** 2 < high
+    assert abs(total.mean()) < 5.5 * noise.std() / math.sqrt(runs)
+    assert noise.std() == pytest.approx(sigma, rel=1e-12)
 
 
 def test_noise_on_values_past_int64_is_exact_apart_from_the_noise():

@@ -128,18 +128,16 @@ def worker_parts(
     for node_id in plan.reductions_in(stage):
         node = plan.graph[node_id]
         arguments = [value(i) for i in node.inputs]  # its rows, then keys or aggregates it uses
-        parts[node_id] = _guarded(node, arguments,
-                                  partial(_parts, node, arguments, min_rows, centre))
+        if centre is not None and node.params["kind"].removeprefix("groupby_") in SPREAD:
+            arguments[-1] = centre(node_id, arguments[-1])
+        parts[node_id] = _guarded(node, arguments, partial(_parts, node, arguments, min_rows))
     return parts
 
 
-def _parts(node: Node, arguments: list[Any], min_rows: int,
-           centre: Centre | None = None) -> dict[str, Any]:
+def _parts(node: Node, arguments: list[Any], min_rows: int) -> dict[str, Any]:
     """The parts of a reduction node over its rows, less the sets of fewer than `min_rows`;
     grouped, over the rows of the declared keys only, and on exactly those keys."""
     kind = node.params["kind"]
-    if centre is not None and kind.removeprefix("groupby_") in SPREAD:
-        arguments = [*arguments[:-1], centre(node.id, arguments[-1])]
     if not kind.startswith("groupby_"):
         rows, _ = suppress_small_sets(arguments[0], None, min_rows)
         return REDUCTIONS[kind].partial(rows, *arguments[1:], **reduction_params(node.params))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sdk.analytics.plan import Plan
+from sdk.analytics.plan import Plan, PrivacyError
 from sdk.privacy.accounting import Cost, calibrate, epsilon
 from sdk.privacy.bounds import Frame, Interval, bounds_of
 from sdk.privacy.noise import Noise
@@ -148,32 +148,34 @@ class PrivacyPlan:
 
     def clamp_mean(self, node_id: int, mean: Any) -> Any:
         """The mean a spread reduction centres on, inside the data's bound: whatever the
-        coordinator sends, a row's deviation stays within the bound's width. A mean of another
-        kind than the reduction's own (a scalar for a grouped one, say) is refused."""
+        coordinator sends, a row's deviation stays within the bound's width. PrivacyError for
+        a mean of another kind than the reduction's own (a Series for one number, say)."""
         bound = self.data_bound[node_id]
         grouped = self.plan.graph[node_id].params["kind"].startswith("groupby_")
-        expected = {(False, False): "a number", (False, True): "a Series (one mean per key)",
-                    (True, False): "a Series (one mean per column)",
-                    (True, True): "a DataFrame (one mean per key and column)"}[
-            (isinstance(bound, Frame), grouped)]
-        kind = (pd.DataFrame if grouped else pd.Series) if isinstance(bound, Frame) else (
-            pd.Series if grouped else None)
-        if kind is None:
-            if isinstance(mean, (pd.Series, pd.DataFrame)):
-                raise PrivacyRefused(f"node {node_id} was sent a mean that is not {expected}")
-            return bound.clamp(float(mean))
-        if not isinstance(mean, kind):
-            raise PrivacyRefused(f"node {node_id} was sent a mean that is not {expected}")
-        if isinstance(bound, Interval):
-            return _clipped(mean, bound)
-        columns = pd.Index(bound.columns)
-        if grouped:
-            mean = mean.reindex(columns=columns)
-            return pd.DataFrame({i: _clipped(mean.iloc[:, i], bound.column(c))
-                                 for i, c in enumerate(columns)}).set_axis(columns, axis=1)
-        mean = pd.to_numeric(mean.reindex(columns)).astype("float64")
-        return pd.Series([bound.column(c).clamp(v) for c, v in zip(columns, mean)],
-                         index=columns, dtype="float64")
+        framed = isinstance(bound, Frame)
+        kind, what = {(False, False): (None, "a number"),
+                      (False, True): (pd.Series, "a Series (one mean per key)"),
+                      (True, False): (pd.Series, "a Series (one mean per column)"),
+                      (True, True): (pd.DataFrame, "a DataFrame (one mean per key and column)"),
+                      }[(framed, grouped)]
+        try:
+            if kind is None and not isinstance(mean, (pd.Series, pd.DataFrame)):
+                return bound.clamp(float(mean))
+            if kind is None or not isinstance(mean, kind):
+                raise TypeError("another kind")
+            if not framed:
+                return _clipped(mean, bound)
+            columns = pd.Index(bound.columns)
+            if grouped:
+                mean = mean.reindex(columns=columns)
+                return pd.DataFrame({i: _clipped(mean.iloc[:, i], bound.column(c))
+                                     for i, c in enumerate(columns)}).set_axis(columns, axis=1)
+            mean = pd.to_numeric(mean.reindex(columns)).astype("float64")
+            return pd.Series([bound.column(c).clamp(v) for c, v in zip(columns, mean)],
+                             index=columns, dtype="float64")
+        except (TypeError, ValueError):
+            raise PrivacyError(f"the mean sent for {self.plan.graph[node_id].params['kind']}() "
+                               f"(node {node_id}) is not {what} of numbers: refused") from None
 
     def fix_layout(self, node_id: int, parts: dict[str, Any]) -> dict[str, Any]:
         """The parts of node `node_id` on exactly the columns the task names (a column that

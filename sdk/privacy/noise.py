@@ -4,7 +4,8 @@ A Skellam variable of variance V is the difference of two Poisson(V / 2) variabl
 of independent Skellam variables is again Skellam, of the summed variance: so each of h workers
 adds Skellam(V / h), and a sum under secure aggregation that holds h honest workers' shares
 carries Skellam(V) exactly. Values are integers in fixed-point units (a float times
-10^precision, rounded; integers as they are). Where V is too large for numpy's Poisson sampler,
+10^precision, rounded; integers as they are). Where V is too large for numpy's Poisson sampler
+to be exact,
 values are first rounded to a multiple of a power of ten `step` and the noise is `step` times a
 Skellam variable: the rounding moves a sum by at most `step`, which the cost accounts for.
 """
@@ -18,7 +19,9 @@ import numpy as np
 
 from sdk.privacy.accounting import Cost, skellam_cost
 
-MAX_STEP_SIGMA = 2.0**30  # noise standard deviations in steps; Poisson takes lam below ~2^63
+# The largest noise standard deviation in steps. numpy's Poisson sampler works in doubles: past
+# a mean of about 1e14 its variance is off (by half again at 1e16), so a step keeps it at 2^39.
+MAX_STEP_SIGMA = 2.0**20
 
 
 @dataclass(frozen=True)
