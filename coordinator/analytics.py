@@ -11,6 +11,7 @@ instead, as two sums of a stage over different workers would reveal the differen
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,13 +38,14 @@ async def run_analytics(
 ) -> Any:
     """The task's result, computed over the workers that stay to the end."""
     plan = Plan(*Graph.from_proto(spec.analytics))
+    privacy = await asyncio.to_thread(_privacy_plan, spec, plan)  # seconds: not in the loop
     rules = spec.rules
     files = [d.file for d in spec.datasets]
     workers = await select_workers(registry, rules, files, log)
     round_ = Round(registry, task_id, 1, workers, rules.min_clients, log)
     log(f"round 1: selected {len(workers)} worker(s): {round_.names}")
     log(describe_mode(spec))
-    for line in _privacy_lines(spec, plan, len(workers)):
+    for line in _privacy_lines(spec, privacy, len(workers)):
         log(line)
     await round_.phase("join", rules.connection_timeout)
     log(f"round 1: {len(round_.workers)} worker(s) joined; {plan.stage_count} step(s) to compute")
@@ -75,18 +77,21 @@ async def run_analytics(
             f"worker(s) ({round_.names}) so that every aggregate covers the same rows")
 
 
-def _privacy_lines(spec: task_pb2.TaskSpec, plan: Plan, selected: int) -> list[str]:
+def _privacy_plan(spec: task_pb2.TaskSpec, plan: Plan) -> PrivacyPlan | None:
+    privacy = DifferentialPrivacy.from_spec(spec)
+    return None if privacy is None else PrivacyPlan(plan, privacy, spec.precision)
+
+
+def _privacy_lines(spec: task_pb2.TaskSpec, dp: PrivacyPlan | None, selected: int) -> list[str]:
     """The task log's lines on what protects the rows: min_rows, or differential privacy's
     cost, who adds the noise, how much of it a sum is sure to hold, and each output's noise."""
-    privacy = DifferentialPrivacy.from_spec(spec)
-    if privacy is None:
+    if dp is None:
         return ["sets of fewer than a holder's min_rows rows (what a filter kept, a group, a "
                 "column's values in one) count as empty there, so that no answer tells them "
                 "from none"]
-    dp = PrivacyPlan(plan, privacy, spec.precision)
     cost = dp.cost()
     lines = [f"differential privacy: the task spends epsilon {dp.epsilon():.4g} at delta "
-             f"{privacy.delta:g} (zCDP rho {cost.rho:.4g}, xi {cost.xi:.4g}) on "
+             f"{dp.privacy.delta:g} (zCDP rho {cost.rho:.4g}, xi {cost.xi:.4g}) on "
              f"{len(dp.noise)} released parts, noise multiplier {dp.noise_multiplier:.4g}; no "
              "amplification by sampling is claimed",
              "differential privacy: no set is suppressed by min_rows, since the noise protects "
