@@ -118,12 +118,11 @@ class SecureRounds:
             raise SecAggError(f"task {assignment.task_id}: no parts were computed this round")
         shares = fewest_honest(state.contribution.min_clients, state.client.selected)
         hook = noise(shares) if noise is not None else None
-        if hook is not None and assignment.secagg.layout != values.encode(
-                secure.layout(state.parts)):
+        union = values.decode(assignment.secagg.layout)
+        if hook is not None and not secure.same_layout(union, secure.layout(state.parts)):
             raise SecAggError(f"task {assignment.task_id}: under differential privacy every "
                               "worker's parts have the task's own layout, and the coordinator "
                               "sent another: refused")
-        union = values.decode(assignment.secagg.layout)
         vector = secure.encode(state.parts, union, precision, max_clients, hook)
         accumulate(vector, [], self.mask_seeds(assignment))
         return vector.astype("<u8", copy=False).tobytes()

@@ -49,6 +49,28 @@ def check_layout(layout: Any, nodes: list[int]) -> None:
         raise ValueError(f"its layout cannot be summed: {error}") from None
 
 
+def same_layout(a: Parts, b: Parts) -> bool:
+    """Whether two layouts name the same parts with the same labels and dtypes (in any order),
+    so that each value is encoded alike."""
+    if sorted(a) != sorted(b) or any(sorted(a[node]) != sorted(b[node]) for node in a):
+        return False
+    for node, named in a.items():
+        for name, x in named.items():
+            y = b[node][name]
+            if type(x) is not type(y):
+                return False
+            if isinstance(x, pd.DataFrame):
+                same = (x.index.equals(y.index) and x.columns.equals(y.columns)
+                        and list(x.dtypes) == list(y.dtypes))
+            elif isinstance(x, pd.Series):
+                same = x.index.equals(y.index) and x.dtype == y.dtype
+            else:
+                same = _scalar_dtype(x) == _scalar_dtype(y)
+            if not same:
+                return False
+    return True
+
+
 def restrict(parts: Parts, union_layout: Parts) -> Parts:
     """The summed parts on the labels and dtypes of a smaller union: the layouts of the workers
     whose input was summed, without labels only a dropped worker had."""
