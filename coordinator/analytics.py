@@ -6,7 +6,9 @@ aggregation (the default) each stage's parts are summed by the protocol instead,
 coordinator sees the layout of each worker's parts (labels and dtypes) and only the sum of their
 values. If a worker drops after the first stage, the stages run again over the survivors, so
 that every aggregate of the result covers the same rows; under secure aggregation the task fails
-instead, as two sums of a stage over different workers would reveal the difference.
+instead, as two sums of a stage over different workers would reveal the difference. Under
+differential privacy the workers add the noise themselves; the coordinator only says in the
+task's log what the task spends and how much noise each output carries.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Differential privacy between real daemons: three workers with mutual TLS. The attack of the
 issue, one patient's salary picked out by a mask, gives a noisy value whose error has the
 calibrated spread; the task log states the cost, the noise each output carries, who adds it
-and the workers' own notes; without secure aggregation each worker adds all of the noise."""
+and the workers' own notes (one printable line each); without secure aggregation each worker
+adds all of the noise."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 from cluster import log_text
 
+from coordinator.worker_service import NOTE_CHARS, note_line
 from sdk import dataset
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan
@@ -84,3 +86,10 @@ def test_the_mask_attack_gets_only_a_noisy_answer_and_the_log_says_why(cluster):
     assert list(means.index) == ["a", "b", "zz"]  # noisy: 40 rows a holder, all noise each
     assert "it costs accuracy" in log
     assert "worker w1: step 1: added all of the noise to its own parts" in log
+
+
+def test_a_workers_note_is_one_printable_line_of_bounded_length():
+    assert note_line("spent\n0.3\tof\x1b[2J 1.0\u202e ") == "spent 0.3 of[2J 1.0"
+    long = note_line("x" * 1000)
+    assert long.startswith("x" * NOTE_CHARS) and long.endswith("(cut short)")
+    assert len(long) < NOTE_CHARS + 20

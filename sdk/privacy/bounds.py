@@ -49,7 +49,8 @@ UNIT = Interval(0.0, 1.0)  # booleans
 @dataclass(frozen=True)
 class Frame:
     """A DataFrame's bounds: per column, else `default` (a bound every column has, such as
-    after `frame.clip(0, 1)`); `columns` is the column names where the graph names them all."""
+    after `frame.clip(0, 1)`); `columns` is the column names where the graph names them all
+    (after select_dtypes, those it may keep: the worker reports the others as 0)."""
 
     columns: tuple[str, ...] | None = None
     bounds: dict[str, Interval | None] = field(default_factory=dict)
