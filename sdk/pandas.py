@@ -444,8 +444,8 @@ def _declared_keys(keys: Any) -> list[Any] | None:
         raise refuse(f"groupby(keys={keys!r})", "declare the keys as a list: keys=['a', 'b']")
     declared = list(keys)
     for key in declared:
-        if isinstance(key, float) and key != key or not isinstance(
-                key, (str, int, float, bool, np.integer, np.floating, np.bool_)):
+        if not isinstance(key, (str, int, float, bool, np.integer, np.floating, np.bool_)) or (
+                isinstance(key, (float, np.floating)) and np.isnan(key)):
             raise refuse(f"groupby key {key!r}", "declare keys that are text, numbers or "
                          "booleans (missing keys are never a group)")
     if not declared or len(set(declared)) != len(declared):
