@@ -83,7 +83,7 @@ def start(cluster, phase: str, fault: str, stage: int = 0) -> dict[str, pd.DataF
     ("secagg_share", "bad shares", 2,
      "dropped in check shares: sent malformed shares to w1, w2"),
     ("secagg_masked", "short vector", 2,
-     "dropped in masked input: sent a masked vector of 23 words, expected 24"),
+     "dropped in masked input: sent a masked vector of 17 words, expected 18"),
 ])
 def test_a_worker_dropping_or_misbehaving_at_any_phase(cluster, phase, fault, summed, dropped):
     tables = start(cluster, phase, fault)
