@@ -5,9 +5,9 @@ of independent Skellam variables is again Skellam, of the summed variance: so ea
 adds Skellam(V / h), and a sum under secure aggregation that holds h honest workers' shares
 carries Skellam(V) exactly. Values are integers in fixed-point units (a float times
 10^precision, rounded; integers as they are). Where V is too large for numpy's Poisson sampler
-to be exact,
-values are first rounded to a multiple of a power of ten `step` and the noise is `step` times a
-Skellam variable: the rounding moves a sum by at most `step`, which the cost accounts for.
+to be exact, values are first rounded to a multiple of a power of ten `step` and the noise is
+`step` times a Skellam variable: the rounding moves a sum by at most `step`, which the cost
+accounts for.
 """
 
 from __future__ import annotations
