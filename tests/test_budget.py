@@ -1,10 +1,15 @@
 """The privacy budgets each holder keeps: its ledger and its policy's [privacy] table."""
 
 import os
+import re
 
 import pytest
+from cluster import LocalCluster, log_text, wages
 
+from sdk import dataset
+from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import Cost, epsilon
+from sdk.task import HorizontalAnalytics
 from worker.budget import Budgets, BudgetExceeded, PrivacyLedger, source_key
 from worker.policy import Policy, PolicyError
 
@@ -86,3 +91,59 @@ def test_the_policy_privacy_table():
                         ("[privacy]\nbudget = 3", "has no key 'budget'")]:
         with pytest.raises(PolicyError, match=words):
             Policy.parse(text)
+
+
+class MeanWage(HorizontalAnalytics):
+    def __init__(self, file="wages.csv", privacy=DifferentialPrivacy(epsilon=1.0, delta=1e-5)):
+        super().__init__(name="mean_wage", min_clients=2, max_clients=2, wait_timeout=10,
+                         connection_timeout=10, privacy=privacy)
+        self.file = file
+
+    def dataset(self):
+        return {"wages": dataset.DataFrame(self.file)}
+
+    def execute(self, wages):
+        return wages.wage.clip(0, 20_000).mean()
+
+
+PRIVATE_POLICY = LocalCluster.OPEN_POLICY + """
+[privacy]
+require_differential_privacy = true
+epsilon_per_user = 1.2
+delta_per_user = 1e-5
+"""
+
+
+def test_each_holder_keeps_budgets_across_names_and_restarts(cluster):
+    cluster.start_coordinator()
+    for name, seed in (("w1", 1), ("w2", 2)):
+        folder = cluster.data_dir(name)
+        wages(50, seed).to_csv(folder / "wages.csv", index=False)
+        os.link(folder / "wages.csv", folder / "alias.csv")  # the same rows, a second name
+        cluster.start_worker(name, policy=PRIVATE_POLICY)
+    alice, bob = cluster.client("alice"), cluster.client("bob")
+
+    plain = alice.create_task(MeanWage(privacy=None).build())
+    assert alice.wait(plain) is False
+    assert ("refused task 1: the task does not ask for differential privacy, which its policy "
+            "requires ([privacy] require_differential_privacy)") in log_text(alice, plain)
+
+    first = alice.create_task(MeanWage().build())
+    assert alice.wait(first), alice.get_task(first).error
+    log = log_text(alice, first)
+    assert "worker w1: differential privacy: the task spends epsilon 1" in log
+    assert "alice has epsilon 1.2 on 'wages.csv' left of this site's epsilon_per_user=1.2" in log
+
+    again = alice.create_task(MeanWage(file="alias.csv").build())
+    assert alice.wait(again) is False
+    assert re.search(r"refused task 3: alice would spend epsilon 1\.\d+ in all on 'alias.csv' "
+                     r"here .* over this site's epsilon_per_user=1\.2", log_text(alice, again))
+
+    cluster.workers["w1"].stop()
+    cluster.start_worker("w1", policy=PRIVATE_POLICY)
+    after_restart = alice.create_task(MeanWage().build())
+    assert alice.wait(after_restart) is False
+    assert "worker w1 refused task 4: alice would spend" in log_text(alice, after_restart)
+    assert "bob" not in log_text(alice, after_restart)
+
+    assert bob.wait(bob.create_task(MeanWage().build()))  # bob's budget is his own
