@@ -166,7 +166,7 @@ users = ["*"]
             identity += ["--policy", str(policy_file)]
         daemon = Daemon(["worker", *identity, "--coordinator", self.address,
                          "--data-dir", str(data_dir), "--work-dir", str(self.root / "work" / name),
-                         *extra], self.root / f"worker-{name}.log", env)
+                         "--state-dir", str(self.root / "worker-state" / name), *extra], self.root / f"worker-{name}.log", env)
         self.daemons.append(daemon)
         self.workers[name] = daemon
         if wait:

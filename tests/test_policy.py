@@ -10,6 +10,7 @@ from tasks import WageAvg
 
 from deltaflow.localcluster import Daemon, LocalCluster
 from sdk.proto import services_pb2 as pb
+from worker.budget import Budgets
 from worker.policy import TEMPLATE, Policy, PolicyError
 
 
@@ -101,6 +102,8 @@ def test_a_worker_with_a_kit_needs_a_policy_and_can_write_one(tmp_path):
          "a worker with a kit needs --policy FILE"),
         (["worker", "--write-policy", str(template)], f"wrote a policy template to {template}"),
         (["worker", "--write-policy", str(template)], "exists; it is left as it is"),
+        (["worker", "--kit", str(cluster.kit("w1")), "--data-dir", str(tmp_path), "--policy",
+          str(template)], "the policy has a [privacy] table: give --state-dir DIR"),
     ):
         daemon = Daemon(args, tmp_path / "daemon.log")
         daemon.process.wait(30)
@@ -111,7 +114,8 @@ def test_a_worker_with_a_kit_needs_a_policy_and_can_write_one(tmp_path):
     written = Policy.parse(TEMPLATE)
     assert written == Policy(analytics_users=("role:analyst",), min_rows=3,
                              require_secure_aggregation=True, reveal_order_statistics=False,
-                             learning_users=(), share_errors=True, offer=("*",))
+                             learning_users=(), share_errors=True, offer=("*",),
+                             privacy=Budgets())
 
 
 def test_policy_files_that_cannot_be_used_say_why():

@@ -18,6 +18,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -32,8 +33,11 @@ from sdk.secagg import SecAggError
 from sdk.secagg.fixedpoint import FixedPointOverflow
 from sdk.trust import ANONYMOUS, Identity, Kit, TrustError, Verifier
 from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
+from sdk.privacy import asks_for_privacy
+from sdk.privacy.accounting import Cost, describe
 from worker.analytics import AnalyticsJob
 from worker import metrics
+from worker.budget import BudgetExceeded, PrivacyLedger, source_key
 from worker.contributions import ContributionLedger, RerunRefused
 from worker.datasets import DataDir, DatasetError
 from worker.engine import (
@@ -87,6 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where learning tasks keep weights and logs (default: a folder "
                              "under the system's temporary dir)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="a persistent folder for what must outlive restarts: the privacy "
+                             "ledger (required when the policy has a [privacy] table) and the "
+                             "rerun rule's record (else kept in the work dir)")
     parser.add_argument("--min-rows", type=int, default=None,
                         help="the policy's [analytics] min_rows where the file sets none (where "
                              "both do, the larger wins; default 3): smaller sets of rows (a "
@@ -163,9 +171,12 @@ async def serve(args: argparse.Namespace) -> None:
         log.warning("--insecure: no TLS, and tasks are run unsigned")
     if args.metrics_listen is not None:
         print(f"deltaflow worker metrics at {metrics.serve(args.metrics_listen)}", flush=True)
+    if policy.current.privacy is not None and args.state_dir is None:
+        raise SystemExit("the policy has a [privacy] table: give --state-dir DIR, a persistent "
+                         "folder where this worker keeps its privacy ledger")
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
     worker = Worker(address, name, DataDir(args.data_dir), args.max_backoff, work_dir, limits,
-                    policy, args.min_rows, kit)
+                    policy, args.min_rows, kit, args.state_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -182,10 +193,22 @@ def _noise_note(job: AnalyticsJob, stage: int, how: str) -> str:
     return "" if job.privacy is None else f"step {stage + 1}: added {how}"
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What this worker knows of a task it admitted: the rerun rule's key (the signature's
+    nonce, or the spec's digest), who signed it, and the data sources it reads (the ledger's
+    key of each -> the name the task gave it)."""
+
+    key: bytes
+    signer: str
+    sources: dict[str, str]
+    delta: float  # the delta the task states its privacy at (0 without DP)
+
+
 class Worker:
     def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float,
                  work_dir: Path, limits: EngineLimits, policy: PolicyFile,
-                 min_rows: int | None, kit: Kit | None) -> None:
+                 min_rows: int | None, kit: Kit | None, state_dir: Path | None = None) -> None:
         self.address = address
         self.name = name
         self.kit = kit
@@ -200,9 +223,11 @@ class Worker:
         log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
                  ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
         self._jobs: dict[int, asyncio.Task[Job]] = {}
-        self.secure = SecureRounds(ContributionLedger(work_dir / "contributions.sqlite3"), kit,
+        kept = state_dir or work_dir
+        self.secure = SecureRounds(ContributionLedger(kept / "contributions.sqlite3"), kit,
                                    self.verifier)
-        self._task_keys: dict[int, bytes] = {}  # the rerun rule's key of each loaded task
+        self.ledger = PrivacyLedger(state_dir / "privacy.sqlite3") if state_dir else None
+        self._admissions: dict[int, Admission] = {}
         self._crl_file = work_dir / "revoked.crl"  # the newest revocation list seen
         if self.verifier is not None and self._crl_file.exists():
             self._take_crl(self._crl_file.read_bytes(), keep=False)
@@ -366,7 +391,10 @@ class Worker:
                                    f"coordinator asked for its {phase} in the clear: refused")
             if phase == "join":
                 log.info("task %d: joined (%s)", task_id, job.describe())
+                note = self._budget_note(task_id, job)
             elif phase == "compute" and isinstance(job, AnalyticsJob):
+                self._spend(task_id, f"step {assignment.stage + 1}",
+                            job.privacy_cost(assignment.stage))
                 inputs = values.decode(assignment.inputs)
                 if secagg:
                     parts = await asyncio.to_thread(job.parts, assignment.stage, inputs)
@@ -389,6 +417,8 @@ class Worker:
                 metrics.STEPS.inc()
                 log.info("task %d: step %d sent under masks", task_id, assignment.stage + 1)
             elif phase == "train" and isinstance(job, LearningJob):
+                self._spend(task_id, f"round {assignment.round}",
+                            job.privacy_cost(assignment.round))
                 round_input = values.decode(assignment.inputs)
                 seeds = self.secure.mask_seeds(assignment) if secagg else None
                 accepted = await job.train(channel, session_id, assignment.exchange_id,
@@ -457,7 +487,7 @@ class Worker:
         """What input of which task a round carries, for the rerun rule: an analytics step
         whatever the coordinator calls its round, a learning round by its number (which only
         goes forward, up to the signed max_rounds)."""
-        key = self._task_keys[assignment.task_id]
+        key = self._admissions[assignment.task_id].key
         if isinstance(job, LearningJob):
             try:
                 self.secure.ledger.advance(key.hex(), assignment.round, job.max_rounds)
@@ -483,14 +513,19 @@ class Worker:
             self.policy.current.check(spec, signer)
         except PolicyRefusal as refusal:
             raise TaskRefused(str(refusal), "policy") from None
-        self._task_keys[task_id] = claims.nonce if claims else hashlib.sha256(
-            data + task_id.to_bytes(8, "big")).digest()
+        sources = {source_key(self.data_dir.resolve(ref.file)): ref.file
+                   for ref in spec.datasets}
+        self._admissions[task_id] = Admission(claims.nonce if claims else hashlib.sha256(
+            data + task_id.to_bytes(8, "big")).digest(), signer.name, sources,
+            spec.privacy.delta)
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
-            job = await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
+            job: Job = await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
+            self._check_budget(task_id, spec, job.total_privacy_cost())
             metrics.TASKS.labels("analytics").inc()
             return job
-        data_path = self.data_dir.resolve(spec.datasets[0].file)
-        job = LearningJob(task_id, spec, data_path, Path(self.engine.workdir))
+        job = LearningJob(task_id, spec, self.data_dir.resolve(spec.datasets[0].file),
+                          Path(self.engine.workdir))
+        self._check_budget(task_id, spec, job.total_privacy_cost())
         try:
             await job.open(self.engine, channel, session_id,
                            expected_weights_sha256=claims.weights_sha256 if claims else None)
@@ -498,6 +533,49 @@ class Worker:
             raise TaskRefused(str(error), "weights") from None
         metrics.TASKS.labels("learning").inc()
         return job
+
+    def _check_budget(self, task_id: int, spec: task_pb2.TaskSpec, cost: Cost | None) -> None:
+        """TaskRefused, before anything is computed, if the task's whole cost would go past a
+        budget of this site's policy."""
+        budgets = self.policy.current.privacy
+        if budgets is None or not asks_for_privacy(spec):
+            return
+        if self.ledger is None:
+            raise TaskRefused("its policy keeps privacy budgets ([privacy]) and the worker has "
+                              "no --state-dir to keep them in", "budget")
+        admission = self._admissions[task_id]
+        try:
+            self.ledger.check(admission.signer, admission.sources, cost or Cost(0.0), budgets)
+        except BudgetExceeded as error:
+            raise TaskRefused(str(error), "budget") from None
+
+    def _spend(self, task_id: int, step: str, cost: Cost | None) -> None:
+        """Records a release of noise before it is computed, checked against the budgets:
+        paid whether or not the round succeeds, and again if the step is asked for again."""
+        if cost is None or self.ledger is None:
+            return
+        admission = self._admissions[task_id]
+        try:
+            self.ledger.spend(admission.signer, admission.sources, admission.key.hex(), step,
+                              cost, self.policy.current.privacy)
+        except BudgetExceeded as error:
+            raise TaskRefused(str(error), "budget") from None
+
+    def _budget_note(self, task_id: int, job: Job) -> str:
+        """The task log's line of what the task spends here and what its owner has left."""
+        cost, budgets = job.total_privacy_cost(), self.policy.current.privacy
+        if cost is None:
+            return ""
+        admission = self._admissions[task_id]
+        note = f"differential privacy: the task spends {describe(cost, admission.delta)} here"
+        if budgets is not None and self.ledger is not None:
+            left = ", ".join(
+                f"{self.ledger.remaining(admission.signer, key, budgets):.3g} on {name!r}"
+                for key, name in admission.sources.items())
+            note += (f"; {admission.signer} has epsilon {left} left of this site's "
+                     f"epsilon_per_user={budgets.epsilon_per_user:g} (delta "
+                     f"{budgets.delta_per_user:g})")
+        return note
 
     def _check_signature(self, task_id: int, signature: task_pb2.TaskSignature | None,
                          spec_bytes: bytes) -> tuple[Identity, task_pb2.TaskClaims | None]:
@@ -544,7 +622,7 @@ class Worker:
         """Drops what is kept for a task that ended or left this worker out; a learning job's
         engine task ends once it has loaded (a load cannot be interrupted halfway)."""
         self.secure.release(task_id)
-        self._task_keys.pop(task_id, None)
+        self._admissions.pop(task_id, None)
         job = self._jobs.pop(task_id, None)
         if job is None:
             return

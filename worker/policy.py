@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdk.privacy import asks_for_privacy
 from sdk.proto import task_pb2
 from sdk.trust import Identity
+from worker.budget import Budgets
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -44,6 +46,19 @@ users = []
 # false: the task's log gets the type of an exception in the submitter's code, not its text.
 share_errors = true
 
+[privacy]
+# Differential privacy: budgets this holder keeps per data source (a file, whatever its name),
+# in a ledger under the worker's --state-dir, which a [privacy] table requires. A task that
+# would go past a budget is refused before it computes anything.
+# Refuse tasks that do not ask for differential privacy.
+require_differential_privacy = false
+# What each user may spend on each data source, over the ledger's lifetime.
+epsilon_per_user = 10.0
+delta_per_user = 1e-5
+# What all users together may spend on each data source.
+epsilon_total = 50.0
+delta_total = 1e-4
+
 [datasets]
 # Glob patterns of the data dir's files offered by name; nothing else is advertised or read.
 offer = ["*"]
@@ -53,6 +68,9 @@ _KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "analytics": {"users": list, "min_rows": int, "require_secure_aggregation": bool,
                   "reveal_order_statistics": bool},
     "learning": {"users": list, "share_errors": bool},
+    "privacy": {"require_differential_privacy": bool, "epsilon_per_user": (int, float),
+                "delta_per_user": (int, float), "epsilon_total": (int, float),
+                "delta_total": (int, float)},
     "datasets": {"offer": list},
 }
 
@@ -77,6 +95,7 @@ class Policy:
     learning_users: tuple[str, ...] = ()
     share_errors: bool = True
     offer: tuple[str, ...] = ("*",)
+    privacy: Budgets | None = None  # the [privacy] table, if the file has one
 
     @classmethod
     def parse(cls, text: str) -> Policy:
@@ -95,15 +114,16 @@ class Policy:
                 if expected is None:
                     raise PolicyError(f"[{table}] has no key {key!r}; it has "
                                       f"{', '.join(_KEYS[table])}")
-                if not isinstance(value, expected) or (expected is int and isinstance(
+                if not isinstance(value, expected) or (expected is not bool and isinstance(
                         value, bool)):
-                    raise PolicyError(f"[{table}] {key} must be a {expected.__name__}, "
+                    raise PolicyError(f"[{table}] {key} must be a {_type_name(expected)}, "
                                       f"not {value!r}")
                 if expected is list and not all(isinstance(v, str) for v in value):
                     raise PolicyError(f"[{table}] {key} must be a list of strings")
                 values[f"{table}.{key}"] = tuple(value) if expected is list else value
         if values.get("analytics.min_rows", 1) < 1:
             raise PolicyError("[analytics] min_rows must be at least 1")
+        budgets = _budgets(values) if "privacy" in tables else None
         return cls(
             analytics_users=values.get("analytics.users", ("role:analyst",)),
             min_rows=values.get("analytics.min_rows"),
@@ -112,6 +132,7 @@ class Policy:
             learning_users=values.get("learning.users", ()),
             share_errors=values.get("learning.share_errors", True),
             offer=values.get("datasets.offer", ("*",)),
+            privacy=budgets,
         )
 
     def check(self, spec: task_pb2.TaskSpec, signer: Identity) -> None:
@@ -123,6 +144,10 @@ class Policy:
         elif not _admits(self.analytics_users, signer):
             raise PolicyRefusal(f"analytics from {signer.name} is not accepted by its policy "
                                 "([analytics] users)")
+        if self.privacy and self.privacy.require_differential_privacy and not asks_for_privacy(
+                spec):
+            raise PolicyRefusal("the task does not ask for differential privacy, which its "
+                                "policy requires ([privacy] require_differential_privacy)")
         if self.require_secure_aggregation and not spec.secure_aggregation:
             raise PolicyRefusal("the task switches secure aggregation off, which its policy "
                                 "requires ([analytics] require_secure_aggregation)")
@@ -139,6 +164,24 @@ class Policy:
     def offers(self, name: str) -> bool:
         """Whether the data dir's file `name` (a relative POSIX path) is offered."""
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.offer)
+
+
+def _budgets(values: dict[str, Any]) -> Budgets:
+    """The [privacy] table's budgets, defaults filled in; PolicyError for one out of range."""
+    given = {key.removeprefix("privacy."): value for key, value in values.items()
+             if key.startswith("privacy.")}
+    budgets = Budgets(**given)
+    for name in ("epsilon_per_user", "epsilon_total"):
+        if not getattr(budgets, name) > 0:
+            raise PolicyError(f"[privacy] {name} must be a positive number")
+    for name in ("delta_per_user", "delta_total"):
+        if not 0 < getattr(budgets, name) < 1:
+            raise PolicyError(f"[privacy] {name} must be between 0 and 1, such as 1e-5")
+    return budgets
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    return "number" if isinstance(expected, tuple) else expected.__name__
 
 
 def _admits(users: tuple[str, ...], who: Identity) -> bool:

@@ -8,6 +8,6 @@ DP, (xi, rho) per release (Agarwal, Kairouz and Liu, NeurIPS 2021), and composed
 to (epsilon, delta) by Google's dp-accounting, the same way for analytics and learning.
 """
 
-from sdk.privacy.spec import DifferentialPrivacy, PrivacyRefused
+from sdk.privacy.spec import DifferentialPrivacy, PrivacyRefused, asks_for_privacy
 
-__all__ = ["DifferentialPrivacy", "PrivacyRefused"]
+__all__ = ["DifferentialPrivacy", "PrivacyRefused", "asks_for_privacy"]

@@ -41,3 +41,11 @@ class DifferentialPrivacy:
         if not spec.HasField("privacy"):
             return None
         return cls(spec.privacy.epsilon, spec.privacy.delta)
+
+
+def asks_for_privacy(spec: task_pb2.TaskSpec) -> bool:
+    """Whether a task asks for differential privacy: analytics with `privacy`, learning with
+    DP-FedAvg's noise."""
+    if spec.kind == task_pb2.TASK_KIND_LEARNING:
+        return spec.learning.noise_multiplier > 0
+    return spec.HasField("privacy")
