@@ -151,6 +151,7 @@ def dp_task(**strategy) -> Regression:
     ({"clip_norm": 1.0}, "clip_norm is given without noise_multiplier"),
     ({"noise_multiplier": 1.0}, "noise_multiplier is given without clip_norm"),
     ({"clip_norm": -1.0, "noise_multiplier": 1.0}, "clip_norm must be a positive number"),
+    ({"clip_norm": 0.0, "noise_multiplier": 0.0}, "clip_norm must be a positive number"),
     ({"clip_norm": 1.0, "noise_multiplier": float("nan")}, "noise_multiplier must be a positive"),
 ])
 def test_dp_fedavg_needs_both_parameters_positive(strategy, words):

@@ -32,7 +32,8 @@ PIECE = 1 << 20  # values noised at a time: the sampler holds a few arrays of th
 def check_parameters(clip_norm: float | None, noise_multiplier: float | None) -> None:
     """PrivacyRefused, saying what to change, unless both are positive numbers or both None."""
     given = [name for name, value in (("clip_norm", clip_norm),
-                                      ("noise_multiplier", noise_multiplier)) if value]
+                                      ("noise_multiplier", noise_multiplier))
+             if value is not None]
     if len(given) == 1:
         missing = "noise_multiplier" if given == ["clip_norm"] else "clip_norm"
         raise PrivacyRefused(f"DP-FedAvg needs both clip_norm and noise_multiplier: {given[0]} "
