@@ -107,17 +107,17 @@ def describe_privacy(dp: DPFedAvg, spec: task_pb2.TaskSpec, selected: int) -> li
                  "as many times the noise's variance as workers are summed, and it costs "
                  "accuracy accordingly")
     return [
-        f"differential privacy: DP-FedAvg, clip norm {dp.clip_norm:g}, noise multiplier "
-        f"{dp.noise_multiplier:g} (each worker's daemon clips its update to L2 norm "
-        f"{dp.clip_norm:g}; Skellam noise of standard deviation "
-        f"{dp.noise_multiplier * dp.clip_norm:g} on the sum); {noise}",
-        "differential privacy is at client level: it protects each holder's whole dataset "
-        "(the run with or without it is hard to tell apart), not one row of it, and the noise "
-        "it takes costs accuracy accordingly with a handful of holders; no amplification by "
-        "sampling is claimed (the coordinator chooses who trains)",
-        f"differential privacy: {rounds} round(s) cost epsilon {dp.epsilon(rounds):.4g} at "
-        f"delta {dp.delta:g}; each worker weighs 1 (the average divides by the workers summed) "
-        "and releases no metrics (validate() returns the submitter's numbers, with no bound)",
+        (f"differential privacy: DP-FedAvg, clip norm {dp.clip_norm:g}, noise multiplier "
+         f"{dp.noise_multiplier:g} (each worker's daemon clips its update to L2 norm "
+         f"{dp.clip_norm:g}; Skellam noise of standard deviation "
+         f"{dp.noise_multiplier * dp.clip_norm:g} on the sum); {noise}"),
+        ("differential privacy is at client level: it protects each holder's whole dataset "
+         "(the run with or without it is hard to tell apart), not one row of it, and the noise "
+         "it takes costs accuracy accordingly with a handful of holders; no amplification by "
+         "sampling is claimed (the coordinator chooses who trains)"),
+        (f"differential privacy: {rounds} round(s) cost epsilon {dp.epsilon(rounds):.4g} at "
+         f"delta {dp.delta:g}; each worker weighs 1 (the average divides by the workers summed) "
+         "and releases no metrics (validate() returns the submitter's numbers, with no bound)"),
     ]
 
 

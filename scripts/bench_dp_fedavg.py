@@ -21,6 +21,7 @@ Usage: python scripts/bench_dp_fedavg.py [--noise 0.5,2] [--rounds 10] [--rows 1
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -101,7 +102,7 @@ def run(cluster: LocalCluster, task: Classifier,
     seconds = time.perf_counter() - started
     marks = [e.time for e in client.logs(task_id) if e.message.startswith("round ")
              and "/" in e.message.split(":")[0]]
-    rounds = [b - a for a, b in zip(marks, marks[1:])]
+    rounds = [b - a for a, b in itertools.pairwise(marks)]
     epsilon = built.spec.privacy.epsilon if built.spec.HasField("privacy") else None
     return (accuracy(client.get_result(task_id), test), statistics.median(rounds or [0.0]),
             seconds, epsilon)

@@ -18,7 +18,12 @@ import torch
 from cluster import LocalCluster, log_text
 from dp_accounting import dp_event
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
-from learning_tasks import ExfiltratingUnderDP, Regression, SkipsClipping, regression_data
+from learning_tasks import (
+    ExfiltratingUnderDP,
+    Regression,
+    SkipsClipping,
+    regression_data,
+)
 
 from sdk.privacy import DifferentialPrivacy, PrivacyRefused
 from sdk.privacy.fedavg import DPFedAvg, clip

@@ -37,8 +37,16 @@ from sdk.privacy.fedavg import DPFedAvg
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
 from sdk.secagg import accumulate, fixedpoint
-from sdk.weights import (FLOATS, METRIC_SLOTS, bfloat16_to_float32, count, float32_to_bfloat16,
-                         nbytes, secure_length, total_bytes)
+from sdk.weights import (
+    FLOATS,
+    METRIC_SLOTS,
+    bfloat16_to_float32,
+    count,
+    float32_to_bfloat16,
+    nbytes,
+    secure_length,
+    total_bytes,
+)
 from sdk.wire import decode_chunk, encode_chunk, serialize, split_views
 from worker.engine import EngineSession, TaskHandle
 from worker.engine.confine import TaskUser, give, readable_copy
