@@ -30,27 +30,19 @@ _STORED = {
     "int16": np.dtype("<i2"), "int8": np.dtype("i1"), "uint8": np.dtype("u1"),
     "bool": np.dtype("u1"),
 }
-_FLOATS = {"float32", "float16", "bfloat16", "float64"}
 
 
 def _accumulator(dtype: str) -> np.dtype:
     if dtype == "float64":
         return np.dtype(np.float64)
-    return np.dtype(np.float32) if dtype in _FLOATS else np.dtype(np.int64)
+    return np.dtype(np.float32) if dtype in weights.FLOATS else np.dtype(np.int64)
 
 
 def _widen(stored: np.ndarray, dtype: str) -> np.ndarray:
     """Values as read from the wire, in their accumulator's dtype."""
     if dtype == "bfloat16":
-        return (stored.astype(np.uint32) << 16).view(np.float32)
+        return weights.bfloat16_to_float32(stored)
     return stored.astype(_accumulator(dtype), copy=False)
-
-
-def _to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
-    """float32 to bfloat16's 16 bits, rounding to nearest even (NaN stays NaN)."""
-    bits = values.astype(np.float32, copy=False).view(np.uint32)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
 
 
 class WeightedSum(StreamedSum):
@@ -128,10 +120,10 @@ def write_average(path: Path, infos: list[task_pb2.TensorInfo], totals: list[np.
 
 def _average(dtype: str, total: np.ndarray, samples: int) -> np.ndarray:
     """A piece of a tensor's average, as stored on the wire."""
-    if dtype in _FLOATS:
+    if dtype in weights.FLOATS:
         np.divide(total, total.dtype.type(samples), out=total)
         if dtype == "bfloat16":
-            return _to_bfloat16_bits(total)
+            return weights.float32_to_bfloat16(total)
         return total.astype(_STORED[dtype], copy=False)
     if total.dtype.kind == "f":
         total = np.rint(total).astype(np.int64)

@@ -12,6 +12,10 @@ Under secure aggregation (the default) the workers first exchange keys and share
 coordinator; each then uploads its weights times its samples, its sample counts and metrics as
 one masked fixed-point vector (sdk.weights), the masked vectors are summed as they arrive, and
 only the unmasked sum is ever read.
+
+Under DP-FedAvg (sdk.privacy.fedavg) each worker's daemon sends its update clipped and noised,
+weighing 1 and with no metrics: the average divides by the number of workers summed, and the
+log says at start what the guarantee is and after each round the epsilon spent so far.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from coordinator.metrics import ROUND_SECONDS
 from coordinator.secure import SecureRound, describe_mode
 from coordinator.store import Store
 from sdk import weights
+from sdk.privacy.accounting import fewest_honest
+from sdk.privacy.fedavg import DPFedAvg
 from sdk.proto import task_pb2
 from sdk.secagg.fixedpoint import decode_in_place
 
@@ -49,10 +55,17 @@ async def run_learning(
     log(f"selected {len(workers)} worker(s): {round_.names}; model of {len(infos)} tensors, "
         f"{size / 2**20:.1f} MiB")
     log(describe_mode(spec))
+    dp = DPFedAvg.from_spec(spec)
+    if dp is not None:  # while the workers load the task: the accountant takes a while to load
+        describing = asyncio.create_task(
+            asyncio.to_thread(describe_privacy, dp, spec, len(workers)))
     await round_.phase("join", rules.connection_timeout)
+    if dp is not None:
+        for line in await describing:
+            log(line)
     log(f"{len(round_.workers)} worker(s) loaded the task and their data")
-    aggregate = (_SecureAggregate(spec, round_) if spec.secure_aggregation
-                 else _PlainAggregate(infos, round_, rules))
+    aggregate = (_SecureAggregate(spec, round_, dp is not None) if spec.secure_aggregation
+                 else _PlainAggregate(infos, round_, rules, dp is not None))
     try:
         for number in range(1, learning.max_rounds + 1):
             round_.number = number
@@ -68,6 +81,10 @@ async def run_learning(
                 store.save_metrics(task_id, number, workers, metrics)
                 shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
                 log(f"{prefix}{shown} from {workers} workers")
+            elif dp is not None:
+                spent = await asyncio.to_thread(dp.epsilon, number)
+                log(f"{prefix}averaged {workers} workers (each weighing 1); privacy spent so "
+                    f"far: epsilon {spent:.4g} at delta {dp.delta:g}")
             else:
                 log(f"{prefix}averaged {workers} workers ({samples} training samples)")
         store.keep_weights_as_result(task_id)
@@ -76,6 +93,36 @@ async def run_learning(
 
 
 Outcome = tuple[int, int, dict[str, float]]  # workers summed, training samples, metrics
+
+
+def describe_privacy(dp: DPFedAvg, spec: task_pb2.TaskSpec, selected: int) -> list[str]:
+    """The task log's lines on what DP-FedAvg guarantees, and at what cost."""
+    rounds = spec.learning.max_rounds
+    if spec.secure_aggregation:
+        honest = fewest_honest(spec.rules.min_clients, selected)
+        noise = (f"under secure aggregation each worker adds 1/{honest} of the noise: the sum "
+                 f"carries all of it while {honest} of the workers summed (max(min_clients, "
+                 f"selected // 2 + 1) of the {selected} selected, the threshold secure "
+                 "aggregation enforces) are honest; colluding workers can remove their own "
+                 "shares")
+    else:
+        noise = ("without secure aggregation each worker adds the whole noise, which the "
+                 "coordinator sees on each worker's weights: the average carries "
+                 "as many times the noise's variance as workers are summed, and it costs "
+                 "accuracy accordingly")
+    return [
+        (f"differential privacy: DP-FedAvg, clip norm {dp.clip_norm:g}, noise multiplier "
+         f"{dp.noise_multiplier:g} (each worker's daemon clips its update to L2 norm "
+         f"{dp.clip_norm:g}; Skellam noise of standard deviation "
+         f"{dp.noise_multiplier * dp.clip_norm:g} on the sum); {noise}"),
+        ("differential privacy is at client level: it protects each holder's whole dataset "
+         "(the run with or without it is hard to tell apart), not one row of it, and the noise "
+         "it takes costs accuracy accordingly with a handful of holders; no amplification by "
+         "sampling is claimed (the coordinator chooses who trains)"),
+        (f"differential privacy: {rounds} round(s) cost epsilon {dp.epsilon(rounds):.4g} at "
+         f"delta {dp.delta:g}; each worker weighs 1 (the average divides by the workers summed) "
+         "and releases no metrics (validate() returns the submitter's numbers, with no bound)"),
+    ]
 
 
 async def _collect(round_: Round, total: StreamedSum, receiver: Callable[[], Contribution],
@@ -101,24 +148,28 @@ class _PlainAggregate:
     """Rounds where the coordinator reads each worker's weights and sample count."""
 
     def __init__(self, infos: list[task_pb2.TensorInfo], round_: Round,
-                 rules: task_pb2.RoundRules) -> None:
+                 rules: task_pb2.RoundRules, private: bool) -> None:
         self.round, self.rules = round_, rules
         self.size = weights.total_bytes(infos)
         self.total = WeightedSum(infos)
+        self.weigh = weighing_one if private else samples_of
+        self.private = private
 
     async def train(self, inputs: dict[str, Any], average: Path) -> Outcome:
         answers = await _collect(
-            self.round, self.total, lambda: Contribution(self.total, self.size, samples_of),
+            self.round, self.total, lambda: Contribution(self.total, self.size, self.weigh),
             inputs, self.rules.wait_timeout)
         await asyncio.to_thread(self.total.write_average, average)
-        return len(answers), self.total.samples, _metrics(list(answers.values()))
+        metrics = {} if self.private else _metrics(list(answers.values()))
+        return len(answers), self.total.samples, metrics
 
 
 class _SecureAggregate:
     """Rounds where the coordinator reads only the sum of the workers' masked vectors."""
 
-    def __init__(self, spec: task_pb2.TaskSpec, round_: Round) -> None:
+    def __init__(self, spec: task_pb2.TaskSpec, round_: Round, private: bool) -> None:
         self.round, self.rules, self.precision = round_, spec.rules, spec.precision
+        self.private = private
         self.infos = list(spec.learning.weights)
         self.length = weights.secure_length(self.infos)
         self.sum = WordSum(np.zeros(self.length, dtype=np.uint64))  # reused: faulted in once
@@ -138,6 +189,8 @@ class _SecureAggregate:
         sums = await asyncio.to_thread(decode_in_place, total, self.precision)
         tail = sums[self.length - 2 - weights.METRIC_SLOTS:]
         samples, validated = round(tail[0]), round(tail[1])
+        if self.private:  # DP-FedAvg: the fixed denominator, whatever the sum carries
+            samples, validated = len(protocol.summed), 0
         await asyncio.to_thread(write_average, average, self.infos,
                                 per_tensor(sums, self.infos), samples)
         metas = [answers[name] for name in protocol.summed if name in answers]
@@ -162,6 +215,11 @@ def masked_weight(meta: Any) -> int:
     if (not isinstance(names, list) or len(names) > weights.METRIC_SLOTS
             or not all(isinstance(name, str) for name in names)):
         raise ValueError(f"its answer names no metrics, or more than {weights.METRIC_SLOTS}")
+    return 1
+
+
+def weighing_one(meta: Any) -> int:
+    """DP-FedAvg: every worker's weights count once, whatever its answer says."""
     return 1
 
 

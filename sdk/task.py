@@ -176,6 +176,10 @@ class FedAvg:
 
     Each worker trains `merge_epoch` epochs a round (1 if neither is given) or `merge_iteration`
     batches, cycling its data.
+
+    With `clip_norm` C and `noise_multiplier` z (both or neither) it is DP-FedAvg: each worker's
+    daemon clips its update (trained weights minus the global ones) to L2 norm C and adds its
+    share of noise of standard deviation z * C; each worker weighs 1 and sends no metrics.
     """
 
     min_clients: int = 2
@@ -184,6 +188,20 @@ class FedAvg:
     merge_iteration: int | None = None
     wait_timeout: float = 60
     connection_timeout: float = 60
+    clip_norm: float | None = None
+    noise_multiplier: float | None = None
+
+    def differential_privacy(self) -> tuple[float, float] | None:
+        """(clip_norm, noise_multiplier), or None without DP; TaskError if they are wrong."""
+        from sdk.privacy.fedavg import check_parameters
+
+        try:
+            check_parameters(self.clip_norm, self.noise_multiplier)
+        except PrivacyRefused as error:
+            raise TaskError(str(error)) from None
+        if self.clip_norm is None:
+            return None
+        return float(self.clip_norm), float(self.noise_multiplier)
 
     def merge(self) -> tuple[int, int]:
         """(epochs, iterations) per round: exactly one of them is non-zero."""
@@ -212,13 +230,18 @@ class HorizontalLearning:
     `precision` decimal digits (default 6): the average is off by at most
     workers * 0.5 * 10^-precision / total samples, and |weight| * samples * 10^precision *
     max_clients must stay below 2^63.
+
+    With DP-FedAvg (FedAvg's clip_norm and noise_multiplier) the task's epsilon is what its
+    max_rounds rounds cost by the accountant, reported at `privacy`'s delta (default 1e-6);
+    `privacy`'s epsilon is a ceiling that build() refuses to exceed.
     """
 
     device: str = "cpu"
 
     def __init__(self, name: str, max_rounds: int, validate_interval: int = 1,
                  validate_frac: float = 0.2, strategy: FedAvg | None = None,
-                 secure_aggregation: bool = True, precision: int | None = None) -> None:
+                 secure_aggregation: bool = True, precision: int | None = None,
+                 privacy: DifferentialPrivacy | None = None) -> None:
         self.name = name
         self.max_rounds = max_rounds
         self.validate_interval = validate_interval
@@ -226,6 +249,7 @@ class HorizontalLearning:
         self.strategy = strategy or FedAvg()
         self.secure_aggregation = secure_aggregation
         self.precision = precision
+        self.privacy = privacy
 
     def dataset(self) -> dataset.Dataset:
         raise NotImplementedError("implement dataset(): return dataset.Dataset(file name)")
@@ -273,20 +297,48 @@ class HorizontalLearning:
             code = tensors.dumps_without_weights(self, state)
         except ValueError as error:
             raise TaskError(str(error)) from None
-        return BuiltTask(
-            task_pb2.TaskSpec(
-                format_version=FORMAT_VERSION,
-                name=self.name,
-                kind=task_pb2.TASK_KIND_LEARNING,
-                rules=rules,
-                datasets=[task_pb2.DatasetRef(argument="dataset", file=data.name)],
-                learning=task_pb2.LearningSpec(
-                    task=code, max_rounds=self.max_rounds,
-                    validate_interval=self.validate_interval,
-                    validate_frac=float(self.validate_frac), merge_epoch=epochs,
-                    merge_iteration=iterations, weights=infos,
-                ),
-                **secure,
+        spec = task_pb2.TaskSpec(
+            format_version=FORMAT_VERSION,
+            name=self.name,
+            kind=task_pb2.TASK_KIND_LEARNING,
+            rules=rules,
+            datasets=[task_pb2.DatasetRef(argument="dataset", file=data.name)],
+            learning=task_pb2.LearningSpec(
+                task=code, max_rounds=self.max_rounds,
+                validate_interval=self.validate_interval,
+                validate_frac=float(self.validate_frac), merge_epoch=epochs,
+                merge_iteration=iterations, weights=infos,
             ),
-            {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()},
+            **secure,
         )
+        self._add_privacy(spec, strategy.differential_privacy())
+        return BuiltTask(
+            spec, {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()})
+
+    def _add_privacy(self, spec: task_pb2.TaskSpec, dp: tuple[float, float] | None) -> None:
+        """DP-FedAvg's fields on `spec`, with the epsilon its rounds cost; TaskError if the
+        task asks for privacy without DP-FedAvg, or costs more than the epsilon it states."""
+        if self.privacy is not None and not isinstance(self.privacy, DifferentialPrivacy):
+            raise TaskError(f"privacy must be a DifferentialPrivacy, not "
+                            f"{type(self.privacy).__name__}")
+        if dp is None:
+            if self.privacy is not None:
+                raise TaskError("privacy needs DP-FedAvg: give the strategy clip_norm and "
+                                "noise_multiplier, e.g. FedAvg(..., clip_norm=1.0, "
+                                "noise_multiplier=1.0)")
+            return
+        from sdk.privacy.fedavg import DEFAULT_DELTA, DPFedAvg
+        from sdk.weights import float_values
+
+        spec.learning.clip_norm, spec.learning.noise_multiplier = dp
+        delta = self.privacy.delta if self.privacy is not None else DEFAULT_DELTA
+        fedavg = DPFedAvg(*dp, spec.precision, float_values(list(spec.learning.weights)), delta)
+        spent = fedavg.epsilon(self.max_rounds)
+        if self.privacy is not None and spent > self.privacy.epsilon:
+            raise TaskError(
+                f"{self.max_rounds} rounds of DP-FedAvg with noise_multiplier {dp[1]:g} cost "
+                f"epsilon {spent:.4g} at delta {delta:g}, more than the {self.privacy.epsilon:g} "
+                f"asked for: raise noise_multiplier to at least "
+                f"{fedavg.noise_multiplier_for(self.privacy.epsilon, self.max_rounds):.4g}, or "
+                "lower max_rounds")
+        spec.privacy.CopyFrom(DifferentialPrivacy(spent, delta).to_proto())

@@ -1,6 +1,8 @@
-"""Sizes of weights on the wire, without importing torch: what the coordinator checks."""
+"""Sizes of weights on the wire, and bfloat16's bits, without importing torch."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from sdk.proto import task_pb2
 
@@ -8,6 +10,7 @@ ITEMSIZES = {
     "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4,
     "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
 }
+FLOATS = frozenset({"float32", "float16", "bfloat16", "float64"})
 
 
 def nbytes(info: task_pb2.TensorInfo) -> int:
@@ -36,3 +39,20 @@ def count(info: task_pb2.TensorInfo) -> int:
 def secure_length(infos: list[task_pb2.TensorInfo]) -> int:
     """Words in a learning round's secure-aggregation vector."""
     return sum(count(info) for info in infos) + 2 + METRIC_SLOTS
+
+
+def float_values(infos: list[task_pb2.TensorInfo]) -> int:
+    """The floating-point values of a manifest (what DP-FedAvg clips and noises)."""
+    return sum(count(info) for info in infos if info.dtype in FLOATS)
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values (their 16 bits, uint16) as float32: a bfloat16 is a float32's upper half."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 to bfloat16's 16 bits, rounding to nearest even (NaN stays NaN)."""
+    bits = values.astype(np.float32, copy=False).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)

@@ -130,3 +130,30 @@ def _connects(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+class SkipsClipping(Regression):
+    """DP-FedAvg whose own train() tries to get a huge update through: it moves every floating
+    weight by 1000 and BatchNorm's batch count by 1000, and asks for no clipping itself."""
+
+    def __init__(self, clip_norm: float, noise_multiplier: float, secure_aggregation: bool,
+                 max_rounds: int = 2) -> None:
+        super().__init__(max_rounds=max_rounds, secure_aggregation=secure_aggregation)
+        self.strategy = FedAvg(min_clients=2, max_clients=3, wait_timeout=60,
+                               connection_timeout=60, clip_norm=clip_norm,
+                               noise_multiplier=noise_multiplier)
+
+    def train(self, dataloader):
+        super().train(dataloader)
+        with torch.no_grad():
+            for tensor in self.model.state_dict().values():
+                tensor.add_(1000)
+
+
+class ExfiltratingUnderDP(Exfiltrating):
+    """DP-FedAvg whose train() raises an error carrying its training rows."""
+
+    def __init__(self) -> None:
+        super().__init__(max_rounds=1)
+        self.strategy = FedAvg(min_clients=2, max_clients=3, wait_timeout=60,
+                               connection_timeout=60, clip_norm=1.0, noise_multiplier=1.0)

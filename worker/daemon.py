@@ -27,6 +27,7 @@ from sdk import values
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.plan import PrivacyError
 from sdk.prometheus import add_metrics_argument
+from sdk.privacy import PrivacyRefused
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.secagg import SecAggError
@@ -228,6 +229,7 @@ class Worker:
                                    self.verifier)
         self.ledger = PrivacyLedger(state_dir / "privacy.sqlite3") if state_dir else None
         self._admissions: dict[int, Admission] = {}
+        self._dp_learning: set[int] = set()  # DP-FedAvg tasks: their code's errors stay here
         self._crl_file = work_dir / "revoked.crl"  # the newest revocation list seen
         if self.verifier is not None and self._crl_file.exists():
             self._take_crl(self._crl_file.read_bytes(), keep=False)
@@ -422,7 +424,8 @@ class Worker:
                 round_input = values.decode(assignment.inputs)
                 seeds = self.secure.mask_seeds(assignment) if secagg else None
                 accepted = await job.train(channel, session_id, assignment.exchange_id,
-                                           assignment.round, bool(round_input["validate"]), seeds)
+                                           assignment.round, bool(round_input["validate"]), seeds,
+                                           self.secure.selected(assignment) if secagg else None)
                 metrics.ROUNDS.inc()
                 log.info("task %d: round %d trained on %s and sent%s in %.3f s%s", task_id,
                          assignment.round, job.handle.device, " under masks" if secagg else "",
@@ -523,9 +526,14 @@ class Worker:
             self._check_budget(task_id, spec, job.total_privacy_cost())
             metrics.TASKS.labels("analytics").inc()
             return job
-        job = LearningJob(task_id, spec, self.data_dir.resolve(spec.datasets[0].file),
-                          Path(self.engine.workdir))
+        try:
+            job = LearningJob(task_id, spec, self.data_dir.resolve(spec.datasets[0].file),
+                              Path(self.engine.workdir))
+        except PrivacyRefused as error:
+            raise TaskRefused(str(error), "policy") from None
         self._check_budget(task_id, spec, job.total_privacy_cost())
+        if job.dp is not None:
+            self._dp_learning.add(task_id)
         try:
             await job.open(self.engine, channel, session_id,
                            expected_weights_sha256=claims.weights_sha256 if claims else None)
@@ -599,8 +607,14 @@ class Worker:
     def _learning_error(self, failure: TaskError) -> str:
         """What the task's log gets of an error in the submitter's own code: at most its first
         LEARNING_ERROR_CHARS characters, or only the exception's type where the policy says
-        `share_errors = false`. The whole of it stays in this worker's log."""
+        `share_errors = false`, or nothing of it under DP-FedAvg (the submitter's code could
+        put rows in its message, or in its exception's name). The whole of it stays in this
+        worker's log."""
         text = str(failure)
+        if failure.task_id in self._dp_learning:
+            return (f"task {failure.task_id} failed in {failure.stage}: the task's code raised "
+                    "an error; under differential privacy nothing of it leaves this holder "
+                    "(its own log has it)")
         if not self.policy.current.share_errors:
             last = failure.message.strip().splitlines()[-1:] or [""]
             kind = last[0].split(":", 1)[0].strip() or "an error"
@@ -623,6 +637,7 @@ class Worker:
         engine task ends once it has loaded (a load cannot be interrupted halfway)."""
         self.secure.release(task_id)
         self._admissions.pop(task_id, None)
+        self._dp_learning.discard(task_id)
         job = self._jobs.pop(task_id, None)
         if job is None:
             return

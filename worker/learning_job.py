@@ -6,6 +6,12 @@ daemon downloads the global weights into a shared-memory region of the model's s
 tensors' raw bytes in manifest order), the engine task trains from there and writes its trained
 weights back there, and the daemon uploads them, or under secure aggregation their fixed-point
 encoding added onto the round's masks. No torch here: the daemon stays light.
+
+Under DP-FedAvg (sdk.privacy.fedavg) the daemon keeps its own copy of the global weights as it
+downloads them, and releases only what it makes from them and from one snapshot of the trained
+weights: the update clipped, with its share of the noise, in fixed point; integer tensors keep
+the global value; no sample count (each worker weighs 1) and no metrics (the submitter's numbers,
+with no bound). The engine task, which runs the submitter's code, cannot skip it.
 """
 
 from __future__ import annotations
@@ -26,10 +32,21 @@ import grpc
 import numpy as np
 
 from sdk import values
+from sdk.privacy.accounting import Cost, fewest_honest
+from sdk.privacy.fedavg import DPFedAvg
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
 from sdk.secagg import accumulate, fixedpoint
-from sdk.weights import METRIC_SLOTS, count, nbytes, secure_length, total_bytes
+from sdk.weights import (
+    FLOATS,
+    METRIC_SLOTS,
+    bfloat16_to_float32,
+    count,
+    float32_to_bfloat16,
+    nbytes,
+    secure_length,
+    total_bytes,
+)
 from sdk.wire import decode_chunk, encode_chunk, serialize, split_views
 from worker.engine import EngineSession, TaskHandle
 from worker.engine.confine import TaskUser, give, readable_copy
@@ -44,9 +61,9 @@ NUMPY_DTYPES = {
 BFLOAT16_PIECE = 1 << 20  # values widened to float32 at a time
 
 
-
 class WeightsMismatch(Exception):
     """The initial weights are not those the task's submitter signed."""
+
 
 class SharedWeights:
     """A model's bytes in a file mapped into memory, shared with the engine task that maps the
@@ -109,7 +126,7 @@ def _encode_tensor(out: np.ndarray, raw: memoryview, dtype: str, scale: float, p
     halves = np.frombuffer(raw, dtype="<u2")  # a bfloat16 is a float32's upper half
     for start in range(0, halves.size, BFLOAT16_PIECE):
         piece = halves[start:start + BFLOAT16_PIECE]
-        widened = (piece.astype(np.uint32) << 16).view(np.float32)
+        widened = bfloat16_to_float32(piece)
         fixedpoint.encode_into(out[start:start + piece.size], widened, scale, precision,
                                max_clients, add=True)
 
@@ -135,6 +152,62 @@ def masked_input(raw: memoryview, infos: list[task_pb2.TensorInfo], samples: int
     return masks
 
 
+def read_floats(raw: memoryview | bytes, infos: list[task_pb2.TensorInfo]) -> np.ndarray:
+    """The floating-point tensors' values in `raw` (a model's bytes in manifest order), as one
+    float64 vector."""
+    parts, offset = [], 0
+    for info in infos:
+        if info.dtype in FLOATS:
+            piece = raw[offset:offset + nbytes(info)]
+            parts.append(bfloat16_to_float32(np.frombuffer(piece, "<u2"))
+                         if info.dtype == "bfloat16" else
+                         np.frombuffer(piece, NUMPY_DTYPES[info.dtype]))
+        offset += nbytes(info)
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def dp_masked_input(release: np.ndarray, global_raw: bytes, infos: list[task_pb2.TensorInfo],
+                    precision: int, max_clients: int, masks: np.ndarray) -> np.ndarray:
+    """DP-FedAvg's secure-aggregation vector added onto `masks` in place: the floating-point
+    values of `release` (DPFedAvg.release's), the other tensors' global values, one sample and
+    no metrics."""
+    word = offset = used = 0
+    for info in infos:
+        size, values_count = nbytes(info), count(info)
+        target = masks[word:word + values_count]
+        if info.dtype in FLOATS:
+            fixedpoint.add_integers(target, release[used:used + values_count], precision,
+                                    max_clients)
+            used += values_count
+        else:
+            _encode_tensor(target, memoryview(global_raw)[offset:offset + size], info.dtype,
+                           10.0**precision, precision, max_clients)
+        word, offset = word + values_count, offset + size
+    tail = np.zeros(2 + METRIC_SLOTS)
+    tail[0] = 1  # each worker weighs one sample
+    fixedpoint.encode_into(masks[word:], tail, 10.0**precision, precision, max_clients, add=True)
+    return masks
+
+
+def dp_weights(release: np.ndarray, global_raw: bytes, infos: list[task_pb2.TensorInfo],
+               precision: int) -> bytes:
+    """DP-FedAvg's upload without secure aggregation: the model's raw bytes, its floating-point
+    values those of `release` decoded from fixed point, the other tensors' the global ones."""
+    out, offset, used = bytearray(len(global_raw)), 0, 0
+    for info in infos:
+        size, values_count = nbytes(info), count(info)
+        if info.dtype in FLOATS:
+            decoded = release[used:used + values_count] / 10.0**precision
+            out[offset:offset + size] = (
+                float32_to_bfloat16(decoded) if info.dtype == "bfloat16"
+                else decoded.astype(NUMPY_DTYPES[info.dtype])).tobytes()
+            used += values_count
+        else:
+            out[offset:offset + size] = global_raw[offset:offset + size]
+        offset += size
+    return bytes(out)
+
+
 def _data_chunk(message: bytes) -> memoryview | bytes:
     """A DataChunk's bytes, read without a message object where it has the usual form."""
     chunk = decode_chunk(1, message)
@@ -153,6 +226,7 @@ class Sent(NamedTuple):
     meta: dict[str, Any]
     result: dict[str, Any]  # what the engine task's train returned
     mask_seeds: list[tuple[bytes, int]] | None
+    release: np.ndarray | None = None  # DP-FedAvg: the noised values, sent again unchanged
 
 
 class LearningJob:
@@ -171,8 +245,11 @@ class LearningJob:
         self.precision = spec.precision
         self.secure = spec.secure_aggregation
         self.infos = list(spec.learning.weights)
+        self.dp = DPFedAvg.from_spec(spec)  # PrivacyRefused if the spec's DP is malformed
         self.task_dir = work_dir / str(task_id)  # the engine task's work dir
         self.weights = SharedWeights(total_bytes(self.infos), self.task_dir, f"task-{task_id}-")
+        # DP-FedAvg: the global weights as downloaded, out of the engine task's reach
+        self._global = bytearray(total_bytes(self.infos)) if self.dp is not None else None
         self.data_copy: Path | None = None  # the task user's copy of the dataset, if any
         self.initial_sha256 = b""  # of the initial weights, once downloaded
         self.handle: TaskHandle | None = None
@@ -206,14 +283,42 @@ class LearningJob:
             raise
 
     def describe(self) -> str:
-        return f"engine task loaded, pid {self.handle.task.pid}"
+        text = f"engine task loaded, pid {self.handle.task.pid}"
+        if self.dp is None:
+            return text
+        noise = ("its share of the noise under secure aggregation" if self.secure else
+                 "the whole noise, without secure aggregation (it costs accuracy)")
+        return (f"{text}; DP-FedAvg: the update clipped to L2 norm {self.dp.clip_norm:g} with "
+                f"{noise}, noise multiplier {self.dp.noise_multiplier:g}; no metrics released")
+
+    @property
+    def delta(self) -> float | None:
+        """The delta this task's epsilon is reported at (None without DP-FedAvg)."""
+        return self.dp.delta if self.dp is not None else None
+
+    def privacy_cost(self, round_number: int) -> Cost | None:
+        """What round `round_number` costs this holder (every round costs the same), or None
+        without DP-FedAvg."""
+        if self.dp is None:
+            return None
+        if not 1 <= round_number <= self.max_rounds:
+            raise ValueError(f"task {self.task_id} has rounds 1 to {self.max_rounds}, "
+                             f"not {round_number}")
+        return self.dp.round_cost()
+
+    def total_privacy_cost(self) -> Cost | None:
+        """What all max_rounds rounds cost this holder, or None without DP-FedAvg."""
+        return self.dp.round_cost().times(self.max_rounds) if self.dp is not None else None
 
     async def train(self, channel: grpc.aio.Channel, session_id: str, exchange_id: int,
                     round_number: int, validate: bool,
-                    mask_seeds: list[tuple[bytes, int]] | None) -> bool:
+                    mask_seeds: list[tuple[bytes, int]] | None,
+                    selected: int | None = None) -> bool:
         """A round: downloads the global weights, trains them in the engine task and uploads
         the answer to the exchange: the trained weights, or under secure aggregation (with
-        `mask_seeds`) their masked input, whose masks are made meanwhile. Accepted or not."""
+        `mask_seeds`, and the number of workers `selected` for the round) their masked input,
+        whose masks are made meanwhile. Under DP-FedAvg, the update clipped and noised
+        instead. Accepted or not."""
         async with self._lock:
             self._sent = None
             stop = threading.Event()
@@ -222,19 +327,30 @@ class LearningJob:
                 making = asyncio.get_running_loop().run_in_executor(
                     self._masking, mask_vector, secure_length(self.infos), mask_seeds, stop)
             try:
-                await self._download(channel, session_id)
-                result = await self.handle.train_async({"round": round_number,
-                                                        "validate": validate})
+                await self._download(channel, session_id, copy=self._global)
+                result = await self.handle.train_async({
+                    "round": round_number, "validate": validate and self.dp is None})
                 masks = await making if making is not None else None
             except BaseException:
                 stop.set()  # nobody will send the masks: no CPU spent on them after this
                 raise
+            release = None
+            if self.dp is not None:
+                shares = fewest_honest(self.min_clients, selected) if mask_seeds else 1
+                release = await asyncio.to_thread(self._dp_release, shares)
+                result = {"samples": 1, "validate_samples": 0, "metrics": {}}
             if mask_seeds is None:
                 meta = {key: result[key] for key in ("samples", "validate_samples", "metrics")}
             else:
                 meta = {"metric_names": sorted(result["metrics"])}
-            self._sent = Sent(round_number, meta, result, mask_seeds)
+            self._sent = Sent(round_number, meta, result, mask_seeds, release)
             return await self._upload(channel, session_id, exchange_id, masks)
+
+    def _dp_release(self, shares: int) -> np.ndarray:
+        """DP-FedAvg: the update from one snapshot of the trained weights (the engine task may
+        write them still) and the daemon's own copy of the global ones, clipped and noised."""
+        trained = read_floats(bytes(self.weights.view), self.infos)
+        return self.dp.release(read_floats(self._global, self.infos), trained, shares)
 
     async def resend(self, channel: grpc.aio.Channel, session_id: str, exchange_id: int,
                      round_number: int) -> bool:
@@ -272,9 +388,9 @@ class LearningJob:
         return path.relative_to(self.task_dir) if path.is_relative_to(self.task_dir) else path
 
     async def _download(self, channel: grpc.aio.Channel, session_id: str,
-                        digest: Any = None) -> None:
-        """The task's global weights into shared memory, as raw chunks; `digest` (a hashlib
-        object) updated with them."""
+                        digest: Any = None, copy: bytearray | None = None) -> None:
+        """The task's global weights into shared memory, as raw chunks (and into `copy`, as
+        they come); `digest` (a hashlib object) updated with them."""
         fetch = channel.unary_stream(_method("FetchWeights"), request_serializer=serialize,
                                      response_deserializer=_data_chunk)
         view, offset = self.weights.view, 0
@@ -285,6 +401,8 @@ class LearningJob:
                 raise ValueError(f"the coordinator sent more than the {len(view)} bytes of "
                                  f"task {self.task_id}'s weights")
             view[offset:end] = chunk
+            if copy is not None:
+                copy[offset:end] = chunk
             if digest is not None:
                 digest.update(chunk)
             offset = end
@@ -297,8 +415,12 @@ class LearningJob:
         """Sends the kept answer: the weights straight from shared memory, or their masked
         input on `masks` (made again from the seeds when not given)."""
         sent = self._sent
-        if sent.mask_seeds is None:
-            chunks: Iterator[memoryview] = split_views(self.weights.view)
+        if sent.mask_seeds is None and sent.release is not None:
+            plain = await asyncio.to_thread(dp_weights, sent.release, bytes(self._global),
+                                            self.infos, self.precision)
+            chunks: Iterator[memoryview] = split_views(memoryview(plain))
+        elif sent.mask_seeds is None:
+            chunks = split_views(self.weights.view)
         else:
             vector = await asyncio.to_thread(self._masked, sent, masks)
             chunks = split_views(vector.astype("<u8", copy=False))
@@ -317,6 +439,9 @@ class LearningJob:
     def _masked(self, sent: Sent, masks: np.ndarray | None) -> np.ndarray:
         if masks is None:  # a resend: 8 B a value are not kept between rounds
             masks = mask_vector(secure_length(self.infos), sent.mask_seeds)
+        if sent.release is not None:
+            return dp_masked_input(sent.release, bytes(self._global), self.infos,
+                                   self.precision, self.max_clients, masks)
         result = sent.result
         return masked_input(self.weights.view, self.infos, result["samples"],
                             result["validate_samples"], result["metrics"], self.precision,

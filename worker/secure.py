@@ -107,6 +107,10 @@ class SecureRounds:
                                 state.opening_inputs, assignment.inputs, assignment.secagg)
         return state.client.mask_seeds(list(assignment.secagg.peers), context)
 
+    def selected(self, assignment: pb.Assignment) -> int:
+        """How many workers the round's keys phase said were selected (the threshold's n)."""
+        return self._current(assignment).client.selected
+
     def masked_parts(self, assignment: pb.Assignment, precision: int, max_clients: int,
                      noise: Callable[[int], secure.NoiseHook | None] | None = None) -> bytes:
         """Analytics: the opening phase's parts on the union layout, encoded and masked.

@@ -4,7 +4,9 @@ The unit is zero-concentrated DP as dp-accounting's `ZCDpEvent(rho, xi)` states 
 order alpha at most xi + rho * alpha. A Skellam release of integer sensitivity L2 and L1 with
 total variance V costs rho = L2^2 / (2V) and xi = 3 * L1 / (2V) (Agarwal, Kairouz and Liu, The
 Skellam Mechanism for Differentially Private Federated Learning, NeurIPS 2021, Theorem 3.5's
-second bound). zCDP costs compose by adding; dp-accounting converts them to (epsilon, delta).
+second bound). That theorem holds for integer orders alpha > 1 only, so dp-accounting's RDP
+accountant is asked at integer orders (ORDERS), never at its default fractional ones. zCDP costs
+compose by adding; dp-accounting converts them to (epsilon, delta).
 dp-accounting is imported on first use: it takes a second or two, and only DP tasks need it.
 """
 
@@ -12,6 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+# The Renyi orders epsilon is sought at: integers, where the Skellam bound holds.
+ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ def epsilon(cost: Cost, delta: float) -> float:
     from dp_accounting import dp_event
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant = rdp_privacy_accountant.RdpAccountant(list(ORDERS))
     accountant.compose(dp_event.ZCDpEvent(cost.rho, cost.xi))
     return float(accountant.get_epsilon(delta))
 
@@ -61,7 +66,7 @@ def calibrate(cost_at: Callable[[float], Cost], target_epsilon: float, delta: fl
         return dp_event.ZCDpEvent(cost.rho, cost.xi)
 
     return float(dp_accounting.calibrate_dp_mechanism(
-        rdp_privacy_accountant.RdpAccountant, event, target_epsilon, delta,
+        lambda: rdp_privacy_accountant.RdpAccountant(list(ORDERS)), event, target_epsilon, delta,
         dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-3))
 
 

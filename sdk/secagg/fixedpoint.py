@@ -61,6 +61,17 @@ def encode_into(out: np.ndarray, x: np.ndarray, scale: float, precision: int, ma
             np.copyto(signed[start:start + part.size], part, casting="unsafe")
 
 
+def add_integers(out: np.ndarray, values: np.ndarray, precision: int, max_clients: int) -> None:
+    """Values already in fixed point (int64, such as noised ones) added onto the uint64 array
+    `out`, modulo 2^64; refuses values whose sum over `max_clients` workers could leave the
+    signed 64-bit range."""
+    fits = np.abs(values.astype(np.float64)) * max_clients < LIMIT
+    if not fits.all():
+        _refuse(fits, precision, max_clients, "2^63")
+    signed = out.view(np.int64)
+    np.add(signed, values, out=signed)
+
+
 def decode(total: np.ndarray, precision: int) -> np.ndarray:
     """The float64 value of a uint64 sum of encoded vectors."""
     return total.view(np.int64) / 10.0**precision
