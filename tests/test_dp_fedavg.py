@@ -40,11 +40,18 @@ def accountant_epsilon(clip_norm: float, noise_multiplier: float, precision: int
                        rounds: int, delta: float) -> float:
     """The epsilon of `rounds` rounds by dp-accounting's RDP accountant at integer orders, from
     the Skellam mechanism's zCDP bound (Agarwal, Kairouz and Liu, 2021, Theorem 3.5), written
-    out here: sensitivity C * 10^p + sqrt(d) in L2 norm, sqrt(d) times that in L1 norm."""
+    out here: sensitivity C * 10^p + sqrt(d) in L2 norm, sqrt(d) times that in L1 norm, in
+    steps of the noise (a power of ten keeping its deviation within 2^20 steps; rounding to a
+    step above 1 adds one step per value)."""
     scale = 10.0**precision
-    variance = (noise_multiplier * clip_norm * scale) ** 2
-    l2 = clip_norm * scale + math.sqrt(dimension)
-    l1 = math.sqrt(dimension) * l2
+    sigma, step = noise_multiplier * clip_norm * scale, 1
+    while sigma / step > 2**20:
+        step *= 10
+    variance = (sigma / step) ** 2
+    rounding = step > 1
+    l2 = (clip_norm * scale + math.sqrt(dimension)) / step + rounding * math.sqrt(dimension)
+    l1 = math.sqrt(dimension) * (clip_norm * scale + math.sqrt(dimension)) / step + (
+        rounding * dimension)
     accountant = RdpAccountant(list(range(2, 257)))
     accountant.compose(dp_event.ZCDpEvent(l2**2 / (2 * variance), 3 * l1 / (2 * variance)),
                        rounds)
