@@ -45,6 +45,7 @@ from worker.engine import (
 from worker.learning_job import LearningJob, WeightsMismatch
 from worker.policy import TEMPLATE, PolicyError, PolicyFile, PolicyRefusal
 from worker.secure import Contribution, SecureRounds
+from worker.sources import DEFAULT_CHUNK_ROWS, Catalog, SourcesError, read_sources
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -75,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the site policy (TOML): who may run analytics and send learning "
                              "code here, min_rows, the files offered; required with a kit, "
                              "re-read when it changes")
+    parser.add_argument("--sources", type=Path, default=None,
+                        help="a sources file (TOML): logical dataset names mapped to tables or "
+                             "queries of SQL databases, or to files of the data dir (see "
+                             "docs/sources.md)")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                        help="rows read at a time from a table (default %(default)s): a "
+                             "worker's memory grows with it, not with the table")
     parser.add_argument("--write-policy", type=Path, default=None, metavar="FILE",
                         help="write a policy template, every key commented, to FILE and exit")
     parser.add_argument("--work-dir", type=Path, default=None,
@@ -147,6 +155,12 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder" if args.data_dir
                          else "give --data-dir DIR, the folder of files this worker offers")
     policy = _policy(args, kit)
+    if args.chunk_rows < 1:
+        raise SystemExit("--chunk-rows must be at least 1")
+    try:
+        sources = read_sources(args.sources) if args.sources is not None else {}
+    except SourcesError as error:
+        raise SystemExit(f"--sources {error}") from None
     try:
         limits = limits_from_args(args)
     except (OSError, ValueError) as error:
@@ -154,8 +168,8 @@ async def serve(args: argparse.Namespace) -> None:
     if kit is None:
         log.warning("--insecure: no TLS, and tasks are run unsigned")
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
-    worker = Worker(address, name, DataDir(args.data_dir), args.max_backoff, work_dir, limits,
-                    policy, args.min_rows, kit)
+    worker = Worker(address, name, Catalog(DataDir(args.data_dir), sources), args.max_backoff,
+                    work_dir, limits, policy, args.min_rows, kit, args.chunk_rows)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -168,14 +182,17 @@ Job = AnalyticsJob | LearningJob
 
 
 class Worker:
-    def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float,
+    def __init__(self, address: str, name: str, catalog: Catalog, max_backoff: float,
                  work_dir: Path, limits: EngineLimits, policy: PolicyFile,
-                 min_rows: int | None, kit: Kit | None) -> None:
+                 min_rows: int | None, kit: Kit | None,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         self.address = address
         self.name = name
         self.kit = kit
         self.verifier = Verifier(kit.ca_pem) if kit is not None else None
-        self.data_dir = data_dir
+        self.catalog = catalog
+        self.data_dir = catalog.data_dir
+        self.chunk_rows = chunk_rows
         self.max_backoff = max_backoff
         self.policy = policy
         self._min_rows_flag = min_rows  # --min-rows: the policy's min_rows where it sets none
@@ -463,7 +480,8 @@ class Worker:
         self._task_keys[task_id] = claims.nonce if claims else hashlib.sha256(
             data + task_id.to_bytes(8, "big")).digest()
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
-            return await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
+            return await asyncio.to_thread(AnalyticsJob, spec, self.catalog, self.min_rows,
+                                           self.chunk_rows)
         data_path = self.data_dir.resolve(spec.datasets[0].file)
         job = LearningJob(task_id, spec, data_path, Path(self.engine.workdir))
         try:
@@ -511,8 +529,8 @@ class Worker:
         return self.policy.current.effective_min_rows(self._min_rows_flag)
 
     def _offered(self) -> list[str]:
-        """The data dir's files that the policy offers, by name."""
-        return [name for name in self.data_dir.names() if self.policy.current.offers(name)]
+        """The data dir's files and the sources file's names that the policy offers."""
+        return [name for name in self.catalog.names() if self.policy.current.offers(name)]
 
     def _release(self, task_id: int) -> None:
         """Drops what is kept for a task that ended or left this worker out; a learning job's
