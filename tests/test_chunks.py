@@ -27,13 +27,15 @@ from worker.sources import Catalog, Table
 WHOLE = 10**9  # a chunk size that reads any test table at once
 
 
-def run_over(body: Callable[[Any], Any], table: Table, min_rows: int, chunk_rows: int) -> Any:
-    """Every stage of `body`'s task over one holder's `table`, as the client gets the result."""
+def run_over(body: Callable[[Any], Any], table: Table, min_rows: int, chunk_rows: int,
+             step: Callable[..., Any] = stage_parts) -> Any:
+    """Every stage of `body`'s task over one holder's `table`, as the client gets the result;
+    `step` computes a stage's parts."""
     plan = plan_of(body)
     aggregation = Aggregation(plan)
     for stage in range(plan.stage_count):
         inputs = aggregation.inputs_for(stage)
-        parts = stage_parts(plan, stage, {"d": table}, inputs, min_rows, chunk_rows)
+        parts = step(plan, stage, {"d": table}, inputs, min_rows, chunk_rows)
         aggregation.add_stage(stage, [parts])
     return values.decode(values.encode(aggregation.result()))
 
