@@ -102,7 +102,7 @@ class FileTable(Table):
 
     def _parquet_chunks(self, columns: list[str] | None, rows: int) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq
-        parquet = pq.ParquetFile(self.path)
+        parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
         empty = True
         for batch in parquet.iter_batches(batch_size=rows, columns=columns):
             empty = False
