@@ -61,10 +61,10 @@ def tables(draw: Any) -> tuple[pd.DataFrame, int]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(drawn=tables(), chunk_rows=st.integers(2, 9), min_rows=st.sampled_from([1, 3, 7]))
+@given(drawn=tables(), chunk_rows=st.integers(2, 9), min_rows=st.sampled_from([1, 3, 7]),
+       suffix=st.sampled_from([".csv", ".parquet"]))
 def test_chunks_give_what_the_whole_table_gives(family, suffix, drawn, chunk_rows, min_rows):
     data, threshold = drawn
     body = lambda d: FAMILIES[family](d, threshold)  # noqa: E731
