@@ -3,6 +3,12 @@
 # a no-op when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# PostgreSQL's server programs, for the tests of SQL sources (which start a throw-away server).
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 &&
+   command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+        >/dev/null 2>&1 || echo "could not install postgresql; its tests will be skipped" >&2
+fi
 python=${PYTHON:-python3}
 # The dashboard's browser test drives Debian's chromium: installed here where it is missing.
 if ! command -v chromium > /dev/null 2>&1; then

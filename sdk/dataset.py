@@ -1,10 +1,12 @@
-"""Datasets a task names: files that each worker holds under its data dir."""
+"""Datasets a task names: files under each worker's data dir, or the logical names of sources
+(a database's table, a file) that each holder maps in its sources file."""
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-TABULAR_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+# A table file's suffix, and its separator (None: Parquet, which has none).
+TABULAR_SUFFIXES: dict[str, str | None] = {".csv": ",", ".tsv": "\t", ".parquet": None}
 TRAINING_SUFFIXES = (".npz", ".pt", ".csv")
 
 
@@ -28,14 +30,16 @@ def check_relative_name(name: str) -> str:
 
 
 class DataFrame:
-    """A table in each worker's data dir (.csv or .tsv), read with pandas on the worker."""
+    """A table on each worker: a .csv, .tsv or .parquet file of its data dir, or a name without
+    a suffix that each holder's sources file maps to a database's table or query, or a file."""
 
     def __init__(self, name: str) -> None:
         self.name = check_relative_name(name)
         suffix = PurePosixPath(self.name).suffix.lower()
-        if suffix not in TABULAR_SUFFIXES:
+        if suffix and suffix not in TABULAR_SUFFIXES:
             raise ValueError(
-                f"dataset {name!r}: a DataFrame is read from a .csv or .tsv file, not {suffix or 'a file without a suffix'!r}"
+                f"dataset {name!r}: a DataFrame is read from a {', '.join(TABULAR_SUFFIXES)} "
+                f"file, or from a source a holder names (a name without a suffix), not {suffix!r}"
             )
 
     def __repr__(self) -> str:

@@ -10,8 +10,10 @@ from sdk import dataset
 from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import Cost, epsilon
 from sdk.task import HorizontalAnalytics
-from worker.budget import Budgets, BudgetExceeded, PrivacyLedger, source_key
+from worker.budget import Budgets, BudgetExceeded, PrivacyLedger
+from worker.datasets import DataDir
 from worker.policy import Policy, PolicyError
+from worker.sources import Catalog
 
 BUDGETS = Budgets(epsilon_per_user=2.0, delta_per_user=1e-5, epsilon_total=3.0, delta_total=1e-5)
 
@@ -73,11 +75,12 @@ def test_a_second_name_for_the_same_file_is_the_same_source(tmp_path):
     (data / "wages.csv").write_text("wage\n1\n")
     os.link(data / "wages.csv", data / "copy.csv")
     (data / "alias.csv").symlink_to(data / "wages.csv")
-    keys = {source_key((data / name).resolve()) for name in ("wages.csv", "copy.csv",
-                                                               "alias.csv")}
+    catalog = Catalog(DataDir(data), {"logical": "wages.csv"})
+    keys = {catalog.open(name).key() for name in ("wages.csv", "copy.csv", "alias.csv",
+                                                  "logical")}
     assert len(keys) == 1
     (data / "other.csv").write_text("wage\n1\n")
-    assert source_key(data / "other.csv") not in keys
+    assert catalog.open("other.csv").key() not in keys
 
 
 def test_the_policy_privacy_table():

@@ -35,8 +35,10 @@ def test_dataset_names_that_escape_the_data_dir_are_refused(name):
 
 
 def test_a_dataset_must_be_a_table_file():
-    with pytest.raises(ValueError, match="read from a .csv or .tsv file"):
-        dataset.DataFrame("wages.parquet")
+    with pytest.raises(ValueError, match="read from a .csv, .tsv, .parquet file"):
+        dataset.DataFrame("wages.xlsx")
+    assert dataset.DataFrame("wages.parquet").name == "wages.parquet"
+    assert dataset.DataFrame("visits").name == "visits"  # a source a holder names
 
 
 @pytest.mark.parametrize("body,message", [

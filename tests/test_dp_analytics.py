@@ -36,6 +36,7 @@ from sdk.task import HorizontalAnalytics
 from worker.analytics import AnalyticsJob
 from worker.contributions import ContributionLedger
 from worker.datasets import DataDir
+from worker.sources import Catalog
 from worker.secure import Contribution, SecureRounds
 
 RUNS = 2000
@@ -77,7 +78,7 @@ def holders(tmp_path_factory) -> list[DataDir]:
 
 def jobs_of(task: Task, holders: list[DataDir], min_rows: int = 3) -> list[AnalyticsJob]:
     spec = task.build().spec
-    return [AnalyticsJob(spec, folder, min_rows) for folder in holders]
+    return [AnalyticsJob(spec, Catalog(folder), min_rows) for folder in holders]
 
 
 def exact_steps(jobs: list[AnalyticsJob]) -> list[Parts]:

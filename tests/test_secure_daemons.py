@@ -18,6 +18,7 @@ from sdk.task import HorizontalAnalytics
 from sdk.trust import Kit, sign_task
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir
+from worker.sources import Catalog
 
 
 class Faulty(HandWorker):
@@ -36,7 +37,7 @@ class Faulty(HandWorker):
             return None
         if self.job is None:
             spec, _ = self.fetch_task(assignment.task_id)
-            self.job = AnalyticsJob(spec, self.data_dir, min_rows=1)
+            self.job = AnalyticsJob(spec, Catalog(self.data_dir), min_rows=1)
         if assignment.phase == "join":
             return b""
         if assignment.phase == "compute":

@@ -1,7 +1,8 @@
-"""An analytics task on a worker: its datasets read once, then the parts of each stage.
+"""An analytics task on a worker: its datasets opened once, then the parts of each stage.
 
-The task arrives as a graph of named operations and is evaluated with pandas; nothing the
-submitter wrote is executed here. What leaves is only the additive parts of reductions.
+The task arrives as a graph of named operations and is evaluated with pandas (or pushed down to
+a database as SQL); nothing the submitter wrote is executed here. What leaves is only the
+additive parts of reductions.
 
 Under differential privacy the job builds its own PrivacyPlan from the signed graph (never
 trusting a claim of the task's or the coordinator's): no set is suppressed by min_rows (the
@@ -21,35 +22,39 @@ from sdk import values
 from sdk.analytics import secure
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Graph
-from sdk.analytics.plan import Parts, Plan, worker_parts
+from sdk.analytics.plan import SPREAD, Parts, Plan
 from sdk.privacy import DifferentialPrivacy, PrivacyRefused
 from sdk.privacy.accounting import Cost
 from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2
-from worker.datasets import DataDir
+from worker.chunks import stage_parts
+from worker.sources import DEFAULT_CHUNK_ROWS, Catalog
 
 
 class AnalyticsJob:
-    """A joined analytics task: its plan, its privacy plan under DP, and this worker's frames."""
+    """A joined analytics task: its plan, its privacy plan under DP, and this worker's tables."""
 
-    def __init__(self, spec: task_pb2.TaskSpec, data_dir: DataDir, min_rows: int) -> None:
+    def __init__(self, spec: task_pb2.TaskSpec, catalog: Catalog, min_rows: int,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         try:
             self.plan = Plan(*Graph.from_proto(spec.analytics))
         except ValueError as error:  # composed from the graph alone
             raise EvaluationError(f"the task's graph is refused: {error}") from None
+        self.tables = {ref.argument: catalog.open(ref.file) for ref in spec.datasets}
+        self.chunk_rows = chunk_rows
         self.precision = spec.precision
         self.max_clients = spec.rules.max_clients
         self.min_clients = spec.rules.min_clients
         self.secure = spec.secure_aggregation
         self.privacy = _privacy_plan(spec, self.plan)
         self.min_rows = 1 if self.privacy else min_rows
-        self.frames = {ref.argument: data_dir.read_frame(ref.file) for ref in spec.datasets}
 
     def describe(self) -> str:
-        rows = ", ".join(f"{name}: {len(frame)} rows" for name, frame in self.frames.items())
+        tables = ", ".join(f"{name}: {type(table).__name__} {table.name!r}"
+                           for name, table in self.tables.items())
         if self.privacy is None:
-            return rows
-        return (f"{rows}; differential privacy: {self.privacy.epsilon():.4g}-DP at delta "
+            return tables
+        return (f"{tables}; differential privacy: {self.privacy.epsilon():.4g}-DP at delta "
                 f"{self.delta:g}, no min_rows suppression")
 
     def parts(self, stage: int, inputs: Any) -> Parts:
@@ -58,10 +63,20 @@ class AnalyticsJob:
             raise EvaluationError(f"the task has no step {stage + 1}")
         inputs = {int(k): v for k, v in inputs.items()}
         if self.privacy is None:
-            return worker_parts(self.plan, stage, self.frames, inputs, self.min_rows)
-        parts = worker_parts(self.plan, stage, self.frames, inputs, self.min_rows,
-                             self.privacy.clamp_mean)
+            return stage_parts(self.plan, stage, self.tables, inputs, self.min_rows,
+                               self.chunk_rows)
+        parts = stage_parts(self.plan, stage, self.tables, self._clamped(stage, inputs),
+                            self.min_rows, self.chunk_rows)
         return {node: self.privacy.fix_layout(node, named) for node, named in parts.items()}
+
+    def _clamped(self, stage: int, inputs: dict[int, Any]) -> dict[int, Any]:
+        """The inputs with the mean each spread reduction centres on clamped into its data's
+        bound: whatever the coordinator sends, one row's deviation stays within the bound."""
+        for node_id in self.plan.reductions_in(stage):
+            node = self.plan.graph[node_id]
+            if node.params["kind"].removeprefix("groupby_") in SPREAD and node.inputs[-1] in inputs:
+                inputs[node.inputs[-1]] = self.privacy.clamp_mean(node_id, inputs[node.inputs[-1]])
+        return inputs
 
     def compute(self, stage: int, inputs: Any) -> bytes:
         """This worker's parts of `stage`, serialized, for a task without secure aggregation;

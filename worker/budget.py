@@ -3,8 +3,8 @@
 A site whose policy has a [privacy] table keeps a ledger, a SQLite file in the worker's
 `--state-dir` (a persistent folder, unlike the work dir), of every release of noise it made:
 who asked, on which data source, for which task and step, and what it cost in zCDP. A source
-is keyed by the file underneath (device and inode), so a second name or a hard link for the
-same rows spends from the same budget. Before a task computes anything the worker checks that
+is keyed by the data underneath (a file's device and inode, a database's table: `Table.key()`
+of worker.sources), so a second name or a hard link for the same rows spends the same budget. Before a task computes anything the worker checks that
 its whole cost fits both the user's budget and the budget of all users together; every release
 is checked again and recorded before it leaves, in one transaction, so two tasks at once cannot
 overspend, and a release asked for twice (a retried step) is paid twice.
@@ -12,7 +12,6 @@ overspend, and a release asked for twice (a retried step) is paid twice.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -49,12 +48,6 @@ class Budgets:
     delta_per_user: float = 1e-5
     epsilon_total: float = 50.0  # per data source, all users together
     delta_total: float = 1e-4
-
-
-def source_key(path: Path) -> str:
-    """The ledger's key of a data file: the file itself, whatever name or link reaches it."""
-    stat = os.stat(path)
-    return f"file:{stat.st_dev}:{stat.st_ino}"
 
 
 class PrivacyLedger:

@@ -38,7 +38,7 @@ from sdk.privacy import asks_for_privacy
 from sdk.privacy.accounting import Cost, describe
 from worker.analytics import AnalyticsJob
 from worker import metrics
-from worker.budget import BudgetExceeded, PrivacyLedger, source_key
+from worker.budget import BudgetExceeded, PrivacyLedger
 from worker.contributions import ContributionLedger, RerunRefused
 from worker.datasets import DataDir, DatasetError
 from worker.engine import (
@@ -52,6 +52,7 @@ from worker.engine import (
 from worker.learning_job import LearningJob, WeightsMismatch
 from worker.policy import TEMPLATE, PolicyError, PolicyFile, PolicyRefusal
 from worker.secure import Contribution, SecureRounds
+from worker.sources import DEFAULT_CHUNK_ROWS, Catalog, SourcesError, read_sources
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -87,6 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the site policy (TOML): who may run analytics and send learning "
                              "code here, min_rows, the files offered; required with a kit, "
                              "re-read when it changes")
+    parser.add_argument("--sources", type=Path, default=None,
+                        help="a sources file (TOML): logical dataset names mapped to tables or "
+                             "queries of SQL databases, or to files of the data dir (see "
+                             "docs/sources.md)")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                        help="rows read at a time from a table (default %(default)s): a "
+                             "worker's memory grows with it, not with the table")
     parser.add_argument("--write-policy", type=Path, default=None, metavar="FILE",
                         help="write a policy template, every key commented, to FILE and exit")
     parser.add_argument("--work-dir", type=Path, default=None,
@@ -164,6 +172,12 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder" if args.data_dir
                          else "give --data-dir DIR, the folder of files this worker offers")
     policy = _policy(args, kit)
+    if args.chunk_rows < 1:
+        raise SystemExit("--chunk-rows must be at least 1")
+    try:
+        sources = read_sources(args.sources) if args.sources is not None else {}
+    except SourcesError as error:
+        raise SystemExit(f"--sources {error}") from None
     try:
         limits = limits_from_args(args)
     except (OSError, ValueError) as error:
@@ -176,8 +190,8 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit("the policy has a [privacy] table: give --state-dir DIR, a persistent "
                          "folder where this worker keeps its privacy ledger")
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
-    worker = Worker(address, name, DataDir(args.data_dir), args.max_backoff, work_dir, limits,
-                    policy, args.min_rows, kit, args.state_dir)
+    worker = Worker(address, name, Catalog(DataDir(args.data_dir), sources), args.max_backoff,
+                    work_dir, limits, policy, args.min_rows, kit, args.chunk_rows, args.state_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -207,14 +221,17 @@ class Admission:
 
 
 class Worker:
-    def __init__(self, address: str, name: str, data_dir: DataDir, max_backoff: float,
+    def __init__(self, address: str, name: str, catalog: Catalog, max_backoff: float,
                  work_dir: Path, limits: EngineLimits, policy: PolicyFile,
-                 min_rows: int | None, kit: Kit | None, state_dir: Path | None = None) -> None:
+                 min_rows: int | None, kit: Kit | None,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, state_dir: Path | None = None) -> None:
         self.address = address
         self.name = name
         self.kit = kit
         self.verifier = Verifier(kit.ca_pem) if kit is not None else None
-        self.data_dir = data_dir
+        self.catalog = catalog
+        self.data_dir = catalog.data_dir
+        self.chunk_rows = chunk_rows
         self.max_backoff = max_backoff
         self.policy = policy
         self._min_rows_flag = min_rows  # --min-rows: the policy's min_rows where it sets none
@@ -516,13 +533,13 @@ class Worker:
             self.policy.current.check(spec, signer)
         except PolicyRefusal as refusal:
             raise TaskRefused(str(refusal), "policy") from None
-        sources = {source_key(self.data_dir.resolve(ref.file)): ref.file
-                   for ref in spec.datasets}
+        sources = {self.catalog.open(ref.file).key(): ref.file for ref in spec.datasets}
         self._admissions[task_id] = Admission(claims.nonce if claims else hashlib.sha256(
             data + task_id.to_bytes(8, "big")).digest(), signer.name, sources,
             spec.privacy.delta)
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
-            job: Job = await asyncio.to_thread(AnalyticsJob, spec, self.data_dir, self.min_rows)
+            job: Job = await asyncio.to_thread(AnalyticsJob, spec, self.catalog, self.min_rows,
+                                               self.chunk_rows)
             self._check_budget(task_id, spec, job.total_privacy_cost())
             metrics.TASKS.labels("analytics").inc()
             return job
@@ -629,8 +646,8 @@ class Worker:
         return self.policy.current.effective_min_rows(self._min_rows_flag)
 
     def _offered(self) -> list[str]:
-        """The data dir's files that the policy offers, by name."""
-        return [name for name in self.data_dir.names() if self.policy.current.offers(name)]
+        """The data dir's files and the sources file's names that the policy offers."""
+        return [name for name in self.catalog.names() if self.policy.current.offers(name)]
 
     def _release(self, task_id: int) -> None:
         """Drops what is kept for a task that ended or left this worker out; a learning job's

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-import pandas as pd
-
-from sdk.dataset import TABULAR_SUFFIXES, check_relative_name
-
-log = logging.getLogger("deltaflow.worker")
-
+from sdk.dataset import check_relative_name
 
 class DatasetError(Exception):
     """A dataset that cannot be used here: the message says which and why."""
@@ -57,17 +51,3 @@ class DataDir:
         if not path.is_file():
             raise DatasetError(f"dataset {name!r} is not in this worker's data dir {self.root}")
         return path
-
-    def read_frame(self, name: str) -> pd.DataFrame:
-        """A .csv or .tsv dataset as a pandas DataFrame."""
-        path = self.resolve(name)
-        separator = TABULAR_SUFFIXES.get(path.suffix.lower())
-        if separator is None:
-            raise DatasetError(f"dataset {name!r} is not a .csv or .tsv file")
-        try:
-            return pd.read_csv(path, sep=separator)
-        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
-            # pandas' message may quote the file's contents: it stays in this worker's log
-            log.warning("dataset %r cannot be read as a table: %s", name, error)
-            raise DatasetError(f"dataset {name!r} cannot be read as a table "
-                               f"({type(error).__name__}; the worker's log says more)") from None

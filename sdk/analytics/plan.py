@@ -86,12 +86,26 @@ class PrivacyError(ValueError):
     does not need (a row mask, say), or its parts in the clear when the task asks otherwise."""
 
 
-Centre = Callable[[int, Any], Any]  # (spread reduction node, the mean sent) -> the mean used
+class SmallSets:
+    """The `min_rows` rule over the rows at hand: a set of fewer than `min_rows` rows (a
+    dataset, what a filter kept, a group, a cell) counts as empty where it is formed. A worker
+    that reads a table in chunks decides by the whole table's counts instead (worker/chunks.py)."""
+
+    def __init__(self, min_rows: int) -> None:
+        self.min_rows = min_rows
+
+    def rows(self, node_id: int, rows: Any) -> Any:
+        """The rows of a source or filter node, or none of them if they are too few."""
+        return _at_least(rows, self.min_rows)
+
+    def reducible(self, node_id: int, data: Any, keys: pd.Series | None) -> tuple[Any, Any]:
+        """What reduction `node_id` may cover of `data` (grouped by `keys`, or not)."""
+        return suppress_small_sets(data, keys, self.min_rows)
 
 
 def worker_parts(
     plan: Plan, stage: int, frames: dict[str, Any], inputs: dict[int, Any], min_rows: int = 1,
-    centre: Centre | None = None,
+    sets: SmallSets | None = None,
 ) -> Parts:
     """A worker's additive parts of every reduction in `stage`, over its own rows.
 
@@ -99,11 +113,11 @@ def worker_parts(
     of rows, say) would let the sender pick the rows summed. A set of fewer than `min_rows` rows
     (a dataset, what a filter kept, a group, the values of a column in one) counts as empty
     where it is formed, before anything else runs on it: its parts are those of no rows, so
-    neither they nor an error nor the time taken tell it from an empty set. `centre`, where
-    given, changes the mean that a var/std/sem/describe reduction centres on (differential
-    privacy keeps it inside the data's bound). Any failure is an `EvaluationError` composed from
-    the graph, which names no value of a row.
+    neither they nor an error nor the time taken tell it from an empty set (`sets` decides
+    which sets those are; by default, by their size in `frames`). Any failure is an
+    `EvaluationError` composed from the graph, which names no value of a row.
     """
+    sets = sets or SmallSets(min_rows)
     unexpected = set(inputs) - set(plan.inputs_of(stage))
     if unexpected:
         raise PrivacyError(f"step {stage + 1} was sent values for nodes {sorted(unexpected)}, "
@@ -114,38 +128,36 @@ def worker_parts(
         if node_id not in memo:
             node = plan.graph[node_id]
             if node.op == "source":
-                memo[node_id] = _at_least(frames[node.params["argument"]], min_rows)
+                memo[node_id] = sets.rows(node_id, frames[node.params["argument"]])
             elif node_id not in plan.row_wise and node.op != "const":
                 raise PrivacyError(f"step {stage + 1} needs the aggregate of node {node_id}, "
                                    "which was not sent")
             else:
                 args = [value(i) for i in node.inputs]
                 result = _guarded(node, args, lambda: apply_row_op(node.op, node.params, args))
-                memo[node_id] = _at_least(result, min_rows) if node.op == "filter" else result
+                memo[node_id] = sets.rows(node_id, result) if node.op == "filter" else result
         return memo[node_id]
 
     parts: Parts = {}
     for node_id in plan.reductions_in(stage):
         node = plan.graph[node_id]
         arguments = [value(i) for i in node.inputs]  # its rows, then keys or aggregates it uses
-        if centre is not None and node.params["kind"].removeprefix("groupby_") in SPREAD:
-            arguments[-1] = centre(node_id, arguments[-1])
-        parts[node_id] = _guarded(node, arguments, partial(_parts, node, arguments, min_rows))
+        parts[node_id] = _guarded(node, arguments, partial(_parts, node, arguments, sets))
     return parts
 
 
-def _parts(node: Node, arguments: list[Any], min_rows: int) -> dict[str, Any]:
-    """The parts of a reduction node over its rows, less the sets of fewer than `min_rows`;
+def _parts(node: Node, arguments: list[Any], sets: SmallSets) -> dict[str, Any]:
+    """The parts of a reduction node over its rows, less the sets too small to cover;
     grouped, over the rows of the declared keys only, and on exactly those keys."""
     kind = node.params["kind"]
     if not kind.startswith("groupby_"):
-        rows, _ = suppress_small_sets(arguments[0], None, min_rows)
+        rows, _ = sets.reducible(node.id, arguments[0], None)
         return REDUCTIONS[kind].partial(rows, *arguments[1:], **reduction_params(node.params))
     declared = node.params.get("declared_keys")
     rows, keys = arguments[0], arguments[1]
     if declared is not None:
         rows, keys = _declared_only(rows, keys, declared)
-    rows, keys = suppress_small_sets(rows, keys, min_rows)
+    rows, keys = sets.reducible(node.id, rows, keys)
     parts = REDUCTIONS[kind].partial(rows, keys, *arguments[2:], **reduction_params(node.params))
     if declared is None:
         return parts

@@ -1,0 +1,95 @@
+"""Data where holders keep it, over real daemons: one task names `visits`, which one holder maps
+to a PostgreSQL table, one to a Parquet file and one to a CSV file; the answer is pandas' own on
+the stacked rows, and the database was asked for aggregates, not rows."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from cluster import log_text
+from postgres import Postgres
+from sdk import dataset
+from sdk.task import HorizontalAnalytics
+from test_pandas import assert_same
+
+PASSWORD = "visits-pw-61d0"
+
+
+class VisitStats(HorizontalAnalytics):
+    def __init__(self):
+        super().__init__(name="visit_stats", min_clients=3, max_clients=3, wait_timeout=30,
+                         connection_timeout=30)
+
+    def dataset(self):
+        return {"d": dataset.DataFrame("visits")}
+
+    def execute(self, d):
+        return {"mean": d[["age", "cost"]].mean(), "by_city": d.groupby("city").cost.sum(),
+                "spread": d[d.age > 30].cost.var(), "people": d.groupby("city").size()}
+
+
+def visits(rows: int, seed: int) -> pd.DataFrame:
+    random = np.random.default_rng(seed)
+    return pd.DataFrame({"age": random.integers(18, 90, rows),
+                         "cost": random.integers(0, 8000, rows) / 8,
+                         "city": random.choice(["Brest", "Lyon", "Nice"], rows)})
+
+
+def sources_file(cluster, name: str, text: str) -> str:
+    path = cluster.root / f"sources-{name}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_postgresql_table_a_parquet_file_and_a_csv_file_under_one_name(cluster):
+    server = Postgres()
+    try:
+        frames = {"w1": visits(40, 1), "w2": visits(30, 2), "w3": visits(25, 3)}
+        server.load("visits", frames["w1"], {"age": sa.BigInteger, "cost": sa.Double,
+                                             "city": sa.Text})
+        server.admin(f"CREATE ROLE reader LOGIN PASSWORD '{PASSWORD}'")
+        (cluster.data_dir("w2") / "exports").mkdir()
+        frames["w2"].to_parquet(cluster.data_dir("w2") / "exports" / "visits.parquet",
+                                index=False)
+        frames["w3"].to_csv(cluster.data_dir("w3") / "visits.csv", index=False)
+        cluster.start_coordinator()
+        database = (f'[sources.visits]\nurl = "{server.url("reader")}"\n'
+                    'password_env = "VISITS_PW"\ntable = "visits"\n')
+        files = {"w2": '[sources.visits]\npath = "exports/visits.parquet"\n',
+                 "w3": '[sources.visits]\npath = "visits.csv"\n'}
+        cluster.start_worker("w1", None, False, "--sources", sources_file(cluster, "w1", database),
+                             env={"VISITS_PW": PASSWORD})
+        for name, text in files.items():
+            cluster.start_worker(name, None, False, "--sources", sources_file(cluster, name, text),
+                                 "--chunk-rows", "7")
+        for name in ("w1", "w2", "w3"):
+            cluster.wait_connected(name)
+        client = cluster.client()
+        statements = len(server.log())
+        task = VisitStats()
+        task_id = client.create_task(task.build())
+        log = io.StringIO()
+        assert client.trace(task_id, out=log), log.getvalue()
+        stacked = pd.concat(frames.values(), ignore_index=True)
+        assert_same(client.get_result(task_id), task.execute(stacked))
+        sent = server.log()[statements:]
+        assert "GROUP BY" in sent and "sum(" in sent  # aggregates, pushed down
+        assert "pushed down to its database" in cluster.workers["w1"].log()
+
+        # A holder whose database refuses its password: a sentence, never the password.
+        cluster.workers["w1"].stop()
+        wrong = "wrong-pw-3e77"
+        cluster.start_worker("w4", None, True, "--sources", sources_file(cluster, "w4", database),
+                             env={"VISITS_PW": wrong})
+        task_id = client.create_task(VisitStats().build())
+        assert client.wait(task_id) is False
+        text = log_text(client, task_id)
+        assert "worker w4: source 'visits': cannot connect to its database" in text, text
+        everything = text + cluster.workers["w4"].log() + cluster.coordinator.log()
+        assert wrong not in everything and PASSWORD not in everything
+    finally:
+        server.stop()

@@ -1,0 +1,197 @@
+"""SQL sources in process, over a real PostgreSQL server (one per module) and SQLite: steps
+pushed down to the database give what pandas gives over the same rows read in chunks."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from postgres import Postgres
+from sdk.analytics.errors import EvaluationError
+from test_chunks import run_over
+from test_pandas import assert_same
+from worker.chunks import stage_parts
+from worker.datasets import DataDir, DatasetError
+from worker.pushdown import pushed_parts
+from worker.sources import Catalog, SqlSpec, parse_sources, sql_source_key
+
+READER_PASSWORD = "reader-pw-93b1"
+
+
+def table_rows(count: int = 48) -> pd.DataFrame:
+    """Integers with and without NULLs, multiples of 1/8 (sums exact in any order) with NULLs,
+    text keys with NULLs and a rare key, a small integer key."""
+    random = np.random.default_rng(7)
+    n = pd.array(random.integers(-50, 50, count), dtype="Int64")
+    n[random.random(count) < 0.2] = pd.NA
+    f = random.integers(-80, 80, count) / 8
+    f[random.random(count) < 0.2] = np.nan
+    k = random.choice(["a", "b", "c", None], count).astype(object)
+    k[[5, 17]] = "rare"
+    return pd.DataFrame({"i": random.integers(0, 10, count), "n": n, "f": f, "k": k,
+                         "g": random.integers(0, 5, count)})
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = Postgres()
+    import sqlalchemy as sa
+    server.load("visits", table_rows(), {"i": sa.BigInteger, "n": sa.BigInteger,
+                                         "f": sa.Double, "k": sa.Text, "g": sa.Integer})
+    server.admin("UPDATE visits SET f = 'NaN' WHERE i = 9")  # a real NaN reads as missing
+    server.admin(f"CREATE ROLE reader LOGIN PASSWORD '{READER_PASSWORD}'")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def visits(postgres, monkeypatch, tmp_path):
+    monkeypatch.setenv("VISITS_PW", READER_PASSWORD)
+    sources = parse_sources(f'[sources.visits]\nurl = "{postgres.url("reader")}"\n'
+                            'password_env = "VISITS_PW"\ntable = "visits"\n')
+    return Catalog(DataDir(tmp_path), sources).open("visits")
+
+
+def pushed(plan, stage, tables, inputs, min_rows, chunk_rows):
+    (argument, table), = tables.items()
+    parts = pushed_parts(plan, stage, argument, table, inputs, min_rows)
+    assert parts is not None, f"step {stage + 1} was not pushed down"
+    return parts
+
+
+def chunked(plan, stage, tables, inputs, min_rows, chunk_rows):
+    return stage_parts(plan, stage, tables, inputs, min_rows, chunk_rows, pushdown=False)
+
+
+MAPPED = {
+    "sums": lambda d: (d.i.sum(), d.f.sum(), d.n.sum(), d[["i", "f", "n"]].sum(), d.count(),
+                       d.k.count(), d[["i", "n"]].sum()),
+    "means": lambda d: (d.f.mean(), d[["i", "f", "n"]].mean(), d.i.mean()),
+    "spreads": lambda d: (d.f.var(), d[["i", "f", "n"]].std(ddof=0), d.i.sem(), d.n.var()),
+    "filters": lambda d: (d[d.i > 3].f.mean(), d[(d.i > 3) & ~(d.f < 0.5)].n.sum(),
+                          d[d.f != 1.0].i.count(), d[d.f.isna()].i.sum(),
+                          d[d.n.notna() | (d.f >= 2)][["i", "f"]].sum(), d[d.i > 100].f.sum()),
+    "arithmetic": lambda d: ((d.i * 2 + d.f - 1).sum(), (d.i / 4).mean(), (-d.n).sum(),
+                             abs(d.f - 3).sum(), (3 - d.i * d.g).sum(), (d[["i", "f"]] * 2).sum(),
+                             (d.f > d.i).sum(), (d.i > 3).sum(), (d.f > 1).mean()),
+    "groupby": lambda d: (d.groupby("g")[["i", "f", "n"]].sum(), d.groupby("k").i.mean(),
+                          d.groupby("g").size(), d.groupby("g").count(),
+                          d[d.i > 2].groupby("k").f.sum(), d.groupby("k")[["f"]].mean(),
+                          d.groupby("g").k.count()),
+}
+
+
+@pytest.mark.parametrize("min_rows", [1, 3])
+@pytest.mark.parametrize("family", MAPPED)
+def test_pushed_down_steps_equal_pandas_over_the_rows_read_in_chunks(visits, family, min_rows):
+    body = MAPPED[family]
+    expected = run_over(body, visits, min_rows, 7, chunked)
+    assert_same(run_over(body, visits, min_rows, 7, pushed), expected)
+    if min_rows == 1:  # and pandas on the table read at once
+        rows = table_rows().assign(f=lambda t: t.f.where(t.i != 9))
+        rows = rows.astype({"n": "float64"})
+        assert_same(expected, body(rows))
+
+
+@pytest.mark.parametrize("body", [
+    lambda d: (d.i // 3).sum(), lambda d: (d.i % 3).sum(), lambda d: (d.f ** 2).sum(),
+    lambda d: d.f.sum(skipna=False), lambda d: d.groupby("g").f.var(),
+    lambda d: d[d.k == "rare"].i.sum(),  # two rows: under min_rows 3, the chunks leave it out
+    lambda d: (d.f * np.nan).sum(), lambda d: d.groupby("f").i.sum(),
+])
+def test_what_does_not_map_is_read_in_chunks_with_the_same_answer(visits, body):
+    refused = []
+
+    def step(plan, stage, tables, inputs, min_rows, chunk_rows):
+        refused.append(pushed_parts(plan, stage, "d", visits, inputs, min_rows) is None)
+        return stage_parts(plan, stage, tables, inputs, min_rows, chunk_rows)
+
+    assert_same(run_over(body, visits, 3, 7, step), run_over(body, visits, 3, 1000, chunked))
+    assert any(refused)
+
+
+def test_pushdown_asks_the_database_for_aggregates_with_task_values_bound(visits, postgres):
+    before = len(postgres.log())
+    marker = 4242.125
+    run_over(lambda d: d[d.f < marker].groupby("k").i.sum(), visits, 1, 7, pushed)
+    statements = postgres.log()[before:]
+    assert "GROUP BY" in statements and "sum(" in statements
+    assert str(marker) not in statements.split("parameters:")[0]  # bound, not SQL text
+    assert "$" in statements
+
+
+def test_a_wrong_password_fails_with_a_sentence_and_no_password(postgres, tmp_path, caplog,
+                                                                monkeypatch):
+    monkeypatch.setenv("VISITS_PW", "not-the-password-5521")
+    spec = SqlSpec(postgres.url("reader"), "VISITS_PW", "visits", None, None)
+    table = Catalog(DataDir(tmp_path), {"visits": spec}).open("visits")
+    with caplog.at_level(logging.INFO, "deltaflow.worker"):
+        with pytest.raises(DatasetError, match="source 'visits': cannot connect to its database"
+                           ) as raised:
+            run_over(lambda d: d.i.sum(), table, 1, 7)
+    assert "not-the-password-5521" not in str(raised.value) + caplog.text
+    assert "password authentication failed" in caplog.text  # the holder's log says why
+
+
+def test_sources_file_errors_name_the_key_and_never_quote_a_password():
+    env = {"PW": "x"}
+    cases = {
+        '[sources.v]\nurl = "postgresql://r:hunter2@h/db"\ntable = "t"\n': "url holds a password",
+        '[sources.v]\nurl = "postgresql://r@h/db"\n': "needs either table or query",
+        '[sources.v]\nurl = "postgresql://r@h/db"\ntable = "t"\nquery = "select 1"\n':
+            "needs either table or query",
+        '[sources.v]\npath = "a.csv"\nurl = "sqlite://"\n': "needs either path",
+        '[sources.v]\npath = "../a.csv"\n': "escapes",
+        '[sources.v]\npath = "a.xlsx"\n': "path must be a .csv, .tsv, .parquet file",
+        '[sources.v]\nurl = "nosuch://r@h/db"\ntable = "t"\n': "no SQLAlchemy dialect",
+        '[sources.v]\nurl = "postgresql://r@h/db"\ntable = "t"\npassword_env = "NOPE"\n':
+            "environment variable NOPE is not set",
+        '[sources.v]\nurl = "postgresql://r@h/db"\ntable = "t"\nport = "1"\n': "has no key 'port'",
+        '[sources.v]\nurl = "::hunter2::"\ntable = "t"\n': "url is not a SQLAlchemy URL",
+        '[other]\nx = 1\n': "only [sources.NAME] tables",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")) \
+                as raised:
+            parse_sources(text, env)
+        assert "[sources.v]" in str(raised.value) or "[other]" in str(raised.value)
+        assert "hunter2" not in str(raised.value)
+
+
+def test_sqlite_tables_and_queries_are_read_in_chunks_read_only(tmp_path):
+    path = tmp_path / "db.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE people (age INTEGER, cost REAL, city TEXT)")
+        db.executemany("INSERT INTO people VALUES (?, ?, ?)",
+                       [(20 + i % 30, i / 4 if i % 5 else None, "abc"[i % 3]) for i in range(50)])
+    sources = parse_sources(f'[sources.people]\nurl = "sqlite:///{path}"\ntable = "people"\n'
+                            f'[sources.recent]\nurl = "sqlite:///{path}"\n'
+                            'query = "select age, cost from people where age >= 30"\n'
+                            '[sources.copy]\npath = "people.parquet"\n')
+    catalog = Catalog(DataDir(tmp_path), sources)
+    stacked = pd.read_sql("select * from people", sqlite3.connect(path))
+    stacked.to_parquet(tmp_path / "people.parquet", index=False)
+    body = lambda d: (d.age.mean(), d.cost.var(), d.groupby("city").cost.sum())  # noqa: E731
+    for name in ("people", "copy"):
+        assert_same(run_over(body, catalog.open(name), 3, 8), body(stacked))
+    recent = stacked[stacked.age >= 30][["age", "cost"]]
+    assert_same(run_over(lambda d: d.mean(), catalog.open("recent"), 3, 8), recent.mean())
+    assert catalog.names() == ["copy", "db.sqlite", "people", "people.parquet", "recent"]
+    with catalog.open("people").connect() as connection:
+        import sqlalchemy as sa
+        with pytest.raises(sa.exc.OperationalError, match="readonly"):
+            connection.execute(sa.text("DELETE FROM people"))
+
+
+def test_the_ledger_keys_a_sql_source_by_its_database_and_table_or_query():
+    table = SqlSpec("postgresql://reader@db.local/hospital", "PW", "visits", None, None)
+    assert sql_source_key(table) == "sql:postgresql://reader@db.local/hospital:table:visits"
+    query = SqlSpec("postgresql://reader@db.local/hospital", "PW", None, None, "select  a\nfrom t")
+    same = SqlSpec("postgresql://reader@db.local/hospital", None, None, None, "select a from t")
+    assert sql_source_key(query) == sql_source_key(same)
+    assert sql_source_key(query).startswith("sql:postgresql://reader@db.local/hospital:query:")

@@ -1,0 +1,407 @@
+"""A step of an analytics graph pushed down to a SQL database as aggregate queries, so that rows
+stay in the database and its own engine does the scan.
+
+A step is pushed down only where every operation it uses maps to SQL whose meaning is pandas'
+own, and the parts come back exactly as pandas would give them (dtypes, labels, the `min_rows`
+rule): column selection, filters by comparisons with numbers (two-valued, as pandas compares
+NaN), `& | ~`, `+ - *`, division by a number, `isna`/`notna`, `abs` and negation, and the sums,
+counts, means, sums of squared deviations and per-key sums, counts, means and sizes of a group
+by an integer or text column. Floor division, modulo, powers, NaN constants, real (float4) and
+numeric columns do not map; nor does a step where a filter keeps fewer than `min_rows` rows
+(the chunked reader leaves those out). Values of the task travel as bind parameters, never as
+SQL text. Only PostgreSQL tables are pushed down: its types are strict, so a column's SQL type
+says which dtype pandas reads it as.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sdk.analytics.graph import Node
+from sdk.analytics.plan import Parts, Plan
+from worker.datasets import DatasetError
+from worker.sources import SqlTable
+
+log = logging.getLogger("deltaflow.worker")
+
+DIALECTS = {"postgresql"}
+_ARITHMETIC = {"add", "sub", "mul"}
+_COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
+_GROUPED = {"groupby_sum", "groupby_count", "groupby_mean", "groupby_size"}
+_UNGROUPED = {"sum", "count", "mean", "var", "std", "sem"}
+
+
+class NotMapped(Exception):
+    """A step (or one operation of it) that has no SQL of the same meaning here."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of rows in SQL: `kind` is int, float, bool (a two-valued mask), text or other
+    (counted only)."""
+
+    expr: Any
+    kind: str
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A row-wise value: a Series (one column) or a frame, over the rows its filters keep."""
+
+    columns: tuple[tuple[Any, Column], ...]
+    series: bool
+    filters: tuple[Any, ...] = ()  # conditions, outermost last
+
+    def only(self) -> Column:
+        if not self.series:
+            raise NotMapped("a frame where a Series is needed")
+        return self.columns[0][1]
+
+
+def pushed_parts(plan: Plan, stage: int, argument: str, table: SqlTable, inputs: dict[int, Any],
+                 min_rows: int) -> Parts | None:
+    """The parts of `stage` computed by `table`'s database; None where the step does not map
+    (or the database refuses a query: the chunked reader then gives pandas' answer, or the
+    error)."""
+    if table.dialect not in DIALECTS or table.spec.table is None:
+        return None
+    try:
+        with table.connect() as connection:
+            return Pushdown(plan, stage, argument, table.selectable(connection), connection,
+                            inputs, min_rows).parts()
+    except NotMapped as reason:
+        log.info("step %d over %r is read in chunks: %s", stage + 1, table.name, reason)
+    except DatasetError as error:
+        log.info("step %d over %r is read in chunks: %s", stage + 1, table.name, error)
+    return None
+
+
+class Pushdown:
+    """One step over one table, compiled to SQL node by node."""
+
+    def __init__(self, plan: Plan, stage: int, argument: str, source: Any, connection: Any,
+                 inputs: dict[int, Any], min_rows: int) -> None:
+        import sqlalchemy as sa
+        self.sa = sa
+        self.plan = plan
+        self.stage = stage
+        self.argument = argument
+        self.source = source
+        self.connection = connection
+        self.inputs = inputs
+        self.min_rows = min_rows
+        self.memo: dict[int, Any] = {}
+        self.frame = self._source_rows()
+
+    def _source_rows(self) -> Rows:
+        """Every column of the table, typed as pandas reads it: an integer column with a NULL
+        is float64, a double's NaN is missing."""
+        sa = self.sa
+        integers = [c for c in self.source.columns if isinstance(c.type, sa.Integer)]
+        counts = self.connection.execute(sa.select(
+            sa.func.count(), *[sa.func.count(c) for c in integers]).select_from(self.source)).one()
+        self.rows = counts[0]
+        if 0 < self.rows < self.min_rows:
+            raise NotMapped("the table has fewer rows than min_rows")
+        complete = {c.name for c, n in zip(integers, counts[1:]) if n == counts[0]}
+        columns = []
+        for c in self.source.columns:
+            if isinstance(c.type, sa.Integer):
+                column = (Column(sa.cast(c, sa.BigInteger), "int") if c.name in complete
+                          else Column(sa.cast(c, sa.Double), "float"))
+            elif isinstance(c.type, sa.Double):
+                column = Column(sa.func.nullif(c, sa.cast(sa.literal("NaN"), sa.Double)), "float")
+            elif isinstance(c.type, sa.String):
+                column = Column(c, "text")
+            else:
+                column = Column(c, "other")
+            columns.append((c.name, column))
+        return Rows(tuple(columns), series=False)
+
+    # -- row-wise nodes --------------------------------------------------------------------
+
+    def value(self, node_id: int) -> Any:
+        if node_id not in self.memo:
+            self.memo[node_id] = self._compile(self.plan.graph[node_id])
+        return self.memo[node_id]
+
+    def _compile(self, node: Node) -> Any:
+        if node.op == "source":
+            if node.params["argument"] != self.argument:
+                raise NotMapped("another dataset")
+            return self.frame
+        if node.id in self.inputs:  # an aggregate sent for this step
+            return self.inputs[node.id]
+        if node.op == "const":
+            return _constant(node.params["value"])
+        args = [self.value(i) for i in node.inputs]
+        if node.op == "getitem":
+            return _select(args[0], node.params["key"])
+        if node.op == "filter":
+            rows, mask = args
+            if not isinstance(rows, Rows) or not isinstance(mask, Rows) or \
+                    mask.filters != rows.filters or mask.only().kind != "bool":
+                raise NotMapped("a filter by a mask of other rows")
+            return replace(rows, filters=rows.filters + (mask.only().expr,))
+        if node.op == "binary":
+            return self._binary(node.params["op"], *args)
+        if node.op == "unary":
+            return _per_column(args[0], lambda c: self._unary(node.params["op"], c))
+        if node.op == "method" and node.params["name"] == "drop" and isinstance(args[0], Rows):
+            keywords = dict(zip(node.params["keywords"], args[1:]))
+            dropped = keywords.get("columns")
+            dropped = set(dropped if isinstance(dropped, (list, tuple)) else [dropped])
+            return replace(args[0], columns=tuple(
+                (label, c) for label, c in args[0].columns if label not in dropped))
+        raise NotMapped(f"{node.op} {node.params.get('op') or node.params.get('name') or ''}")
+
+    def _binary(self, op: str, left: Any, right: Any) -> Rows:
+        sa = self.sa
+        if isinstance(left, Rows) and isinstance(right, Rows):
+            if not (left.series and right.series and left.filters == right.filters):
+                raise NotMapped("an operation between rows that do not line up")
+            combined = self._column(op, left.only(), right.only())
+            return replace(left, columns=((None, combined),))
+        rows, number, reflected = (left, right, False) if isinstance(left, Rows) else \
+            (right, left, True)
+        if not isinstance(rows, Rows):
+            raise NotMapped("an operation between aggregates")
+        number = _constant(number)
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            raise NotMapped("an operation with a value that is not a number")
+        constant = Column(sa.literal(number, sa.BigInteger if isinstance(number, int) and
+                                     not isinstance(number, bool) else sa.Double),
+                          "int" if isinstance(number, int) else "float")
+        if op == "truediv" and not reflected and number != 0:
+            return _per_column(rows, lambda c: Column(
+                sa.cast(_number(c), sa.Double) / sa.literal(float(number), sa.Double), "float"))
+        return _per_column(rows, lambda c: self._column(op, constant, c) if reflected
+                           else self._column(op, c, constant))
+
+    def _column(self, op: str, left: Column, right: Column) -> Column:
+        sa = self.sa
+        if op in ("and", "or"):
+            if left.kind != "bool" or right.kind != "bool":
+                raise NotMapped(f"{op} of values that are not masks")
+            return Column((sa.and_ if op == "and" else sa.or_)(left.expr, right.expr), "bool")
+        a, b = _number(left), _number(right)
+        if op in _ARITHMETIC:
+            expression = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+            return Column(expression, "int" if left.kind == right.kind == "int" else "float")
+        if op in _COMPARISONS:
+            compared = {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b, "eq": a == b,
+                        "ne": a != b}[op]
+            # pandas compares a missing value as False, and != as True
+            return Column(sa.func.coalesce(compared, sa.true() if op == "ne" else sa.false()),
+                          "bool")
+        raise NotMapped(f"the operator {op}")
+
+    def _unary(self, op: str, column: Column) -> Column:
+        sa = self.sa
+        if op == "isna" or op == "notna":
+            if column.kind == "other":
+                raise NotMapped("isna of a column of another type")
+            if column.kind == "bool":
+                return Column(sa.false() if op == "isna" else sa.true(), "bool")
+            return Column(column.expr.is_(None) if op == "isna" else column.expr.is_not(None),
+                          "bool")
+        if op == "invert" and column.kind == "bool":
+            return Column(sa.not_(column.expr), "bool")
+        if op in ("neg", "abs") and column.kind in ("int", "float"):
+            return Column(-column.expr if op == "neg" else sa.func.abs(column.expr), column.kind)
+        raise NotMapped(f"{op} of a {column.kind} column")
+
+    # -- reductions --------------------------------------------------------------------------
+
+    def parts(self) -> Parts:
+        reductions = [self.plan.graph[n] for n in self.plan.reductions_in(self.stage)]
+        compiled = [(node, [self.value(i) for i in node.inputs]) for node in reductions]
+        self._check_filters([args[0] for _, args in compiled])
+        return {node.id: self._reduce(node, args) for node, args in compiled}
+
+    def _check_filters(self, rows: list[Any]) -> None:
+        """NotMapped where a filter keeps fewer than min_rows rows (but some): the chunked
+        reader leaves those out as the rule says."""
+        sa = self.sa
+        chains = {r.filters[:k] for r in rows if isinstance(r, Rows)
+                  for k in range(1, len(r.filters) + 1)}
+        if not chains:
+            return
+        chains_list = sorted(chains, key=len)
+        counts = self.connection.execute(sa.select(*[
+            sa.func.count(sa.case((sa.and_(*chain), 1))) for chain in chains_list
+        ]).select_from(self.source)).one()
+        if any(0 < n < self.min_rows for n in counts):
+            raise NotMapped("a filter keeps fewer rows than min_rows")
+
+    def _reduce(self, node: Node, args: list[Any]) -> dict[str, Any]:
+        kind = node.params["kind"]
+        rows = args[0]
+        if not isinstance(rows, Rows):
+            raise NotMapped("a reduction of aggregates")
+        if node.params.get("skipna", True) is not True:
+            raise NotMapped("skipna=False")
+        if "declared_keys" in node.params:
+            raise NotMapped("declared keys")
+        if node.params.get("numeric_only") and any(
+                c.kind in ("text", "other") for _, c in rows.columns):
+            raise NotMapped("numeric_only over columns of other types")
+        if kind in _UNGROUPED:
+            return self._over_rows(kind, rows, args[1] if len(args) > 1 else None)
+        if kind in _GROUPED:
+            return self._per_key(kind, rows, args[1])
+        raise NotMapped(f"the reduction {kind}")
+
+    def _over_rows(self, kind: str, rows: Rows, mean: Any) -> dict[str, Any]:
+        sa = self.sa
+        labels = [label for label, _ in rows.columns]
+        spread = kind in ("var", "std", "sem")
+        selected = [sa.func.count(c.expr) for _, c in rows.columns]
+        if kind != "count":
+            for label, c in rows.columns:
+                x = _number(c, count_only=False)
+                if spread:
+                    centre = mean if rows.series else _at(mean, label)
+                    if pd.isna(centre):  # no values: every deviation is missing
+                        selected += [sa.null(), sa.null()]
+                        continue
+                    deviation = x - sa.literal(float(centre), sa.Double)
+                    selected += [sa.func.sum(deviation * deviation), sa.func.sum(deviation)]
+                else:
+                    selected.append(sa.func.sum(x))
+        answer = list(self.connection.execute(
+            sa.select(*selected).select_from(self.source).where(*rows.filters)).one())
+        counts = answer[:len(labels)]
+        sums = answer[len(labels):]
+        hidden = [0 < n < self.min_rows for n in counts]  # cells counted as empty
+        counts = [0 if h else n for n, h in zip(counts, hidden)]
+        kinds = ["float" if h or spread else _sum_kind(c) for h, (_, c) in zip(hidden, rows.columns)]
+        if kind == "count":
+            return {"count": _shaped(rows, labels, counts, ["int"] * len(labels))}
+        if spread:
+            squares = [0.0 if h else s for s, h in zip(sums[0::2], hidden)]
+            deviations = [0.0 if h else s for s, h in zip(sums[1::2], hidden)]
+            counts = [0 if pd.isna(mean if rows.series else _at(mean, label)) else n
+                      for n, label in zip(counts, labels)]
+            return {"squares": _shaped(rows, labels, squares, kinds),
+                    "deviations": _shaped(rows, labels, deviations, kinds),
+                    "count": _shaped(rows, labels, counts, ["int"] * len(labels))}
+        total = _shaped(rows, labels, [0 if h else s for s, h in zip(sums, hidden)], kinds)
+        if kind == "sum":
+            return {"sum": total}
+        return {"sum": total, "count": _shaped(rows, labels, counts, ["int"] * len(labels))}
+
+    def _per_key(self, kind: str, rows: Rows, keys: Any) -> dict[str, Any]:
+        sa = self.sa
+        if not isinstance(keys, Rows) or keys.filters != rows.filters:
+            raise NotMapped("keys of other rows")
+        (key_label, key), = keys.columns
+        if key.kind not in ("int", "text") or key_label is None:
+            raise NotMapped("keys that are not an integer or text column")
+        labels = [label for label, _ in rows.columns]
+        selected = [key.expr, sa.func.count()] + [sa.func.count(c.expr) for _, c in rows.columns]
+        if kind in ("groupby_sum", "groupby_mean"):
+            selected += [sa.func.sum(_number(c, count_only=False)) for _, c in rows.columns]
+        answer = self.connection.execute(
+            sa.select(*selected).select_from(self.source)
+            .where(*rows.filters, key.expr.is_not(None)).group_by(key.expr)).all()
+        answer = [r for r in answer if r[1] >= self.min_rows]  # groups counted as empty
+        index = pd.Index([r[0] for r in answer], dtype="int64" if key.kind == "int" else "str",
+                         name=key_label)
+        width = len(labels)
+        counts = [[r[2 + i] for r in answer] for i in range(width)]
+        hidden = [[0 < n < self.min_rows for n in column] for column in counts]
+        counts = [[0 if h else n for n, h in zip(column, hide)]
+                  for column, hide in zip(counts, hidden)]
+
+        def table(columns: list[list[Any]], kinds: list[str]) -> Any:
+            frame = pd.DataFrame({i: pd.Series(values, index=index, dtype=_dtype(k))
+                                  for i, (values, k) in enumerate(zip(columns, kinds))},
+                                 index=index)
+            frame.columns = pd.Index(labels)
+            frame = frame.sort_index()
+            return frame.iloc[:, 0].rename(labels[0]) if rows.series else frame
+
+        if kind == "groupby_size":
+            size = pd.Series([r[1] for r in answer], index=index, dtype="int64").sort_index()
+            return {"size": size.rename(labels[0]) if rows.series else size}
+        count = table(counts, ["int"] * width)
+        if kind == "groupby_count":
+            return {"count": count}
+        sums = [[0.0 if h else (s or 0) for s, h in zip([r[2 + width + i] for r in answer],
+                                                       hidden[i])] for i in range(width)]
+        kinds = ["float" if any(hidden[i]) else _sum_kind(c)
+                 for i, (_, c) in enumerate(rows.columns)]
+        total = table(sums, kinds)
+        return {"sum": total} if kind == "groupby_sum" else {"sum": total, "count": count}
+
+
+def _constant(value: Any) -> Any:
+    """A number of the task (a constant, or an aggregate sent for this step): it travels as a
+    bind parameter. NaN, infinities and everything else do not map."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and -2**63 <= int(value) < 2**63:
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, (list, tuple, str)) or value is None:
+        return value  # a key of getitem or drop
+    raise NotMapped(f"a constant of type {type(value).__name__}")
+
+
+def _select(rows: Any, key: Any) -> Rows:
+    if not isinstance(rows, Rows) or rows.series:
+        raise NotMapped("selecting from a Series")
+    columns = dict(rows.columns)
+    wanted = list(key) if isinstance(key, (list, tuple)) else [key]
+    if any(k not in columns for k in wanted):
+        raise NotMapped("a column the table does not have")  # pandas' path says which
+    return replace(rows, columns=tuple((k, columns[k]) for k in wanted),
+                   series=not isinstance(key, (list, tuple)))
+
+
+def _per_column(rows: Any, apply: Any) -> Rows:
+    if not isinstance(rows, Rows):
+        raise NotMapped("an operation on aggregates")
+    return replace(rows, columns=tuple((label, apply(c)) for label, c in rows.columns))
+
+
+def _number(column: Column, count_only: bool = False) -> Any:
+    """A column's values as numbers (a mask's as 0 and 1, as pandas sums bools)."""
+    import sqlalchemy as sa
+    if column.kind in ("int", "float"):
+        return column.expr
+    if column.kind == "bool":
+        return sa.case((column.expr, 1), else_=0)
+    raise NotMapped(f"arithmetic on a {column.kind} column")
+
+
+def _sum_kind(column: Column) -> str:
+    return "float" if column.kind == "float" else "int"
+
+
+def _dtype(kind: str) -> str:
+    return "float64" if kind == "float" else "int64"
+
+
+def _at(aggregate: Any, label: Any) -> Any:
+    if not isinstance(aggregate, pd.Series) or label not in aggregate.index:
+        raise NotMapped("a per-column aggregate that does not match the columns")
+    return aggregate[label]
+
+
+def _shaped(rows: Rows, labels: list[Any], numbers: list[Any], kinds: list[str]) -> Any:
+    """One part as pandas gives it: a scalar for a Series, a Series by column for a frame."""
+    values = [np.float64(n or 0.0) if k == "float" else np.int64(int(n or 0))
+              for n, k in zip(numbers, kinds)]
+    if rows.series:
+        return values[0]
+    dtype = np.result_type(*[_dtype(k) for k in kinds]) if kinds else np.dtype("int64")
+    return pd.Series(values, index=pd.Index(labels), dtype=dtype)
