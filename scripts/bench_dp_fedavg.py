@@ -127,14 +127,14 @@ def release_seconds(values: int, repeats: int = 3) -> float:
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--noise", default="0.5,2", help="noise multipliers, comma-separated")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rows", type=int, default=1000, help="rows per holder")
     parser.add_argument("--clip", type=float, default=1.0, help="DP-FedAvg's clip norm")
     parser.add_argument("--repeats", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     noises = [float(z) for z in args.noise.split(",")]
     test = make_data(3000, 99)
     rows: dict[float | None, list[tuple[float, float, float, float | None]]] = {

@@ -3,7 +3,10 @@ for epsilon 0.1, 1 and 10 (each task spending the whole budget on one statistic)
 from create_task to the result beside the same task without DP. Three local workers with
 mutual TLS and secure aggregation, 10k rows each (deltaflow.samples.wages).
 
-Usage: python scripts/bench_privacy.py [--repeats 3] [--rows 10000]
+Then DP-FedAvg's accuracy and time beside plain FedAvg (scripts/bench_dp_fedavg.py, which runs
+alone with more options), unless --analytics-only.
+
+Usage: python scripts/bench_privacy.py [--repeats 3] [--rows 10000] [--analytics-only]
 """
 
 from __future__ import annotations
@@ -116,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=10_000, help="rows per holder")
+    parser.add_argument("--analytics-only", action="store_true",
+                        help="leave out DP-FedAvg's table")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, LocalCluster(Path(folder)) as cluster:
         cluster.start_coordinator()
@@ -125,6 +130,10 @@ def main() -> None:
         _timed(client, Statistic(STATISTICS["mean"], 1.0), 1)  # warm-up: dp-accounting's import
         rows = analytics_rows(client, args.repeats)
     print_table(rows, args.repeats, args.rows)
+    if not args.analytics_only:
+        import bench_dp_fedavg  # beside this script
+
+        bench_dp_fedavg.main([])
 
 
 if __name__ == "__main__":
