@@ -3,8 +3,10 @@
 import os
 import re
 
+import numpy as np
 import pytest
 from cluster import LocalCluster, log_text, wages
+from learning_tasks import SkipsClipping, regression_data
 
 from sdk import dataset
 from sdk.privacy import DifferentialPrivacy
@@ -76,8 +78,8 @@ def test_a_second_name_for_the_same_file_is_the_same_source(tmp_path):
     os.link(data / "wages.csv", data / "copy.csv")
     (data / "alias.csv").symlink_to(data / "wages.csv")
     catalog = Catalog(DataDir(data), {"logical": "wages.csv"})
-    keys = {catalog.open(name).key() for name in ("wages.csv", "copy.csv", "alias.csv",
-                                                  "logical")}
+    keys = {catalog.key(name) for name in ("wages.csv", "copy.csv", "alias.csv", "logical")}
+    assert catalog.open("alias.csv").key() in keys
     assert len(keys) == 1
     (data / "other.csv").write_text("wage\n1\n")
     assert catalog.open("other.csv").key() not in keys
@@ -123,6 +125,7 @@ def test_each_holder_keeps_budgets_across_names_and_restarts(cluster):
         folder = cluster.data_dir(name)
         wages(50, seed).to_csv(folder / "wages.csv", index=False)
         os.link(folder / "wages.csv", folder / "alias.csv")  # the same rows, a second name
+        np.savez(folder / "train.npz", **regression_data(40, seed))
         cluster.start_worker(name, policy=PRIVATE_POLICY)
     alice, bob = cluster.client("alice"), cluster.client("bob")
 
@@ -150,3 +153,10 @@ def test_each_holder_keeps_budgets_across_names_and_restarts(cluster):
     assert "bob" not in log_text(alice, after_restart)
 
     assert bob.wait(bob.create_task(MeanWage().build()))  # bob's budget is his own
+
+    # DP-FedAvg's rounds spend from the same budgets: refused before its code is loaded.
+    learning = bob.create_task(SkipsClipping(clip_norm=1.0, noise_multiplier=0.5,
+                                             secure_aggregation=True, max_rounds=5).build())
+    assert bob.wait(learning) is False
+    assert re.search(r"refused task 6: bob would spend epsilon \d+.* in all on 'train.npz'",
+                     log_text(bob, learning))

@@ -533,7 +533,7 @@ class Worker:
             self.policy.current.check(spec, signer)
         except PolicyRefusal as refusal:
             raise TaskRefused(str(refusal), "policy") from None
-        sources = {self.catalog.open(ref.file).key(): ref.file for ref in spec.datasets}
+        sources = {self.catalog.key(ref.file): ref.file for ref in spec.datasets}
         self._admissions[task_id] = Admission(claims.nonce if claims else hashlib.sha256(
             data + task_id.to_bytes(8, "big")).digest(), signer.name, sources,
             spec.privacy.delta)

@@ -123,8 +123,13 @@ class FileTable(Table):
                                f"({type(error).__name__}; the worker's log says more)") from None
 
     def key(self) -> str:
-        stat = os.stat(self.path)
-        return f"file:{stat.st_dev}:{stat.st_ino}"
+        return file_key(self.path)
+
+
+def file_key(path: Path) -> str:
+    """The privacy ledger's key of a file: the file itself, whatever name or link reaches it."""
+    stat = os.stat(path)
+    return f"file:{stat.st_dev}:{stat.st_ino}"
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,14 @@ class Catalog:
 
     def names(self) -> list[str]:
         return sorted(set(self.data_dir.names()) | set(self.sources))
+
+    def key(self, name: str) -> str:
+        """The privacy ledger's key of the data a dataset name stands for, a table or not (a
+        learning task's file); DatasetError if there is none."""
+        source = self.sources.get(name)
+        if isinstance(source, SqlSpec):
+            return sql_source_key(source)
+        return file_key(self.data_dir.resolve(source if source is not None else name))
 
     def open(self, name: str) -> Table:
         """The table a task's dataset name stands for; DatasetError if there is none."""
