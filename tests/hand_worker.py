@@ -37,6 +37,15 @@ class HandWorker(threading.Thread):
     def answer(self, assignment: pb.Assignment) -> bytes | None:
         raise NotImplementedError
 
+    def released(self, task_id: int) -> None:
+        """The coordinator released it from the task (it was dropped, or the task ended)."""
+
+    def report_error(self, assignment: pb.Assignment, error: str) -> None:
+        """Answers the assignment with an error, as a worker whose computation failed."""
+        header = self.header(assignment)
+        header.error = error
+        self.stub.Upload(iter([pb.UploadRequest(header=header)]))
+
     def header(self, assignment: pb.Assignment) -> pb.UploadHeader:
         return pb.UploadHeader(session_id=self.session, exchange_id=assignment.exchange_id)
 
@@ -76,6 +85,8 @@ class HandWorker(threading.Thread):
                         requests = [pb.UploadRequest(header=self.header(message.assignment))]
                         requests += [pb.UploadRequest(chunk=c) for c in split_chunks(data)]
                         self.stub.Upload(iter(requests))
+                elif message.HasField("release_task_id"):
+                    self.released(message.release_task_id)
                 if self.done.is_set():
                     break
         except grpc.RpcError:

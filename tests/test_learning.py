@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from cluster import log_text, wait_for
 from hand_worker import HandWorker
 from learning_tasks import BrokenTraining, Probe, Regression, regression_data
@@ -20,7 +21,6 @@ from learning_tasks import BrokenTraining, Probe, Regression, regression_data
 from sdk import tensors, values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
-from worker.learning import load_training_data, split
 
 SIZES = {"w1": 60, "w2": 100, "w3": 35}
 
@@ -37,24 +37,46 @@ def start(cluster, env=None, names=tuple(SIZES)):
         cluster.wait_connected(name)
 
 
+def validation_rows(rows: int, validate_frac: float, task_id: int) -> set[int]:
+    """The rows a worker holds out for validate(), by the rule README.md states (written here
+    anew, not taken from the worker's code): the first int(rows * validate_frac) entries of
+    torch.randperm(rows) drawn from a generator seeded with the task id."""
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(task_id))
+    return set(order[:int(rows * validate_frac)].tolist())
+
+
+def holder_parts(path, validate_frac: float, task_id: int) -> tuple[TensorDataset, TensorDataset]:
+    """A worker's (training, validation) rows of its .npz file, by `validation_rows`."""
+    with np.load(path) as arrays:
+        x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+    held_out = validation_rows(len(x), validate_frac, task_id)
+    train = [row for row in range(len(x)) if row not in held_out]
+    validate = sorted(held_out)
+    return TensorDataset(x[train], y[train]), TensorDataset(x[validate], y[validate])
+
+
 def fedavg_in_process(built, task_id, files, rounds):
     """What the coordinator should get: each worker's own task object, trained round by round
-    from the global weights, averaged by training samples."""
+    from the global weights, averaged by training samples; and each round's metrics, each
+    worker's validate() on its held-out rows averaged by their number."""
     code = built.spec.learning.task
     infos = list(built.spec.learning.weights)
     workers = []
     for path in files:
         task = tensors.loads_with_weights(code, {k: v.clone() for k, v in built.weights.items()})
-        train, _ = split(load_training_data(path), built.spec.learning.validate_frac, task_id)
-        workers.append((task, task.make_train_dataloader(train), len(train)))
+        train, held_out = holder_parts(path, built.spec.learning.validate_frac, task_id)
+        workers.append((task, task.make_train_dataloader(train),
+                        task.make_validate_dataloader(held_out), len(train)))
     global_state = {k: v.clone() for k, v in built.weights.items()}
+    metrics = []
     for _ in range(rounds):
-        trained = []
-        for task, loader, samples in workers:
+        trained, validated = [], []
+        for task, loader, validate_loader, samples in workers:
             with torch.no_grad():
                 for name, tensor in task.state_dict().items():
                     tensor.copy_(global_state[name])
             task.train(loader)
+            validated.append((task.validate(validate_loader), len(validate_loader.dataset)))
             trained.append(({k: v.clone() for k, v in task.state_dict().items()}, samples))
         total = sum(samples for _, samples in trained)
         for info in infos:
@@ -63,7 +85,10 @@ def fedavg_in_process(built, task_id, files, rounds):
                 global_state[info.name] = (weighted / total).to(global_state[info.name].dtype)
             else:  # integers: the weighted mean rounded, halves up
                 global_state[info.name] = torch.floor(weighted / total + 0.5).long()
-    return global_state
+        count = sum(n for _, n in validated)
+        metrics.append({name: sum(values[name] * n for values, n in validated) / count
+                        for name in validated[0][0]})
+    return global_state, metrics
 
 
 @pytest.mark.parametrize("secure", [True, False])
@@ -76,7 +101,7 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
     result = client.get_result(task_id)
 
     files = [cluster.data_dir(name) / "train.npz" for name in SIZES]
-    expected = fedavg_in_process(built, task_id, files, rounds=3)
+    expected, expected_metrics = fedavg_in_process(built, task_id, files, rounds=3)
     assert list(result) == list(built.weights)
     for name, tensor in expected.items():
         assert result[name].dtype == tensor.dtype and result[name].shape == tensor.shape
@@ -85,7 +110,10 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
 
     metrics = client.get_metrics(task_id)
     assert [m["round"] for m in metrics] == [1, 2, 3]
-    assert all(m["workers"] == 3 and m["mse"] > 0 for m in metrics)
+    assert all(m["workers"] == 3 for m in metrics)
+    # Weighted by validation rows (12, 20 and 7): an unweighted mean is off by far more.
+    for got, want in zip(metrics, expected_metrics, strict=True):
+        assert got["mse"] == pytest.approx(want["mse"], rel=1e-5), (metrics, expected_metrics)
     assert metrics[-1]["mse"] < metrics[0]["mse"]
     log = log_text(client, task_id)
     assert "round 3/3: mse=" in log and "from 3 workers" in log
@@ -242,12 +270,63 @@ def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
     client.cancel_task(task_id)
 
 
+
+class Quitter(HandWorker):
+    """Downloads the task it is selected for, then reports an error as it joins; once the
+    coordinator releases it, it asks for the task and its weights again: `refusals`."""
+
+    def __init__(self, cluster) -> None:
+        super().__init__(cluster, "quitter", ["train.npz"])
+        self.refusals: list[grpc.RpcError] = []
+        self.checked = threading.Event()
+
+    def answer(self, assignment: pb.Assignment) -> bytes | None:
+        if assignment.phase == "join":
+            self.fetch_task(assignment.task_id)  # selected, it may
+            self.report_error(assignment, "it would rather not")
+        return None
+
+    def released(self, task_id: int) -> None:
+        if self.checked.is_set():
+            return
+        for call, request in ((self.stub.FetchWeights, pb.FetchWeightsRequest),
+                              (self.stub.FetchTask, pb.FetchTaskRequest)):
+            try:
+                list(call(request(session_id=self.session, task_id=task_id)))
+            except grpc.RpcError as refused:
+                self.refusals.append(refused)
+        self.checked.set()
+
+
+class Holder(HandWorker):
+    """Joins, then holds the first training phase open until `quitter` has checked (the task
+    still runs meanwhile), and reports an error."""
+
+    def __init__(self, cluster, quitter: Quitter) -> None:
+        super().__init__(cluster, "holder", ["train.npz"])
+        self.quitter = quitter
+
+    def answer(self, assignment: pb.Assignment) -> bytes | None:
+        if assignment.phase == "join":
+            return b""
+        self.quitter.checked.wait(60)
+        self.report_error(assignment, "it held the round long enough")
+        return None
+
+
 def test_only_a_tasks_workers_download_its_code_and_weights(cluster):
     """A registered worker that the task did not select is refused the task and its weights,
-    with a message that says why; the task's own workers still get both."""
+    and so is one dropped from it while the task runs, with a message that says why; the task's
+    own workers still get both."""
     start(cluster, names=("w1", "w2"))
+    quitter = Quitter(cluster)
+    hand_workers = (quitter, Holder(cluster, quitter))
+    for worker in hand_workers:
+        worker.start()
+        cluster.wait_connected(worker.name)
     client = cluster.client()
-    task_id = client.create_task(Regression(max_rounds=1, min_clients=2, max_clients=2).build())
+    task_id = client.create_task(Regression(max_rounds=1, min_clients=2, max_clients=4,
+                                            secure_aggregation=False).build())
     with cluster.channel("outsider") as channel:
         stub = services_pb2_grpc.WorkerServiceStub(channel)
         outsider = stub.Register(pb.RegisterRequest(name="outsider", datasets=[])).session_id
@@ -259,6 +338,14 @@ def test_only_a_tasks_workers_download_its_code_and_weights(cluster):
             assert (f"worker outsider is not selected for task {task_id}"
                     in refused.value.details())
     assert client.wait(task_id), client.get_task(task_id).error
+    log = log_text(client, task_id)
+    assert "selected 4 worker(s): holder, quitter, w1, w2" in log
+    assert "worker quitter dropped in join: it reported an error: it would rather not" in log
+    assert "worker holder dropped in train" in log
+    assert quitter.checked.is_set()
+    assert [(r.code(), r.details()) for r in quitter.refusals] == 2 * [(
+        grpc.StatusCode.PERMISSION_DENIED, f"worker quitter is not selected for task {task_id} "
+        "(or was dropped from it): only its workers download it")]
 
 
 class GhostWorker(HandWorker):
@@ -318,7 +405,7 @@ def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, 
     if secure:  # its masks with w1 and w2 were taken off with the shares of its mask key
         assert "the sum covers 2 of 3 selected workers: w1, w2" in log
     files = [cluster.data_dir(name) / "train.npz" for name in ("w1", "w2")]
-    expected = fedavg_in_process(built, task_id, files, rounds=2)
+    expected, _ = fedavg_in_process(built, task_id, files, rounds=2)
     for name, tensor in client.get_result(task_id).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
 

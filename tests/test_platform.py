@@ -51,6 +51,14 @@ def test_wage_avg_over_three_workers_equals_pandas_on_the_stacked_rows(cluster):
     assert info.state == pb.TASK_STATE_FINISHED and info.name == "wage_avg"
     assert [t.task_id for t in client.list_tasks()] == [task_id]
 
+    # max_clients=2 of the three: two are selected, and the result is over their rows alone.
+    two = client.create_task(WageAvg(max_clients=2).build())
+    assert client.wait(two), client.get_task(two).error
+    selected = re.search(r"selected 2 worker\(s\): (w\d), (w\d)\n", log_text(client, two))
+    assert selected, log_text(client, two)
+    expected = pd.concat([frames[name] for name in selected.groups()], ignore_index=True).mean()
+    pd.testing.assert_series_equal(client.get_result(two), expected, rtol=1e-12)
+
 
 def test_too_few_workers_fails_after_connection_timeout_saying_how_many_came(cluster):
     cluster.start_coordinator()

@@ -56,7 +56,8 @@ def load_training_data(path: Path) -> Dataset:
 
 
 def split(data: Dataset, validate_frac: float, seed: int) -> tuple[Dataset, Dataset | None]:
-    """(training part, validation part or None): a seeded random `validate_frac` held out."""
+    """(training part, validation part or None): the rows at the first int(len × validate_frac)
+    places of a permutation seeded with `seed` (the task id) are held out (README.md's rule)."""
     held_out = int(len(data) * validate_frac)
     if held_out == 0:
         return data, None
