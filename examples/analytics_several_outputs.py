@@ -21,8 +21,8 @@ from sdk.task import HorizontalAnalytics
 
 class WageReport(HorizontalAnalytics):
     def __init__(self):
-        super().__init__(name="wage_report", min_clients=2, max_clients=3, wait_timeout=5,
-                         connection_timeout=5)
+        super().__init__(name="wage_report", min_clients=2, max_clients=3, wait_timeout=30,
+                         connection_timeout=30)
 
     def dataset(self):
         return {"wages": dataset.DataFrame("wages.csv")}

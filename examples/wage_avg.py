@@ -19,8 +19,8 @@ class WageAvg(HorizontalAnalytics):
             name="wage_avg",
             min_clients=2,  # at least 2
             max_clients=3,  # at least min_clients
-            wait_timeout=5,  # seconds a compute phase may take
-            connection_timeout=5,  # seconds every other phase may take
+            wait_timeout=30,  # seconds a compute phase may take at most
+            connection_timeout=30,  # seconds every other phase may take at most
         )
 
     def dataset(self):

@@ -20,8 +20,8 @@ from sdk.task import FedAvg, HorizontalLearning
 class Regression(HorizontalLearning):
     """A linear model behind BatchNorm, trained with full-batch SGD: deterministic."""
 
-    def __init__(self, max_rounds=3, min_clients=2, max_clients=3, wait_timeout=30,
-                 connection_timeout=10, validate_frac=0.2, merge_epoch=None,
+    def __init__(self, max_rounds=3, min_clients=2, max_clients=3, wait_timeout=60,
+                 connection_timeout=120, validate_frac=0.2, merge_epoch=None,
                  merge_iteration=None, secure_aggregation=True):
         super().__init__(name="regression", max_rounds=max_rounds, validate_interval=1,
                          validate_frac=validate_frac, secure_aggregation=secure_aggregation,
@@ -83,7 +83,7 @@ class Canary(Regression):
     the worker ran something of it."""
 
     def __init__(self, canary: Path) -> None:
-        super().__init__(max_rounds=1, connection_timeout=60)
+        super().__init__(max_rounds=1)
         self.canary = str(canary)
 
     def __setstate__(self, state: dict) -> None:

@@ -5,7 +5,7 @@ from sdk.task import HorizontalAnalytics
 
 
 class WageAvg(HorizontalAnalytics):
-    def __init__(self, min_clients=2, max_clients=3, wait_timeout=5, connection_timeout=5,
+    def __init__(self, min_clients=2, max_clients=3, wait_timeout=30, connection_timeout=30,
                  file="wages.csv"):
         super().__init__(name="wage_avg", min_clients=min_clients, max_clients=max_clients,
                          wait_timeout=wait_timeout, connection_timeout=connection_timeout)

@@ -50,7 +50,7 @@ def test_a_site_that_requires_secure_aggregation_refuses_a_plain_task(cluster):
     cluster.start_worker("w1", {"wages.csv": wages(10, 1)}, policy=policy(secure="true"))
     cluster.start_worker("w2", {"wages.csv": wages(10, 2)})
     client = cluster.client()
-    plain = WageAvg(connection_timeout=3).build()
+    plain = WageAvg().build()
     plain.spec.secure_aggregation = False
     task_id = client.create_task(plain)
     assert client.wait(task_id) is False

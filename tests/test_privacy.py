@@ -225,8 +225,8 @@ def test_nothing_a_worker_sends_or_raises_holds_a_value_of_a_row(body):
 # Over real daemons: three workers of marked rows, whose minimum set is the default 3 rows.
 class Hostile(HorizontalAnalytics):
     def __init__(self, body: Callable[[Any], Any]):
-        super().__init__(name="hostile", min_clients=2, max_clients=3, wait_timeout=5,
-                         connection_timeout=5)
+        super().__init__(name="hostile", min_clients=2, max_clients=3, wait_timeout=30,
+                         connection_timeout=30)
         self.body = body
 
     def dataset(self):
