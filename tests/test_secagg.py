@@ -3,13 +3,17 @@ that can read nothing it relays, refusals with clear messages."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sdk.secagg import SecAggClient, SecAggError, SecAggServer, shamir, threshold
+from sdk.secagg import client as secagg_client
 from sdk.secagg.client import NONCE_BYTES
 from sdk.secagg.fixedpoint import FixedPointOverflow, decode, encode, encode_into
 from sdk.secagg.local import run_local
@@ -94,7 +98,22 @@ def test_a_million_values_sum_exactly():
     np.testing.assert_allclose(total, xs[0] + xs[2], rtol=0, atol=3 * 10**-PRECISION)
 
 
-def test_masked_input_looks_uniform_and_hides_the_plain_vector():
+@pytest.fixture
+def seeded_secrets(monkeypatch):
+    """Workers' keys and self-mask seeds drawn from a seeded generator: a statistical test of
+    their masks gives the same verdict on every run."""
+    rng = np.random.default_rng(20261130)
+
+    class SeededKeys:
+        @staticmethod
+        def generate() -> X25519PrivateKey:
+            return X25519PrivateKey.from_private_bytes(rng.bytes(32))
+
+    monkeypatch.setattr(secagg_client, "X25519PrivateKey", SeededKeys)
+    monkeypatch.setattr(secagg_client, "os", SimpleNamespace(urandom=rng.bytes))
+
+
+def test_masked_input_looks_uniform_and_hides_the_plain_vector(seeded_secrets):
     length = 1 << 16
     clients, _ = make_round(3, 2, length)
     x = np.zeros(length)  # the most structured input there is
