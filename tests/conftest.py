@@ -1,5 +1,10 @@
+import random
+from types import SimpleNamespace
+
 import pytest
 from cluster import LocalCluster, served_cluster
+
+from sdk.privacy import noise
 
 
 @pytest.fixture
@@ -15,3 +20,12 @@ def served(tmp_path_factory):
     c, ids = served_cluster(tmp_path_factory.mktemp("served"))
     yield c, ids
     c.stop()
+
+
+@pytest.fixture
+def seeded_noise(monkeypatch, request):
+    """Differential privacy's noise drawn in this process from generators seeded by the test's
+    name: a statistical test gives the same verdict on every run. (Noise that daemons draw stays
+    unseeded: a hook to seed it would make a deployment's noise predictable.)"""
+    draws = random.Random(request.node.nodeid)
+    monkeypatch.setattr(noise, "secrets", SimpleNamespace(randbits=draws.getrandbits))

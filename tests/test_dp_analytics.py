@@ -39,6 +39,8 @@ from worker.datasets import DataDir
 from worker.sources import Catalog
 from worker.secure import Contribution, SecureRounds
 
+pytestmark = pytest.mark.usefixtures("seeded_noise")  # statistical tests: seeded
+
 RUNS = 2000
 HOLDERS = 3
 SHARES = fewest_honest(2, HOLDERS)  # each of the three adds 1/2 of the noise: 3/2 in the sum

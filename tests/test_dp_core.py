@@ -24,6 +24,8 @@ from sdk.privacy.bounds import Frame, Interval, bounds_of
 from sdk.privacy.noise import MAX_STEP_SIGMA, Noise
 from sdk.task import TaskError
 
+pytestmark = pytest.mark.usefixtures("seeded_noise")  # statistical tests: seeded
+
 DP = DifferentialPrivacy(epsilon=1.0, delta=1e-6)
 
 

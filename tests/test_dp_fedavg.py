@@ -32,6 +32,8 @@ from sdk.task import FedAvg, TaskError
 from sdk.weights import float_values, total_bytes
 from worker.learning_job import LearningJob, dp_masked_input, dp_weights
 
+pytestmark = pytest.mark.usefixtures("seeded_noise")  # statistical tests: seeded
+
 # Bounds that a correct implementation breaks with probability below 1e-6 (see each use).
 SIGMAS = 7.0
 
