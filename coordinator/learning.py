@@ -134,7 +134,7 @@ async def _collect(round_: Round, total: StreamedSum, receiver: Callable[[], Con
     whose uploads were whole send them again into the emptied sum."""
     phase = "train"
     while True:
-        total.restart()
+        await asyncio.to_thread(total.restart)  # zeroing a model's sum takes seconds
         answers = await round_.phase(phase, timeout, inputs=inputs, secagg=secagg,
                                      receiver=lambda worker: receiver())
         if not total.tainted:
@@ -178,7 +178,9 @@ class _SecureAggregate:
         protocol = SecureRound(self.round, self.rules)
         answers = await self.round.phase("secagg_keys", self.rules.connection_timeout,
                                          secagg=protocol.opening())
-        protocol.start(protocol.parse(answers, "secagg_keys"), self.length, self.sum.words)
+        # In a thread: it zeroes the sum, seconds for a large model, while heartbeats go on.
+        await asyncio.to_thread(protocol.start, protocol.parse(answers, "secagg_keys"),
+                                self.length, self.sum.words)
         peers = await protocol.exchange_shares()
         answers = await _collect(
             self.round, self.sum, lambda: Contribution(self.sum, 8 * self.length, masked_weight),

@@ -290,15 +290,21 @@ class Worker:
         self.engine.close()
         log.info("worker %s stopped", self.name)
 
-    def _open_channel(self) -> grpc.aio.Channel:
+    def _open_channel(self, own_connection: bool = False) -> grpc.aio.Channel:
+        """A channel to the coordinator; with `own_connection`, over a TCP connection that no
+        other channel shares."""
+        options = [*CHANNEL_OPTIONS, *([("grpc.use_local_subchannel_pool", 1)]
+                                       if own_connection else [])]
         if self.kit is None:
-            return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(self.address, options=options)
         return grpc.aio.secure_channel(self.address, self.kit.channel_credentials(),
-                                       options=CHANNEL_OPTIONS)
+                                       options=options)
 
     async def _connect_once(self) -> bool:
         """One registration and channel, until it ends; True if registration succeeded."""
-        async with self._open_channel() as channel:
+        # Weights move on a connection of their own: queued behind a model's gigabytes on the
+        # live channel's, heartbeats arrive seconds late and either side drops the other.
+        async with self._open_channel() as channel, self._open_channel(True) as weights:
             stub = services_pb2_grpc.WorkerServiceStub(channel)
             datasets = await asyncio.to_thread(self._offered)
             reply = await stub.Register(pb.RegisterRequest(
@@ -311,11 +317,12 @@ class Worker:
                 self._release(task_id)
             log.info("registered with %s as %s, offering %d dataset(s)", self.address, self.name,
                      len(datasets))
-            await self._channel(channel, stub, reply, datasets)
+            await self._channel(weights, stub, reply, datasets)
             return True
 
-    async def _channel(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
+    async def _channel(self, weights: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
                        reply: pb.RegisterResponse, datasets: list[str]) -> None:
+        """The live channel of `stub`, until it ends; assignments move weights on `weights`."""
         interval = reply.heartbeat_interval or 1.0
         silence_limit = max(4 * interval, 3.0)
         outgoing: asyncio.Queue[pb.WorkerMessage] = asyncio.Queue()
@@ -340,7 +347,7 @@ class Worker:
                     return
                 if message.HasField("assignment"):
                     handler = asyncio.create_task(
-                        self._handle(channel, stub, reply.session_id, message.assignment))
+                        self._handle(weights, stub, reply.session_id, message.assignment))
                     handlers.add(handler)
                     handler.add_done_callback(handlers.discard)
                 elif message.HasField("release_task_id"):

@@ -406,6 +406,8 @@ class LearningJob:
             if digest is not None:
                 digest.update(chunk)
             offset = end
+            # Chunks gRPC already holds come without a pause: let the heartbeats out between.
+            await asyncio.sleep(0)
         if offset != len(view):
             raise ValueError(f"the coordinator sent {offset} of the {len(view)} bytes of "
                              f"task {self.task_id}'s weights")
