@@ -4,6 +4,7 @@ computation done in this process."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import threading
@@ -273,6 +274,33 @@ def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
     assert torch.equal(workers[0].reader.result()["big"], big)
     client.cancel_task(task_id)
 
+
+@pytest.mark.skipif(os.environ.get("DELTAFLOW_BIG_TESTS") != "1",
+                    reason="moves some 13 GiB over loopback, for minutes: DELTAFLOW_BIG_TESTS=1")
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize(("secure", "mib"), [(False, 2_100), (True, 1_100)])
+def test_a_model_over_2_gib_goes_to_real_workers_back_and_out_as_the_result(
+        cluster, secure, mib):
+    """Every direction over 2 GiB between real daemons: the client's upload, each worker's
+    download and upload (plain: the weights, 2.1 GiB; secure: the masked vector, 8 B a value:
+    2.2 GiB of a 1.1 GiB model) and GetResult. The buffer `big` is not trained and averages
+    exactly (integers times 48 and 80 samples); the rest equals FedAvg in process."""
+    start(cluster, names=("w1", "w2"))
+    rules = {"max_rounds": 1, "max_clients": 2, "secure_aggregation": secure}
+    task = Regression(**rules, wait_timeout=1500, connection_timeout=1500)
+    big = torch.empty(mib * 2**20 // 4, dtype=torch.float32)
+    big.view(-1, 1024).copy_(torch.arange(1024, dtype=torch.float32).expand(len(big) // 1024, -1))
+    task.model.register_buffer("big", big)
+    client = cluster.client(timeout=1500)
+    task_id = client.create_task(task.build())
+    assert client.wait(task_id), client.get_task(task_id).error
+    result = client.get_result(task_id)
+    assert torch.equal(result.pop("big"), big)
+    files = [cluster.data_dir(name) / "train.npz" for name in ("w1", "w2")]
+    expected, _ = fedavg_in_process(Regression(**rules).build(), task_id, files, rounds=1)
+    assert list(result) == list(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(result[name], tensor, rtol=1e-5, atol=1e-6)
 
 
 class Quitter(HandWorker):
