@@ -14,10 +14,10 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 from cluster import log_text, wait_for
 from hand_worker import HandWorker
 from learning_tasks import BrokenTraining, Probe, Regression, regression_data
+from torch.utils.data import TensorDataset
 
 from sdk import tensors, values
 from sdk.proto import services_pb2 as pb
@@ -375,9 +375,10 @@ def test_only_a_tasks_workers_download_its_code_and_weights(cluster):
     assert "worker quitter dropped in join: it reported an error: it would rather not" in log
     assert "worker holder dropped in train" in log
     assert quitter.checked.is_set()
-    assert [(r.code(), r.details()) for r in quitter.refusals] == 2 * [(
-        grpc.StatusCode.PERMISSION_DENIED, f"worker quitter is not selected for task {task_id} "
-        "(or was dropped from it): only its workers download it")]
+    refusal = (f"worker quitter is not selected for task {task_id} (or was dropped from it): "
+               "only its workers download it")
+    assert [(r.code(), r.details()) for r in quitter.refusals] == 2 * [
+        (grpc.StatusCode.PERMISSION_DENIED, refusal)]
 
 
 class GhostWorker(HandWorker):
