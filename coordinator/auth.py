@@ -4,7 +4,9 @@ The gate is the server's only interceptor. For each call it reads the peer's cer
 mutual TLS has already checked against the federation's CA), refuses a revoked one, looks the
 method up in `METHODS` (a method missing from it is refused: default deny), records the audit
 entry, and sets `caller()` for the handler. Without identities (`--insecure`, loopback only)
-every caller is `ANONYMOUS` and may call everything.
+every caller is `ANONYMOUS` and may call everything. It also ends calls from outside their
+handlers: those of a caller whose certificate is revoked, and all of them when the coordinator
+stops; and it puts every handler behind `calls` (requests checked, failures answered).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from coordinator import calls
 from sdk.proto import services_pb2 as pb
 from sdk.trust import ANONYMOUS, USER_ROLES, Identity, TrustError, Verifier, identity_from_pem
 
@@ -75,29 +78,48 @@ def visible_owner(who: Identity) -> str | None:
     return None if who.role == "admin" else who.name
 
 
-class Revoked(Exception):
-    """The caller's certificate was revoked while its call went on."""
+class Ended(Exception):
+    """A call ended from outside its handler, with the status its caller gets."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+STOPPING = "the coordinator is stopping; call again once it is back"
 
 
 class Call:
-    """One admitted call: who makes it, and a future set if their certificate is revoked."""
+    """One admitted call: who makes it, and a future set to an Ended to end it."""
 
-    def __init__(self, who: Identity, watched: bool) -> None:
+    def __init__(self, who: Identity) -> None:
         self.who = who
-        self.revoked: asyncio.Future[None] | None = (
-            asyncio.get_running_loop().create_future() if watched else None)
+        self.ended: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
 
-    async def until_revoked(self, step: Any) -> Any:
-        """Awaits `step` (a part of the call: a response, a request); Revoked if the caller's
-        certificate is revoked first."""
-        if self.revoked is None:
-            return await step
+    def end(self, reason: Ended) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+    async def until_ended(self, step: Any) -> Any:
+        """Awaits `step` (a part of the call: a response, a request); raises the Ended if the
+        call is ended first."""
         running = asyncio.ensure_future(step)
-        await asyncio.wait((running, self.revoked), return_when=asyncio.FIRST_COMPLETED)
+        running.add_done_callback(_retrieved)  # its failure is ours to raise, or moot
+        try:
+            await asyncio.wait((running, self.ended), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the call was cancelled (its caller went away)
+            running.cancel()
+            raise
         if running.done():
             return running.result()
         running.cancel()
-        raise Revoked
+        raise self.ended.result()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Marks a finished step's exception as seen: asyncio logs those never looked at."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Gate(grpc.aio.ServerInterceptor):
@@ -107,6 +129,7 @@ class Gate(grpc.aio.ServerInterceptor):
         self.verifier = verifier
         self.record = record
         self._calls: set[Call] = set()
+        self._closed = False
 
     async def intercept_service(self, continuation: Callable[..., Any],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -119,14 +142,24 @@ class Gate(grpc.aio.ServerInterceptor):
         """Ends the calls of callers whose certificate is now revoked; how many it ended."""
         if self.verifier is None:
             return 0
-        ended = [call for call in self._calls if call.revoked is not None
-                 and not call.revoked.done() and self.verifier.is_revoked(call.who.serial)]
+        ended = [call for call in self._calls if not call.ended.done()
+                 and self.verifier.is_revoked(call.who.serial)]
         for call in ended:
-            call.revoked.set_result(None)
+            call.end(Ended(grpc.StatusCode.UNAUTHENTICATED,
+                           f"the certificate of {call.who.name} was revoked"))
         return len(ended)
+
+    def close(self) -> None:
+        """Ends every call (UNAVAILABLE, so that workers and followers call again once the
+        coordinator is back) and refuses new ones: the coordinator is stopping."""
+        self._closed = True
+        for call in self._calls:
+            call.end(Ended(grpc.StatusCode.UNAVAILABLE, STOPPING))
 
     async def admit(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         """The call of an authenticated caller allowed to call `method`; aborts it otherwise."""
+        if self._closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
         who = ANONYMOUS
         if self.verifier is not None:
             pem = context.auth_context().get("x509_pem_cert")
@@ -147,29 +180,30 @@ class Gate(grpc.aio.ServerInterceptor):
                 self._audit(who, method, grpc.StatusCode.PERMISSION_DENIED, refusal, "")
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         _CALLER.set(who)
-        call = Call(who, watched=self.verifier is not None)
+        call = Call(who)
         self._calls.add(call)
         return call
 
     async def end(self, call: Call, method: str, context: grpc.aio.ServicerContext,
                   request: Any, response: Any, error: BaseException | None) -> None:
-        """Forgets the call, records it where the audit log wants it, and aborts it if its
-        caller's certificate was revoked meanwhile."""
+        """Forgets the call, records it where the audit log wants it, and aborts it with the
+        status `error` calls for, if it is one it knows (an Ended, or one of `calls`)."""
         self._calls.discard(call)
-        who = call.who
-        if isinstance(error, Revoked):
-            refusal = f"the certificate of {who.name} was revoked"
-            self._audit(who, method, grpc.StatusCode.UNAUTHENTICATED, refusal,
-                        _target(request, response))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-        code = context.code() if error is not None else None
-        if isinstance(code, int) or code is None:
-            code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-        if method in AUDITED or code in _REFUSALS:
+        status = ((error.code, error.details) if isinstance(error, Ended)
+                  else calls.status_of(error) if error is not None else None)
+        if status is not None:
+            code, detail = status
+        else:
+            code = context.code() if error is not None else None
+            if isinstance(code, int) or code is None:
+                code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
             if isinstance(error, asyncio.CancelledError):
                 code = grpc.StatusCode.CANCELLED
             detail = (context.details() or "") if error is not None else ""
-            self._audit(who, method, code, detail, _target(request, response))
+        if method in AUDITED or code in _REFUSALS:
+            self._audit(call.who, method, code, detail, _target(request, response))
+        if status is not None and not context.done():
+            await context.abort(*status)
 
     def _audit(self, who: Identity, method: str, code: grpc.StatusCode, detail: str,
                target: str) -> None:
@@ -180,6 +214,12 @@ class Gate(grpc.aio.ServerInterceptor):
                         _field(detail))
         except Exception:  # noqa: BLE001 - a failed audit write must not fail the call
             log.exception("could not record the audit entry for %s by %s", action, who.name)
+
+
+def _answered(error: BaseException, context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call ended on a status already sent (a refused request, or the call ended
+    after that): its handler's end is then no failure to report."""
+    return isinstance(error, (Ended, calls.Refused)) and context.done()
 
 
 def _field(text: str, limit: int = AUDIT_FIELD_CHARS) -> str:
@@ -212,31 +252,41 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMe
     else:
         behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
 
+    async def requests(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if handler.request_streaming:
+            return calls.checked_stream(request, context)
+        return await calls.checked(request, context)
+
     if inspect.isasyncgenfunction(behavior):
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = await gate.admit(method, context)
-            responses = behavior(request, context)
             try:
+                responses = behavior(await requests(request, context), context)
                 while True:
                     try:
-                        response = await call.until_revoked(anext(responses))
+                        response = await call.until_ended(anext(responses))
                     except StopAsyncIteration:
                         break
                     yield response
             except BaseException as error:
                 await gate.end(call, method, context, request, None, error)
+                if _answered(error, context):
+                    return
                 raise
             await gate.end(call, method, context, request, None, None)
     else:
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = await gate.admit(method, context)
             try:
-                response = await call.until_revoked(behavior(request, context))
+                response = await call.until_ended(
+                    behavior(await requests(request, context), context))
             except BaseException as error:
                 await gate.end(call, method, context, request, None, error)
+                if _answered(error, context):
+                    return None
                 raise
             await gate.end(call, method, context, request, response, None)
             return response
 
-    return make(gated, request_deserializer=handler.request_deserializer,
+    return make(gated, request_deserializer=calls.tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer)

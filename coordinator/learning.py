@@ -28,7 +28,7 @@ from coordinator.fedavg import WeightedSum, per_tensor, write_average
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import Round, select_workers
 from coordinator.secure import SecureRound, describe_mode
-from coordinator.store import Store
+from coordinator.store import Checksum, Store
 from sdk import weights
 from sdk.proto import task_pb2
 from sdk.secagg.fixedpoint import decode_in_place
@@ -56,9 +56,9 @@ async def run_learning(
             round_.number = number
             validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
             average = store.spare_weights_path(task_id)
-            workers, samples, metrics = await aggregate.train(
+            workers, samples, metrics, checksum = await aggregate.train(
                 {"round": number, "validate": validate}, average)
-            store.checkpoint(task_id, average)
+            store.checkpoint(task_id, average, checksum)
             prefix = f"round {number}/{learning.max_rounds}: "
             if metrics:
                 store.save_metrics(task_id, number, workers, metrics)
@@ -71,7 +71,8 @@ async def run_learning(
         store.drop_spare_weights(task_id)
 
 
-Outcome = tuple[int, int, dict[str, float]]  # workers summed, training samples, metrics
+# Workers summed, training samples, metrics, and the checksum of the average written.
+Outcome = tuple[int, int, dict[str, float], Checksum]
 
 
 async def _collect(round_: Round, total: StreamedSum, receiver: Callable[[], Contribution],
@@ -106,8 +107,8 @@ class _PlainAggregate:
         answers = await _collect(
             self.round, self.total, lambda: Contribution(self.total, self.size, samples_of),
             inputs, self.rules.wait_timeout)
-        await asyncio.to_thread(self.total.write_average, average)
-        return len(answers), self.total.samples, _metrics(list(answers.values()))
+        checksum = await asyncio.to_thread(self.total.write_average, average)
+        return len(answers), self.total.samples, _metrics(list(answers.values())), checksum
 
 
 class _SecureAggregate:
@@ -134,10 +135,11 @@ class _SecureAggregate:
         sums = await asyncio.to_thread(decode_in_place, total, self.precision)
         tail = sums[self.length - 2 - weights.METRIC_SLOTS:]
         samples, validated = round(tail[0]), round(tail[1])
-        await asyncio.to_thread(write_average, average, self.infos,
-                                per_tensor(sums, self.infos), samples)
+        checksum = await asyncio.to_thread(write_average, average, self.infos,
+                                           per_tensor(sums, self.infos), samples)
         metas = [answers[name] for name in protocol.summed if name in answers]
-        return len(protocol.summed), samples, self._metrics(metas, tail[2:], validated)
+        return (len(protocol.summed), samples, self._metrics(metas, tail[2:], validated),
+                checksum)
 
     def _metrics(self, metas: list[Any], sums: np.ndarray, validated: int) -> dict[str, float]:
         """The round's metrics from their summed slots, named as the workers that validated

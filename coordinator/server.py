@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.auth import Gate
 from coordinator.registry import WorkerRegistry
-from coordinator.store import Store
+from coordinator.store import StateError, Store
 from coordinator.task_service import TaskService
 from coordinator.tasks import TaskManager
 from coordinator.worker_service import WorkerService, add_worker_service
@@ -36,6 +36,7 @@ SERVICE_NAMES = [
 
 
 CRL_POLL_SECONDS = 1.0  # how often the kit's revoked.crl is looked at for a change
+STOP_GRACE_SECONDS = 5.0  # calls ended at a stop get this long to send their status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,13 +124,14 @@ async def _watch_crl(kit: Kit, verifier: Verifier, gate: Gate, registry: WorkerR
 
 
 async def serve(args: argparse.Namespace) -> None:
+    """Serves until SIGINT or SIGTERM. In order: the state dir's lock (a second coordinator on
+    it exits here, having touched nothing), the port (one that cannot be bound exits before
+    recovery), the recovery of the tasks the last run left, then serving."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     kit, listen = _identity(args)
-    args.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(args.state_dir)
-    registry = WorkerRegistry(args.heartbeat_interval, args.heartbeat_timeout)
-    tasks = TaskManager(store, registry)
-    tasks.recover()
-
     verifier = Verifier(kit.ca_pem) if kit is not None else None
     crl_stamp = None
     if kit is not None:
@@ -140,6 +142,12 @@ async def serve(args: argparse.Namespace) -> None:
             raise SystemExit(f"--kit: {error}") from None
     else:
         log.warning("--insecure: no TLS and no identities; every caller may do everything")
+    try:
+        store = Store(args.state_dir)
+    except StateError as error:
+        raise SystemExit(str(error)) from None
+    registry = WorkerRegistry(args.heartbeat_interval, args.heartbeat_timeout)
+    tasks = TaskManager(store, registry)
     gate = Gate(verifier, store.append_audit)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
     services_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(tasks, verifier), server)
@@ -155,7 +163,9 @@ async def serve(args: argparse.Namespace) -> None:
         else:
             port = server.add_secure_port(listen, kit.server_credentials())
     except RuntimeError as error:
-        raise SystemExit(f"cannot listen on {listen}: {error}") from None
+        raise SystemExit(f"cannot listen on {listen}: {error} (the tasks in the state dir "
+                         "are left as they were)") from None
+    tasks.recover()
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -165,10 +175,6 @@ async def serve(args: argparse.Namespace) -> None:
              args.state_dir.resolve())
     print(f"deltaflow coordinator listening on {host}:{port}", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     watchers = [asyncio.create_task(registry.watch_heartbeats())]
     if kit is not None:
         watchers.append(asyncio.create_task(
@@ -176,9 +182,10 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     log.info("coordinator stopping")
     await health_servicer.enter_graceful_shutdown()
+    gate.close()  # every call ends, UNAVAILABLE: workers and followers come back later
     for watcher in watchers:
         watcher.cancel()
     await tasks.shutdown()
-    await server.stop(grace=1.0)
+    await server.stop(grace=STOP_GRACE_SECONDS)
     store.close()
     log.info("coordinator stopped")

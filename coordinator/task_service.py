@@ -11,15 +11,16 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from coordinator.auth import caller, may_see, visible_owner
-from coordinator.store import TaskRecord
+from coordinator.store import Checksum, TaskRecord
 from coordinator.tasks import TaskManager
 from sdk import values, weights
+from sdk.analytics.secure import MAX_WORKERS
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan
 from sdk.dataset import check_relative_name
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
-from sdk.task import FORMAT_VERSION, TaskError, check_rules
+from sdk.task import FORMAT_VERSION, TaskError, check_rules, check_secure
 from sdk.trust import ANONYMOUS, TrustError, Verifier
 from sdk.wire import CHUNK_SIZE, TENSORS_FORMAT, VALUE_FORMAT, split_chunks
 
@@ -41,6 +42,7 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         weights = self.store.scratch / f"create-{secrets.token_hex(8)}.weights"
         weights_bytes = 0
         weights_digest = hashlib.sha256()
+        weights_checksum = Checksum()
         signature: task_pb2.TaskSignature | None = None
         try:
             with open(weights, "wb") as weights_file:
@@ -50,6 +52,7 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
                     chunks.append(request.chunk)
                     weights_file.write(request.weights_chunk)
                     weights_digest.update(request.weights_chunk)
+                    weights_checksum.update(request.weights_chunk)
                     weights_bytes += len(request.weights_chunk)
             data = b"".join(chunks)
             spec = task_pb2.TaskSpec()
@@ -66,7 +69,8 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
             learning = spec.kind == task_pb2.TASK_KIND_LEARNING
             return pb.CreateTaskResponse(task_id=self.tasks.create(
-                spec, data, caller().name, signature, weights if learning else None))
+                spec, data, caller().name, signature,
+                (weights, weights_checksum) if learning else None))
         finally:
             weights.unlink(missing_ok=True)
 
@@ -141,14 +145,14 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
             infos = self._spec(task.id).learning.weights
             preview = (f"{len(infos)} tensors: " + ", ".join(
                 f"{i.name} {i.dtype}{list(i.shape)}" for i in infos))[:PREVIEW_CHARS]
-            with open(self.store.result_path(task.id), "rb") as handle:
-                chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
-                yield pb.ResultChunk(format=TENSORS_FORMAT, preview=preview, chunk=chunk,
-                                     tensors=infos)
-                while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
-                    yield pb.ResultChunk(chunk=chunk)
+            chunks = self.store.result_chunks(task.id, CHUNK_SIZE)  # checked: DataLoss
+            chunk = await asyncio.to_thread(next, chunks, b"")
+            yield pb.ResultChunk(format=TENSORS_FORMAT, preview=preview, chunk=chunk,
+                                 tensors=infos)
+            while chunk := await asyncio.to_thread(next, chunks, b""):
+                yield pb.ResultChunk(chunk=chunk)
             return
-        data = await asyncio.to_thread(self.store.load_result, task.id)
+        data = await asyncio.to_thread(b"".join, self.store.result_chunks(task.id, CHUNK_SIZE))
         message = values_pb2.Value()
         message.ParseFromString(data)
         preview = repr(values.decode(message))[:PREVIEW_CHARS]
@@ -205,6 +209,7 @@ def _validate(spec: task_pb2.TaskSpec, weights_bytes: int) -> None:
     rules = spec.rules
     check_rules(spec.name, rules.min_clients, rules.max_clients, rules.wait_timeout,
                 rules.connection_timeout)
+    check_secure(spec.secure_aggregation, spec.precision, 0)
     if not spec.datasets:
         raise ValueError("the task names no dataset")
     for ref in spec.datasets:
@@ -216,6 +221,9 @@ def _validate(spec: task_pb2.TaskSpec, weights_bytes: int) -> None:
         raise ValueError(f"unknown task kind {spec.kind}")
     if weights_bytes:
         raise ValueError("an analytics task carries no weights")
+    if spec.secure_aggregation and rules.max_clients >= MAX_WORKERS:
+        raise ValueError(f"max_clients is {rules.max_clients}: secure analytics supports fewer "
+                         f"than {MAX_WORKERS} workers")
     plan = Plan(*Graph.from_proto(spec.analytics))
     missing = plan.source_arguments() - {ref.argument for ref in spec.datasets}
     if missing:
