@@ -108,6 +108,7 @@ class Checksum:
         return (isinstance(other, Checksum)
                 and (self.size, self.crc32) == (other.size, other.crc32))
 
+
 _COLUMNS = "id, name, kind, state, error, created_at, finished_at, summary, owner"
 
 
