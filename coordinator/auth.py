@@ -3,9 +3,11 @@
 The gate is the server's only interceptor. For each call it reads the peer's certificate (which
 mutual TLS has already checked against the federation's CA), refuses a revoked one, looks the
 method up in `METHODS` (a method missing from it is refused: default deny), records the audit
-entry, and sets `caller()` for the handler; it also counts every call, its status code, time
-and bytes (`metrics`). Without identities (`--insecure`, loopback only) every caller is
-`ANONYMOUS` and may call everything.
+entry, and sets `caller()` for the handler. Without identities (`--insecure`, loopback only)
+every caller is `ANONYMOUS` and may call everything. It also ends calls from outside their
+handlers: those of a caller whose certificate is revoked, and all of them when the coordinator
+stops; it puts every handler behind `calls` (requests checked, failures answered); and it
+counts every call, its status code, time and bytes (`metrics`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from coordinator import metrics
+from coordinator import calls, metrics
 from sdk.proto import services_pb2 as pb
 from sdk.trust import ANONYMOUS, USER_ROLES, Identity, TrustError, Verifier, identity_from_pem
 
@@ -78,33 +80,48 @@ def visible_owner(who: Identity) -> str | None:
     return None if who.role == "admin" else who.name
 
 
-class Revoked(Exception):
-    """The caller's certificate was revoked while its call went on."""
+class Ended(Exception):
+    """A call ended from outside its handler, with the status its caller gets."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+STOPPING = "the coordinator is stopping; call again once it is back"
 
 
 class Call:
-    """One admitted call: who makes it, and a future set if their certificate is revoked."""
+    """One admitted call: who makes it, and a future set to an Ended to end it."""
 
-    def __init__(self, who: Identity, watched: bool) -> None:
+    def __init__(self, who: Identity) -> None:
         self.who = who
-        self.revoked: asyncio.Future[None] | None = (
-            asyncio.get_running_loop().create_future() if watched else None)
+        self.ended: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
 
-    async def until_revoked(self, step: Any) -> Any:
-        """Awaits `step` (a part of the call: a response, a request); Revoked if the caller's
-        certificate is revoked first."""
-        if self.revoked is None:
-            return await step
+    def end(self, reason: Ended) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+    async def until_ended(self, step: Any) -> Any:
+        """Awaits `step` (a part of the call: a response, a request); raises the Ended if the
+        call is ended first."""
         running = asyncio.ensure_future(step)
+        running.add_done_callback(_retrieved)  # its failure is ours to raise, or moot
         try:
-            await asyncio.wait((running, self.revoked), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the call ended (its peer cancelled): so does `step`
+            await asyncio.wait((running, self.ended), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the call was cancelled (its caller went away)
             running.cancel()
             raise
         if running.done():
             return running.result()
         running.cancel()
-        raise Revoked
+        raise self.ended.result()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Marks a finished step's exception as seen: asyncio logs those never looked at."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Gate(grpc.aio.ServerInterceptor):
@@ -114,6 +131,7 @@ class Gate(grpc.aio.ServerInterceptor):
         self.verifier = verifier
         self.record = record
         self._calls: set[Call] = set()
+        self._closed = False
 
     async def intercept_service(self, continuation: Callable[..., Any],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -126,14 +144,24 @@ class Gate(grpc.aio.ServerInterceptor):
         """Ends the calls of callers whose certificate is now revoked; how many it ended."""
         if self.verifier is None:
             return 0
-        ended = [call for call in self._calls if call.revoked is not None
-                 and not call.revoked.done() and self.verifier.is_revoked(call.who.serial)]
+        ended = [call for call in self._calls if not call.ended.done()
+                 and self.verifier.is_revoked(call.who.serial)]
         for call in ended:
-            call.revoked.set_result(None)
+            call.end(Ended(grpc.StatusCode.UNAUTHENTICATED,
+                           f"the certificate of {call.who.name} was revoked"))
         return len(ended)
+
+    def close(self) -> None:
+        """Ends every call (UNAVAILABLE, so that workers and followers call again once the
+        coordinator is back) and refuses new ones: the coordinator is stopping."""
+        self._closed = True
+        for call in self._calls:
+            call.end(Ended(grpc.StatusCode.UNAVAILABLE, STOPPING))
 
     async def admit(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         """The call of an authenticated caller allowed to call `method`; aborts it otherwise."""
+        if self._closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
         who = ANONYMOUS
         if self.verifier is not None:
             pem = context.auth_context().get("x509_pem_cert")
@@ -154,25 +182,26 @@ class Gate(grpc.aio.ServerInterceptor):
                 self._audit(who, method, grpc.StatusCode.PERMISSION_DENIED, refusal, "")
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         _CALLER.set(who)
-        call = Call(who, watched=self.verifier is not None)
+        call = Call(who)
         self._calls.add(call)
         return call
 
     async def end(self, call: Call, method: str, context: grpc.aio.ServicerContext,
                   request: Any, response: Any, error: BaseException | None) -> None:
-        """Forgets the call, records it where the audit log wants it, and aborts it if its
-        caller's certificate was revoked meanwhile."""
+        """Forgets the call, records it where the audit log wants it, and aborts it with the
+        status `error` calls for, if it is one it knows (an Ended, or one of `calls`)."""
         self._calls.discard(call)
-        who = call.who
-        if isinstance(error, Revoked):
-            refusal = f"the certificate of {who.name} was revoked"
-            self._audit(who, method, grpc.StatusCode.UNAUTHENTICATED, refusal,
-                        _target(request, response))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-        code = _code(context, error)
-        if method in AUDITED or code in _REFUSALS:
+        status = ((error.code, error.details) if isinstance(error, Ended)
+                  else calls.status_of(error) if error is not None else None)
+        if status is not None:
+            code, detail = status
+        else:
+            code = _code(context, error)
             detail = (context.details() or "") if code != grpc.StatusCode.OK else ""
-            self._audit(who, method, code, detail, _target(request, response))
+        if method in AUDITED or code in _REFUSALS:
+            self._audit(call.who, method, code, detail, _target(request, response))
+        if status is not None and not context.done():
+            await context.abort(*status)
 
     def _audit(self, who: Identity, method: str, code: grpc.StatusCode, detail: str,
                target: str) -> None:
@@ -194,6 +223,12 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
     if isinstance(code, int) or code is None:
         code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
     return code
+
+
+def _answered(error: BaseException, context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call ended on a status already sent (a refused request, or the call ended
+    after that): its handler's end is then no failure to report."""
+    return isinstance(error, (Ended, calls.Refused)) and context.done()
 
 
 def _field(text: str, limit: int = AUDIT_FIELD_CHARS) -> str:
@@ -227,22 +262,32 @@ def behavior_of(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any], Cal
 
 def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMethodHandler:
     """`handler` behind the gate, keeping its kind and its serializers (WorkerService's
-    raw-bytes ones among them). Every handler reaches the gate as a coroutine: a streamed
-    response is written by `limits.StreamGuard`, the interceptor inside it."""
+    raw-bytes ones among them), its requests checked by `calls`. Every handler reaches the
+    gate as a coroutine: a streamed response is written by `limits.StreamGuard`, the
+    interceptor inside it."""
     behavior, make = behavior_of(handler)
+
+    async def requests(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if handler.request_streaming:
+            return calls.checked_stream(request, context)
+        return await calls.checked(request, context)
 
     async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
         with _measured(method, context):
             call = await gate.admit(method, context)
             try:
-                response = await call.until_revoked(behavior(request, context))
+                response = await call.until_ended(
+                    behavior(await requests(request, context), context))
             except BaseException as error:
                 await gate.end(call, method, context, request, None, error)
+                if _answered(error, context):
+                    return None
                 raise
             await gate.end(call, method, context, request, response, None)
             return response
 
-    return make(gated, request_deserializer=_counted(handler.request_deserializer, method),
+    deserialize = _counted(calls.tolerant(handler.request_deserializer), method)
+    return make(gated, request_deserializer=deserialize,
                 response_serializer=_counting(handler.response_serializer, method))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.contributions import StreamedSum
+from coordinator.store import Checksum
 from sdk import weights
 from sdk.proto import task_pb2
 
@@ -88,9 +89,10 @@ class WeightedSum(StreamedSum):
             np.add(part, scaled, out=part)
         return count * stored.itemsize
 
-    def write_average(self, path: Path) -> None:
-        """Writes Σ samples_i × weights_i / Σ samples_i, in each tensor's own dtype."""
-        write_average(path, self.infos, self.sums, self.samples)
+    def write_average(self, path: Path) -> Checksum:
+        """Writes Σ samples_i × weights_i / Σ samples_i, in each tensor's own dtype; the
+        checksum of what it wrote."""
+        return write_average(path, self.infos, self.sums, self.samples)
 
 
 def per_tensor(flat: np.ndarray, infos: list[task_pb2.TensorInfo]) -> list[np.ndarray]:
@@ -100,22 +102,27 @@ def per_tensor(flat: np.ndarray, infos: list[task_pb2.TensorInfo]) -> list[np.nd
 
 
 def write_average(path: Path, infos: list[task_pb2.TensorInfo], totals: list[np.ndarray],
-                  samples: int) -> None:
+                  samples: int) -> Checksum:
     """Writes each tensor's weighted sum in `totals` divided by `samples`, in the tensor's own
-    dtype (by the rules above), as raw bytes in manifest order, a piece at a time. Floating
-    totals are divided in place; an integer tensor's total may come as float64 (from secure
-    aggregation's fixed point) and is rounded to the integer it encodes.
+    dtype (by the rules above), as raw bytes in manifest order, a piece at a time, and returns
+    the checksum of what it wrote. Floating totals are divided in place; an integer tensor's
+    total may come as float64 (from secure aggregation's fixed point) and is rounded to the
+    integer it encodes.
 
     An existing file is overwritten in place, then cut to size: rewriting pages the page cache
     already holds costs a fraction of allocating a new file's and freeing an old one's."""
     if samples <= 0:
         raise ValueError("no worker was folded in")
+    checksum = Checksum()
     with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as handle:
         for info, total in zip(infos, totals, strict=True):
             for start in range(0, total.size, PIECE // 8):
                 average = _average(info.dtype, total[start:start + PIECE // 8], samples)
-                handle.write(memoryview(np.ascontiguousarray(average)).cast("B"))
+                piece = memoryview(np.ascontiguousarray(average)).cast("B")
+                checksum.update(piece)
+                handle.write(piece)
         handle.truncate()
+    return checksum
 
 
 def _average(dtype: str, total: np.ndarray, samples: int) -> np.ndarray:

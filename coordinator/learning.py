@@ -34,7 +34,7 @@ from coordinator.registry import WorkerRegistry
 from coordinator.rounds import Round, select_workers
 from coordinator.metrics import ROUND_SECONDS
 from coordinator.secure import SecureRound, describe_mode
-from coordinator.store import Store
+from coordinator.store import Checksum, Store
 from sdk import weights
 from sdk.privacy.accounting import fewest_honest
 from sdk.privacy.fedavg import DPFedAvg
@@ -72,10 +72,10 @@ async def run_learning(
             validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
             average = store.spare_weights_path(task_id)
             started = time.perf_counter()
-            workers, samples, metrics = await aggregate.train(
+            workers, samples, metrics, checksum = await aggregate.train(
                 {"round": number, "validate": validate}, average)
             ROUND_SECONDS.labels("learning").observe(time.perf_counter() - started)
-            store.checkpoint(task_id, average)
+            store.checkpoint(task_id, average, checksum)
             prefix = f"round {number}/{learning.max_rounds}: "
             if metrics:
                 store.save_metrics(task_id, number, workers, metrics)
@@ -92,7 +92,8 @@ async def run_learning(
         store.drop_spare_weights(task_id)
 
 
-Outcome = tuple[int, int, dict[str, float]]  # workers summed, training samples, metrics
+# Workers summed, training samples, metrics, and the checksum of the average written.
+Outcome = tuple[int, int, dict[str, float], Checksum]
 
 
 def describe_privacy(dp: DPFedAvg, spec: task_pb2.TaskSpec, selected: int) -> list[str]:
@@ -159,9 +160,9 @@ class _PlainAggregate:
         answers = await _collect(
             self.round, self.total, lambda: Contribution(self.total, self.size, self.weigh),
             inputs, self.rules.wait_timeout)
-        await asyncio.to_thread(self.total.write_average, average)
+        checksum = await asyncio.to_thread(self.total.write_average, average)
         metrics = {} if self.private else _metrics(list(answers.values()))
-        return len(answers), self.total.samples, metrics
+        return len(answers), self.total.samples, metrics, checksum
 
 
 class _SecureAggregate:
@@ -193,10 +194,11 @@ class _SecureAggregate:
         samples, validated = round(tail[0]), round(tail[1])
         if self.private:  # DP-FedAvg: the fixed denominator, whatever the sum carries
             samples, validated = len(protocol.summed), 0
-        await asyncio.to_thread(write_average, average, self.infos,
-                                per_tensor(sums, self.infos), samples)
+        checksum = await asyncio.to_thread(write_average, average, self.infos,
+                                           per_tensor(sums, self.infos), samples)
         metas = [answers[name] for name in protocol.summed if name in answers]
-        return len(protocol.summed), samples, self._metrics(metas, tail[2:], validated)
+        return (len(protocol.summed), samples, self._metrics(metas, tail[2:], validated),
+                checksum)
 
     def _metrics(self, metas: list[Any], sums: np.ndarray, validated: int) -> dict[str, float]:
         """The round's metrics from their summed slots, named as the workers that validated

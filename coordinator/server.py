@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from coordinator import limits, metrics
 from coordinator.auth import Gate
 from coordinator.registry import WorkerRegistry
-from coordinator.store import Store
+from coordinator.store import StateError, Store
 from coordinator.task_service import TaskService
 from coordinator.tasks import TaskManager
 from coordinator.worker_service import WorkerService, add_worker_service
@@ -38,6 +38,7 @@ SERVICE_NAMES = [
 
 
 CRL_POLL_SECONDS = 1.0  # how often the kit's revoked.crl is looked at for a change
+STOP_GRACE_SECONDS = 5.0  # calls ended at a stop get this long to send their status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,14 +129,14 @@ async def _watch_crl(kit: Kit, verifier: Verifier, gate: Gate, registry: WorkerR
 
 
 async def serve(args: argparse.Namespace) -> None:
+    """Serves until SIGINT or SIGTERM. In order: the state dir's lock (a second coordinator on
+    it exits here, having touched nothing), the port (one that cannot be bound exits before
+    recovery), the recovery of the tasks the last run left, then serving."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     kit, listen = _identity(args)
-    args.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(args.state_dir)
-    bounds = limits.from_args(args)
-    registry = WorkerRegistry(args.heartbeat_interval, args.heartbeat_timeout, bounds)
-    tasks = TaskManager(store, registry, bounds)
-    tasks.recover()
-
     verifier = Verifier(kit.ca_pem) if kit is not None else None
     crl_stamp = None
     if kit is not None:
@@ -146,6 +147,13 @@ async def serve(args: argparse.Namespace) -> None:
             raise SystemExit(f"--kit: {error}") from None
     else:
         log.warning("--insecure: no TLS and no identities; every caller may do everything")
+    try:
+        store = Store(args.state_dir)
+    except StateError as error:
+        raise SystemExit(str(error)) from None
+    bounds = limits.from_args(args)
+    registry = WorkerRegistry(args.heartbeat_interval, args.heartbeat_timeout, bounds)
+    tasks = TaskManager(store, registry, bounds)
     gate = Gate(verifier, store.append_audit)
     # The gate first: the guard counts streams by the caller the gate sets.
     guard = limits.StreamGuard(bounds)
@@ -163,7 +171,9 @@ async def serve(args: argparse.Namespace) -> None:
         else:
             port = server.add_secure_port(listen, kit.server_credentials())
     except RuntimeError as error:
-        raise SystemExit(f"cannot listen on {listen}: {error}") from None
+        raise SystemExit(f"cannot listen on {listen}: {error} (the tasks in the state dir "
+                         "are left as they were)") from None
+    tasks.recover()
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -176,10 +186,6 @@ async def serve(args: argparse.Namespace) -> None:
         url = metrics.serve(args.metrics_listen, store, registry)
         print(f"deltaflow coordinator metrics at {url}", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     watchers = [asyncio.create_task(registry.watch_heartbeats())]
     if kit is not None:
         watchers.append(asyncio.create_task(
@@ -187,9 +193,10 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     log.info("coordinator stopping")
     await health_servicer.enter_graceful_shutdown()
+    gate.close()  # every call ends, UNAVAILABLE: workers and followers come back later
     for watcher in watchers:
         watcher.cancel()
     await tasks.shutdown()
-    await server.stop(grace=1.0)
+    await server.stop(grace=STOP_GRACE_SECONDS)
     store.close()
     log.info("coordinator stopped")

@@ -2,17 +2,26 @@
 
 Large blobs (built tasks, results) are files beside the database. Everything is written before
 the call that caused it returns, so a coordinator killed at any moment restarts knowing every task.
+
+One coordinator owns a state dir at a time: a Store takes an exclusive lock on it before it
+reads or writes anything there. Results and checkpoints carry a checksum (their length and
+CRC-32, in the database) that every read checks: a blob corrupted on disk is `DataLoss`, never
+decoded. A database SQLite cannot read stops the coordinator at its start (`StateError`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import sqlite3
 import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
@@ -66,7 +75,43 @@ _MIGRATIONS = [
     """
     ALTER TABLE tasks ADD COLUMN workers TEXT NOT NULL DEFAULT '[]';
     """,
+    """
+    CREATE TABLE checksums (  -- of result and checkpoint files in blobs/, by file name
+        name TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        crc32 INTEGER NOT NULL
+    );
+    """,
 ]
+
+LOCK_FILE = "coordinator.lock"  # holds the owning coordinator's pid
+DATABASE_FILE = "coordinator.sqlite3"
+
+
+class StateError(Exception):
+    """The state dir cannot be used: another coordinator owns it, or its database is corrupted.
+    The message says what to do."""
+
+
+class DataLoss(Exception):
+    """A result or checkpoint on disk does not match its checksum."""
+
+
+class Checksum:
+    """The length and CRC-32 of a blob's bytes, fed as they are written or read: enough to tell
+    a file that changed on disk (a flipped bit, a cut or a torn write) from the one written."""
+
+    def __init__(self, size: int = 0, crc32: int = 0) -> None:
+        self.size, self.crc32 = size, crc32
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.crc32 = zlib.crc32(data, self.crc32)
+        self.size += len(data)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Checksum)
+                and (self.size, self.crc32) == (other.size, other.crc32))
+
 
 _COLUMNS = "id, name, kind, state, error, created_at, finished_at, summary, owner"
 
@@ -93,35 +138,37 @@ class TaskRecord:
 
 
 class Store:
-    """SQLite tables for tasks and logs, and a blob folder for specs and results."""
+    """SQLite tables for tasks and logs, and a blob folder for specs and results.
+
+    StateError when another coordinator owns `state_dir` (nothing in it is touched then) or its
+    database is corrupted."""
 
     def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(state_dir)
+        try:
+            self._db = _open_database(state_dir / DATABASE_FILE)
+        except BaseException:
+            os.close(self._lock)
+            raise
         self.blobs = state_dir / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.scratch = state_dir / "scratch"  # tasks being created; emptied at every start
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir()
-        self._db = sqlite3.connect(state_dir / "coordinator.sqlite3", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
 
     def close(self) -> None:
         self._db.close()
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            self._db.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+        os.close(self._lock)  # and with it the lock
 
     # Tasks ------------------------------------------------------------------------------------
 
     def create_task(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, owner: str,
                     signature: task_pb2.TaskSignature | None = None,
-                    weights: Path | None = None) -> int:
-        """Records a new task of `owner`; `weights`, a file in scratch, becomes its initial
-        weights; `signature`, its submitter's, goes to its workers with the spec."""
+                    weights: tuple[Path, Checksum] | None = None) -> int:
+        """Records a new task of `owner`; `weights`, a file in scratch and the checksum of what
+        was written to it, becomes its initial weights; `signature`, its submitter's, goes to
+        its workers with the spec."""
         summary = task_pb2.TaskSpec(name=spec.name, kind=spec.kind, rules=spec.rules,
                                     datasets=spec.datasets).SerializeToString()
         cursor = self._db.execute(
@@ -134,9 +181,10 @@ class Store:
         if signature is not None:
             self._write_blob(f"task-{task_id}.sig", signature.SerializeToString())
         if weights is not None:
+            written, checksum = weights
             first = self._weights_file(task_id, 0)
-            weights.replace(first)
-            self.checkpoint(task_id, first)
+            written.replace(first)
+            self.checkpoint(task_id, first, checksum)
         return task_id
 
     def get_task(self, task_id: int) -> TaskRecord | None:
@@ -274,12 +322,20 @@ class Store:
         current = os.readlink(self.weights_path(task_id))
         return self._weights_file(task_id, 1 if current.endswith(".0") else 0)
 
-    def checkpoint(self, task_id: int, written: Path) -> None:
-        """Makes `written` (the spare file) the task's global weights, atomically."""
+    def checkpoint(self, task_id: int, written: Path, checksum: Checksum) -> None:
+        """Makes `written` (the spare file, whose bytes have `checksum`) the task's global
+        weights, atomically."""
+        self._keep_checksum(written.name, checksum)
         link = self.blobs / f"task-{task_id}.weights.link"
         link.unlink(missing_ok=True)
         link.symlink_to(written.name)
         link.replace(self.weights_path(task_id))
+
+    def weights_chunks(self, task_id: int, size: int) -> Iterator[bytes]:
+        """The task's global weights in chunks of `size` bytes, checked against their checksum
+        (DataLoss at the end, before the last chunk); FileNotFoundError without weights."""
+        current = self.blobs / os.readlink(self.weights_path(task_id))
+        return self._checked_chunks(current, f"the checkpoint of task {task_id}", size)
 
     def drop_spare_weights(self, task_id: int) -> None:
         """Deletes the spare checkpoint file of a task whose rounds are over."""
@@ -312,19 +368,45 @@ class Store:
 
     def keep_weights_as_result(self, task_id: int) -> None:
         """The global weights, as they are now, become the task's result."""
+        current = self.weights_path(task_id).resolve()
         partial = self.blobs / f"task-{task_id}.result.partial"
         partial.unlink(missing_ok=True)
         try:
-            os.link(self.weights_path(task_id).resolve(), partial)
+            os.link(current, partial)
         except OSError:
-            shutil.copyfile(self.weights_path(task_id), partial)
+            shutil.copyfile(current, partial)
+        checksum = self._checksum(current.name)
+        if checksum is not None:
+            self._keep_checksum(self.result_path(task_id).name, checksum)
         partial.replace(self.result_path(task_id))
 
     def save_result(self, task_id: int, data: bytes) -> None:
-        self._write_blob(f"task-{task_id}.result", data)
+        checksum = Checksum()
+        checksum.update(data)
+        self._keep_checksum(self.result_path(task_id).name, checksum)
+        self._write_blob(self.result_path(task_id).name, data)
 
-    def load_result(self, task_id: int) -> bytes:
-        return self.result_path(task_id).read_bytes()
+    def result_chunks(self, task_id: int, size: int) -> Iterator[bytes]:
+        """The task's result in chunks of `size` bytes, checked against its checksum (DataLoss
+        at the end, before the last chunk)."""
+        return self._checked_chunks(self.result_path(task_id), f"the result of task {task_id}",
+                                    size)
+
+    def _checked_chunks(self, path: Path, what: str, size: int) -> Iterator[bytes]:
+        """`path` (opened now: FileNotFoundError now) in chunks, which may be read in another
+        thread; the last one is held back until the whole file is found to match its checksum
+        (when it has one: files kept before checksums were are read unchecked), so a corrupted
+        file never reaches a reader whole."""
+        return _checked(open(path, "rb"), self._checksum(path.name), what, size)
+
+    def _checksum(self, name: str) -> Checksum | None:
+        row = self._db.execute("SELECT size, crc32 FROM checksums WHERE name = ?",
+                               (name,)).fetchone()
+        return Checksum(*row) if row else None
+
+    def _keep_checksum(self, name: str, checksum: Checksum) -> None:
+        self._db.execute("INSERT OR REPLACE INTO checksums (name, size, crc32) VALUES (?, ?, ?)",
+                         (name, checksum.size, checksum.crc32))
 
     def _write_blob(self, name: str, data: bytes) -> None:
         """Writes a blob atomically: a reader never sees half of it."""
@@ -334,3 +416,66 @@ class Store:
             handle.flush()
             os.fsync(handle.fileno())
         partial.replace(self.blobs / name)
+
+
+def _checked(handle: BinaryIO, expected: Checksum | None, what: str,
+             size: int) -> Iterator[bytes]:
+    """The chunks of Store._checked_chunks."""
+    with handle:
+        if expected is not None and os.fstat(handle.fileno()).st_size != expected.size:
+            raise DataLoss(f"{what} is corrupted on disk (its length changed)")
+        seen = Checksum()
+        chunk = handle.read(size)
+        while chunk:
+            seen.update(chunk)
+            following = handle.read(size)
+            if not following and expected is not None and seen != expected:
+                raise DataLoss(f"{what} is corrupted on disk (its checksum differs)")
+            yield chunk
+            chunk = following
+
+
+def _lock(state_dir: Path) -> int:
+    """Takes the state dir's lock, writing this process's pid into it, and returns its open
+    file (which holds the lock until closed or the process ends); StateError naming the pid of
+    the coordinator that holds it."""
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StateError(f"the state dir {state_dir} is in use by another coordinator (pid "
+                         f"{holder}): stop that one first, or give this one its own "
+                         "--state-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+_CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}  # what SQLite calls a damaged file
+
+
+def _open_database(path: Path) -> sqlite3.Connection:
+    """The database at `path`, checked (PRAGMA quick_check) and brought to the newest schema;
+    StateError saying what to do if SQLite finds it corrupted."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:3]))
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            db.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+    except sqlite3.DatabaseError as error:
+        db.close()
+        if getattr(error, "sqlite_errorname", "SQLITE_CORRUPT") not in _CORRUPT:
+            raise StateError(f"cannot use the coordinator's database {path}: {error}") from None
+        raise StateError(f"the coordinator's database {path} is corrupted ({error}): restore "
+                         "the state dir from a backup, or move the database away (with its "
+                         "-wal and -shm files) to start afresh without the tasks it knew"
+                         ) from None
+    return db

@@ -14,16 +14,17 @@ from google.protobuf.message import DecodeError
 
 from coordinator.auth import caller, may_see, visible_owner
 from coordinator.limits import Limits, Refused, bound, exhausted, invalid
-from coordinator.store import TaskRecord
+from coordinator.store import Checksum, TaskRecord
 from coordinator.tasks import TaskManager
 from sdk import values, weights
+from sdk.analytics.secure import MAX_WORKERS
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Plan
 from sdk.dataset import check_relative_name
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
 from sdk.sizes import show_size
-from sdk.task import FORMAT_VERSION, TaskError, check_rules
+from sdk.task import FORMAT_VERSION, TaskError, check_rules, check_secure
 from sdk.trust import ANONYMOUS, TrustError, Verifier
 from sdk.wire import CHUNK_SIZE, TENSORS_FORMAT, VALUE_FORMAT, split_chunks
 
@@ -62,7 +63,7 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
                 learning = spec.kind == task_pb2.TASK_KIND_LEARNING
                 return pb.CreateTaskResponse(task_id=self.tasks.create(
                     spec, received.spec, caller().name, received.signature,
-                    weights if learning else None))
+                    (weights, received.weights_checksum) if learning else None))
             finally:
                 weights.unlink(missing_ok=True)
 
@@ -146,14 +147,14 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
             infos = self._spec(task.id).learning.weights
             preview = (f"{len(infos)} tensors: " + ", ".join(
                 f"{i.name} {i.dtype}{list(i.shape)}" for i in infos))[:PREVIEW_CHARS]
-            with open(self.store.result_path(task.id), "rb") as handle:
-                chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
-                yield pb.ResultChunk(format=TENSORS_FORMAT, preview=preview, chunk=chunk,
-                                     tensors=infos)
-                while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
-                    yield pb.ResultChunk(chunk=chunk)
+            chunks = self.store.result_chunks(task.id, CHUNK_SIZE)  # checked: DataLoss
+            chunk = await asyncio.to_thread(next, chunks, b"")
+            yield pb.ResultChunk(format=TENSORS_FORMAT, preview=preview, chunk=chunk,
+                                 tensors=infos)
+            while chunk := await asyncio.to_thread(next, chunks, b""):
+                yield pb.ResultChunk(chunk=chunk)
             return
-        data = await asyncio.to_thread(self.store.load_result, task.id)
+        data = await asyncio.to_thread(b"".join, self.store.result_chunks(task.id, CHUNK_SIZE))
         message = values_pb2.Value()
         message.ParseFromString(data)
         preview = repr(values.decode(message))[:PREVIEW_CHARS]
@@ -211,6 +212,7 @@ def _validate(spec: task_pb2.TaskSpec, weights_bytes: int) -> None:
     rules = spec.rules
     check_rules(spec.name, rules.min_clients, rules.max_clients, rules.wait_timeout,
                 rules.connection_timeout)
+    check_secure(spec.secure_aggregation, spec.precision, 0)
     if not spec.datasets:
         raise ValueError("the task names no dataset")
     summary = len(spec.name.encode()) + sum(ref.ByteSize() for ref in spec.datasets)
@@ -227,6 +229,9 @@ def _validate(spec: task_pb2.TaskSpec, weights_bytes: int) -> None:
         raise ValueError(f"unknown task kind {spec.kind}")
     if weights_bytes:
         raise ValueError("an analytics task carries no weights")
+    if spec.secure_aggregation and rules.max_clients >= MAX_WORKERS:
+        raise ValueError(f"max_clients is {rules.max_clients}: secure analytics supports fewer "
+                         f"than {MAX_WORKERS} workers")
     plan = Plan(*Graph.from_proto(spec.analytics))
     missing = plan.source_arguments() - {ref.argument for ref in spec.datasets}
     if missing:
@@ -264,6 +269,7 @@ class _Received:
     signature: task_pb2.TaskSignature | None
     weights_bytes: int
     weights_sha256: bytes  # empty without weights
+    weights_checksum: Checksum
 
 
 async def _receive(requests: AsyncIterator[pb.CreateTaskRequest], weights_path: Path,
@@ -273,7 +279,7 @@ async def _receive(requests: AsyncIterator[pb.CreateTaskRequest], weights_path: 
     at an empty message (a stream of them would never end)."""
     chunks: list[bytes] = []
     spec_bytes = weights_bytes = 0
-    digest = hashlib.sha256()
+    digest, checksum = hashlib.sha256(), Checksum()
     signature: task_pb2.TaskSignature | None = None
     with open(weights_path, "wb") as weights_file:
         async for request in requests:
@@ -297,8 +303,9 @@ async def _receive(requests: AsyncIterator[pb.CreateTaskRequest], weights_path: 
                         "--max-model-bytes", show_size(limits.max_model_bytes)))
                 weights_file.write(request.weights_chunk)
                 digest.update(request.weights_chunk)
+                checksum.update(request.weights_chunk)
     return _Received(b"".join(chunks), signature, weights_bytes,
-                     digest.digest() if weights_bytes else b"")
+                     digest.digest() if weights_bytes else b"", checksum)
 
 
 def _check_model_size(spec_bytes: bytes, most: int) -> None:

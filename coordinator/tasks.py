@@ -14,7 +14,7 @@ from coordinator.learning import run_learning
 from coordinator.limits import Limits, PerUser, bound, cut_line, exhausted
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import RoundFailed
-from coordinator.store import Store, TaskRecord
+from coordinator.store import Checksum, Store, TaskRecord
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
@@ -54,7 +54,8 @@ class TaskManager:
             yield
 
     def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, owner: str,
-               signature: task_pb2.TaskSignature | None, weights: Path | None) -> int:
+               signature: task_pb2.TaskSignature | None,
+               weights: tuple[Path, Checksum] | None) -> int:
         task_id = self.store.create_task(spec, spec_bytes, owner, signature, weights)
         rules = spec.rules
         kind = task_pb2.TaskKind.Name(spec.kind).removeprefix("TASK_KIND_").lower()

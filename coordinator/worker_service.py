@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coordinator.auth import caller
+from coordinator import calls
 from coordinator.limits import Refused
 from coordinator.registry import AlreadyConnected, WorkerRegistry, WorkerSession
 from coordinator.store import Store
@@ -96,6 +97,8 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             reason = "its connection broke"
         except Refused as error:  # a stall, or a list of datasets past a bound
             reason = str(error)
+        except calls.Refused:
+            reason = "it sent a message that is not valid"
         self.registry.drop(session, reason)
 
     async def FetchTask(self, request: pb.FetchTaskRequest,
@@ -112,17 +115,15 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
     async def FetchWeights(self, request: pb.FetchWeightsRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         await self._check_selected(request.session_id, request.task_id, context)
-        path = self.store.weights_path(request.task_id)
         try:
-            handle = open(path, "rb")  # the current checkpoint (see Store.weights_path)
+            chunks = self.store.weights_chunks(request.task_id, CHUNK_SIZE)  # checked: DataLoss
         except FileNotFoundError:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"task {request.task_id} has no weights")
-        with handle:
-            # Read here, not in a thread: a 1 MiB read from the page cache is quick, and chunks
-            # allocated and freed on one thread do not pile up in other threads' malloc arenas.
-            while chunk := handle.read(CHUNK_SIZE):
-                yield encode_chunk(1, chunk)  # a DataChunk's wire bytes
+        # Read here, not in a thread: a 1 MiB read from the page cache is quick, and chunks
+        # allocated and freed on one thread do not pile up in other threads' malloc arenas.
+        for chunk in chunks:
+            yield encode_chunk(1, chunk)  # a DataChunk's wire bytes
 
     async def _check_selected(self, session_id: str, task_id: int,
                               context: grpc.aio.ServicerContext) -> None:
@@ -181,7 +182,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
             receiver.discard()
             refusal = f"its upload was refused: {error}"
             self.registry.answer(header.session_id, header.exchange_id, None, refusal)
-        if refusal:
+        if refusal and not context.done():  # done: a request was Refused, and answered so
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
         if not self.registry.answer(header.session_id, header.exchange_id, answer, ""):
             receiver.discard()

@@ -35,6 +35,13 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "a c
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+STOP_SECONDS = 20.0  # how long a daemon has to exit after SIGTERM (on a loaded machine too)
+
+
+class DaemonError(Exception):
+    """A daemon did not stop cleanly."""
+
+
 class Daemon:
     """One `deltaflow` subprocess whose stdout and stderr go to a log file."""
 
@@ -46,7 +53,8 @@ class Daemon:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "deltaflow", *args],
             stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
+                 **(env or {})},
         )
 
     def log(self) -> str:
@@ -56,17 +64,33 @@ class Daemon:
         self.process.send_signal(signum)
 
     def stop(self) -> int:
-        """SIGTERM (after SIGCONT, in case it was stopped); SIGKILL if it does not exit."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
+        """SIGTERM (after SIGCONT, in case it was stopped), and its exit code; DaemonError if
+        it was running and did not exit 0 within STOP_SECONDS (then it is SIGKILLed). A daemon
+        that had already exited is not checked: a test may have killed it."""
+        if self.process.poll() is not None:
+            self._log.close()
+            return self.process.returncode
+        self.process.send_signal(signal.SIGCONT)
+        self.process.terminate()
+        try:
+            code = self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # faulthandler: its threads' stacks
             try:
-                self.process.wait(10)
+                self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
-        return self.process.returncode
+            raise DaemonError(f"{self} did not stop within {STOP_SECONDS} s of SIGTERM (its "
+                              "threads' stacks are at the end of its log)") from None
+        finally:
+            self._log.close()
+        if code != 0:
+            raise DaemonError(f"{self} exited with code {code} on SIGTERM")
+        return code
+
+    def __str__(self) -> str:
+        return f"deltaflow {self.args[0]} (pid {self.process.pid}, log {self.log_path})"
 
 
 class LocalCluster:
@@ -181,8 +205,16 @@ users = ["*"]
                  what=f"worker {name} to connect")
 
     def stop(self) -> None:
+        """Stops every daemon; DaemonError, once all are stopped, naming those that did not
+        stop cleanly."""
+        failures = []
         for daemon in reversed(self.daemons):
-            daemon.stop()
+            try:
+                daemon.stop()
+            except DaemonError as error:
+                failures.append(str(error))
+        if failures:
+            raise DaemonError("; ".join(failures))
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -183,28 +183,39 @@ class Client:
     def follow(self, task_id: int, show: Callable[[pb.LogEntry], None], offset: int = 0) -> bool:
         """Hands each log entry from `offset` on to `show` until the task ends, riding out a
         coordinator restart, and a coordinator that closed the stream because `show` fell
-        behind (it goes on from the next entry); True if it finished well."""
+        behind (it goes on from the next entry); True if it finished well. Ctrl-C stops
+        following (the task runs on, as one line on stderr says) and raises KeyboardInterrupt."""
         give_up = None
-        while True:
-            start = offset
-            try:
-                for entry in self._tasks.StreamLogs(
-                        pb.StreamLogsRequest(task_id=task_id, offset=offset, follow=True)):
-                    show(entry)
-                    offset = entry.offset + 1
-                    give_up = None
-                info = self._tasks.GetTask(pb.GetTaskRequest(task_id=task_id), timeout=self.timeout)
-                if info.state not in (pb.TASK_STATE_PENDING, pb.TASK_STATE_RUNNING):
-                    return info.state == pb.TASK_STATE_FINISHED
-            except grpc.RpcError as error:
-                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and offset > start:
-                    continue  # it fell behind the log and was cut off after some entries
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise self._error(error) from None
-                give_up = give_up or time.monotonic() + RECONNECT_SECONDS
-                if time.monotonic() > give_up:
-                    raise self._error(error) from None
-                time.sleep(0.5)
+        stream = None
+        try:
+            while True:
+                start = offset
+                try:
+                    stream = self._tasks.StreamLogs(
+                        pb.StreamLogsRequest(task_id=task_id, offset=offset, follow=True))
+                    for entry in stream:
+                        show(entry)
+                        offset = entry.offset + 1
+                        give_up = None
+                    info = self._tasks.GetTask(pb.GetTaskRequest(task_id=task_id),
+                                               timeout=self.timeout)
+                    if info.state not in (pb.TASK_STATE_PENDING, pb.TASK_STATE_RUNNING):
+                        return info.state == pb.TASK_STATE_FINISHED
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and offset > start:
+                        continue  # it fell behind the log and was cut off after some entries
+                    if error.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise self._error(error) from None
+                    give_up = give_up or time.monotonic() + RECONNECT_SECONDS
+                    if time.monotonic() > give_up:
+                        raise self._error(error) from None
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            if stream is not None:
+                stream.cancel()
+            print(f"stopped following task {task_id}; it is still running", file=sys.stderr,
+                  flush=True)
+            raise KeyboardInterrupt from None
 
     def _call(self, method: Any, request: Any, deadline: bool = True) -> Any:
         """Calls the coordinator; within `self.timeout` unless `deadline` is off (for calls

@@ -163,6 +163,11 @@ def _policy(args: argparse.Namespace, kit: Kit | None) -> PolicyFile:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    """Serves until SIGINT or SIGTERM (one that comes while it starts stops it once started)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     os.umask(0o077)  # what the daemon writes is its own: a --task-user reads none of it
     if args.write_policy is not None:
         _write_policy(args.write_policy)
@@ -192,10 +197,6 @@ async def serve(args: argparse.Namespace) -> None:
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
     worker = Worker(address, name, Catalog(DataDir(args.data_dir), sources), args.max_backoff,
                     work_dir, limits, policy, args.min_rows, kit, args.chunk_rows, args.state_dir)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     print(f"deltaflow worker {name} serving {worker.data_dir.root}", flush=True)
     await worker.run(stop)
 
@@ -473,8 +474,8 @@ class Worker:
             error = f"worker {self.name}: {self._learning_error(failure)}"
         except (DatasetError, PrivacyError, SecAggError, EvaluationError) as failure:
             error = f"worker {self.name}: {failure}"
-        except grpc.aio.AioRpcError:
-            raise
+        except grpc.aio.AioRpcError as failure:  # a download from the coordinator failed
+            error = f"worker {self.name}: {failure.code().name}: {failure.details()}"
         except Exception as failure:  # the traceback stays here; the coordinator learns why
             log.warning("task %d: %s failed", task_id, assignment.phase, exc_info=True)
             if isinstance(job, LearningJob):  # deltaflow's own code: its message says why
@@ -495,7 +496,11 @@ class Worker:
             for chunk in split_chunks(data):
                 yield pb.UploadRequest(chunk=chunk)
 
-        await stub.Upload(upload())
+        try:
+            await stub.Upload(upload())
+        except grpc.aio.AioRpcError as failure:  # the coordinator is gone: it asks again
+            log.warning("task %d: could not send the answer to %s: %s: %s", task_id,
+                        assignment.phase, failure.code().name, failure.details())
 
     async def _job(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
                    session_id: str, task_id: int) -> Job:
