@@ -153,6 +153,12 @@ def test_the_cli_reference_is_generated_from_the_current_help():
         "docs/cli.md is stale: run python scripts/gen_cli_docs.py")
 
 
+def test_the_sdk_reference_is_generated_from_the_current_docstrings():
+    render = runpy.run_path(str(ROOT / "scripts" / "gen_reference.py"))["render"]
+    assert (ROOT / "docs" / "reference.md").read_text() == render(), (
+        "docs/reference.md is stale: run python scripts/gen_reference.py")
+
+
 # Against daemons ------------------------------------------------------------------------------
 
 @pytest.mark.timeout(300)  # some forty runs of the command, each a new process
