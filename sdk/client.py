@@ -77,6 +77,7 @@ class Client:
         self._tasks = services_pb2_grpc.TaskServiceStub(self._channel)
 
     def close(self) -> None:
+        """Closes the connection; `with Client(...) as client:` does it on leaving."""
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -98,6 +99,8 @@ class Client:
                           deadline=False).task_id
 
     def get_task(self, task_id: int) -> pb.TaskInfo:
+        """The task's state, owner, rules, datasets, workers, times and error, as the
+        coordinator knows them now (the `TaskInfo` message)."""
         return self._call(self._tasks.GetTask, pb.GetTaskRequest(task_id=task_id))
 
     def list_tasks(self, limit: int = 100) -> list[pb.TaskInfo]:
@@ -114,6 +117,8 @@ class Client:
         return tasks
 
     def cancel_task(self, task_id: int) -> pb.TaskInfo:
+        """Cancels a pending or running task (an analyst's own, or any for an admin); the task
+        as it is then. Refused (`FAILED_PRECONDITION`) once it has ended."""
         return self._call(self._tasks.CancelTask, pb.CancelTaskRequest(task_id=task_id))
 
     def list_audit(self, limit: int = 100, before_id: int = 0) -> list[pb.AuditEntry]:

@@ -74,7 +74,10 @@ def check_secure(secure_aggregation: bool, precision: int | None, default: int) 
 class HorizontalAnalytics:
     """Statistics over every holder's rows, as if stacked; only aggregates leave a holder.
 
-    Subclasses implement `dataset()` and `execute(**frames)` with `sdk.pandas`. With
+    Subclasses implement `dataset()` and `execute(**frames)` with `sdk.pandas`. The four
+    rules of a round: at least `min_clients` (2 or more) and at most `max_clients` eligible
+    workers (those connected that hold every dataset named) take part; a compute phase may
+    take `wait_timeout` seconds at most, every other phase `connection_timeout`. With
     `secure_aggregation` (the default) the coordinator learns only the sum of the holders'
     aggregates, kept to `precision` decimal digits (default 9; integers stay exact). With
     `privacy` (a `sdk.privacy.DifferentialPrivacy`) every number released gets noise from the
@@ -95,9 +98,14 @@ class HorizontalAnalytics:
         self.privacy = privacy
 
     def dataset(self) -> dict[str, dataset.DataFrame]:
+        """Implement: `{argument name: dataset.DataFrame(name)}`, a name of each worker's
+        data dir (or of its sources file) per argument of `execute`."""
         raise NotImplementedError("implement dataset(): {argument name: dataset.DataFrame(file)}")
 
     def execute(self, **frames: pandas.DataFrame) -> Any:
+        """Implement: the statistics, written with the lazy `sdk.pandas` frames `dataset()`
+        names as if on all holders' rows stacked; return a value, or a tuple, list or dict of
+        them. It runs once, at `build()`, recording what to compute (docs/pandas.md)."""
         raise NotImplementedError("implement execute(): the statistics to compute")
 
     def build(self) -> BuiltTask:
@@ -174,8 +182,10 @@ class FedAvg:
     """Federated averaging: each round, selected workers train from the global weights and the
     coordinator averages what they send back, weighted by their training samples.
 
-    Each worker trains `merge_epoch` epochs a round (1 if neither is given) or `merge_iteration`
-    batches, cycling its data.
+    Each round selects at least `min_clients` (2 or more) and at most `max_clients` of the
+    workers that hold the dataset; each trains `merge_epoch` epochs (1 if neither is given) or
+    `merge_iteration` batches, cycling its data, within `wait_timeout` seconds; every other
+    phase of a round has `connection_timeout`.
 
     With `clip_norm` C and `noise_multiplier` z (both or neither) it is DP-FedAvg: each worker's
     daemon clips its update (trained weights minus the global ones) to L2 norm C and adds its
@@ -225,6 +235,11 @@ class HorizontalLearning:
     `train(dataloader)`, `validate(dataloader) -> dict[str, float]` and `state_dict()`. On a
     worker, `self.device` is the device the engine picked for the round ("cpu" or "cuda:N").
 
+    The task runs `max_rounds` rounds under `strategy` (a `FedAvg`: its rules and how long each
+    worker trains). Every `validate_interval` rounds each worker validates on its held-out
+    `validate_frac` of its rows (the same rows every round, never trained on), and the
+    coordinator logs the metrics averaged by validation samples.
+
     With `secure_aggregation` (the default) the coordinator learns only the sum of the workers'
     weights times their samples (and of their sample counts and metrics), in fixed point with
     `precision` decimal digits (default 6): the average is off by at most
@@ -252,21 +267,33 @@ class HorizontalLearning:
         self.privacy = privacy
 
     def dataset(self) -> dataset.Dataset:
+        """Implement: `dataset.Dataset(name)`, a file of each worker's data dir (`.npz`, `.pt`
+        or `.csv`; see the README's "Training a model")."""
         raise NotImplementedError("implement dataset(): return dataset.Dataset(file name)")
 
     def make_train_dataloader(self, ds: Any) -> Any:
+        """Implement: a `DataLoader` over `ds`, the worker's training rows (a torch
+        `Dataset`)."""
         raise NotImplementedError("implement make_train_dataloader(ds): a DataLoader over ds")
 
     def make_validate_dataloader(self, ds: Any) -> Any:
+        """Implement: a `DataLoader` over `ds`, the worker's held-out rows."""
         raise NotImplementedError("implement make_validate_dataloader(ds): a DataLoader over ds")
 
     def train(self, dataloader: Any) -> None:
+        """Implement: one pass over `dataloader` on `self.device`, updating the tensors that
+        `state_dict()` returns. It is called `merge_epoch` times a round, or once with a loader
+        of `merge_iteration` batches."""
         raise NotImplementedError("implement train(dataloader): one pass of local training")
 
     def validate(self, dataloader: Any) -> dict[str, float]:
+        """Implement: `{metric name: value}` over the held-out rows, such as `{"mse": 0.3}`."""
         raise NotImplementedError("implement validate(dataloader): {metric name: value}")
 
     def state_dict(self) -> dict[str, Any]:
+        """Implement: the model's weights, `{name: torch.Tensor}`; the round's global weights
+        are copied into these tensors before `train`, and the first call's are the initial
+        ones."""
         raise NotImplementedError("implement state_dict(): the model's weights")
 
     def build(self) -> BuiltTask:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from deltaflow import cli
+from deltaflow.commands.submit import load_script, task_classes
 from deltaflow.samples import regression, wages
 from sdk.client import Client
 from sdk.config import load_config
@@ -26,6 +27,7 @@ from sdk.progress import ProgressLine, parse_round
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ANALYTICS_EXAMPLES = sorted(EXAMPLES.glob("analytics_*.py")) + [EXAMPLES / "wage_avg.py"]
+LEARNING_EXAMPLE = EXAMPLES / "learning_regression.py"
 TRACE_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  \S"
 
 TWO_TASKS = '''
@@ -147,10 +149,25 @@ def test_submit_names_the_task_classes_when_it_cannot_choose(tmp_path):
     assert version.stdout.startswith("deltaflow 0.")
 
 
+def test_every_federated_example_is_submitted_against_daemons():
+    """The examples that define a task are those the verbs' tests below submit as they are, so
+    a new example cannot go untried; each defines one, which `submit` takes without a name."""
+    defining = {script: task_classes(load_script(script)) for script in EXAMPLES.glob("*.py")}
+    federated = {script for script, classes in defining.items() if classes}
+    assert federated == {*ANALYTICS_EXAMPLES, LEARNING_EXAMPLE}
+    assert all(len(defining[script]) == 1 for script in federated)
+
+
 def test_the_cli_reference_is_generated_from_the_current_help():
     render = runpy.run_path(str(ROOT / "scripts" / "gen_cli_docs.py"))["render"]
     assert (ROOT / "docs" / "cli.md").read_text() == render(), (
         "docs/cli.md is stale: run python scripts/gen_cli_docs.py")
+
+
+def test_the_sdk_reference_is_generated_from_the_current_docstrings():
+    render = runpy.run_path(str(ROOT / "scripts" / "gen_reference.py"))["render"]
+    assert (ROOT / "docs" / "reference.md").read_text() == render(), (
+        "docs/reference.md is stale: run python scripts/gen_reference.py")
 
 
 # Against daemons ------------------------------------------------------------------------------
@@ -259,8 +276,7 @@ def test_learning_verbs(cluster, tmp_path):
         np.savez(cluster.data_dir(name) / "regression.npz", **regression(40, seed))
         cluster.start_worker(name)
 
-    script = EXAMPLES / "learning_regression.py"
-    done = deltaflow(cluster, "submit", str(script), "--follow")
+    done = deltaflow(cluster, "submit", str(LEARNING_EXAMPLE), "--follow")
     task_id, *lines = done.stdout.splitlines()
     assert any(line.endswith(" from 2 workers") and "round 5/5: mse=" in line for line in lines)
     assert "\r" not in done.stdout  # not a terminal: no progress line

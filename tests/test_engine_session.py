@@ -10,7 +10,8 @@ import time
 import pytest
 from engine_tasks import EchoTask, FailingTask, HangingTask, LaterOomTask, OomTask, SlowTask
 
-from worker.engine import EngineLimits, EngineSession, FakeInventory, GpuInfo, TaskError
+from worker.engine import (EngineLimits, EngineSession, FakeInventory, GpuInfo, SessionCounts,
+                           TaskError)
 
 pytestmark = pytest.mark.timeout(60)
 GiB = 1024**3
@@ -43,6 +44,8 @@ def test_load_failure_raises_with_traceback(tmp_path):
         assert "Traceback" in caught.value.message
         # its process slot was given back: with max_tasks=1 another task still opens
         assert engine.open(EchoTask("y")).train()["task_id"] == "y"
+        assert engine.counts() == SessionCounts(1, 2, {"load_failed": 1})
+    assert engine.counts() == SessionCounts(0, 2, {"load_failed": 1, "closed": 1})
 
 
 def test_train_failure_keeps_the_task_open(tmp_path):
@@ -70,6 +73,9 @@ def test_killed_subprocess_raises(tmp_path):
             handle.train()
         with pytest.raises(TaskError, match="not running"):
             handle.train()
+        assert engine.counts() == SessionCounts(0, 1, {"died": 1})
+        handle.close()  # counted once, as it died
+    assert engine.counts().ended == {"died": 1}
 
 
 def test_close_stops_a_running_train(tmp_path):

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Callable
 
 import grpc
 import pytest
 from cluster import wait_for
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
+from worker.engine import EngineSession, FakeInventory, GpuInfo, NvmlInventory
+from worker.metrics import EngineCollector
 
 Samples = dict[tuple[str, tuple], float]
+GiB = 1024**3
 
 
 def scrape(daemon) -> Samples:
@@ -26,9 +31,20 @@ def scrape(daemon) -> Samples:
     assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
     with urllib.request.urlopen(url, timeout=30) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
+        return parse(response.read().decode())
+
+
+def parse(text: str) -> Samples:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def settled(daemon, done: Callable[[Samples], bool], what: str) -> Samples:
+    """The daemon's samples once `done` holds for them (what a background task updates)."""
+    def attempt() -> Samples | None:
+        samples = scrape(daemon)
+        return samples if done(samples) else None
+    return wait_for(attempt, what=what)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -89,3 +105,34 @@ def test_worker_metrics(served):
     assert value(scrape(cluster.coordinator), "deltaflow_coordinator_worker_drops_total",
                  phase="join") == value(w3, "deltaflow_worker_refusals_total", reason="policy")
     assert not any("rows" in name for name, _ in w3)  # nothing counted from the data
+    # Each task counted once as the coordinator released it, by its worst phase there.
+    ended = "deltaflow_worker_tasks_ended_total"
+    assert value(w1, ended, outcome="served") >= 2  # the learning task and HOSTILE_NAME's
+    settled(cluster.workers["w3"], lambda w3: value(w3, ended, outcome="refused") == value(
+        w3, "deltaflow_worker_refusals_total", reason="policy"), "w3's refused tasks released")
+    # Its engine: the learning task's one subprocess, closed once the task ended; no GPU here.
+    w1 = settled(cluster.workers["w1"], lambda w1: value(
+        w1, "deltaflow_worker_engine_tasks_running") == 0, "w1's engine task closed")
+    assert value(w1, "deltaflow_worker_engine_tasks_started_total") == 1
+    assert value(w1, "deltaflow_worker_engine_tasks_ended_total", outcome="closed") == 1
+    assert value(w3, "deltaflow_worker_engine_tasks_started_total") == 0
+    gpus = [labels for name, labels in w1 if name == "deltaflow_worker_gpu_memory_total_bytes"]
+    assert len(gpus) == len(NvmlInventory().devices())  # none on a machine without a GPU
+
+
+def test_engine_collector_reads_each_gpu_and_the_sessions_counts(tmp_path):
+    gpus = [GpuInfo(0, "A100", free_bytes=30 * GiB, total_bytes=40 * GiB),
+            GpuInfo(1, "H100", free_bytes=70 * GiB, total_bytes=80 * GiB)]
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(EngineSession(tmp_path, inventory=FakeInventory(gpus))))
+    samples = parse(generate_latest(registry).decode())
+    for gpu in gpus:
+        labels = {"device": gpu.device, "model": gpu.name}
+        assert value(samples, "deltaflow_worker_gpu_memory_total_bytes",
+                     **labels) == gpu.total_bytes
+        assert value(samples, "deltaflow_worker_gpu_memory_free_bytes",
+                     **labels) == gpu.free_bytes
+    assert value(samples, "deltaflow_worker_engine_tasks_started_total") == 0
+    assert {dict(labels)["outcome"] for name, labels in samples
+            if name == "deltaflow_worker_engine_tasks_ended_total"} == {"closed", "load_failed",
+                                                                         "died"}

@@ -189,14 +189,15 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"engine settings: {error}") from None
     if kit is None:
         log.warning("--insecure: no TLS, and tasks are run unsigned")
-    if args.metrics_listen is not None:
-        print(f"deltaflow worker metrics at {metrics.serve(args.metrics_listen)}", flush=True)
     if policy.current.privacy is not None and args.state_dir is None:
         raise SystemExit("the policy has a [privacy] table: give --state-dir DIR, a persistent "
                          "folder where this worker keeps its privacy ledger")
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"deltaflow-worker-{name}"
     worker = Worker(address, name, Catalog(DataDir(args.data_dir), sources), args.max_backoff,
                     work_dir, limits, policy, args.min_rows, kit, args.chunk_rows, args.state_dir)
+    if args.metrics_listen is not None:
+        print(f"deltaflow worker metrics at {metrics.serve(args.metrics_listen, worker.engine)}",
+              flush=True)
     print(f"deltaflow worker {name} serving {worker.data_dir.root}", flush=True)
     await worker.run(stop)
 
@@ -242,6 +243,7 @@ class Worker:
         log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
                  ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
         self._jobs: dict[int, asyncio.Task[Job]] = {}
+        self.outcomes = metrics.TaskOutcomes()
         kept = state_dir or work_dir
         self.secure = SecureRounds(ContributionLedger(kept / "contributions.sqlite3"), kit,
                                    self.verifier)
@@ -410,6 +412,7 @@ class Worker:
         started = time.perf_counter()
         data, error, note = b"", "", ""
         job: Job | None = None
+        self.outcomes.answered(task_id)
         try:
             job = await self._job(channel, stub, session_id, task_id)
             phase, secagg = assignment.phase, assignment.HasField("secagg")
@@ -467,6 +470,7 @@ class Worker:
                 raise ValueError(f"task {task_id} has no phase {phase!r}")
         except TaskRefused as refusal:
             metrics.REFUSALS.labels(refusal.reason).inc()
+            self.outcomes.answered(task_id, "refused")
             error = f"worker {self.name} refused task {task_id}: {refusal}"
         except TaskError as failure:
             log.warning("task %d: the task's own code failed in %s:\n%s", task_id,
@@ -487,6 +491,7 @@ class Worker:
                          "log says why")
         if error:
             metrics.FAILURES.labels(assignment.phase).inc()
+            self.outcomes.answered(task_id, "failed")
             log.warning("task %d: %s failed: %s", task_id, assignment.phase, error)
 
         def upload() -> Iterator[pb.UploadRequest]:
@@ -666,6 +671,7 @@ class Worker:
         engine task ends once it has loaded (a load cannot be interrupted halfway)."""
         self.secure.release(task_id)
         self._admissions.pop(task_id, None)
+        self.outcomes.released(task_id)
         self._dp_learning.discard(task_id)
         job = self._jobs.pop(task_id, None)
         if job is None:

@@ -69,14 +69,17 @@ def load_script(path: Path) -> ModuleType:
     return module
 
 
+def task_classes(module: ModuleType) -> dict[str, type]:
+    """The task classes the module itself defines, by name."""
+    return {value.__name__: value for value in vars(module).values()
+            if inspect.isclass(value) and issubclass(value, TASK_BASES)
+            and value not in TASK_BASES and value.__module__ == module.__name__}
+
+
 def find_task_class(module: ModuleType, name: str | None) -> type:
     """The task class `name` of the module, or its only one; ValueError listing the
     candidates otherwise."""
-    candidates = {
-        value.__name__: value for value in vars(module).values()
-        if inspect.isclass(value) and issubclass(value, TASK_BASES)
-        and value not in TASK_BASES and value.__module__ == module.__name__
-    }
+    candidates = task_classes(module)
     script = module.__file__
     if name is not None:
         if name not in candidates:

@@ -33,6 +33,7 @@ class DifferentialPrivacy:
                                  f"{self.delta!r}")
 
     def to_proto(self) -> task_pb2.DifferentialPrivacy:
+        """The message it travels as, in a task's spec."""
         return task_pb2.DifferentialPrivacy(epsilon=self.epsilon, delta=self.delta)
 
     @classmethod

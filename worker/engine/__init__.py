@@ -11,13 +11,13 @@ from .gpu import FakeInventory, GpuInfo, GpuInventory, NvmlInventory
 from .group import TaskGroup
 from .placement import PlacementError, choose_device
 from .scheduler import Scheduler
-from .session import EngineSession, TaskError, TaskHandle
+from .session import ENDINGS, EngineSession, SessionCounts, TaskError, TaskHandle
 from .status import TaskStatus
 from .task import Task
 
 __all__ = [
-    "EngineLimits", "EngineSession", "FakeInventory", "GpuInfo", "GpuInventory",
-    "NvmlInventory", "PlacementError", "Scheduler", "Task", "TaskError", "TaskGroup",
-    "TaskHandle", "TaskStatus", "add_engine_arguments", "choose_device", "limits_from_args",
-    "parse_size",
+    "ENDINGS", "EngineLimits", "EngineSession", "FakeInventory", "GpuInfo", "GpuInventory",
+    "NvmlInventory", "PlacementError", "Scheduler", "SessionCounts", "Task", "TaskError",
+    "TaskGroup", "TaskHandle", "TaskStatus", "add_engine_arguments", "choose_device",
+    "limits_from_args", "parse_size",
 ]

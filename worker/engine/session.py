@@ -13,6 +13,9 @@ import asyncio
 import os
 import threading
 import traceback
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from .config import EngineLimits
@@ -56,6 +59,21 @@ async def _in_thread(function: Callable[..., T], *args: Any) -> T:
     return await future
 
 
+@dataclass(frozen=True)
+class SessionCounts:
+    """What a session's tasks did: ``running`` are open (loading, training or waiting for their
+    next round), ``started`` were ever opened, ``ended`` counts the others by how they ended:
+    "closed" (by their owner), "load_failed" (``load``, or starting the subprocess, failed),
+    "died" (the subprocess died in ``train``). ``started == running + sum(ended.values())``."""
+
+    running: int
+    started: int
+    ended: Mapping[str, int]
+
+
+ENDINGS = ("closed", "load_failed", "died")
+
+
 class EngineSession:
     """Opens persistent tasks under ``<workdir>/<name>/<task_id>/``, within ``limits``, as
     ``limits.task_user`` when given (``task_user``)."""
@@ -68,6 +86,8 @@ class EngineSession:
         self.task_user = self.pool.limits.run_as()
         self._handles: dict[int | str, TaskHandle] = {}
         self._lock = threading.Lock()
+        self._started = 0
+        self._ended: Counter[str] = Counter()
 
     def open(self, task: Task) -> TaskHandle:
         """Start ``task``'s subprocess and run its ``load``, waiting for a free process slot
@@ -76,6 +96,7 @@ class EngineSession:
             if task.task_id in self._handles:
                 raise ValueError(f"task_id {task.task_id!r} is already open in this session")
             self._handles[task.task_id] = handle = TaskHandle(self, task)
+            self._started += 1
         handle._open(os.path.join(self.workdir, str(task.task_id)))
         return handle
 
@@ -93,10 +114,16 @@ class EngineSession:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _forget(self, handle: TaskHandle) -> None:
+    def counts(self) -> SessionCounts:
+        """The session's tasks now, for metrics."""
+        with self._lock:
+            return SessionCounts(len(self._handles), self._started, dict(self._ended))
+
+    def _forget(self, handle: TaskHandle, ending: str) -> None:
         with self._lock:
             if self._handles.get(handle.task.task_id) is handle:
                 del self._handles[handle.task.task_id]
+                self._ended[ending] += 1
 
 
 class TaskHandle:
@@ -146,7 +173,7 @@ class TaskHandle:
                     raise TaskError(task.task_id, "train",
                                     oom_gave_up(task, pool.limits.oom_retries, reply.message))
                 if reply.kind == "died":
-                    self._end()
+                    self._end("died")
                 raise TaskError(task.task_id, reply.stage, reply.message)
 
     async def train_async(self, round_input: Any = None) -> dict:
@@ -160,7 +187,7 @@ class TaskHandle:
             self.task.kill()
             self._lock.acquire()
         try:
-            self._end()
+            self._end("closed")
         finally:
             self._lock.release()
 
@@ -186,7 +213,7 @@ class TaskHandle:
                 if reply.kind != "loaded":
                     raise TaskError(task.task_id, reply.stage, reply.message)
             except BaseException:
-                self._end()
+                self._end("closed" if self._closed else "load_failed")
                 raise
             finally:
                 pool.loaded(task)
@@ -199,9 +226,10 @@ class TaskHandle:
             return attempt() or None
         return self._pool.wait_for(unless_closed)
 
-    def _end(self) -> None:
+    def _end(self, ending: str) -> None:
+        """Ends the subprocess and frees its slot; ``ending`` is how (one of ``ENDINGS``)."""
         self.task.exit()
         if self._slot:
             self._slot = False
             self._pool.release_process()
-        self.session._forget(self)
+        self.session._forget(self, ending)
