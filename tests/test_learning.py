@@ -4,7 +4,6 @@ computation done in this process."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import threading
@@ -275,8 +274,7 @@ def test_weights_over_2_gib_cross_the_wire_both_ways(cluster):
     client.cancel_task(task_id)
 
 
-@pytest.mark.skipif(os.environ.get("DELTAFLOW_BIG_TESTS") != "1",
-                    reason="moves some 13 GiB over loopback, for minutes: DELTAFLOW_BIG_TESTS=1")
+@pytest.mark.big
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize(("secure", "mib"), [(False, 2_100), (True, 1_100)])
 def test_a_model_over_2_gib_goes_to_real_workers_back_and_out_as_the_result(

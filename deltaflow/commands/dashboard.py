@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import signal
 
 from deltaflow.commands.common import OK, add_connection_arguments, open_client
 from deltaflow.dashboard.server import Dashboard, whoami
@@ -21,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser, json=False)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         try:
@@ -31,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         user, role = whoami(client)
         print(f"deltaflow dashboard of {user} ({role}) at {client.address}: open {dashboard.url}",
               flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: as Ctrl-C
         try:
             dashboard.serve_forever()
         except KeyboardInterrupt:
