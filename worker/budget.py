@@ -12,13 +12,13 @@ overspend, and a release asked for twice (a retried step) is paid twice.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdk.privacy.accounting import Cost, epsilon
+from worker.records import open_records
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -54,10 +54,7 @@ class PrivacyLedger:
     """What each user spent on each data source, kept across restarts."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_records(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def spent(self, source: str, user: str | None = None) -> Cost:

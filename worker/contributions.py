@@ -11,10 +11,11 @@ a fresh step of it. The record is a SQLite file, so a restarted worker keeps it.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Collection
 from pathlib import Path
+
+from worker.records import open_records
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contributions (
@@ -39,10 +40,7 @@ class ContributionLedger:
     """What this worker contributed, to which peers, per task and step."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_records(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def record(self, task: str, step: str, kind: str, peers: Collection[str]) -> None:
