@@ -23,6 +23,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from coordinator.store import DataLoss
+from coordinator.writes import WriteFailed
 
 log = logging.getLogger("deltaflow.coordinator")
 
@@ -86,6 +87,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(error, DataLoss):
         log.error("%s", error)
         return grpc.StatusCode.DATA_LOSS, str(error)
+    if isinstance(error, WriteFailed):  # logged where it happened; retried once health serves
+        return grpc.StatusCode.UNAVAILABLE, str(error)
     return None
 
 

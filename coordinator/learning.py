@@ -72,8 +72,9 @@ async def run_learning(
             validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
             average = store.spare_weights_path(task_id)
             started = time.perf_counter()
-            workers, samples, metrics, checksum = await aggregate.train(
-                {"round": number, "validate": validate}, average)
+            with store.writes.guard(f"the checkpoint of round {number} of task {task_id}"):
+                workers, samples, metrics, checksum = await aggregate.train(  # writes `average`
+                    {"round": number, "validate": validate}, average)
             ROUND_SECONDS.labels("learning").observe(time.perf_counter() - started)
             store.checkpoint(task_id, average, checksum)
             prefix = f"round {number}/{learning.max_rounds}: "

@@ -24,6 +24,7 @@ from coordinator.store import StateError, Store
 from coordinator.task_service import TaskService
 from coordinator.tasks import TaskManager
 from coordinator.worker_service import WorkerService, add_worker_service
+from coordinator.writes import WriteFailed
 from sdk.prometheus import add_metrics_argument
 from sdk.proto import services_pb2, services_pb2_grpc
 from sdk.trust import Kit, TrustError, Verifier
@@ -39,6 +40,7 @@ SERVICE_NAMES = [
 
 CRL_POLL_SECONDS = 1.0  # how often the kit's revoked.crl is looked at for a change
 STOP_GRACE_SECONDS = 5.0  # calls ended at a stop get this long to send their status
+WRITES_POLL_SECONDS = 0.5  # how often health looks at the state dir's writes (and probes them)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +130,28 @@ async def _watch_crl(kit: Kit, verifier: Verifier, gate: Gate, registry: WorkerR
             registry.broadcast(services_pb2.CoordinatorMessage(crl=verifier.crl_der))
 
 
+async def watch_writes(store: Store, health_servicer: health.aio.HealthServicer) -> None:
+    """Health answers NOT_SERVING from a failed write of the state dir until a probe write
+    succeeds again (tried every WRITES_POLL_SECONDS), then SERVING."""
+    serving = True
+    while True:
+        await asyncio.sleep(WRITES_POLL_SECONDS)
+        if store.writes.failing is None:
+            continue
+        if serving:
+            log.error("not serving until the state dir takes writes again: %s",
+                      store.writes.failing)
+        elif store.retry_writes():
+            log.info("the state dir takes writes again: serving")
+        else:
+            continue
+        serving = not serving
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ["", *SERVICE_NAMES]:
+            await health_servicer.set(name, status)
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Serves until SIGINT or SIGTERM. In order: the state dir's lock (a second coordinator on
     it exits here, having touched nothing), the port (one that cannot be bound exits before
@@ -173,7 +197,10 @@ async def serve(args: argparse.Namespace) -> None:
     except RuntimeError as error:
         raise SystemExit(f"cannot listen on {listen}: {error} (the tasks in the state dir "
                          "are left as they were)") from None
-    tasks.recover()
+    try:
+        tasks.recover()
+    except WriteFailed as error:
+        raise SystemExit(str(error)) from None
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -186,7 +213,8 @@ async def serve(args: argparse.Namespace) -> None:
         url = metrics.serve(args.metrics_listen, store, registry)
         print(f"deltaflow coordinator metrics at {url}", flush=True)
 
-    watchers = [asyncio.create_task(registry.watch_heartbeats())]
+    watchers = [asyncio.create_task(registry.watch_heartbeats()),
+                 asyncio.create_task(watch_writes(store, health_servicer))]
     if kit is not None:
         watchers.append(asyncio.create_task(
             _watch_crl(kit, verifier, gate, registry, crl_stamp)))

@@ -7,6 +7,9 @@ One coordinator owns a state dir at a time: a Store takes an exclusive lock on i
 reads or writes anything there. Results and checkpoints carry a checksum (their length and
 CRC-32, in the database) that every read checks: a blob corrupted on disk is `DataLoss`, never
 decoded. A database SQLite cannot read stops the coordinator at its start (`StateError`).
+Every write runs under `writes.Writes.guard`, which decides what a failed one means: a task's
+end that the disk did not take is kept here, in memory, and seen by every read of the task,
+until `retry_writes` writes it.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import shutil
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from sdk.proto import services_pb2 as pb
+from coordinator.writes import WriteFailed, Writes
 from sdk.proto import task_pb2
 
 ENDED = {pb.TASK_STATE_FINISHED, pb.TASK_STATE_ERROR, pb.TASK_STATE_CANCELLED}
@@ -151,6 +155,8 @@ class Store:
         except BaseException:
             os.close(self._lock)
             raise
+        self.writes = Writes(state_dir)
+        self._unwritten: dict[int, tuple[int, str, float]] = {}  # ends the disk did not take
         self.blobs = state_dir / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.scratch = state_dir / "scratch"  # tasks being created; emptied at every start
@@ -165,26 +171,42 @@ class Store:
 
     def create_task(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, owner: str,
                     signature: task_pb2.TaskSignature | None = None,
-                    weights: tuple[Path, Checksum] | None = None) -> int:
-        """Records a new task of `owner`; `weights`, a file in scratch and the checksum of what
-        was written to it, becomes its initial weights; `signature`, its submitter's, goes to
-        its workers with the spec."""
+                    weights: tuple[Path, Checksum] | None = None,
+                    first_log: Callable[[int], str] | None = None) -> int:
+        """Records a new task of `owner`, with `first_log(task_id)` as its log's first line;
+        `weights`, a file in scratch and the checksum of what was written to it, becomes its
+        initial weights; `signature`, its submitter's, goes to its workers with the spec.
+        All or nothing: WriteFailed leaves neither a row nor a file of the task behind."""
         summary = task_pb2.TaskSpec(name=spec.name, kind=spec.kind, rules=spec.rules,
                                     datasets=spec.datasets).SerializeToString()
-        cursor = self._db.execute(
-            "INSERT INTO tasks (name, kind, state, created_at, summary, owner) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (spec.name, spec.kind, pb.TASK_STATE_PENDING, time.time(), summary, owner),
-        )
-        task_id = int(cursor.lastrowid)
-        self._write_blob(f"task-{task_id}.spec", spec_bytes)
-        if signature is not None:
-            self._write_blob(f"task-{task_id}.sig", signature.SerializeToString())
-        if weights is not None:
-            written, checksum = weights
-            first = self._weights_file(task_id, 0)
-            written.replace(first)
-            self.checkpoint(task_id, first, checksum)
+        task_id = None
+        try:
+            with self.writes.guard("a new task"):
+                self._db.execute("BEGIN IMMEDIATE")
+                cursor = self._db.execute(
+                    "INSERT INTO tasks (name, kind, state, created_at, summary, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (spec.name, spec.kind, pb.TASK_STATE_PENDING, time.time(), summary, owner),
+                )
+                task_id = int(cursor.lastrowid)
+                self._write_blob(f"task-{task_id}.spec", spec_bytes)
+                if signature is not None:
+                    self._write_blob(f"task-{task_id}.sig", signature.SerializeToString())
+                if weights is not None:
+                    written, checksum = weights
+                    first = self._weights_file(task_id, 0)
+                    written.replace(first)
+                    self._checkpoint(task_id, first, checksum)
+                if first_log is not None:
+                    self._insert_log(task_id, first_log(task_id))
+                self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if task_id is not None:
+                for path in self.blobs.glob(f"task-{task_id}.*"):
+                    path.unlink(missing_ok=True)
+            raise
         return task_id
 
     def get_task(self, task_id: int) -> TaskRecord | None:
@@ -194,7 +216,7 @@ class Store:
             f"SELECT {_COLUMNS} FROM tasks WHERE id = ?",
             (task_id,),
         ).fetchone()
-        return TaskRecord(*row) if row else None
+        return self._record(row) if row else None
 
     def list_tasks(self, limit: int, before: int = 0, owner: str | None = None) -> list[TaskRecord]:
         """The newest `limit` tasks older than task `before` (0: any), of `owner` only if given."""
@@ -204,18 +226,54 @@ class Store:
             "ORDER BY id DESC LIMIT ?",
             (before, before, owner, owner, limit),
         ).fetchall()
-        return [TaskRecord(*row) for row in rows]
+        return [self._record(row) for row in rows]
 
     def set_state(self, task_id: int, state: int, error: str = "") -> None:
+        """Records the task's state; an end (FINISHED, ERROR, CANCELLED) that the disk does not
+        take is kept in memory, seen by reads, until `retry_writes` writes it; WriteFailed for
+        any other state."""
         finished_at = time.time() if state in ENDED else 0.0
-        self._db.execute(
-            "UPDATE tasks SET state = ?, error = ?, finished_at = ? WHERE id = ?",
-            (state, error, finished_at, task_id),
-        )
+        try:
+            self._write_state(task_id, state, error, finished_at)
+        except WriteFailed:
+            if state not in ENDED:
+                raise
+            self._unwritten[task_id] = (state, error, finished_at)
+
+    def retry_writes(self) -> bool:
+        """Whether the state dir takes writes again (a probe write succeeds); if so, the task
+        ends kept in memory are written and the failure is over."""
+        if not self.writes.probe():
+            return False
+        try:
+            for task_id, (state, error, finished_at) in list(self._unwritten.items()):
+                self._write_state(task_id, state, error, finished_at)
+                del self._unwritten[task_id]
+        except WriteFailed:
+            return False
+        self.writes.failing = None
+        return True
+
+    def _write_state(self, task_id: int, state: int, error: str, finished_at: float) -> None:
+        with self.writes.guard(f"the state of task {task_id}"):
+            self._db.execute(
+                "UPDATE tasks SET state = ?, error = ?, finished_at = ? WHERE id = ?",
+                (state, error, finished_at, task_id),
+            )
+
+    def _record(self, row: tuple) -> TaskRecord:
+        """The task of a row, with its end if that is not written yet."""
+        record = TaskRecord(*row)
+        if record.id in self._unwritten:
+            state, error, finished_at = self._unwritten[record.id]
+            record = replace(record, state=state, error=error, finished_at=finished_at)
+        return record
 
     def set_workers(self, task_id: int, names: list[str]) -> None:
         """Records the workers that stayed to the task's end."""
-        self._db.execute("UPDATE tasks SET workers = ? WHERE id = ?", (json.dumps(names), task_id))
+        with self.writes.guard(f"the workers of task {task_id}"):
+            self._db.execute("UPDATE tasks SET workers = ? WHERE id = ?",
+                             (json.dumps(names), task_id))
 
     def task_workers(self, task_id: int) -> list[str]:
         """The workers recorded by `set_workers` ([] if none were)."""
@@ -256,11 +314,12 @@ class Store:
 
     def append_audit(self, caller: str, role: str, action: str, target: str, outcome: str,
                      detail: str) -> None:
-        self._db.execute(
-            "INSERT INTO audit (time, caller, role, action, target, outcome, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), caller, role, action, target, outcome, detail),
-        )
+        with self.writes.guard("the audit log"):
+            self._db.execute(
+                "INSERT INTO audit (time, caller, role, action, target, outcome, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), caller, role, action, target, outcome, detail),
+            )
 
     def list_audit(self, limit: int, before: int = 0) -> list[pb.AuditEntry]:
         """The newest `limit` audit entries older than entry `before` (0: any)."""
@@ -276,6 +335,10 @@ class Store:
     # Logs -------------------------------------------------------------------------------------
 
     def append_log(self, task_id: int, message: str) -> pb.LogEntry:
+        with self.writes.guard(f"the log of task {task_id}"):
+            return self._insert_log(task_id, message)
+
+    def _insert_log(self, task_id: int, message: str) -> pb.LogEntry:
         now = time.time()
         offset = self.log_length(task_id)
         self._db.execute(
@@ -325,6 +388,10 @@ class Store:
     def checkpoint(self, task_id: int, written: Path, checksum: Checksum) -> None:
         """Makes `written` (the spare file, whose bytes have `checksum`) the task's global
         weights, atomically."""
+        with self.writes.guard(f"the checkpoint of task {task_id}"):
+            self._checkpoint(task_id, written, checksum)
+
+    def _checkpoint(self, task_id: int, written: Path, checksum: Checksum) -> None:
         self._keep_checksum(written.name, checksum)
         link = self.blobs / f"task-{task_id}.weights.link"
         link.unlink(missing_ok=True)
@@ -346,11 +413,12 @@ class Store:
 
     def save_metrics(self, task_id: int, round_number: int, workers: int,
                      metrics: dict[str, float]) -> None:
-        self._db.executemany(
-            "INSERT OR REPLACE INTO metrics (task_id, round, workers, name, value) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(task_id, round_number, workers, k, v) for k, v in metrics.items()],
-        )
+        with self.writes.guard(f"the metrics of task {task_id}"):
+            self._db.executemany(
+                "INSERT OR REPLACE INTO metrics (task_id, round, workers, name, value) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(task_id, round_number, workers, k, v) for k, v in metrics.items()],
+            )
 
     def load_metrics(self, task_id: int) -> list[tuple[int, int, dict[str, float]]]:
         """(round, workers, metrics) for every round that validated, in order."""
@@ -368,6 +436,10 @@ class Store:
 
     def keep_weights_as_result(self, task_id: int) -> None:
         """The global weights, as they are now, become the task's result."""
+        with self.writes.guard(f"the result of task {task_id}"):
+            self._keep_weights_as_result(task_id)
+
+    def _keep_weights_as_result(self, task_id: int) -> None:
         current = self.weights_path(task_id).resolve()
         partial = self.blobs / f"task-{task_id}.result.partial"
         partial.unlink(missing_ok=True)
@@ -383,8 +455,9 @@ class Store:
     def save_result(self, task_id: int, data: bytes) -> None:
         checksum = Checksum()
         checksum.update(data)
-        self._keep_checksum(self.result_path(task_id).name, checksum)
-        self._write_blob(self.result_path(task_id).name, data)
+        with self.writes.guard(f"the result of task {task_id}"):
+            self._keep_checksum(self.result_path(task_id).name, checksum)
+            self._write_blob(self.result_path(task_id).name, data)
 
     def result_chunks(self, task_id: int, size: int) -> Iterator[bytes]:
         """The task's result in chunks of `size` bytes, checked against its checksum (DataLoss

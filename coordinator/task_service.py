@@ -47,7 +47,8 @@ class TaskService(services_pb2_grpc.TaskServiceServicer):
         with self.tasks.reserve(caller().name):
             weights = self.store.scratch / f"create-{secrets.token_hex(8)}.weights"
             try:
-                received = await _receive(request_iterator, weights, self.tasks.limits)
+                with self.store.writes.guard("a task being received"):
+                    received = await _receive(request_iterator, weights, self.tasks.limits)
                 spec = task_pb2.TaskSpec()
                 try:
                     spec.ParseFromString(received.spec)

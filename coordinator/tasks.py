@@ -1,4 +1,7 @@
-"""Tasks on the coordinator: creation, their logs as they grow, their runs and their end."""
+"""Tasks on the coordinator: creation, their logs as they grow, their runs and their end.
+
+A write of a task's state that the disk fails (`writes.WriteFailed`) ends the task in ERROR
+with the failure's message; its end is then kept by the store until the disk takes it."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from coordinator.limits import Limits, PerUser, bound, cut_line, exhausted
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import RoundFailed
 from coordinator.store import Checksum, Store, TaskRecord
+from coordinator.writes import WriteFailed
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
@@ -56,14 +60,21 @@ class TaskManager:
     def create(self, spec: task_pb2.TaskSpec, spec_bytes: bytes, owner: str,
                signature: task_pb2.TaskSignature | None,
                weights: tuple[Path, Checksum] | None) -> int:
-        task_id = self.store.create_task(spec, spec_bytes, owner, signature, weights)
+        """Records the task with its first log line, all or nothing (WriteFailed), and runs it."""
         rules = spec.rules
         kind = task_pb2.TaskKind.Name(spec.kind).removeprefix("TASK_KIND_").lower()
         signed = f"signed by {owner}" if signature is not None else "unsigned"
-        self.log(task_id, f"task {task_id} created by {owner} ({signed}): {spec.name} "
-                 f"({kind}; min_clients="
-                 f"{rules.min_clients}, max_clients={rules.max_clients}, wait_timeout="
-                 f"{rules.wait_timeout:g}s, connection_timeout={rules.connection_timeout:g}s)")
+
+        def created(task_id: int) -> str:
+            return cut_line(
+                f"task {task_id} created by {owner} ({signed}): {spec.name} ({kind}; "
+                f"min_clients={rules.min_clients}, max_clients={rules.max_clients}, "
+                f"wait_timeout={rules.wait_timeout:g}s, "
+                f"connection_timeout={rules.connection_timeout:g}s)",
+                self.limits.max_log_line_chars)
+
+        task_id = self.store.create_task(spec, spec_bytes, owner, signature, weights, created)
+        log.info("[task %d] %s", task_id, created(task_id))
         self._runs[task_id] = asyncio.create_task(self._run(task_id, spec))
         return task_id
 
@@ -94,9 +105,9 @@ class TaskManager:
         await asyncio.gather(*self._runs.values(), return_exceptions=True)
 
     async def _run(self, task_id: int, spec: task_pb2.TaskSpec) -> None:
-        self.store.set_state(task_id, pb.TASK_STATE_RUNNING)
-        self._notify(task_id)
         try:
+            self.store.set_state(task_id, pb.TASK_STATE_RUNNING)
+            self._notify(task_id)
             def task_log(message: str) -> None:
                 self.log(task_id, message)
 
@@ -109,6 +120,9 @@ class TaskManager:
         except asyncio.CancelledError:
             pass
         except RoundFailed as error:
+            self._end(task_id, pb.TASK_STATE_ERROR, str(error))
+        except WriteFailed as error:
+            log.error("task %d failed: %s", task_id, error)
             self._end(task_id, pb.TASK_STATE_ERROR, str(error))
         except Exception as error:  # noqa: BLE001 - any failure ends the task, never the daemon
             log.exception("task %d failed", task_id)
@@ -123,17 +137,24 @@ class TaskManager:
         if task is None or task.ended:
             return
         if state == pb.TASK_STATE_FINISHED:
-            self.log(task_id, f"task {task_id} finished")
+            line = f"task {task_id} finished"
         else:
             word = "cancelled" if state == pb.TASK_STATE_CANCELLED else "failed"
-            self.log(task_id, f"task {task_id} {word}: {error}" + (f"\n{details}" if details else ""))
+            line = f"task {task_id} {word}: {error}" + (f"\n{details}" if details else "")
+        try:
+            self.log(task_id, line)
+        except WriteFailed:  # the task's state says it; the store keeps it until written
+            pass
         self.store.set_state(task_id, state, cut_line(error, self.limits.max_log_line_chars))
         self._notify(task_id)
 
     def _release(self, task_id: int) -> None:
         stayed = self.workers(task_id)
-        if stayed:
-            self.store.set_workers(task_id, stayed)
+        try:
+            if stayed:
+                self.store.set_workers(task_id, stayed)
+        except WriteFailed as error:
+            log.error("%s", error)
         for worker in self.registry.connected():
             worker.tasks.discard(task_id)
             worker.send(pb.CoordinatorMessage(release_task_id=task_id))

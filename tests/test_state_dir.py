@@ -1,12 +1,14 @@
 """The coordinator's state dir over real coordinators: one owner at a time, no recovery by a
-coordinator that cannot serve, a corrupted database refused at the start, and results and
-checkpoints that are checked against their checksums when read."""
+coordinator that cannot serve, a corrupted database refused at the start, results and
+checkpoints that are checked against their checksums when read, and a disk that fills up."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 
 import grpc
@@ -23,6 +25,7 @@ from sdk.client import ClientError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
 from sdk.tensors import iter_chunks
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 RUNNING, ERROR = pb.TASK_STATE_RUNNING, pb.TASK_STATE_ERROR
 
@@ -221,3 +224,88 @@ def test_corrupted_results_and_checkpoints_are_data_loss_never_decoded(tmp_path)
         client.cancel_task(spoiled)
         assert "Traceback" not in cluster.coordinator.log()
         assert f"task {learning} finished" in log_text(client, learning)
+
+
+def _fill(path) -> None:
+    """Writes `path` until its file system is full."""
+    with open(path, "wb", buffering=0) as handle:
+        for size in (1 << 16, 512):
+            try:
+                while True:
+                    handle.write(bytes(size))
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+
+
+def test_a_full_disk_fails_the_task_it_hits_leaves_no_half_task_and_health_follows_it(
+        tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small tmpfs cannot be mounted here: {mounted.stderr.strip()}")
+    filler = state / "filler"
+    try:
+        with LocalCluster(tmp_path, secure=False) as cluster:
+            cluster.start_coordinator()
+            client = cluster.client()
+            with cluster.channel() as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+
+                def status() -> int:
+                    return health.Check(health_pb2.HealthCheckRequest(service=""),
+                                        timeout=10).status
+
+                assert status() == health_pb2.HealthCheckResponse.SERVING
+                built = Regression(max_rounds=1, max_clients=2, validate_frac=0,
+                                   secure_aggregation=False).build()
+                weights = b"".join(bytes(chunk) for chunk in iter_chunks(built.weights))
+                # The disk fills up as the workers train round 1: its checkpoint cannot be kept.
+                workers = [_PlainWorker(cluster, name, weights) for name in ("h1", "h2")]
+                filled = threading.Event()
+                original = workers[0].answer
+
+                def answer(assignment: pb.Assignment) -> bytes | None:
+                    if assignment.phase == "train" and not filled.is_set():
+                        _fill(filler)
+                        filled.set()
+                    return original(assignment)
+
+                workers[0].answer = answer
+                for worker in workers:
+                    worker.start()
+                    cluster.wait_connected(worker.name)
+                learning = client.create_task(built)
+                assert client.wait(learning) is False
+                failed = client.get_task(learning)
+                assert failed.state == ERROR
+                assert "the coordinator could not write" in failed.error
+                assert "the disk is full" in failed.error and "free space there" in failed.error
+                assert str(state) in failed.error
+                wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING,
+                         what="NOT_SERVING")
+
+                # A task sent meanwhile is refused, and leaves neither a row nor a file behind.
+                known = [task.task_id for task in client.list_tasks()]
+                blobs = sorted((state / "blobs").iterdir())
+                with pytest.raises(ClientError) as raised:
+                    client.create_task(WageAvg().build())
+                assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+                assert "the disk is full" in str(raised.value)
+                assert [task.task_id for task in client.list_tasks()] == known
+                assert sorted((state / "blobs").iterdir()) == blobs
+                assert not list((state / "scratch").iterdir())
+                assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+                # Room again: health serves, the task's end is written, tasks are taken.
+                filler.unlink()
+                wait_for(lambda: status() == health_pb2.HealthCheckResponse.SERVING,
+                         what="SERVING again")
+                assert _stored_state(cluster, learning)[0] == ERROR
+                again = client.create_task(WageAvg(connection_timeout=0.1).build())
+                assert again not in known and client.wait(again) is False
+                for worker in workers:
+                    worker.done.set()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
