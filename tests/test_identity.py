@@ -177,7 +177,13 @@ def test_a_second_daemon_with_the_same_identity_is_refused_and_does_not_flap(clu
                      "--data-dir", str(other), "--work-dir", str(cluster.root / "work-copy")],
                     cluster.root / "worker-copy.log")
     cluster.daemons.append(second)
-    time.sleep(4)  # the second daemon retries meanwhile (every 2 s at most)
+    root = cluster.client("root")
+
+    def refusals():
+        return [e for e in root.list_audit()
+                if e.action == "register" and e.outcome == "ALREADY_EXISTS"]
+
+    wait_for(lambda: len(refusals()) >= 2, timeout=60, what="the second daemon to retry")
     log = cluster.coordinator.log()
     assert log.count("worker w1 connected") == 1, log
     assert "dropped" not in log
@@ -185,9 +191,8 @@ def test_a_second_daemon_with_the_same_identity_is_refused_and_does_not_flap(clu
     first.stop()
     wait_for(lambda: cluster.coordinator.log().count("worker w1 connected") == 2,
              what="the second daemon to take over once the first is gone")
-    audit = cluster.client("root").list_audit()
-    refused = [e for e in audit if e.action == "register" and e.outcome == "ALREADY_EXISTS"]
-    assert refused and refused[0].caller == "w1" and refused[0].target == "worker w1"
+    refused = refusals()
+    assert refused[0].caller == "w1" and refused[0].target == "worker w1"
 
 
 def test_revoking_a_user_ends_their_calls_and_a_worker_its_session(cluster):

@@ -166,7 +166,8 @@ def test_a_worker_killed_mid_round_is_dropped_and_the_task_finishes(cluster):
     start(cluster, env={"w3": {"TEST_TRAIN_DELAY": "30"}})
     client = cluster.client()
     task_id = client.create_task(Regression(max_rounds=2, wait_timeout=60).build())
-    wait_for(lambda: "loaded the task" in log_text(client, task_id), what="the join phase")
+    wait_for(lambda: "loaded the task" in log_text(client, task_id), timeout=120,
+             what="the join phase")
     wait_for(lambda: "round 1 trained" in cluster.workers["w1"].log(), what="round 1 to run")
     cluster.workers["w3"].signal(signal.SIGKILL)
     assert client.wait(task_id), client.get_task(task_id).error
@@ -224,7 +225,8 @@ def test_workers_end_their_engine_tasks_when_the_coordinator_restarts(cluster):
     start(cluster, env={name: {"TEST_TRAIN_DELAY": "30"} for name in SIZES})
     client = cluster.client()
     task_id = client.create_task(Regression(max_rounds=1, wait_timeout=60).build())
-    wait_for(lambda: "loaded the task" in log_text(client, task_id), what="the join phase")
+    wait_for(lambda: "loaded the task" in log_text(client, task_id), timeout=120,
+             what="the join phase")
     port = int(cluster.address.rpartition(":")[2])
     cluster.coordinator.signal(signal.SIGKILL)
     cluster.coordinator.process.wait()
