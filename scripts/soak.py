@@ -23,7 +23,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -246,8 +248,7 @@ class Soak:
                     and all(torch.isfinite(t).all() for t in result.values()))
             check = "finite"
         elif info.workers and set(info.workers) <= set(self.frames):
-            stacked = pandas.concat([self.frames[w] for w in info.workers])
-            good = np.allclose(np.asarray(result, float), stacked.mean().to_numpy(), rtol=1e-7)
+            good = self._matches(result, info.workers)
             check = "exact"
         else:
             stacked = pandas.concat(self.frames.values())
@@ -257,8 +258,22 @@ class Soak:
             check = "in range"
         if good:
             self.tally.outcomes[f"{kind}, {check}"] += 1
-        else:
-            self.tally.wrong.append(f"task {task_id} ({kind}, {check}): {result!r}")
+            return
+        if kind.startswith("learning"):
+            self.tally.wrong.append(f"task {task_id} ({kind}): weights not finite or misshapen")
+            return
+        matching = [", ".join(names) for size in range(2, len(self.frames) + 1)
+                    for names in combinations(sorted(self.frames), size)
+                    if self._matches(result, names)]
+        self.tally.wrong.append(
+            f"task {task_id} ({kind}, {check}): TaskInfo names workers "
+            f"{', '.join(info.workers) or 'none'}, but the result is the mean over the rows of "
+            f"{' or '.join(matching) or 'no set of workers'}")
+
+    def _matches(self, result: object, names: Iterable[str]) -> bool:
+        """Whether an analytics result is WageAvg over the stacked rows of workers `names`."""
+        stacked = pandas.concat([self.frames[name] for name in names])
+        return bool(np.allclose(np.asarray(result, float), stacked.mean().to_numpy(), rtol=1e-7))
 
     def run(self, minutes: float, inflight: int, coordinator_kills: int,
             worker_faults: int, settle: float) -> Tally:
