@@ -37,8 +37,9 @@ from sdk.proto import task_pb2, values_pb2
 
 async def run_analytics(
     registry: WorkerRegistry, task_id: int, spec: task_pb2.TaskSpec, log: Callable[[str], None]
-) -> Any:
-    """The task's result, computed over the workers that stay to the end."""
+) -> tuple[Any, list[str]]:
+    """The task's result, and the workers whose rows it covers: those whose inputs were summed
+    in every step (a worker may leave after its input was summed, and still be covered)."""
     plan = Plan(*Graph.from_proto(spec.analytics))
     privacy = await asyncio.to_thread(_privacy_plan, spec, plan)  # seconds: not in the loop
     rules = spec.rules
@@ -72,7 +73,7 @@ async def run_analytics(
                 f"aggregated {len(summed)} worker(s)")
         else:
             ROUND_SECONDS.labels("analytics").observe(time.perf_counter() - started)
-            return aggregation.result()
+            return aggregation.result(), sorted(summed)
         ROUND_SECONDS.labels("analytics").observe(time.perf_counter() - started)
         round_.number += 1
         log(f"round {round_.number}: computing again over the {len(round_.workers)} remaining "

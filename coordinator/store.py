@@ -270,7 +270,8 @@ class Store:
         return record
 
     def set_workers(self, task_id: int, names: list[str]) -> None:
-        """Records the workers that stayed to the task's end."""
+        """Records the task's workers: whose rows an analytics result covers, or those that
+        stayed to a learning task's end."""
         with self.writes.guard(f"the workers of task {task_id}"):
             self._db.execute("UPDATE tasks SET workers = ? WHERE id = ?",
                              (json.dumps(names), task_id))

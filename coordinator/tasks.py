@@ -34,6 +34,7 @@ class TaskManager:
         self.registry = registry
         self.limits = limits
         self._runs: dict[int, asyncio.Task[None]] = {}
+        self._covered: dict[int, list[str]] = {}  # an analytics task's workers, once it ends
         self._creating = PerUser()  # tasks being received
         self._changed: dict[int, asyncio.Event] = {}
 
@@ -114,7 +115,8 @@ class TaskManager:
             if spec.kind == task_pb2.TASK_KIND_LEARNING:
                 await run_learning(self.registry, self.store, task_id, spec, task_log)
             else:
-                result = await run_analytics(self.registry, task_id, spec, task_log)
+                result, self._covered[task_id] = await run_analytics(
+                    self.registry, task_id, spec, task_log)
                 self.store.save_result(task_id, values.encode(result).SerializeToString())
             self._end(task_id, pb.TASK_STATE_FINISHED)
         except asyncio.CancelledError:
@@ -149,10 +151,12 @@ class TaskManager:
         self._notify(task_id)
 
     def _release(self, task_id: int) -> None:
-        stayed = self.workers(task_id)
+        """Records the task's workers (an analytics result's: those its rows cover; else those
+        that stayed to the end) and lets every worker go."""
+        workers = self._covered.pop(task_id, None) or self.workers(task_id)
         try:
-            if stayed:
-                self.store.set_workers(task_id, stayed)
+            if workers:
+                self.store.set_workers(task_id, workers)
         except WriteFailed as error:
             log.error("%s", error)
         for worker in self.registry.connected():

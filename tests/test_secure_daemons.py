@@ -112,6 +112,9 @@ def test_a_worker_dropping_or_misbehaving_at_any_phase(cluster, phase, fault, su
     included = ["w1", "w2", "ghost"][:summed]
     expected = pd.concat([tables[name] for name in included], ignore_index=True).mean()
     pd.testing.assert_series_equal(client.get_result(task_id), expected, rtol=1e-9)
+    # The task's workers are those its result covers: ghost too, when it left after its input
+    # was summed (secagg_unmask).
+    assert sorted(client.get_task(task_id).workers) == sorted(included)
 
 
 def test_secure_aggregation_can_be_switched_off_and_the_log_says_so(cluster):
