@@ -31,7 +31,7 @@ from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import fewest_honest
 from sdk.proto import services_pb2 as pb
 from sdk.proto import values_pb2
-from sdk.secagg import SecAggError
+from sdk.secagg import SecAggClient, SecAggError
 from sdk.task import HorizontalAnalytics
 from worker.analytics import AnalyticsJob
 from worker.contributions import ContributionLedger
@@ -249,6 +249,36 @@ def test_a_hostile_union_layout_is_refused_under_dp(holders, tmp_path):
                            secagg=pb.SecAggRequest(layout=values.encode(hostile)))
     with pytest.raises(SecAggError, match="the task's own layout"):
         rounds.masked_parts(masked, job.precision, job.max_clients, job.noise)
+
+
+def test_a_step_is_masked_once_so_no_second_noise_draw_leaves(holders, tmp_path):
+    """A coordinator that got a step's masked vector twice under the same masks would learn the
+    difference of two noise draws (and so half of this worker's noise): a second request for
+    the round's masked input is refused, with the same peers or others."""
+    (job,) = jobs_of(Task(lambda d: d.wage.clip(0, 100).sum()), holders[:1])
+    rounds = SecureRounds(ContributionLedger(tmp_path / "ledger.sqlite3"))
+    opening = pb.Assignment(task_id=1, round=1, phase="compute",
+                            secagg=pb.SecAggRequest(index=0, selected=HOLDERS))
+    parts = job.parts(0, {})
+    own = pb.SecAggResponse.FromString(
+        rounds.open(opening, Contribution(b"task", "step 1", 2), parts)).keys
+    others = {u: SecAggClient(u, 2, HOLDERS) for u in range(1, HOLDERS)}
+    keys = {0: (own.c_pk, own.s_pk), **{u: c.advertise() for u, c in others.items()}}
+    rounds.answer(pb.Assignment(task_id=1, round=1, phase="secagg_share", secagg=pb.SecAggRequest(
+        public_keys={u: pb.SecAggKeys(c_pk=c, s_pk=s) for u, (c, s) in keys.items()})))
+    rounds.answer(pb.Assignment(task_id=1, round=1, phase="secagg_check", secagg=pb.SecAggRequest(
+        shares={u: c.share_keys(keys)[0] for u, c in others.items()})))
+
+    def masked(with_peers: list[int]) -> bytes:
+        return rounds.masked_parts(pb.Assignment(
+            task_id=1, round=1, phase="secagg_masked", secagg=pb.SecAggRequest(
+                layout=values.encode(secure.layout(parts)), peers=with_peers)),
+            job.precision, job.max_clients, job.noise)
+
+    assert len(masked([0, 1, 2])) % 8 == 0
+    for again in ([0, 1, 2], [0, 1]):
+        with pytest.raises(SecAggError, match="already sent this round|already masked with"):
+            masked(again)
 
 
 def test_groupby_keys_are_the_declared_ones_with_or_without_dp(holders):

@@ -42,7 +42,6 @@ class _Round:
     parts: Parts | None  # analytics: the parts computed in the opening phase
     opening_inputs: values_pb2.Value  # the inputs the opening phase came with
     names: dict[int, str] = field(default_factory=dict)  # peers by number, from their keys
-    masked: bytes | None = None  # analytics: the masked vector sent, the same if asked again
 
 
 class SecureRounds:
@@ -121,9 +120,6 @@ class SecureRounds:
         state = self._current(assignment)
         if state.parts is None:
             raise SecAggError(f"task {assignment.task_id}: no parts were computed this round")
-        if state.masked is not None:  # fresh noise under the same masks would give away the
-            self.mask_seeds(assignment)  # difference of two noise draws; the peers must match
-            return state.masked
         shares = fewest_honest(state.contribution.min_clients, state.client.selected)
         hook = noise(shares) if noise is not None else None
         union = values.decode(assignment.secagg.layout)
@@ -133,8 +129,7 @@ class SecureRounds:
                               "sent another: refused")
         vector = secure.encode(state.parts, union, precision, max_clients, hook)
         accumulate(vector, [], self.mask_seeds(assignment))
-        state.masked = vector.astype("<u8", copy=False).tobytes()
-        return state.masked
+        return vector.astype("<u8", copy=False).tobytes()
 
     def release(self, task_id: int) -> None:
         self._rounds.pop(task_id, None)
