@@ -85,7 +85,8 @@ class PrivacyPlan:
         self.noise_multiplier = calibrate(cost_at, privacy.epsilon, privacy.delta)
         self.noise = {(r.node, r.part, r.column): Noise.for_sigma(self.noise_multiplier * u)
                       for r, u in zip(self.releases, units, strict=True)}
-        self._units = dict(zip(self.noise, units, strict=True))
+        self._costs = {key: noise.cost(u, u)  # each release's, once
+                       for (key, noise), u in zip(self.noise.items(), units, strict=True)}
 
     def _releases_of(self, node_id: int, bounds: dict[int, Any]) -> list[Release]:
         node = self.plan.graph[node_id]
@@ -139,8 +140,7 @@ class PrivacyPlan:
     def cost(self, stage: int | None = None) -> Cost:
         """The cost of one step's releases (all of the task's with None)."""
         nodes = set(self.plan.reductions_in(stage)) if stage is not None else None
-        return Cost.total(noise.cost(units, units) for (node, *_), noise, units in
-                          zip(self.noise, self.noise.values(), self._units.values())
+        return Cost.total(cost for (node, *_), cost in self._costs.items()
                           if nodes is None or node in nodes)
 
     def epsilon(self) -> float:
