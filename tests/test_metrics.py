@@ -60,7 +60,15 @@ def test_coordinator_metrics(served):
         bob.get_task(ids["learning"])
     with cluster.channel("w1") as channel, pytest.raises(grpc.RpcError):  # a worker may not
         services_pb2_grpc.TaskServiceStub(channel).ListTasks(pb.ListTasksRequest(), timeout=10)
-    seen = scrape(cluster.coordinator)
+    refused = {"method": "TaskService/ListTasks", "code": "PERMISSION_DENIED"}
+
+    def counted():  # a call is counted as its handler ends, just after its caller has the status
+        samples = scrape(cluster.coordinator)
+        rpcs_total = "deltaflow_coordinator_rpcs_total"
+        return samples if value(samples, rpcs_total, **refused) > value(before, rpcs_total,
+                                                                          **refused) else None
+
+    seen = wait_for(counted, what="the refused ListTasks to be counted")
 
     for state in ("pending", "running", "finished", "error", "cancelled"):
         count = sum(pb.TaskState.Name(t.state) == f"TASK_STATE_{state.upper()}" for t in tasks)
