@@ -25,6 +25,7 @@ from coordinator.metrics import ROUND_SECONDS
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import Round, RoundFailed, select_workers
 from coordinator.secure import SecureRound, describe_mode
+from coordinator.store import Store
 from sdk import values
 from sdk.analytics import secure
 from sdk.analytics.graph import Graph
@@ -36,21 +37,39 @@ from sdk.proto import task_pb2, values_pb2
 
 
 async def run_analytics(
-    registry: WorkerRegistry, task_id: int, spec: task_pb2.TaskSpec, log: Callable[[str], None]
+    registry: WorkerRegistry, store: Store, task_id: int, spec: task_pb2.TaskSpec,
+    log: Callable[[str], None], resumed: bool = False,
 ) -> tuple[Any, list[str]]:
     """The task's result, and the workers whose rows it covers: those whose inputs were summed
-    in every step (a worker may leave after its input was summed, and still be covered)."""
+    in every step (a worker may leave after its input was summed, and still be covered).
+
+    A task `resumed` after a coordinator restart runs again from the start, over the workers
+    that joined it before (all of them, or it fails): a worker's input is never summed over
+    two different sets of workers."""
     plan = Plan(*Graph.from_proto(spec.analytics))
     privacy = await asyncio.to_thread(_privacy_plan, spec, plan)  # seconds: not in the loop
     rules = spec.rules
     files = [d.file for d in spec.datasets]
-    workers = await select_workers(registry, rules, files, log)
+    previous = store.task_workers(task_id) if resumed else []
+    if resumed:
+        over = f" over the workers it ran over ({', '.join(previous)})" if previous else ""
+        log(f"the coordinator restarted while the task was running: it runs again from the "
+            f"start{over}")
+    workers = await select_workers(registry, rules, files, log, previous)
+    if len(workers) < len(previous):
+        missing = sorted(set(previous) - {worker.name for worker in workers})
+        raise RoundFailed(
+            f"{', '.join(missing)} did not come back within connection_timeout="
+            f"{rules.connection_timeout:g}s of the coordinator's restart; the task runs again "
+            "only over the workers it ran over, since a worker's input is never summed over two "
+            "different sets of workers; submit it again")
     round_ = Round(registry, task_id, 1, workers, rules.min_clients, log)
     log(f"round 1: selected {len(workers)} worker(s): {round_.names}")
     log(describe_mode(spec))
     for line in _privacy_lines(spec, privacy, len(workers)):
         log(line)
     await round_.phase("join", rules.connection_timeout)
+    store.set_workers(task_id, sorted(worker.name for worker in round_.workers))
     log(f"round 1: {len(round_.workers)} worker(s) joined; {plan.stage_count} step(s) to compute")
     while True:
         started, started_with = time.perf_counter(), len(round_.workers)

@@ -44,14 +44,27 @@ from sdk.secagg.fixedpoint import decode_in_place
 
 async def run_learning(
     registry: WorkerRegistry, store: Store, task_id: int, spec: task_pb2.TaskSpec,
-    log: Callable[[str], None],
+    log: Callable[[str], None], resumed: bool = False,
 ) -> None:
-    """Runs every round; the final global weights are the task's result."""
+    """Runs every round; the final global weights are the task's result.
+
+    A task `resumed` after a coordinator restart carries on at the round after its last
+    checkpoint, over the workers that joined it before (those of them that come back)."""
     rules, learning = spec.rules, spec.learning
     infos = list(learning.weights)
     size = weights.total_bytes(infos)
-    workers = await select_workers(registry, rules, [d.file for d in spec.datasets], log)
-    round_ = Round(registry, task_id, 1, workers, rules.min_clients, log)
+    first = store.checkpoint_round(task_id) + 1 if resumed else 1
+    previous = store.task_workers(task_id) if resumed else []
+    if resumed:
+        log(f"resumed at round {first} of {learning.max_rounds} after a coordinator restart"
+            + (f", from the checkpoint of round {first - 1}" if first > 1 else ""))
+    if first > learning.max_rounds:  # the last round's checkpoint was written: it is the result
+        store.keep_weights_as_result(task_id)
+        store.drop_spare_weights(task_id)
+        return
+    workers = await select_workers(registry, rules, [d.file for d in spec.datasets], log,
+                                   previous)
+    round_ = Round(registry, task_id, first, workers, rules.min_clients, log)
     log(f"selected {len(workers)} worker(s): {round_.names}; model of {len(infos)} tensors, "
         f"{size / 2**20:.1f} MiB")
     log(describe_mode(spec))
@@ -64,10 +77,11 @@ async def run_learning(
         for line in await describing:
             log(line)
     log(f"{len(round_.workers)} worker(s) loaded the task and their data")
+    store.set_workers(task_id, sorted(worker.name for worker in round_.workers))
     aggregate = (_SecureAggregate(spec, round_, dp is not None) if spec.secure_aggregation
                  else _PlainAggregate(infos, round_, rules, dp is not None))
     try:
-        for number in range(1, learning.max_rounds + 1):
+        for number in range(first, learning.max_rounds + 1):
             round_.number = number
             validate = learning.validate_frac > 0 and number % learning.validate_interval == 0
             average = store.spare_weights_path(task_id)
@@ -76,7 +90,7 @@ async def run_learning(
                 workers, samples, metrics, checksum = await aggregate.train(  # writes `average`
                     {"round": number, "validate": validate}, average)
             ROUND_SECONDS.labels("learning").observe(time.perf_counter() - started)
-            store.checkpoint(task_id, average, checksum)
+            store.checkpoint(task_id, average, checksum, number)
             prefix = f"round {number}/{learning.max_rounds}: "
             if metrics:
                 store.save_metrics(task_id, number, workers, metrics)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from coordinator import metrics
@@ -32,31 +32,39 @@ async def select_workers(
     rules: task_pb2.RoundRules,
     files: list[str],
     log: Callable[[str], None],
+    previous: Collection[str] = (),
 ) -> list[WorkerSession]:
     """Up to `max_clients` connected workers holding every file, once at least `min_clients` do.
 
     Waits at most `connection_timeout` for enough eligible workers to connect; then logs one
-    line on the connected workers that are not eligible, if any.
+    line on the connected workers that are not eligible, if any. With `previous` (the workers
+    a task ran over before the coordinator restarted) only those are eligible, and it waits for
+    all of them: the caller decides whether those that came are enough.
     """
     deadline = time.monotonic() + rules.connection_timeout
+    wanted = set(previous)
     while True:
         eligible, lacking = [], {}
         for worker in registry.connected():
+            if wanted and worker.name not in wanted:
+                continue
             missing = tuple(f for f in files if f not in worker.datasets)
             if missing:
                 lacking[worker.name] = missing
             else:
                 eligible.append(worker)
         remaining = deadline - time.monotonic()
-        if len(eligible) >= rules.min_clients or remaining <= 0:
+        enough = len(eligible) == len(wanted) if wanted else len(eligible) >= rules.min_clients
+        if enough or remaining <= 0:
             break
         await registry.wait_for_change(remaining)
     if lacking:
         log(not_eligible(lacking))
     if len(eligible) < rules.min_clients:
         names = ", ".join(sorted(w.name for w in eligible)) or "none"
+        among = f" of the {len(wanted)} it ran over before the restart" if wanted else ""
         raise RoundFailed(
-            f"only {len(eligible)} eligible worker(s) came within connection_timeout="
+            f"only {len(eligible)} eligible worker(s){among} came within connection_timeout="
             f"{rules.connection_timeout:g}s ({names}); the task needs min_clients="
             f"{rules.min_clients} connected workers holding {_listed(files, 'file')}"
         )

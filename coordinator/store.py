@@ -86,6 +86,12 @@ _MIGRATIONS = [
         crc32 INTEGER NOT NULL
     );
     """,
+    """
+    CREATE TABLE checkpoints (  -- the round each checkpoint file in blobs/ holds, by file name
+        name TEXT PRIMARY KEY,
+        round INTEGER NOT NULL
+    );
+    """,
 ]
 
 LOCK_FILE = "coordinator.lock"  # holds the owning coordinator's pid
@@ -196,7 +202,7 @@ class Store:
                     written, checksum = weights
                     first = self._weights_file(task_id, 0)
                     written.replace(first)
-                    self._checkpoint(task_id, first, checksum)
+                    self._checkpoint(task_id, first, checksum, 0)
                 if first_log is not None:
                     self._insert_log(task_id, first_log(task_id))
                 self._db.execute("COMMIT")
@@ -386,14 +392,26 @@ class Store:
         current = os.readlink(self.weights_path(task_id))
         return self._weights_file(task_id, 1 if current.endswith(".0") else 0)
 
-    def checkpoint(self, task_id: int, written: Path, checksum: Checksum) -> None:
-        """Makes `written` (the spare file, whose bytes have `checksum`) the task's global
-        weights, atomically."""
+    def checkpoint(self, task_id: int, written: Path, checksum: Checksum,
+                   round_number: int) -> None:
+        """Makes `written` (the spare file, whose bytes have `checksum`: the average of round
+        `round_number`) the task's global weights, atomically."""
         with self.writes.guard(f"the checkpoint of task {task_id}"):
-            self._checkpoint(task_id, written, checksum)
+            self._checkpoint(task_id, written, checksum, round_number)
 
-    def _checkpoint(self, task_id: int, written: Path, checksum: Checksum) -> None:
+    def checkpoint_round(self, task_id: int) -> int:
+        """The round whose average the task's global weights are (0: the initial weights)."""
+        name = os.readlink(self.weights_path(task_id))
+        row = self._db.execute("SELECT round FROM checkpoints WHERE name = ?",
+                               (name,)).fetchone()
+        return row[0] if row else 0
+
+    def _checkpoint(self, task_id: int, written: Path, checksum: Checksum,
+                    round_number: int) -> None:
+        # The file's checksum and round first: the link, swapped last, is what makes it current.
         self._keep_checksum(written.name, checksum)
+        self._db.execute("INSERT OR REPLACE INTO checkpoints (name, round) VALUES (?, ?)",
+                         (written.name, round_number))
         link = self.blobs / f"task-{task_id}.weights.link"
         link.unlink(missing_ok=True)
         link.symlink_to(written.name)

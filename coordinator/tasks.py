@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from coordinator.analytics import run_analytics
 from coordinator.learning import run_learning
 from coordinator.limits import Limits, PerUser, bound, cut_line, exhausted
@@ -39,11 +41,18 @@ class TaskManager:
         self._changed: dict[int, asyncio.Event] = {}
 
     def recover(self) -> None:
-        """Ends the tasks that were running when the coordinator last stopped."""
+        """Carries on the tasks that were pending or running when the coordinator last
+        stopped: a learning task from its last checkpoint, an analytics task from the start."""
         for task in self.store.unfinished_tasks():
-            reason = "the coordinator restarted while the task was running; submit it again"
-            self.log(task.id, f"task {task.id} failed: {reason}")
-            self.store.set_state(task.id, pb.TASK_STATE_ERROR, reason)
+            try:
+                spec = task_pb2.TaskSpec.FromString(self.store.load_spec(task.id))
+            except (OSError, DecodeError) as error:
+                reason = (f"the coordinator restarted while the task was running and cannot "
+                          f"read it back ({error}); submit it again")
+                self.log(task.id, f"task {task.id} failed: {reason}")
+                self.store.set_state(task.id, pb.TASK_STATE_ERROR, reason)
+                continue
+            self._runs[task.id] = asyncio.create_task(self._run(task.id, spec, resumed=True))
 
     @contextmanager
     def reserve(self, owner: str) -> Iterator[None]:
@@ -105,7 +114,7 @@ class TaskManager:
             run.cancel()
         await asyncio.gather(*self._runs.values(), return_exceptions=True)
 
-    async def _run(self, task_id: int, spec: task_pb2.TaskSpec) -> None:
+    async def _run(self, task_id: int, spec: task_pb2.TaskSpec, resumed: bool = False) -> None:
         try:
             self.store.set_state(task_id, pb.TASK_STATE_RUNNING)
             self._notify(task_id)
@@ -113,10 +122,10 @@ class TaskManager:
                 self.log(task_id, message)
 
             if spec.kind == task_pb2.TASK_KIND_LEARNING:
-                await run_learning(self.registry, self.store, task_id, spec, task_log)
+                await run_learning(self.registry, self.store, task_id, spec, task_log, resumed)
             else:
                 result, self._covered[task_id] = await run_analytics(
-                    self.registry, task_id, spec, task_log)
+                    self.registry, self.store, task_id, spec, task_log, resumed)
                 self.store.save_result(task_id, values.encode(result).SerializeToString())
             self._end(task_id, pb.TASK_STATE_FINISHED)
         except asyncio.CancelledError:

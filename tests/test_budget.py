@@ -43,7 +43,7 @@ def test_a_user_cannot_spend_past_their_budget_and_the_ledger_survives_a_restart
     ledger.spend("alice", sources, "task-a", "step 1", cost_of(1.8), BUDGETS)
     with pytest.raises(BudgetExceeded, match=r"alice would spend epsilon .* on 'wages.csv'.*"
                                              r"epsilon_per_user=2.*1.8 is spent already"):
-        ledger.check("alice", sources, cost_of(1.5), BUDGETS)
+        ledger.check("alice", sources, cost_of(1.5), BUDGETS, "task-b")
     ledger.close()
     reopened = PrivacyLedger(tmp_path / "state" / "privacy.sqlite3")
     with pytest.raises(BudgetExceeded):
@@ -58,10 +58,20 @@ def test_everyones_budget_is_refused_without_naming_the_others(ledger):
     ledger.spend("alice", sources, "t1", "step 1", cost_of(1.9), BUDGETS)
     ledger.spend("carol", sources, "t2", "step 1", cost_of(1.9), BUDGETS)
     with pytest.raises(BudgetExceeded) as refused:
-        ledger.check("bob", sources, cost_of(1.9), BUDGETS)
+        ledger.check("bob", sources, cost_of(1.9), BUDGETS, "t3")
     assert "epsilon_total=3" in str(refused.value)
     assert "alice" not in str(refused.value) and "carol" not in str(refused.value)
-    ledger.check("bob", {"file:9:9": "other.csv"}, cost_of(1.0), BUDGETS)  # another source
+    ledger.check("bob", {"file:9:9": "other.csv"}, cost_of(1.0), BUDGETS, "t3")  # elsewhere
+
+
+def test_a_resumed_task_is_admitted_on_its_whole_cost_besides_what_it_spent(ledger):
+    """A learning task resumed after a coordinator restart is checked again at admission: what
+    it spent in its rounds before is part of its whole cost, not more on top of it."""
+    sources = {"file:1:2": "wages.csv"}
+    ledger.spend("alice", sources, "t1", "round 1", cost_of(1.2), BUDGETS)
+    ledger.check("alice", sources, cost_of(1.9), BUDGETS, "t1")
+    with pytest.raises(BudgetExceeded, match="1.2 is spent already"):
+        ledger.check("alice", sources, cost_of(1.9), BUDGETS, "t2")  # another task
 
 
 def test_a_step_asked_for_twice_is_paid_twice(ledger):

@@ -131,7 +131,8 @@ def test_the_engine_task_holds_no_network_and_never_imports_grpc(cluster):
     client = cluster.client()
     task_id = client.create_task(Probe(max_rounds=2).build())
     loaded = wait_for(lambda: re.search(r"engine task loaded, pid (\d+)",
-                                        cluster.workers["w1"].log()), what="the engine task")
+                                        cluster.workers["w1"].log()), timeout=60,
+                      what="the engine task")
     engine_task = psutil.Process(int(loaded.group(1)))
     daemon = psutil.Process(cluster.workers["w1"].process.pid)
     assert engine_task in daemon.children(recursive=True)
@@ -221,20 +222,42 @@ def test_a_worker_without_training_rows_is_dropped_and_named(cluster, secure):
     assert "ValueError: it has no training samples: train.npz holds 0 rows" in log
 
 
-def test_workers_end_their_engine_tasks_when_the_coordinator_restarts(cluster):
-    start(cluster, env={name: {"TEST_TRAIN_DELAY": "30"} for name in SIZES})
+def test_learning_resumes_after_a_coordinator_sigkill_and_ends_as_an_uninterrupted_run(cluster):
+    """Secure aggregation sums exact integers and full-batch SGD is deterministic: a task whose
+    coordinator was killed mid-training, resumed from its last checkpoint, ends with the very
+    weights of the same task run without a break."""
+    start(cluster, env={name: {"TEST_TRAIN_DELAY": "0.5"} for name in SIZES})
     client = cluster.client()
-    task_id = client.create_task(Regression(max_rounds=1, wait_timeout=60).build())
-    wait_for(lambda: "loaded the task" in log_text(client, task_id), timeout=120,
-             what="the join phase")
+    built = Regression(max_rounds=6, validate_frac=0).build()
+    task_id = client.create_task(built)
+    wait_for(lambda: "round 2/6: averaged" in log_text(client, task_id), timeout=120,
+             what="round 2")
     port = int(cluster.address.rpartition(":")[2])
     cluster.coordinator.signal(signal.SIGKILL)
     cluster.coordinator.process.wait()
     cluster.start_coordinator(port)
-    for name in SIZES:
-        wait_for(lambda: f"task {task_id}: released its engine task" in
-                 cluster.workers[name].log(), what=f"{name} to end its engine task")
-    assert "the coordinator restarted while the task was running" in client.get_task(task_id).error
+    client = cluster.client()
+    assert client.wait(task_id), client.get_task(task_id).error
+    log = log_text(client, task_id)
+    resumed = re.search(r"resumed at round (\d) of 6 after a coordinator restart, from the "
+                        r"checkpoint of round (\d)", log)
+    assert resumed and int(resumed.group(1)) == int(resumed.group(2)) + 1 >= 3, log
+    for number in range(int(resumed.group(1)), 7):
+        assert f"round {number}/6: averaged 3 workers" in log.split(resumed.group(0))[1]
+    for name in SIZES:  # each released its engine task, and loaded the task again
+        worker_log = cluster.workers[name].log()
+        assert f"task {task_id}: released its engine task" in worker_log
+        assert worker_log.count(f"task {task_id}: joined") == 2
+
+    uninterrupted = client.create_task(built)
+    assert client.wait(uninterrupted), client.get_task(uninterrupted).error
+    assert "resumed" not in log_text(client, uninterrupted)
+    got, want = client.get_result(task_id), client.get_result(uninterrupted)
+    assert list(got) == list(want) == list(built.weights)
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    assert int(got["0.num_batches_tracked"]) == 6
+    assert not torch.equal(got["1.weight"], built.weights["1.weight"])
 
 
 class Joiner(HandWorker):

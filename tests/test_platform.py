@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cluster import log_text, wages, wait_for
+from hand_worker import HandWorker
 from sdk.client import Client, ClientError
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc
@@ -123,6 +124,51 @@ def test_restarted_coordinator_keeps_tasks_and_workers_find_it_again(cluster):
     again = client.create_task(WageAvg().build())
     assert client.wait(again)
     assert "selected 3 worker(s)" in log_text(client, again)
+
+
+class JoinsThenHangs(HandWorker):
+    """Joins every task, then answers nothing: a worker still busy with its step."""
+
+    def answer(self, assignment: pb.Assignment) -> bytes | None:
+        return b"" if assignment.phase == "join" else None
+
+
+def _kill_and_restart_coordinator(cluster) -> None:
+    port = int(cluster.address.rpartition(":")[2])
+    cluster.coordinator.signal(signal.SIGKILL)
+    cluster.coordinator.process.wait()
+    cluster.start_coordinator(port)
+
+
+def test_analytics_runs_again_after_a_restart_over_the_same_workers_or_fails_saying_why(cluster):
+    frames = {f"w{i + 1}": wages(n, seed=i) for i, n in enumerate((40, 75, 30))}
+    cluster.start_coordinator()
+    for name in ("w1", "w2"):
+        cluster.start_worker(name, {"wages.csv": frames[name]})
+    for w3_comes_back in (False, True):
+        mark = len(cluster.coordinator.log())
+        JoinsThenHangs(cluster, "w3", ["wages.csv"]).start()
+        cluster.wait_connected("w3", after=mark)
+        client = cluster.client()
+        task_id = client.create_task(WageAvg(connection_timeout=8).build())
+        wait_for(lambda: "3 worker(s) joined" in log_text(client, task_id), what="the join")
+        _kill_and_restart_coordinator(cluster)
+        if w3_comes_back:  # as the real daemon this time, holding its rows
+            cluster.start_worker("w3", {"wages.csv": frames["w3"]}, False)
+        client = cluster.client()
+        finished = client.wait(task_id)
+        log = log_text(client, task_id)
+        assert ("the coordinator restarted while the task was running: it runs again from the "
+                "start over the workers it ran over (w1, w2, w3)") in log
+        if w3_comes_back:
+            assert finished, client.get_task(task_id).error
+            expected = pd.concat(frames.values(), ignore_index=True).mean()
+            pd.testing.assert_series_equal(client.get_result(task_id), expected, rtol=1e-12)
+        else:
+            assert not finished
+            assert ("w3 did not come back within connection_timeout=8s of the coordinator's "
+                    "restart; the task runs again only over the workers it ran over") in (
+                        client.get_task(task_id).error)
 
 
 def test_a_worker_without_the_file_is_not_eligible_and_the_log_says_so(cluster):

@@ -57,18 +57,23 @@ class PrivacyLedger:
         self._db = open_records(path, _SCHEMA)
         self._lock = threading.Lock()
 
-    def spent(self, source: str, user: str | None = None) -> Cost:
-        """What `user` (everyone with None) spent on `source`; zCDP costs add up."""
-        query = "SELECT COALESCE(SUM(rho), 0), COALESCE(SUM(xi), 0) FROM releases WHERE source = ?"
+    def spent(self, source: str, user: str | None = None, besides: str = "") -> Cost:
+        """What `user` (everyone with None) spent on `source`, leaving out task `besides`'s
+        releases; zCDP costs add up."""
+        query = ("SELECT COALESCE(SUM(rho), 0), COALESCE(SUM(xi), 0) FROM releases "
+                 "WHERE source = ? AND task != ?")
         rho, xi = self._db.execute(query + (" AND user = ?" if user is not None else ""),
-                                   (source, user) if user is not None else (source,)).fetchone()
+                                   (source, besides, *([user] if user is not None else []))
+                                   ).fetchone()
         return Cost(rho, xi)
 
-    def check(self, user: str, sources: dict[str, str], cost: Cost, budgets: Budgets) -> None:
-        """BudgetExceeded unless `cost` more fits `user`'s budget and everyone's on each source
-        (`sources`: key -> the name the task gave it)."""
+    def check(self, user: str, sources: dict[str, str], cost: Cost, budgets: Budgets,
+              task: str) -> None:
+        """BudgetExceeded unless `cost`, task `task`'s whole cost, fits `user`'s budget and
+        everyone's on each source (`sources`: key -> the name the task gave it) besides what
+        the task itself spent already (before a coordinator restart, which resumes it)."""
         with self._lock:
-            self._check(user, sources, cost, budgets)
+            self._check(user, sources, cost, budgets, task)
 
     def spend(self, user: str, sources: dict[str, str], task: str, step: str, cost: Cost,
               budgets: Budgets | None) -> None:
@@ -87,17 +92,18 @@ class PrivacyLedger:
         used = epsilon(self.spent(source, user), budgets.delta_per_user)
         return max(budgets.epsilon_per_user - used, 0.0)
 
-    def _check(self, user: str, sources: dict[str, str], cost: Cost, budgets: Budgets) -> None:
+    def _check(self, user: str, sources: dict[str, str], cost: Cost, budgets: Budgets,
+               besides: str = "") -> None:
         for key, name in sources.items():
-            mine = epsilon(self.spent(key, user) + cost, budgets.delta_per_user)
+            mine = epsilon(self.spent(key, user, besides) + cost, budgets.delta_per_user)
             if mine > budgets.epsilon_per_user:
-                already = epsilon(self.spent(key, user), budgets.delta_per_user)
+                already = epsilon(self.spent(key, user, besides), budgets.delta_per_user)
                 raise BudgetExceeded(
                     f"{user} would spend epsilon {mine:.3g} in all on {name!r} here (delta "
                     f"{budgets.delta_per_user:g}), over this site's epsilon_per_user="
                     f"{budgets.epsilon_per_user:g}: {already:.3g} is spent already "
                     "([privacy] epsilon_per_user)")
-            everyone = epsilon(self.spent(key) + cost, budgets.delta_total)
+            everyone = epsilon(self.spent(key, None, besides) + cost, budgets.delta_total)
             if everyone > budgets.epsilon_total:
                 raise BudgetExceeded(
                     f"the task would take what all users together have spent on {name!r} "

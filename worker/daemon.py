@@ -254,7 +254,7 @@ class Worker:
         if self.verifier is not None and self._crl_file.exists():
             self._take_crl(self._crl_file.read_bytes(), keep=False)
         self._coordinator_id = ""  # the coordinator instance the jobs belong to
-        self._background: set[asyncio.Task[None]] = set()
+        self._closing: dict[int, asyncio.Task[None]] = {}  # released jobs, by task, closing
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serves until `stop` is set, reconnecting whenever the connection is lost."""
@@ -414,7 +414,7 @@ class Worker:
         job: Job | None = None
         self.outcomes.answered(task_id)
         try:
-            job = await self._job(channel, stub, session_id, task_id)
+            job = await self._job(channel, stub, session_id, task_id, assignment.round)
             phase, secagg = assignment.phase, assignment.HasField("secagg")
             if phase in ("compute", "train") and job.secure and not secagg:
                 raise PrivacyError(f"task {task_id} asks for secure aggregation, and the "
@@ -508,11 +508,12 @@ class Worker:
                         assignment.phase, failure.code().name, failure.details())
 
     async def _job(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
-                   session_id: str, task_id: int) -> Job:
-        """The task's job, fetched and loaded once however many phases ask for it."""
+                   session_id: str, task_id: int, round_number: int) -> Job:
+        """The task's job, fetched and loaded once however many phases ask for it, by the
+        first of them, of round `round_number`."""
         if task_id not in self._jobs or self._jobs[task_id].cancelled():
             self._jobs[task_id] = asyncio.create_task(
-                self._load(channel, stub, session_id, task_id))
+                self._load(channel, stub, session_id, task_id, round_number))
         job = self._jobs[task_id]
         try:
             return await asyncio.shield(job)
@@ -534,7 +535,9 @@ class Worker:
         return Contribution(key, f"step {assignment.stage + 1}", job.min_clients)
 
     async def _load(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
-                    session_id: str, task_id: int) -> Job:
+                    session_id: str, task_id: int, round_number: int) -> Job:
+        if task_id in self._closing:  # released, and asked for again (a resumed task)
+            await asyncio.shield(self._closing[task_id])
         signature = None
         chunks = []
         async for message in stub.FetchTask(pb.FetchTaskRequest(session_id=session_id,
@@ -568,9 +571,12 @@ class Worker:
         self._check_budget(task_id, spec, job.total_privacy_cost())
         if job.dp is not None:
             self._dp_learning.add(task_id)
+        # The global weights are the initial ones, which the submitter signed, in round 1; in
+        # a later round (a task resumed after a coordinator restart) they are the checkpoint of
+        # the round before, the coordinator's average, trusted as in every round after the first.
+        signed = claims.weights_sha256 if claims and round_number <= 1 else None
         try:
-            await job.open(self.engine, channel, session_id,
-                           expected_weights_sha256=claims.weights_sha256 if claims else None)
+            await job.open(self.engine, channel, session_id, expected_weights_sha256=signed)
         except WeightsMismatch as error:
             raise TaskRefused(str(error), "weights") from None
         metrics.TASKS.labels("learning").inc()
@@ -587,7 +593,8 @@ class Worker:
                               "no --state-dir to keep them in", "budget")
         admission = self._admissions[task_id]
         try:
-            self.ledger.check(admission.signer, admission.sources, cost or Cost(0.0), budgets)
+            self.ledger.check(admission.signer, admission.sources, cost or Cost(0.0), budgets,
+                              admission.key.hex())
         except BudgetExceeded as error:
             raise TaskRefused(str(error), "budget") from None
 
@@ -686,6 +693,9 @@ class Worker:
                 await loaded.close()
                 log.info("task %d: released its engine task", task_id)
 
-        closing = asyncio.create_task(close())
-        self._background.add(closing)
-        closing.add_done_callback(self._background.discard)
+        def closed(done: asyncio.Task[None]) -> None:
+            if self._closing.get(task_id) is done:
+                del self._closing[task_id]
+
+        self._closing[task_id] = asyncio.create_task(close())
+        self._closing[task_id].add_done_callback(closed)

@@ -259,9 +259,9 @@ class LearningJob:
 
     async def open(self, engine: EngineSession, channel: grpc.aio.Channel, session_id: str,
                    expected_weights_sha256: bytes | None = None) -> None:
-        """Downloads the initial weights, checks them against the digest their submitter signed
-        (when given), then starts and loads the engine task on them. Closes the job if any of
-        it fails."""
+        """Downloads the global weights (the initial ones, or a resumed task's checkpoint),
+        checks them against the digest their submitter signed (when given), then starts and
+        loads the engine task on them. Closes the job if any of it fails."""
         try:
             digest = hashlib.sha256()
             await self._download(channel, session_id, digest)
