@@ -43,6 +43,8 @@ from sdk.proto import services_pb2 as pb
 from sdk.task import FedAvg, HorizontalAnalytics, HorizontalLearning
 
 ENDED = {pb.TASK_STATE_FINISHED, pb.TASK_STATE_ERROR, pb.TASK_STATE_CANCELLED}
+# The log line of a task that was running when the coordinator restarted, learning or analytics.
+CARRIED_ON = re.compile(r"after a coordinator restart|the coordinator restarted while the task")
 
 
 class WageAvg(HorizontalAnalytics):
@@ -104,6 +106,7 @@ class Tally:
     reasons: Counter = field(default_factory=Counter)
     refused: Counter = field(default_factory=Counter)  # create_task calls that got no id
     faults: Counter = field(default_factory=Counter)
+    carried_on: Counter = field(default_factory=Counter)  # state -> tasks a restart carried on
     stuck: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
     peak_rss: int = 0
@@ -238,6 +241,8 @@ class Soak:
 
     def _judge(self, client: Client, task_id: int, info: pb.TaskInfo) -> None:
         kind = self.tally.kinds[task_id]
+        if any(CARRIED_ON.search(entry.message) for entry in client.logs(task_id)):
+            self.tally.carried_on[pb.TaskState.Name(info.state).removeprefix("TASK_STATE_")] += 1
         if info.state != pb.TASK_STATE_FINISHED:
             state = pb.TaskState.Name(info.state).removeprefix("TASK_STATE_")
             self.tally.reasons[f"{state}: {_shape(info.error)}"] += 1
@@ -338,6 +343,8 @@ def table(tally: Tally, minutes: float, workers: int) -> str:
             *((f"  {r}", str(n)) for r, n in tally.reasons.most_common()),
             ("create_task refused (no id)", str(sum(tally.refused.values()))),
             *((f"  {r}", str(n)) for r, n in tally.refused.most_common()),
+            ("carried on after a coordinator restart", str(sum(tally.carried_on.values()))),
+            *((f"  then {state}", str(n)) for state, n in sorted(tally.carried_on.items())),
             ("stuck", str(len(tally.stuck))), ("lost", str(len(set(tally.lost)))),
             ("coordinator peak RSS (MiB)", f"{tally.peak_rss / 2**20:.0f}"),
             ("coordinator peak open fds", str(tally.peak_fds)),
