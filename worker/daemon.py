@@ -331,11 +331,17 @@ class Worker:
         outgoing: asyncio.Queue[pb.WorkerMessage] = asyncio.Queue()
         outgoing.put_nowait(pb.WorkerMessage(session_id=reply.session_id))
 
-        async def requests():
-            while True:
-                yield await outgoing.get()
+        async def write() -> None:
+            # Written from a task of ours, not pulled by gRPC from a generator: a generator
+            # that gRPC closes while it waits on the queue logs errors as the channel dies.
+            try:
+                while True:
+                    await call.write(await outgoing.get())
+            except (grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                pass  # the call ended; the reader sees why
 
-        call = stub.Connect(requests())
+        call = stub.Connect()
+        writer = asyncio.create_task(write())
         beats = asyncio.create_task(self._heartbeats(outgoing, interval, datasets))
         handlers: set[asyncio.Task[None]] = set()
         try:
@@ -359,6 +365,7 @@ class Worker:
                     self._take_crl(message.crl)
         finally:
             beats.cancel()
+            writer.cancel()
             call.cancel()
             for handler in handlers:
                 handler.cancel()
