@@ -23,16 +23,18 @@ class Scalar(_message.Message):
     def __init__(self, float_value: _Optional[float] = ..., int_value: _Optional[int] = ..., bool_value: _Optional[bool] = ..., string_value: _Optional[str] = ..., null_value: _Optional[bool] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class Column(_message.Message):
-    __slots__ = ("dtype", "data", "items", "name")
+    __slots__ = ("dtype", "data", "items", "name", "levels")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     data: bytes
     items: _containers.RepeatedCompositeFieldContainer[Scalar]
     name: Scalar
-    def __init__(self, dtype: _Optional[str] = ..., data: _Optional[bytes] = ..., items: _Optional[_Iterable[_Union[Scalar, _Mapping]]] = ..., name: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
+    levels: _containers.RepeatedCompositeFieldContainer[Column]
+    def __init__(self, dtype: _Optional[str] = ..., data: _Optional[bytes] = ..., items: _Optional[_Iterable[_Union[Scalar, _Mapping]]] = ..., name: _Optional[_Union[Scalar, _Mapping]] = ..., levels: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
 
 class SeriesValue(_message.Message):
     __slots__ = ("index", "values")
