@@ -89,6 +89,8 @@ def encode(value: Any) -> pb.Value:
                 values=encode_column(value, value.name),
             )
         )
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return pb.Value(array=encode_column(value))
     if isinstance(value, tuple):
         return pb.Value(tuple=pb.ValueList(items=[encode(v) for v in value]))
     if isinstance(value, list):
@@ -123,6 +125,8 @@ def decode(message: pb.Value) -> Any:
     if kind == "series":
         values, name = decode_column(message.series.values)
         return pd.Series(values, index=decode_index(message.series.index), name=name)
+    if kind == "array":
+        return np.asarray(decode_column(message.array)[0])
     if kind == "tuple":
         return tuple(decode(v) for v in message.tuple.items)
     if kind == "list":

@@ -69,17 +69,19 @@ class ValueDict(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[Scalar, _Mapping]]] = ..., values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class Value(_message.Message):
-    __slots__ = ("scalar", "series", "frame", "tuple", "list", "dict")
+    __slots__ = ("scalar", "series", "frame", "tuple", "list", "dict", "array")
     SCALAR_FIELD_NUMBER: _ClassVar[int]
     SERIES_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     TUPLE_FIELD_NUMBER: _ClassVar[int]
     LIST_FIELD_NUMBER: _ClassVar[int]
     DICT_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
     scalar: Scalar
     series: SeriesValue
     frame: FrameValue
     tuple: ValueList
     list: ValueList
     dict: ValueDict
-    def __init__(self, scalar: _Optional[_Union[Scalar, _Mapping]] = ..., series: _Optional[_Union[SeriesValue, _Mapping]] = ..., frame: _Optional[_Union[FrameValue, _Mapping]] = ..., tuple: _Optional[_Union[ValueList, _Mapping]] = ..., list: _Optional[_Union[ValueList, _Mapping]] = ..., dict: _Optional[_Union[ValueDict, _Mapping]] = ...) -> None: ...
+    array: Column
+    def __init__(self, scalar: _Optional[_Union[Scalar, _Mapping]] = ..., series: _Optional[_Union[SeriesValue, _Mapping]] = ..., frame: _Optional[_Union[FrameValue, _Mapping]] = ..., tuple: _Optional[_Union[ValueList, _Mapping]] = ..., list: _Optional[_Union[ValueList, _Mapping]] = ..., dict: _Optional[_Union[ValueDict, _Mapping]] = ..., array: _Optional[_Union[Column, _Mapping]] = ...) -> None: ...
