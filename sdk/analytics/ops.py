@@ -18,6 +18,7 @@ import pandas as pd
 
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Node
+from sdk.analytics.shapes import combine
 
 BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "add": operator.add,
@@ -240,6 +241,9 @@ class Reduction:
     # A reduction grouped by keys of its own rows (the values themselves, a histogram's bins):
     # (rows, **params) -> each row's key. Its parts are then per key, like a groupby's.
     keys: Callable[..., Any] | None = None
+    # Parts per pair of columns (cov, corr), each with a "count" of the rows both are present
+    # in: the `min_rows` rule empties the pairs of too few rows.
+    pairwise: bool = False
 
 
 def grouped(kind: str) -> bool:
@@ -308,6 +312,10 @@ def apply_row_op(op: str, params: dict[str, Any], args: list[Any]) -> Any:
         return UNARY[params["op"]](args[0])
     if op == "method":
         return getattr(args[0], params["name"])(**dict(zip(params["keywords"], args[1:])))
+    if op == "columns":  # Series of the same rows side by side: named after them, or `names`
+        return pd.concat(args, axis=1, keys=params.get("names"))
+    if op == "combine":  # results of an agg, in pandas' shape
+        return combine(params["form"], params["labels"], args, params.get("name"))
     raise ValueError(f"unknown operation {op!r}")
 
 
@@ -318,7 +326,8 @@ def reduce_locally(params: dict[str, Any], value: Any) -> Any:
     return getattr(value, kind)(**kwargs)
 
 
-KNOWN_OPS = {"source", "const", "getitem", "filter", "binary", "unary", "method", "reduce"}
+KNOWN_OPS = {"source", "const", "getitem", "filter", "binary", "unary", "method", "reduce",
+             "columns", "combine"}
 _NAMED = {"binary": ("op", BINARY), "unary": ("op", UNARY), "method": ("name", METHODS),
           "reduce": ("kind", REDUCTIONS)}
 
