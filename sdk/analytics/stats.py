@@ -51,7 +51,7 @@ def _histogram(parts: dict[str, Any], bins: list[float], **_: Any) -> np.ndarray
 
 
 def _crosstab(parts: dict[str, Any], **_: Any) -> pd.DataFrame:
-    return parts["size"].sort_index().unstack(fill_value=0)
+    return parts["size"].unstack(fill_value=0).sort_index().sort_index(axis=1)
 
 
 def _moment_parts(data: Any, mean: Any, skipna: bool = True,
