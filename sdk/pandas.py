@@ -562,6 +562,9 @@ class GroupBy:
 
 def _agg_names(func: Any) -> list[str]:
     """agg's list of reduction names, each once."""
+    if callable(func):
+        raise refuse("agg with a function", _CODE_REASON + "; name reductions as text, "
+                     "'mean' rather than np.mean")
     if not isinstance(func, (list, tuple)) or not func:
         raise refuse("agg with this argument", "name reductions: 'mean', ['mean', 'std'], or "
                      "{'column': 'mean'}")
@@ -573,10 +576,9 @@ def _agg_names(func: Any) -> list[str]:
 
 def _aggregate(value: Any, name: Any) -> Any:
     """One reduction that agg names, by its method (which refuses what it cannot run)."""
-    if not isinstance(name, str):
-        raise refuse("agg with a function", _CODE_REASON + "; name reductions as text, "
-                     "'mean' rather than np.mean")
-    if name not in _AGG_NAMES:
+    if callable(name):
+        _agg_names(name)  # refuses code
+    if not isinstance(name, str) or name not in _AGG_NAMES:
         raise refuse(f"agg({name!r})", "name a reduction: " + ", ".join(sorted(_AGG_NAMES)))
     return getattr(value, name)()
 

@@ -110,10 +110,17 @@ def _pairwise_mean_parts(data: Any, numeric_only: bool = False, **_: Any) -> dic
     """Per pair of columns (i, j), over the rows where both are present: their count, and the
     sum of column i's values."""
     columns, values, present = _matrix(data, numeric_only)
-    both = present.T.astype(np.int64) @ present.astype(np.int64)
     sums = np.where(present, values, 0.0).T @ present.astype(np.float64)
-    return {"count": pd.DataFrame(both, index=columns, columns=columns),
-            "sum": pd.DataFrame(sums, index=columns, columns=columns)}
+    return {"count": _pairs(_pair_counts(present), columns), "sum": _pairs(sums, columns)}
+
+
+def _pair_counts(present: np.ndarray) -> np.ndarray:
+    """How many rows hold both columns i and j, per pair."""
+    return present.T.astype(np.int64) @ present.astype(np.int64)
+
+
+def _pairs(matrix: np.ndarray, columns: pd.Index) -> pd.DataFrame:
+    return pd.DataFrame(matrix, index=columns, columns=columns)
 
 
 def _pairwise_mean(parts: dict[str, Any], **_: Any) -> pd.DataFrame:
@@ -136,10 +143,9 @@ def _pairwise_parts(data: Any, means: pd.DataFrame, numeric_only: bool = False,
             theirs = np.where(both, values - centre[:, i][None, :], 0.0)
             products[i], squares[i], deviations[i] = ((mine * theirs).sum(0),
                                                       (mine**2).sum(0), mine.sum(0))
-    frame = lambda matrix: pd.DataFrame(matrix, index=columns, columns=columns)  # noqa: E731
-    return {"products": frame(products), "squares": frame(squares),
-            "deviations": frame(deviations), "count": _pairwise_mean_parts(
-                data, numeric_only)["count"], "rows": np.int64(len(data))}
+    return {"products": _pairs(products, columns), "squares": _pairs(squares, columns),
+            "deviations": _pairs(deviations, columns),
+            "count": _pairs(_pair_counts(present), columns), "rows": np.int64(len(data))}
 
 
 def _centred(parts: dict[str, Any]) -> tuple[np.ndarray, ...]:
@@ -154,17 +160,20 @@ def _centred(parts: dict[str, Any]) -> tuple[np.ndarray, ...]:
 
 def _cov(parts: dict[str, Any], ddof: int = 1, min_periods: int | None = None,
          pair: bool = False, **_: Any) -> Any:
-    """pandas' cov: numpy.cov's (n - ddof, infinite at n <= ddof) for a pair of Series or a
-    frame with no missing value; otherwise pandas' pairwise n - 1, whatever ddof."""
+    """pandas' cov: numpy.cov's (over n - ddof, infinite at n <= ddof) for a pair of Series or
+    a frame with no missing value; otherwise pandas' pairwise one, over n - 1 whatever ddof."""
     n, cross, _own = _centred(parts)
     fewest = 1 if min_periods is None else min_periods
-    complete = pair or bool(np.all(np.diag(n) == parts["rows"]))
-    divisor = n - ddof if complete else n - 1
     with np.errstate(divide="ignore", invalid="ignore"):
-        cov = np.where(divisor > 0, cross / divisor, cross * np.inf if complete else np.nan)
-    cov = np.where(n < fewest if not complete or pair else parts["rows"] < fewest, np.nan, cov)
+        if pair or np.all(np.diag(n) == parts["rows"]):
+            cov = np.where(n - ddof > 0, cross / (n - ddof), cross * np.inf)
+            too_few = n < fewest if pair else np.full(n.shape, parts["rows"] < fewest)
+        else:
+            cov = np.where(n > 1, cross / (n - 1), np.nan)
+            too_few = n < fewest
+    cov = np.where(too_few, np.nan, cov)
     if pair:
-        return np.float64(np.nan if n[0, 1] == 0 else cov[0, 1])
+        return np.float64(cov[0, 1])
     return pd.DataFrame(cov, index=parts["count"].index, columns=parts["count"].columns)
 
 
