@@ -326,12 +326,7 @@ class Series(_Table):
                      dropna: bool = True, values: Any = None) -> Series:
         """Rows per value, as pandas; `values` declares the values the answer reports, as
         groupby's `keys` does (rows of other values are left out, each declared one is there)."""
-        if not sort:
-            raise refuse("value_counts(sort=False)", "the order in which values first appear "
-                         "depends on how rows are spread over holders")
-        if not dropna:
-            raise refuse("value_counts(dropna=False)", "missing values are never counted as "
-                         "a value, as groupby's keys; fill them first: s.fillna(value)")
+        _sorted_without_missing("value_counts", sort, dropna)
         params: dict[str, Any] = {"normalize": normalize, "ascending": ascending}
         if values is not None:
             if not self._rows:
@@ -447,12 +442,7 @@ class DataFrame(_Table):
         declared = _declared_keys(keys)
         if not self._rows:
             raise refuse("groupby of an aggregate", "group rows; aggregates are already small")
-        if not sort:
-            raise refuse("groupby(sort=False)", "the order in which keys first appear depends on "
-                         "how rows are spread over holders; results are sorted by key")
-        if not dropna:
-            raise refuse("groupby(dropna=False)", "missing keys are not kept as a group; fill "
-                         "them first: d[key] = d[key].fillna(value)")
+        _sorted_without_missing("groupby", sort, dropna)
         if isinstance(by, list) and len(by) == 1:
             by = by[0]
         if isinstance(by, list) and by and not any(isinstance(k, (_Lazy, list, tuple, dict))
@@ -603,6 +593,16 @@ def _name_of(graph: Graph, node_id: int) -> Any:
         names = {_name_of(graph, i) for i in node.inputs if graph[i].op != "const"}
         return names.pop() if len(names) == 1 else None
     return None
+
+
+def _sorted_without_missing(operation: str, sort: bool, dropna: bool) -> None:
+    """Refuses keys in order of first appearance, and missing values kept as a key."""
+    if not sort:
+        raise refuse(f"{operation}(sort=False)", "the order in which keys first appear depends "
+                     "on how rows are spread over holders; results are sorted by key")
+    if not dropna:
+        raise refuse(f"{operation}(dropna=False)", "missing keys are not kept as a group; fill "
+                     "them first: d[key] = d[key].fillna(value)")
 
 
 def _pearson_only(method: str) -> None:

@@ -11,8 +11,6 @@ attacks; read in chunks; and differential privacy's sensitivities and refusals.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +18,8 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_chunks import WHOLE, outcome, write
+from tasks import Rows
+from test_chunks import check_chunks
 from test_pandas import assert_same, federated, frame, plan_of
 from test_secure_analytics import secure_in_process
 
@@ -29,7 +28,6 @@ from sdk.analytics.plan import worker_parts
 from sdk.pandas import UnsupportedOperation
 from sdk.privacy import DifferentialPrivacy, PrivacyRefused
 from sdk.privacy.analytics import PrivacyPlan
-from tasks import Rows
 
 # pandas' own reference warns where numpy.cov divides by n - ddof <= 0, as it should.
 pytestmark = pytest.mark.filterwarnings("ignore:Degrees of freedom:RuntimeWarning",
@@ -221,7 +219,7 @@ def test_a_pair_of_columns_sharing_fewer_rows_than_min_rows_is_empty():
     """'bonus' is present in 3 rows, 'sparse' in 4, both in 1 (row 9): the pair's sum would be
     that row's bonus. Under min_rows 3 every part of that pair is 0; other pairs are kept."""
     frame = ROWS.assign(sparse=[np.nan] * 6 + [1.0, 2.0, 3.0, 4.0, np.nan, np.nan])
-    body = lambda d: d[["salary", "bonus", "sparse"]].corr()  # noqa: E731
+    body = lambda d: d[["salary", "bonus", "sparse"]].corr()
     (exposed,) = parts_of(body, frame, min_rows=1).values()
     assert exposed["sum"].loc["bonus", "sparse"] == 5.0  # row 9's bonus: what the rule stops
     (parts,) = parts_of(body, frame, min_rows=3).values()
@@ -239,15 +237,7 @@ def test_read_in_chunks_a_table_gives_what_it_gives_whole(family, data, chunk_ro
     chunk's."""
     table = frame(data.draw(st.integers(0, 16)), data.draw)
     threshold = data.draw(st.integers(-1100, 1100))
-    body = lambda d: FAMILIES[family](d, threshold)  # noqa: E731
-    with tempfile.TemporaryDirectory() as folder:
-        source = write(table, Path(folder), ".csv")
-        expected = outcome(body, source, min_rows, WHOLE)
-        ours = outcome(body, source, min_rows, chunk_rows)
-    if isinstance(expected, str):
-        assert ours == expected
-    else:
-        assert_same(ours, expected, atol=1e-9)
+    check_chunks(lambda d: FAMILIES[family](d, threshold), table, ".csv", chunk_rows, min_rows)
 
 
 # Differential privacy: counts are count-like, moments need bounds, pairwise products refused.

@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sdk.analytics.ops import REDUCTIONS, Reduction, _count, _numeric, _ratio, _total, size_parts
+from sdk.analytics.ops import (
+    REDUCTIONS,
+    Reduction,
+    _count,
+    _numeric,
+    _ratio,
+    _total,
+    size_parts,
+)
 
 
 def _sizes(data: Any, keys: Any, **_: Any) -> dict[str, Any]:
