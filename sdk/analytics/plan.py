@@ -18,6 +18,7 @@ from sdk.analytics.errors import EvaluationError, compose
 from sdk.analytics.graph import Graph, Node, map_output, output_nodes
 from sdk.analytics.ops import (
     REDUCTIONS,
+    Keys,
     add_parts,
     apply_row_op,
     by,
@@ -103,7 +104,7 @@ class SmallSets:
         """The rows of a source or filter node, or none of them if they are too few."""
         return _at_least(rows, self.min_rows)
 
-    def reducible(self, node_id: int, data: Any, keys: pd.Series | None) -> tuple[Any, Any]:
+    def reducible(self, node_id: int, data: Any, keys: Keys) -> tuple[Any, Any]:
         """What reduction `node_id` may cover of `data` (grouped by `keys`, or not)."""
         return suppress_small_sets(data, keys, self.min_rows)
 
@@ -188,7 +189,8 @@ def _declared_index(declared: list[Any], like: pd.Index) -> pd.Index:
     return pd.Index(declared, name=like.name)
 
 
-SPREAD = {"var", "std", "sem", "describe", "skew", "kurt"}  # reductions centred on the mean of an earlier step
+# Reductions centred on the mean of an earlier step.
+SPREAD = {"var", "std", "sem", "describe", "skew", "kurt"}
 
 
 def reduction_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +198,7 @@ def reduction_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in ("kind", "declared_keys")}
 
 
-def _declared_only(rows: Any, keys: pd.Series, declared: list[Any]) -> tuple[Any, pd.Series]:
+def _declared_only(rows: Any, keys: Keys, declared: list[Any]) -> tuple[Any, Keys]:
     """The rows whose key is one the task declares: no other key may appear in the answer."""
     keys = keys if keys.index.equals(rows.index) else keys.reindex(rows.index)
     keep = key_index(keys).isin(declared)
@@ -220,8 +222,7 @@ def _at_least(rows: Any, min_rows: int) -> Any:
     return rows
 
 
-def suppress_small_sets(data: Any, keys: pd.Series | None,
-                        min_rows: int) -> tuple[Any, pd.Series | None]:
+def suppress_small_sets(data: Any, keys: Keys, min_rows: int) -> tuple[Any, Keys]:
     """The rows of a reduction without groups of fewer than `min_rows` rows (all of them when
     ungrouped and fewer), and with the values of a cell (a column, per group) that holds fewer
     than `min_rows` non-missing values made missing: what the reduction may cover."""
