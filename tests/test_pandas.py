@@ -46,6 +46,9 @@ def assert_same(ours: Any, theirs: Any, atol: float = 0) -> None:
         pd.testing.assert_frame_equal(ours, theirs, check_exact=False, rtol=RTOL, atol=atol)
     elif isinstance(theirs, pd.Series):
         pd.testing.assert_series_equal(ours, theirs, check_exact=False, rtol=RTOL, atol=atol)
+    elif isinstance(theirs, np.ndarray):
+        assert isinstance(ours, np.ndarray) and ours.dtype == theirs.dtype, (ours, theirs)
+        np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=atol)
     elif isinstance(theirs, (tuple, list, dict)):
         assert type(ours) is type(theirs) and len(ours) == len(theirs)
         if isinstance(theirs, dict):

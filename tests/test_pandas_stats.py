@@ -62,12 +62,20 @@ def nunique(s: Any, values: list[Any]) -> Any:
     return s.nunique(values=values) if is_lazy(s) else np.int64(s[s.isin(values)].nunique())
 
 
+def histogram(s: Any, bins: list[float]) -> Any:
+    if is_lazy(s):
+        return lazy.histogram(s, bins=bins)
+    return np.histogram(s.to_numpy(dtype=float, na_value=np.nan), bins=bins)
+
+
 def counted(d: Any, t: int) -> dict[str, Any]:
     return {
         "value_counts": (value_counts(d.k), value_counts(d.g), value_counts(d.b),
                          value_counts(d.i[d.i > t] % 5), value_counts(d.f, normalize=True)),
         "declared": (value_counts(d.k, DECLARED), value_counts(d.g, [3, 0, 9])),
         "nunique": (nunique(d.k, DECLARED), nunique(d.g, [0, 1, 2, 3]), nunique(d.b, [True])),
+        "histogram": (histogram(d.i, [-1000, -1, 0, 10, 1000]), histogram(d.f, [-5.5, 0, 0.25]),
+                      histogram(d.b, [0, 0.5, 1])),
         "crosstab": (lazy.crosstab(d.k, d.g) if is_lazy(d) else pd.crosstab(d.k, d.g),
                      lazy.crosstab(d.b, d.i > t) if is_lazy(d) else pd.crosstab(d.b, d.i > t)),
         "two_keys": (d.groupby(["k", "g"]).size(), d.groupby(["g", "b"]).i.sum(),
