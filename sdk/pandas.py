@@ -283,6 +283,17 @@ class _Table(_Lazy):
     def _agg_dict(self, func: dict[Any, Any]) -> Any:
         raise refuse("agg with a dict on a Series", "name reductions as a list")
 
+    def _value_counts(self, normalize: bool, sort: bool, ascending: bool, dropna: bool,
+                      values: Any, **params: Any) -> Series:
+        _sorted_without_missing("value_counts", sort, dropna)
+        params.update(normalize=normalize, ascending=ascending)
+        if values is not None:
+            if not self._rows:
+                raise refuse("value_counts(values=...) of an aggregate",
+                             "declare values for rows only")
+            params["declared_keys"] = _declared_keys(values, "values")
+        return self._reduce("value_counts", result=Series, **params)
+
     def all(self, skipna: bool = True, bool_only: bool = False) -> Any:
         return self._reduce("all", skipna=skipna, bool_only=bool_only)
 
@@ -326,14 +337,7 @@ class Series(_Table):
                      dropna: bool = True, values: Any = None) -> Series:
         """Rows per value, as pandas; `values` declares the values the answer reports, as
         groupby's `keys` does (rows of other values are left out, each declared one is there)."""
-        _sorted_without_missing("value_counts", sort, dropna)
-        params: dict[str, Any] = {"normalize": normalize, "ascending": ascending}
-        if values is not None:
-            if not self._rows:
-                raise refuse("value_counts(values=...) of an aggregate",
-                             "declare values for rows only")
-            params["declared_keys"] = _declared_keys(values, "values")
-        return self._reduce("value_counts", result=Series, **params)
+        return self._value_counts(normalize, sort, ascending, dropna, values)
 
     def nunique(self, dropna: bool = True, values: Any = None) -> Scalar:
         """How many of the declared `values` occur in any holder's rows (see docs/pandas.md)."""
@@ -382,6 +386,16 @@ class DataFrame(_Table):
 
     def count(self, numeric_only: bool = False) -> Series:
         return self._reduce("count", numeric_only=numeric_only)
+
+    def value_counts(self, subset: Any = None, normalize: bool = False, sort: bool = True,
+                     ascending: bool = False, dropna: bool = True, values: Any = None) -> Series:
+        """Rows per distinct row of the columns (`subset`, or all), as pandas; `values`
+        declares those the answer reports, as tuples."""
+        data = self if subset is None else self[list(subset)]
+        if not self._rows:
+            return data._reduce("value_counts", result=Series, normalize=normalize, sort=sort,
+                                ascending=ascending, dropna=dropna)
+        return data._value_counts(normalize, sort, ascending, dropna, values, frame=True)
 
     def _pairwise(self, kind: str, numeric_only: bool, **params: Any) -> DataFrame:
         if not self._rows:

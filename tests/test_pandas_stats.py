@@ -72,6 +72,7 @@ def counted(d: Any, t: int) -> dict[str, Any]:
     return {
         "value_counts": (value_counts(d.k), value_counts(d.g), value_counts(d.b),
                          value_counts(d.i[d.i > t] % 5), value_counts(d.f, normalize=True)),
+        "frame": (value_counts(d[["k", "g"]]), value_counts(d[["b"]], normalize=True)),
         "declared": (value_counts(d.k, DECLARED), value_counts(d.g, [3, 0, 9])),
         "nunique": (nunique(d.k, DECLARED), nunique(d.g, [0, 1, 2, 3]), nunique(d.b, [True])),
         "histogram": (histogram(d.i, [-1000, -1, 0, 10, 1000]), histogram(d.f, [-5.5, 0, 0.25]),
@@ -188,6 +189,10 @@ def test_declared_keys_of_several_columns_are_tuples_and_every_one_is_reported()
                      holders)
     index = pd.MultiIndex.from_tuples([("x", 1), ("x", 9), ("y", 2)], names=["a", "b"])
     pd.testing.assert_series_equal(ours, pd.Series([4.0, 0.0, 6.0], index=index, name="v"))
+    counts = federated(lambda d: d[["a", "b"]].value_counts(values=[("q", 9), ("x", 1)]),
+                       holders)
+    index = pd.MultiIndex.from_tuples([("x", 1), ("q", 9)], names=["a", "b"])
+    pd.testing.assert_series_equal(counts, pd.Series([2, 0], index=index, name="count"))
     table = federated(lambda d: lazy.crosstab(d.a, d.b, row_values=["x", "q", "w"],
                                               column_values=[1, 2]), holders)
     expected = pd.DataFrame([[1, 0], [0, 0], [2, 0]], index=pd.Index(["q", "w", "x"], name="a"),

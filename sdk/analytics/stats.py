@@ -34,10 +34,13 @@ def _sizes(data: Any, keys: Any, **_: Any) -> dict[str, Any]:
 
 
 def _value_counts(parts: dict[str, Any], normalize: bool = False, sort: bool = True,
-                  ascending: bool = False, **_: Any) -> pd.Series:
-    """Counts per value, most frequent first as pandas; ties in order of value (pandas orders
-    them by first appearance in the rows, which means nothing across holders)."""
+                  ascending: bool = False, frame: bool = False, **_: Any) -> pd.Series:
+    """Counts per value (per distinct row of a `frame`: a MultiIndex, of one level too, as
+    pandas), most frequent first as pandas; ties in order of value (pandas orders them by first
+    appearance in the rows, which means nothing across holders)."""
     counts = parts["size"].sort_index()
+    if frame and not isinstance(counts.index, pd.MultiIndex):
+        counts.index = pd.MultiIndex.from_arrays([counts.index])
     counts = _ratio(counts, counts.sum()).rename("proportion") if normalize \
         else counts.rename("count")
     return counts.sort_values(ascending=ascending, kind="stable") if sort else counts
