@@ -416,10 +416,7 @@ class DataFrame(_Table):
 
     def _agg_dict(self, func: dict[Any, Any]) -> Any:
         """{column: name} gives a Series; a list of names anywhere gives a table."""
-        lists = any(not isinstance(names, str) for names in func.values())
-        labels = [(column, name) for column, names in func.items()
-                  for name in ([names] if isinstance(names, str) else _agg_names(names))]
-        results = [_aggregate(self[column], name) for column, name in labels]
+        lists, labels, results = _agg_per_column(self, func)
         if lists:
             return _combine(results, "table", labels)
         return _combine(results, "series", [column for column, _ in labels])
@@ -550,10 +547,7 @@ class GroupBy:
         if isinstance(func, str):
             return _aggregate(self, func)
         if isinstance(func, dict):
-            lists = any(not isinstance(names, str) for names in func.values())
-            labels = [(column, name) for column, names in func.items()
-                      for name in ([names] if isinstance(names, str) else _agg_names(names))]
-            results = [_aggregate(self[column], name) for column, name in labels]
+            lists, labels, results = _agg_per_column(self, func)
             return _combine(results, "columns",
                             labels if lists else [column for column, _ in labels])
         names = _agg_names(func)
@@ -576,6 +570,15 @@ def _agg_names(func: Any) -> list[str]:
     if len(set(map(str, names))) != len(names):
         raise refuse(f"agg({names!r})", "name each reduction once")
     return names
+
+
+def _agg_per_column(value: Any, func: dict[Any, Any]) -> tuple[bool, list[Any], list[Any]]:
+    """agg's {column: name or [names]}: whether a list is given, the (column, name) pairs, and
+    the reduction of each."""
+    lists = any(not isinstance(names, str) for names in func.values())
+    labels = [(column, name) for column, names in func.items()
+              for name in ([names] if isinstance(names, str) else _agg_names(names))]
+    return lists, labels, [_aggregate(value[column], name) for column, name in labels]
 
 
 def _aggregate(value: Any, name: Any) -> Any:
