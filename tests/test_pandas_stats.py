@@ -166,7 +166,8 @@ def test_histogram_equals_numpy_on_the_stacked_rows(split, edges):
     holders, _ = split
     stacked = pd.concat(holders, ignore_index=True)
     for column, bins in (("i", edges), ("f", [e / 2 for e in edges]), ("g", [0, 1, 1, 3])):
-        counts, returned = federated(lambda d: lazy.histogram(d[column], bins=bins), holders)
+        counts, returned = federated(
+            lambda d, column=column, bins=bins: lazy.histogram(d[column], bins=bins), holders)
         expected, numpy_edges = np.histogram(stacked[column].to_numpy(float), bins=bins)
         np.testing.assert_array_equal(counts, expected)
         assert counts.dtype == expected.dtype

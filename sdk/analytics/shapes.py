@@ -33,12 +33,12 @@ def combine(form: str, labels: list[Any], results: list[Any], name: Any = None) 
     if form == "table":
         names = list(dict.fromkeys(name for _, name in labels))
         columns = list(dict.fromkeys(column for column, _ in labels))
-        return pd.DataFrame({column: pd.Series({name: r for (c, name), r in zip(labels, results)
+        return pd.DataFrame({column: pd.Series({name: r for (c, name), r in zip(labels, results, strict=True)
                                                 if c == column}) for column in columns}
                             ).reindex(names)
     if form == "columns":
-        return pd.DataFrame(dict(zip(labels, results)))
+        return pd.DataFrame(dict(zip(labels, results, strict=True)))
     if form == "by_column":
         return pd.DataFrame({(column, name): r[column] for column in results[0].columns
-                             for name, r in zip(labels, results)})
+                             for name, r in zip(labels, results, strict=True)})
     raise ValueError(f"unknown agg form {form!r}")
