@@ -26,8 +26,10 @@ _CODE_REASON = "it would run arbitrary code on the holders; use column arithmeti
 _LATER_REASON = "its value is known only when the task runs"
 _UNKNOWN_REASON = "it is known only on the holders, when the task runs"
 _REFUSED = {
-    **dict.fromkeys(["median", "quantile", "mode", "min", "max", "idxmin", "idxmax", "nunique",
+    **dict.fromkeys(["median", "quantile", "mode", "min", "max", "idxmin", "idxmax",
                      "prod", "product", "nlargest", "nsmallest"], _NOT_A_SUM + _ROWS_REASON),
+    "nunique": _NOT_A_SUM + "a value that two holders share would count twice; declare the "
+               "values a Series may take: s.nunique(values=[...])",
     **dict.fromkeys(["iloc", "loc", "iat", "at", "head", "tail", "sample", "take", "first",
                      "last", "unique", "drop_duplicates", "duplicated", "to_numpy", "values",
                      "to_list", "tolist", "to_dict", "to_csv", "items", "iterrows",
@@ -35,15 +37,17 @@ _REFUSED = {
     **dict.fromkeys(["sort_values", "sort_index", "rank", "cumsum", "cumprod", "cummin",
                      "cummax", "diff", "shift", "pct_change", "rolling", "expanding", "ewm"],
                     _ORDER_REASON),
-    **dict.fromkeys(["apply", "map", "applymap", "transform", "pipe", "agg", "aggregate",
-                     "eval", "query"], _CODE_REASON),
+    **dict.fromkeys(["apply", "map", "applymap", "transform", "pipe", "eval", "query"],
+                    _CODE_REASON),
     **dict.fromkeys(["shape", "size", "index", "columns", "dtypes", "dtype", "empty", "name"],
                     _UNKNOWN_REASON),
     **dict.fromkeys(["merge", "join"], "it matches rows of two tables, " + _ROWS_REASON),
-    **dict.fromkeys(["corr", "cov", "skew", "kurt"],
-                    "deltaflow does not compute it yet (see docs/pandas.md)"),
-    "value_counts": _ROWS_REASON + "; use groupby(column).size()",
 }
+_RANKS_REASON = ("it needs the rank of each row among every holder's rows; only pearson is "
+                 "a sum of per-holder parts")
+# Names `agg` takes: the reductions of a Series, DataFrame or groupby (those refused say why).
+_AGG_NAMES = frozenset({"sum", "mean", "count", "var", "std", "sem", "skew", "kurt", "all",
+                        "any", "size", "median", "min", "max", "prod", "nunique"})
 
 
 def refuse(operation: str, reason: str | None = None) -> UnsupportedOperation:
@@ -246,6 +250,50 @@ class _Table(_Lazy):
     def sem(self, ddof: int = 1, skipna: bool = True, numeric_only: bool = False) -> Any:
         return self._spread("sem", ddof, skipna, numeric_only)
 
+    def _moment(self, kind: str, skipna: bool, numeric_only: bool) -> Any:
+        """skew or kurt: over rows, a second round sums powers of deviations from the mean."""
+        params = {"skipna": skipna, "numeric_only": numeric_only}
+        if not self._rows:
+            return self._reduce(kind, **params)
+        return self._reduce(kind, self.mean(skipna=skipna, numeric_only=numeric_only), **params)
+
+    def skew(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._moment("skew", skipna, numeric_only)
+
+    def kurt(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._moment("kurt", skipna, numeric_only)
+
+    kurtosis = kurt
+
+    def agg(self, func: Any) -> Any:
+        """pandas' agg with reduction names: a name, a list of them, or a dict of a name or a
+        list of names per column."""
+        if isinstance(func, str):
+            return _aggregate(self, func)
+        if isinstance(func, dict):
+            return self._agg_dict(func)
+        names = _agg_names(func)
+        results = [_aggregate(self, name) for name in names]
+        if isinstance(self, Series):
+            return _combine(results, "series", names, name=_name_of(self._graph, self._node))
+        return _combine(results, "rows", names)
+
+    aggregate = agg
+
+    def _agg_dict(self, func: dict[Any, Any]) -> Any:
+        raise refuse("agg with a dict on a Series", "name reductions as a list")
+
+    def _value_counts(self, normalize: bool, sort: bool, ascending: bool, dropna: bool,
+                      values: Any, **params: Any) -> Series:
+        _sorted_without_missing("value_counts", sort, dropna)
+        params.update(normalize=normalize, ascending=ascending)
+        if values is not None:
+            if not self._rows:
+                raise refuse("value_counts(values=...) of an aggregate",
+                             "declare values for rows only")
+            params["declared_keys"] = _declared_keys(values, "values")
+        return self._reduce("value_counts", result=Series, **params)
+
     def all(self, skipna: bool = True, bool_only: bool = False) -> Any:
         return self._reduce("all", skipna=skipna, bool_only=bool_only)
 
@@ -285,6 +333,39 @@ class Series(_Table):
     def between(self, left: Any, right: Any, inclusive: str = "both") -> Series:
         return self._method(Series, "between", left=left, right=right, inclusive=inclusive)
 
+    def value_counts(self, normalize: bool = False, sort: bool = True, ascending: bool = False,
+                     dropna: bool = True, values: Any = None) -> Series:
+        """Rows per value, as pandas; `values` declares the values the answer reports, as
+        groupby's `keys` does (rows of other values are left out, each declared one is there)."""
+        return self._value_counts(normalize, sort, ascending, dropna, values)
+
+    def nunique(self, dropna: bool = True, values: Any = None) -> Scalar:
+        """How many of the declared `values` occur in any holder's rows (see docs/pandas.md)."""
+        if not self._rows:
+            return self._reduce("nunique", dropna=dropna)
+        if values is None:
+            raise refuse("nunique without values=[...]", _REFUSED["nunique"])
+        if not dropna:
+            raise refuse("nunique(dropna=False)", "missing values are never counted as a value")
+        return (self.value_counts(values=values) > 0).sum()
+
+    def _pair(self, kind: str, other: Any, **params: Any) -> Scalar:
+        """cov or corr with another Series of the same rows, over the rows where both are
+        present; a first round finds each one's mean over those rows."""
+        if not (isinstance(other, Series) and self._rows and other._rows):
+            raise refuse(f"{kind} with this value", f"pass another Series of the same rows: "
+                         f"d.x.{kind}(d.y)")
+        both = self._derive(DataFrame, "columns", (self, other), names=[0, 1])
+        means = both._reduce("pairwise_mean", result=DataFrame)
+        return both._reduce(kind, means, result=Scalar, pair=True, **params)
+
+    def corr(self, other: Any, method: str = "pearson", min_periods: int | None = None) -> Scalar:
+        _pearson_only(method)
+        return self._pair("corr", other, min_periods=min_periods)
+
+    def cov(self, other: Any, min_periods: int | None = None, ddof: int = 1) -> Scalar:
+        return self._pair("cov", other, min_periods=min_periods, ddof=ddof)
+
 
 class DataFrame(_Table):
     """A lazy pandas DataFrame: every holder's rows, as if stacked."""
@@ -305,6 +386,40 @@ class DataFrame(_Table):
 
     def count(self, numeric_only: bool = False) -> Series:
         return self._reduce("count", numeric_only=numeric_only)
+
+    def value_counts(self, subset: Any = None, normalize: bool = False, sort: bool = True,
+                     ascending: bool = False, dropna: bool = True, values: Any = None) -> Series:
+        """Rows per distinct row of the columns (`subset`, or all), as pandas; `values`
+        declares those the answer reports, as tuples."""
+        data = self if subset is None else self[list(subset)]
+        if not self._rows:
+            return data._reduce("value_counts", result=Series, normalize=normalize, sort=sort,
+                                ascending=ascending, dropna=dropna)
+        return data._value_counts(normalize, sort, ascending, dropna, values, frame=True)
+
+    def _pairwise(self, kind: str, numeric_only: bool, **params: Any) -> DataFrame:
+        if not self._rows:
+            return self._reduce(kind, result=DataFrame, numeric_only=numeric_only, **params)
+        means = self._reduce("pairwise_mean", result=DataFrame, numeric_only=numeric_only)
+        return self._reduce(kind, means, result=DataFrame, numeric_only=numeric_only, **params)
+
+    def cov(self, min_periods: int | None = None, ddof: int = 1,
+            numeric_only: bool = False) -> DataFrame:
+        """Pairwise covariance of columns over the rows where both are present, as pandas."""
+        return self._pairwise("cov", numeric_only, min_periods=min_periods, ddof=ddof)
+
+    def corr(self, method: str = "pearson", min_periods: int = 1,
+             numeric_only: bool = False) -> DataFrame:
+        """Pairwise Pearson correlation of columns, as pandas."""
+        _pearson_only(method)
+        return self._pairwise("corr", numeric_only, min_periods=min_periods)
+
+    def _agg_dict(self, func: dict[Any, Any]) -> Any:
+        """{column: name} gives a Series; a list of names anywhere gives a table."""
+        lists, labels, results = _agg_per_column(self, func)
+        if lists:
+            return _combine(results, "table", labels)
+        return _combine(results, "series", [column for column, _ in labels])
 
     def __setitem__(self, key: str, value: Any) -> None:
         """`d["new"] = ...`: this proxy now stands for the frame with that column."""
@@ -338,14 +453,18 @@ class DataFrame(_Table):
         declared = _declared_keys(keys)
         if not self._rows:
             raise refuse("groupby of an aggregate", "group rows; aggregates are already small")
-        if not sort:
-            raise refuse("groupby(sort=False)", "the order in which keys first appear depends on "
-                         "how rows are spread over holders; results are sorted by key")
-        if not dropna:
-            raise refuse("groupby(dropna=False)", "missing keys are not kept as a group; fill "
-                         "them first: d[key] = d[key].fillna(value)")
+        _sorted_without_missing("groupby", sort, dropna)
         if isinstance(by, list) and len(by) == 1:
             by = by[0]
+        if isinstance(by, list) and by and not any(isinstance(k, (_Lazy, list, tuple, dict))
+                                                   for k in by):
+            if len(set(by)) != len(by):
+                raise refuse("groupby by a column twice", "name each key column once")
+            if declared is not None and any(not isinstance(k, tuple) or len(k) != len(by)
+                                            for k in declared):
+                raise refuse("groupby(keys=...) of several columns", f"declare each key as a "
+                             f"tuple of {len(by)} values: keys=[('a', 1), ('b', 2)]")
+            return GroupBy(self, self[by], self.drop(columns=by), declared)
         column = _column_of(self, by) if isinstance(by, Series) else None
         if column is not None:
             by = column  # pandas leaves a key that is a column of the frame out of the result
@@ -355,8 +474,8 @@ class DataFrame(_Table):
                              "from the same rows")
             return GroupBy(self, by, self, declared)
         if isinstance(by, (_Lazy, list, tuple, dict)):
-            raise refuse("groupby by several keys or by this value",
-                         "group by one column; a MultiIndex result is not supported")
+            raise refuse("groupby by this value", "group by a column, a list of columns, or "
+                         "a Series computed from the same rows")
         return GroupBy(self, self[by], self.drop(columns=[by]), declared)
 
 
@@ -423,6 +542,127 @@ class GroupBy:
     def sem(self, ddof: int = 1, numeric_only: bool = False) -> Any:
         return self._spread("sem", ddof, numeric_only)
 
+    def agg(self, func: Any) -> Any:
+        """pandas' agg with reduction names: a name, a list, or a dict per column."""
+        if isinstance(func, str):
+            return _aggregate(self, func)
+        if isinstance(func, dict):
+            lists, labels, results = _agg_per_column(self, func)
+            return _combine(results, "columns",
+                            labels if lists else [column for column, _ in labels])
+        names = _agg_names(func)
+        results = [_aggregate(self, name) for name in names]
+        return _combine(results, "columns" if isinstance(self._data, Series) else "by_column",
+                        names)
+
+    aggregate = agg
+
+
+def _agg_names(func: Any) -> list[str]:
+    """agg's list of reduction names, each once."""
+    if callable(func):
+        raise refuse("agg with a function", _CODE_REASON + "; name reductions as text, "
+                     "'mean' rather than np.mean")
+    if not isinstance(func, (list, tuple)) or not func:
+        raise refuse("agg with this argument", "name reductions: 'mean', ['mean', 'std'], or "
+                     "{'column': 'mean'}")
+    names = list(func)
+    if len(set(map(str, names))) != len(names):
+        raise refuse(f"agg({names!r})", "name each reduction once")
+    return names
+
+
+def _agg_per_column(value: Any, func: dict[Any, Any]) -> tuple[bool, list[Any], list[Any]]:
+    """agg's {column: name or [names]}: whether a list is given, the (column, name) pairs, and
+    the reduction of each."""
+    lists = any(not isinstance(names, str) for names in func.values())
+    labels = [(column, name) for column, names in func.items()
+              for name in ([names] if isinstance(names, str) else _agg_names(names))]
+    return lists, labels, [_aggregate(value[column], name) for column, name in labels]
+
+
+def _aggregate(value: Any, name: Any) -> Any:
+    """One reduction that agg names, by its method (which refuses what it cannot run)."""
+    if callable(name):
+        _agg_names(name)  # refuses code
+    if not isinstance(name, str) or name not in _AGG_NAMES:
+        raise refuse(f"agg({name!r})", "name a reduction: " + ", ".join(sorted(_AGG_NAMES)))
+    return getattr(value, name)()
+
+
+def _combine(results: list[_Lazy], form: str, labels: list[Any], **params: Any) -> Any:
+    """A node that lays out `results` as pandas' agg does (sdk.analytics.shapes)."""
+    first = results[0]
+    cls = Series if form == "series" else DataFrame
+    return first._record(cls, "combine", tuple(results), False, form=form, labels=labels,
+                         **params)
+
+
+def _name_of(graph: Graph, node_id: int) -> Any:
+    """The name pandas gives the Series of node `node_id`: its column's, kept through
+    element-wise operations and filters, lost where two Series of other names combine."""
+    node = graph[node_id]
+    if node.op == "getitem":
+        return None if isinstance(node.params["key"], (list, tuple)) else node.params["key"]
+    if node.op in ("filter", "unary", "method"):
+        return _name_of(graph, node.inputs[0])
+    if node.op == "binary":
+        names = {_name_of(graph, i) for i in node.inputs if graph[i].op != "const"}
+        return names.pop() if len(names) == 1 else None
+    return None
+
+
+def _sorted_without_missing(operation: str, sort: bool, dropna: bool) -> None:
+    """Refuses keys in order of first appearance, and missing values kept as a key."""
+    if not sort:
+        raise refuse(f"{operation}(sort=False)", "the order in which keys first appear depends "
+                     "on how rows are spread over holders; results are sorted by key")
+    if not dropna:
+        raise refuse(f"{operation}(dropna=False)", "missing keys are not kept as a group; fill "
+                     "them first: d[key] = d[key].fillna(value)")
+
+
+def _pearson_only(method: str) -> None:
+    if method != "pearson":
+        raise refuse(f"corr(method={method!r})", _RANKS_REASON)
+
+
+def histogram(series: Series, bins: Any) -> tuple[Series, np.ndarray]:
+    """numpy.histogram(series, bins) of every holder's rows, with explicit edges: the counts
+    per bin [e_i, e_i+1) (the last closed on the right) and the edges, as numpy gives them."""
+    if not isinstance(series, Series) or not series._rows:
+        raise refuse("histogram of this value", "pass a Series of rows: histogram(d.age, ...)")
+    try:
+        edges = np.asarray(bins, dtype=np.float64)
+    except (TypeError, ValueError):
+        edges = np.zeros(0)
+    if edges.ndim != 1 or len(edges) < 2 or not np.isfinite(edges).all() or \
+            (np.diff(edges) < 0).any():
+        raise refuse("histogram with these bins", "give the bin edges, increasing, at least "
+                     "two: bins=[0, 10, 20, 50]; a number of bins would need the range of "
+                     "every holder's rows")
+    counts = series._reduce("histogram", result=Series, bins=edges.tolist(),
+                            declared_keys=list(range(len(edges) - 1)))
+    return counts, np.asarray(bins)
+
+
+def crosstab(index: Series, columns: Series, row_values: Any = None,
+             column_values: Any = None) -> DataFrame:
+    """pandas.crosstab(index, columns): rows per pair of values, as pandas. Declaring both
+    `row_values` and `column_values` fixes the table's labels (rows of other values left out)."""
+    if not all(isinstance(v, Series) and v._rows for v in (index, columns)):
+        raise refuse("crosstab of this value", "pass two Series of the same rows")
+    if (row_values is None) != (column_values is None):
+        raise refuse("crosstab with values declared on one side",
+                     "declare row_values and column_values both, or neither")
+    pairs = index._derive(DataFrame, "columns", (index, columns))
+    params: dict[str, Any] = {}
+    if row_values is not None:
+        rows = _declared_keys(row_values, "row_values")
+        cols = _declared_keys(column_values, "column_values")
+        params["declared_keys"] = [(r, c) for r in rows for c in cols]
+    return pairs._reduce("crosstab", result=DataFrame, **params)
+
 
 Series._reduced = Scalar
 DataFrame._reduced = Series
@@ -436,21 +676,26 @@ def _wider(*values: Any) -> type:
     return Scalar
 
 
-def _declared_keys(keys: Any) -> list[Any] | None:
-    """groupby's `keys` as a list of distinct text, numbers or booleans; None if not given."""
+def _declared_keys(keys: Any, argument: str = "keys") -> list[Any] | None:
+    """Declared keys (groupby's `keys`, value_counts' `values`) as a list of distinct text,
+    numbers or booleans, or of tuples of them (several keys); None if not given."""
     if keys is None:
         return None
     if isinstance(keys, (str, bytes, dict, _Lazy)) or not hasattr(keys, "__iter__"):
-        raise refuse(f"groupby(keys={keys!r})", "declare the keys as a list: keys=['a', 'b']")
-    declared = list(keys)
-    for key in declared:
-        if not isinstance(key, (str, int, float, bool, np.integer, np.floating, np.bool_)) or (
-                isinstance(key, (float, np.floating)) and np.isnan(key)):
-            raise refuse(f"groupby key {key!r}", "declare keys that are text, numbers or "
-                         "booleans (missing keys are never a group)")
+        raise refuse(f"{argument}={keys!r}", f"declare them as a list: {argument}=['a', 'b']")
+    declared = [tuple(map(_declared_key, key)) if isinstance(key, tuple) else
+                _declared_key(key) for key in keys]
     if not declared or len(set(declared)) != len(declared):
-        raise refuse(f"groupby(keys={declared!r})", "declare each key once, at least one")
-    return [key.item() if isinstance(key, np.generic) else key for key in declared]
+        raise refuse(f"{argument}={declared!r}", "declare each one once, at least one")
+    return declared
+
+
+def _declared_key(key: Any) -> Any:
+    if not isinstance(key, (str, int, float, bool, np.integer, np.floating, np.bool_)) or (
+            isinstance(key, (float, np.floating)) and np.isnan(key)):
+        raise refuse(f"declared key {key!r}", "declare keys that are text, numbers or "
+                     "booleans (missing keys are never a group)")
+    return key.item() if isinstance(key, np.generic) else key
 
 
 def _column_of(frame: DataFrame, series: Series) -> Any:

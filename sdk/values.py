@@ -43,7 +43,10 @@ def decode_scalar(message: pb.Scalar) -> Any:
 
 
 def encode_column(values: pd.Index | pd.Series | np.ndarray, name: Any = None) -> pb.Column:
-    """A one-dimensional array, keeping its dtype."""
+    """A one-dimensional array, keeping its dtype; a MultiIndex as its levels' values."""
+    if isinstance(values, pd.MultiIndex):
+        return pb.Column(levels=[encode_column(values.get_level_values(i), level)
+                                 for i, level in enumerate(values.names)])
     column = pb.Column(dtype=str(values.dtype), name=encode_scalar(name))
     array = values if isinstance(values, np.ndarray) else values.to_numpy()
     if isinstance(values.dtype, np.dtype) and values.dtype.kind in _RAW_KINDS:
@@ -86,6 +89,8 @@ def encode(value: Any) -> pb.Value:
                 values=encode_column(value, value.name),
             )
         )
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return pb.Value(array=encode_column(value))
     if isinstance(value, tuple):
         return pb.Value(tuple=pb.ValueList(items=[encode(v) for v in value]))
     if isinstance(value, list):
@@ -100,19 +105,28 @@ def encode(value: Any) -> pb.Value:
     return pb.Value(scalar=encode_scalar(value))
 
 
+def decode_index(message: pb.Column) -> pd.Index:
+    """An Index (a MultiIndex where the column has levels) with its name(s)."""
+    if message.levels:
+        levels = [decode_column(level) for level in message.levels]
+        return pd.MultiIndex.from_arrays([values for values, _ in levels],
+                                         names=[name for _, name in levels])
+    values, name = decode_column(message)
+    return pd.Index(values, name=name)
+
+
 def decode(message: pb.Value) -> Any:
     kind = message.WhichOneof("kind")
     if kind == "frame":
-        index, index_name = decode_column(message.frame.index)
-        columns, columns_name = decode_column(message.frame.columns)
         data = {i: decode_column(column)[0] for i, column in enumerate(message.frame.data)}
-        frame = pd.DataFrame(data, index=pd.Index(index, name=index_name))
-        frame.columns = pd.Index(columns, name=columns_name)
+        frame = pd.DataFrame(data, index=decode_index(message.frame.index))
+        frame.columns = decode_index(message.frame.columns)
         return frame
     if kind == "series":
-        index, index_name = decode_column(message.series.index)
         values, name = decode_column(message.series.values)
-        return pd.Series(values, index=pd.Index(index, name=index_name), name=name)
+        return pd.Series(values, index=decode_index(message.series.index), name=name)
+    if kind == "array":
+        return np.asarray(decode_column(message.array)[0])
     if kind == "tuple":
         return tuple(decode(v) for v in message.tuple.items)
     if kind == "list":

@@ -67,7 +67,12 @@ def tables(draw: Any) -> tuple[pd.DataFrame, int]:
        suffix=st.sampled_from([".csv", ".parquet"]))
 def test_chunks_give_what_the_whole_table_gives(family, suffix, drawn, chunk_rows, min_rows):
     data, threshold = drawn
-    body = lambda d: FAMILIES[family](d, threshold)  # noqa: E731
+    check_chunks(lambda d: FAMILIES[family](d, threshold), data, suffix, chunk_rows, min_rows)
+
+
+def check_chunks(body: Callable[[Any], Any], data: pd.DataFrame, suffix: str, chunk_rows: int,
+                 min_rows: int) -> None:
+    """`body` over `data` read in chunks gives what it gives over the table read whole."""
     with tempfile.TemporaryDirectory() as folder:
         table = write(data, Path(folder), suffix)
         expected = outcome(body, table, min_rows, WHOLE)

@@ -65,3 +65,12 @@ def test_groupby_gives_every_key_of_any_worker_sorted(cluster):
     expected = task.execute(stacked.copy())
     assert_same(result, expected)
     assert list(result["people"].index) == sorted(set(stacked.age // 10 * 10))
+    statistics = example("analytics_statistics").WageStatistics()  # the same cluster, secure
+    result, log = run(cluster, statistics)
+    assert "secure aggregation: on" in log and "2 step(s) to compute" in log
+    expected = statistics.execute(stacked.copy())
+    counts = expected["people per decade"]  # ties in order of value, not of first appearance
+    expected["people per decade"] = counts.sort_index().sort_values(ascending=False,
+                                                                     kind="stable")
+    assert_same(result, expected, atol=1e-6)  # fixed point: 9 decimal digits
+    assert result["wage by decade and hours"].index.names == ["decade", "long_hours"]

@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from sdk.analytics.ops import add_parts
-from sdk.analytics.plan import Parts, Plan, SmallSets, worker_parts
+from sdk.analytics.ops import add_parts, by, key_sizes, per_row
+from sdk.analytics.plan import Parts, Plan, SmallSets, empty_pairs, worker_parts
 from worker.pushdown import pushed_parts
 from worker.sources import SqlTable, Table
 
@@ -130,16 +130,22 @@ class TableSets(SmallSets):
             cells = self.decided.get(("cells", node_id))
             return (data if cells is None else data.mask(present & (cells < self.min_rows))), None
         keys = keys if keys.index.equals(data.index) else keys.reindex(data.index)
-        self._count(("groups", node_id), keys.value_counts())
-        self._count(("cells", node_id), data.notna().groupby(keys).sum())
+        self._count(("groups", node_id), key_sizes(keys))
+        self._count(("cells", node_id), data.notna().groupby(by(keys)).sum())
         sizes = self.decided.get(("groups", node_id))
         if sizes is None:
             return data, keys
-        keep = (keys.map(sizes) >= self.min_rows).to_numpy()
+        keep = (per_row(sizes, keys) >= self.min_rows).to_numpy()
         data, keys = data[keep], keys[keep]
-        cells = self.decided[("cells", node_id)].reindex(keys.to_numpy())
-        small = (cells < self.min_rows).set_axis(data.index)
+        small = per_row(self.decided[("cells", node_id)], keys) < self.min_rows
         return data.mask(data.notna() & small), keys
+
+    def pairs(self, node_id: int, parts: dict[str, Any]) -> dict[str, Any]:
+        if self.min_rows <= 1:
+            return parts
+        self._count(("pairs", node_id), parts["count"])
+        decided = self.decided.get(("pairs", node_id))
+        return parts if decided is None else empty_pairs(parts, decided, self.min_rows)
 
     def _count(self, key: tuple[str, int], count: Any) -> None:
         self.counts[key] = add_parts(self.counts[key], count) if key in self.counts else count

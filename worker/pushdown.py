@@ -301,6 +301,8 @@ class Pushdown:
         sa = self.sa
         if not isinstance(keys, Rows) or keys.filters != rows.filters:
             raise NotMapped("keys of other rows")
+        if len(keys.columns) != 1:
+            raise NotMapped("several keys")
         (key_label, key), = keys.columns
         if key.kind not in ("int", "text") or key_label is None:
             raise NotMapped("keys that are not an integer or text column")

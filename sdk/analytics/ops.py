@@ -18,6 +18,7 @@ import pandas as pd
 
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Node
+from sdk.analytics.shapes import combine
 
 BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "add": operator.add,
@@ -57,7 +58,34 @@ UNARY: dict[str, Callable[[Any], Any]] = {
 METHODS = frozenset({"fillna", "astype", "isin", "between", "clip", "round", "select_dtypes",
                      "drop", "assign"})
 
-Keys = pd.Series | None  # the group key of each row, or None for a reduction over all rows
+# The group key of each row (a Series, or a DataFrame of several keys), or None for a reduction
+# over all rows.
+Keys = pd.Series | pd.DataFrame | None
+
+
+def by(keys: pd.Series | pd.DataFrame) -> Any:
+    """What pandas' groupby takes for `keys`: the Series, or the list of a DataFrame's columns
+    (a group per distinct tuple, rows with a missing key in none, as pandas' defaults)."""
+    if isinstance(keys, pd.DataFrame):
+        return [keys.iloc[:, i] for i in range(keys.shape[1])]
+    return keys
+
+
+def key_index(keys: pd.Series | pd.DataFrame) -> pd.Index:
+    """Each row's key as an Index: a MultiIndex for several keys."""
+    if isinstance(keys, pd.DataFrame):
+        return pd.MultiIndex.from_arrays(by(keys), names=list(keys.columns))
+    return pd.Index(keys)
+
+
+def key_sizes(keys: pd.Series | pd.DataFrame) -> pd.Series:
+    """How many rows each key has (missing keys left out)."""
+    return pd.Series(0, index=keys.index).groupby(by(keys)).size()
+
+
+def per_row(table: pd.Series | pd.DataFrame, keys: pd.Series | pd.DataFrame) -> Any:
+    """`table`'s value (row) at each row's key, missing where it has none, on the rows' index."""
+    return table.reindex(key_index(keys)).set_axis(keys.index)
 
 
 def _select(data: Any, numeric_only: bool) -> Any:
@@ -90,13 +118,13 @@ def _total(data: Any, keys: Keys, skipna: bool = True) -> Any:
     """The sum over rows, or per key (where missing values are always skipped, as by default)."""
     if keys is None:
         return data.sum(skipna=skipna)
-    return data.groupby(keys).sum()
+    return data.groupby(by(keys)).sum()
 
 
 def _count(data: Any, keys: Keys, skipna: bool = True) -> Any:
     """Non-missing values over rows or per key; every row when missing values are not skipped."""
     if keys is not None:
-        return data.groupby(keys).count()
+        return data.groupby(by(keys)).count()
     if skipna:
         return data.count()
     if isinstance(data, pd.DataFrame):
@@ -127,7 +155,7 @@ def _spread_parts(data: Any, keys: Keys, mean: Any, ddof: int = 1, skipna: bool 
     the variance computed from them does not cancel the way sum(x**2) - sum(x)**2 / n would.
     """
     data = _numeric(data, numeric_only, "var(), std() and sem()")
-    centre = mean if keys is None else mean.reindex(keys).set_axis(data.index)
+    centre = mean if keys is None else per_row(mean, keys)
     deviation = data - centre
     return {
         "squares": _total(deviation**2, keys, skipna),
@@ -136,8 +164,8 @@ def _spread_parts(data: Any, keys: Keys, mean: Any, ddof: int = 1, skipna: bool 
     }
 
 
-def _size_parts(data: Any, keys: pd.Series) -> dict[str, Any]:
-    return {"size": data.groupby(keys).size()}
+def size_parts(data: Any, keys: pd.Series | pd.DataFrame) -> dict[str, Any]:
+    return {"size": data.groupby(by(keys)).size()}
 
 
 def _truth_parts(want: bool) -> Callable[..., dict[str, Any]]:
@@ -210,6 +238,17 @@ def _part(name: str) -> Callable[..., Any]:
 class Reduction:
     partial: Callable[..., dict[str, Any]]  # (input values..., **params) -> additive parts
     finalize: Callable[..., Any]  # (added-up parts, **params) -> the result
+    # A reduction grouped by keys of its own rows (the values themselves, a histogram's bins):
+    # (rows, **params) -> each row's key. Its parts are then per key, like a groupby's.
+    keys: Callable[..., Any] | None = None
+    # Parts per pair of columns (cov, corr), each with a "count" of the rows both are present
+    # in: the `min_rows` rule empties the pairs of too few rows.
+    pairwise: bool = False
+
+
+def grouped(kind: str) -> bool:
+    """Whether reduction `kind` sends its parts per key: a groupby, or one keyed by its rows."""
+    return kind.startswith("groupby_") or REDUCTIONS[kind].keys is not None
 
 
 def _over_rows(parts: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
@@ -235,7 +274,7 @@ REDUCTIONS: dict[str, Reduction] = {
     **{kind: Reduction(_over_rows(parts), final) for kind, (parts, final) in _GROUPABLE.items()},
     **{f"groupby_{kind}": Reduction(parts, _by_key(final))
        for kind, (parts, final) in _GROUPABLE.items()},
-    "groupby_size": Reduction(_size_parts, _by_key(_part("size"))),
+    "groupby_size": Reduction(size_parts, _by_key(_part("size"))),
     "all": Reduction(_truth_parts(False), lambda parts, **_: parts["matches"] == 0),
     "any": Reduction(_truth_parts(True), lambda parts, **_: parts["matches"] > 0),
     "describe": Reduction(_describe_parts, _describe),
@@ -273,6 +312,10 @@ def apply_row_op(op: str, params: dict[str, Any], args: list[Any]) -> Any:
         return UNARY[params["op"]](args[0])
     if op == "method":
         return getattr(args[0], params["name"])(**dict(zip(params["keywords"], args[1:])))
+    if op == "columns":  # Series of the same rows side by side: named after them, or `names`
+        return pd.concat(args, axis=1, keys=params.get("names"))
+    if op == "combine":  # results of an agg, in pandas' shape
+        return combine(params["form"], params["labels"], args, params.get("name"))
     raise ValueError(f"unknown operation {op!r}")
 
 
@@ -283,7 +326,8 @@ def reduce_locally(params: dict[str, Any], value: Any) -> Any:
     return getattr(value, kind)(**kwargs)
 
 
-KNOWN_OPS = {"source", "const", "getitem", "filter", "binary", "unary", "method", "reduce"}
+KNOWN_OPS = {"source", "const", "getitem", "filter", "binary", "unary", "method", "reduce",
+             "columns", "combine"}
 _NAMED = {"binary": ("op", BINARY), "unary": ("op", UNARY), "method": ("name", METHODS),
           "reduce": ("kind", REDUCTIONS)}
 

@@ -18,9 +18,15 @@ from sdk.analytics.errors import EvaluationError, compose
 from sdk.analytics.graph import Graph, Node, map_output, output_nodes
 from sdk.analytics.ops import (
     REDUCTIONS,
+    Keys,
     add_parts,
     apply_row_op,
+    by,
     check_node,
+    grouped,
+    key_index,
+    key_sizes,
+    per_row,
     reduce_locally,
 )
 
@@ -98,9 +104,14 @@ class SmallSets:
         """The rows of a source or filter node, or none of them if they are too few."""
         return _at_least(rows, self.min_rows)
 
-    def reducible(self, node_id: int, data: Any, keys: pd.Series | None) -> tuple[Any, Any]:
+    def reducible(self, node_id: int, data: Any, keys: Keys) -> tuple[Any, Any]:
         """What reduction `node_id` may cover of `data` (grouped by `keys`, or not)."""
         return suppress_small_sets(data, keys, self.min_rows)
+
+    def pairs(self, node_id: int, parts: dict[str, Any]) -> dict[str, Any]:
+        """Pairwise parts (cov, corr) without the pairs of columns present together in fewer
+        than `min_rows` rows: every part of such a pair is 0, as if no row held both."""
+        return empty_pairs(parts, parts["count"], self.min_rows)
 
 
 def worker_parts(
@@ -150,22 +161,36 @@ def _parts(node: Node, arguments: list[Any], sets: SmallSets) -> dict[str, Any]:
     """The parts of a reduction node over its rows, less the sets too small to cover;
     grouped, over the rows of the declared keys only, and on exactly those keys."""
     kind = node.params["kind"]
-    if not kind.startswith("groupby_"):
+    reduction, params = REDUCTIONS[kind], reduction_params(node.params)
+    if not grouped(kind):
         rows, _ = sets.reducible(node.id, arguments[0], None)
-        return REDUCTIONS[kind].partial(rows, *arguments[1:], **reduction_params(node.params))
+        parts = reduction.partial(rows, *arguments[1:], **params)
+        return sets.pairs(node.id, parts) if reduction.pairwise else parts
     declared = node.params.get("declared_keys")
-    rows, keys = arguments[0], arguments[1]
+    if reduction.keys is None:
+        rows, keys, aggregates = arguments[0], arguments[1], arguments[2:]
+    else:  # keyed by its own rows
+        rows, aggregates = arguments[0], arguments[1:]
+        keys = reduction.keys(rows, **params)
     if declared is not None:
         rows, keys = _declared_only(rows, keys, declared)
     rows, keys = sets.reducible(node.id, rows, keys)
-    parts = REDUCTIONS[kind].partial(rows, keys, *arguments[2:], **reduction_params(node.params))
+    parts = reduction.partial(rows, keys, *aggregates, **params)
     if declared is None:
         return parts
-    return {name: value.reindex(pd.Index(declared, name=value.index.name), fill_value=0)
+    return {name: value.reindex(_declared_index(declared, value.index), fill_value=0)
             for name, value in parts.items()}
 
 
-SPREAD = {"var", "std", "sem", "describe"}  # reductions centred on the mean of an earlier step
+def _declared_index(declared: list[Any], like: pd.Index) -> pd.Index:
+    """The declared keys as an index named as `like`: a MultiIndex for tuples of keys."""
+    if isinstance(like, pd.MultiIndex):
+        return pd.MultiIndex.from_tuples(declared, names=like.names)
+    return pd.Index(declared, name=like.name)
+
+
+# Reductions centred on the mean of an earlier step.
+SPREAD = {"var", "std", "sem", "describe", "skew", "kurt"}
 
 
 def reduction_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -173,10 +198,10 @@ def reduction_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in ("kind", "declared_keys")}
 
 
-def _declared_only(rows: Any, keys: pd.Series, declared: list[Any]) -> tuple[Any, pd.Series]:
+def _declared_only(rows: Any, keys: Keys, declared: list[Any]) -> tuple[Any, Keys]:
     """The rows whose key is one the task declares: no other key may appear in the answer."""
     keys = keys if keys.index.equals(rows.index) else keys.reindex(rows.index)
-    keep = keys.isin(declared).to_numpy()
+    keep = key_index(keys).isin(declared)
     return rows[keep], keys[keep]
 
 
@@ -197,8 +222,7 @@ def _at_least(rows: Any, min_rows: int) -> Any:
     return rows
 
 
-def suppress_small_sets(data: Any, keys: pd.Series | None,
-                        min_rows: int) -> tuple[Any, pd.Series | None]:
+def suppress_small_sets(data: Any, keys: Keys, min_rows: int) -> tuple[Any, Keys]:
     """The rows of a reduction without groups of fewer than `min_rows` rows (all of them when
     ungrouped and fewer), and with the values of a cell (a column, per group) that holds fewer
     than `min_rows` non-missing values made missing: what the reduction may cover."""
@@ -209,10 +233,18 @@ def suppress_small_sets(data: Any, keys: pd.Series | None,
         present = data.notna()
         return data.mask(present & (present.sum() < min_rows)), None
     keys = keys if keys.index.equals(data.index) else keys.reindex(data.index)
-    keep = (keys.map(keys.value_counts()) >= min_rows).to_numpy()
+    keep = (per_row(key_sizes(keys), keys) >= min_rows).to_numpy()
     data, keys = data[keep], keys[keep]
     present = data.notna()
-    return data.mask(present & (present.groupby(keys).transform("sum") < min_rows)), keys
+    return data.mask(present & (present.groupby(by(keys)).transform("sum") < min_rows)), keys
+
+
+def empty_pairs(parts: dict[str, Any], counts: pd.DataFrame, min_rows: int) -> dict[str, Any]:
+    """Pairwise parts with every pair of columns that `counts` has 1 to min_rows - 1 rows of
+    set to 0; other parts (a count of rows) as they are."""
+    small = (counts > 0) & (counts < min_rows)
+    return {name: value.where(~small.reindex_like(value), 0)
+            if isinstance(value, pd.DataFrame) else value for name, value in parts.items()}
 
 
 class Aggregation:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdk.analytics.ops import grouped
 from sdk.analytics.plan import Plan, PrivacyError
 from sdk.privacy.accounting import Cost, calibrate, epsilon
 from sdk.privacy.bounds import Frame, Interval, bounds_of
@@ -36,12 +37,23 @@ _PARTS = {
     "sem": ("squares", "deviations", "count"), "size": ("size",),
     "all": ("matches",), "any": ("matches",),
     "describe": ("count", "sum", "squares", "deviations"),
+    "value_counts": ("size",), "histogram": ("size",), "crosstab": ("size",),
+    "skew": ("count", "deviations", "squares", "cubes", "fourths"),
+    "kurt": ("count", "deviations", "squares", "cubes", "fourths"),
 }
+# Reductions not released under DP, and why.
+_NOT_UNDER_DP = dict.fromkeys(
+    ["pairwise_mean", "cov", "corr"],
+    "its parts are centred on a mean per pair of columns, which deltaflow does not yet clamp "
+    "into the columns' bounds, so one row's effect on them is not bounded; use var() of "
+    "clipped columns, or run it without differential privacy")
 _INTEGER_PARTS = {"count", "size", "matches"}
 _SENSITIVITY: dict[str, Callable[[Interval], float]] = {
     "sum": lambda bound: bound.magnitude,
     "deviations": lambda bound: bound.width,
     "squares": lambda bound: bound.width**2,
+    "cubes": lambda bound: bound.width**3,
+    "fourths": lambda bound: bound.width**4,
 }
 
 
@@ -91,18 +103,22 @@ class PrivacyPlan:
     def _releases_of(self, node_id: int, bounds: dict[int, Any]) -> list[Release]:
         node = self.plan.graph[node_id]
         kind = node.params["kind"]
-        grouped = kind.startswith("groupby_")
+        keyed = grouped(kind)
         kind = kind.removeprefix("groupby_")
         where = f"{kind}() (node {node_id})"
-        if grouped and node.params.get("declared_keys") is None:
+        if kind in _NOT_UNDER_DP:
+            raise PrivacyRefused(f"under differential privacy, {where} is refused: "
+                                 f"{_NOT_UNDER_DP[kind]}")
+        if keyed and node.params.get("declared_keys") is None:
             raise PrivacyRefused(
                 f"under differential privacy, {where} needs the keys it reports, declared: "
-                "d.groupby('dept', keys=['a', 'b']); a key that appears in the answer is itself "
-                "a release")
+                "d.groupby('dept', keys=['a', 'b']), s.value_counts(values=[...]), "
+                "crosstab(a, b, row_values=[...], column_values=[...]); a key that appears in "
+                "the answer is itself a release")
         if node.params.get("skipna") is False:
             raise PrivacyRefused(f"under differential privacy, {where} skips missing values: "
                                  "skipna=False would release whether one is present")
-        data = bounds.get(node.inputs[0]) if kind != "size" else None  # size: one per key
+        data = bounds.get(node.inputs[0]) if "size" not in _PARTS[kind] else None  # counts
         if isinstance(data, Frame) and data.columns is None:
             raise PrivacyRefused(
                 f"under differential privacy, {where} reduces a DataFrame whose columns are not "

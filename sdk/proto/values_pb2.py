@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x65ltaflow/v1/values.proto\x12\x0c\x64\x65ltaflow.v1\"\x8f\x01\n\x06Scalar\x12\x15\n\x0b\x66loat_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x14\n\nnull_value\x18\x05 \x01(\x08H\x00\x12\r\n\x05\x64type\x18\x06 \x01(\tB\x06\n\x04kind\"n\n\x06\x43olumn\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12#\n\x05items\x18\x03 \x03(\x0b\x32\x14.deltaflow.v1.Scalar\x12\"\n\x04name\x18\x04 \x01(\x0b\x32\x14.deltaflow.v1.Scalar\"X\n\x0bSeriesValue\x12#\n\x05index\x18\x01 \x01(\x0b\x32\x14.deltaflow.v1.Column\x12$\n\x06values\x18\x02 \x01(\x0b\x32\x14.deltaflow.v1.Column\"|\n\nFrameValue\x12#\n\x05index\x18\x01 \x01(\x0b\x32\x14.deltaflow.v1.Column\x12%\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x14.deltaflow.v1.Column\x12\"\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\x14.deltaflow.v1.Column\"/\n\tValueList\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.deltaflow.v1.Value\"T\n\tValueDict\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.deltaflow.v1.Scalar\x12#\n\x06values\x18\x02 \x03(\x0b\x32\x13.deltaflow.v1.Value\"\x8b\x02\n\x05Value\x12&\n\x06scalar\x18\x01 \x01(\x0b\x32\x14.deltaflow.v1.ScalarH\x00\x12+\n\x06series\x18\x02 \x01(\x0b\x32\x19.deltaflow.v1.SeriesValueH\x00\x12)\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x18.deltaflow.v1.FrameValueH\x00\x12(\n\x05tuple\x18\x04 \x01(\x0b\x32\x17.deltaflow.v1.ValueListH\x00\x12\'\n\x04list\x18\x05 \x01(\x0b\x32\x17.deltaflow.v1.ValueListH\x00\x12\'\n\x04\x64ict\x18\x06 \x01(\x0b\x32\x17.deltaflow.v1.ValueDictH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x65ltaflow/v1/values.proto\x12\x0c\x64\x65ltaflow.v1\"\x8f\x01\n\x06Scalar\x12\x15\n\x0b\x66loat_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x14\n\nnull_value\x18\x05 \x01(\x08H\x00\x12\r\n\x05\x64type\x18\x06 \x01(\tB\x06\n\x04kind\"\x94\x01\n\x06\x43olumn\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12#\n\x05items\x18\x03 \x03(\x0b\x32\x14.deltaflow.v1.Scalar\x12\"\n\x04name\x18\x04 \x01(\x0b\x32\x14.deltaflow.v1.Scalar\x12$\n\x06levels\x18\x05 \x03(\x0b\x32\x14.deltaflow.v1.Column\"X\n\x0bSeriesValue\x12#\n\x05index\x18\x01 \x01(\x0b\x32\x14.deltaflow.v1.Column\x12$\n\x06values\x18\x02 \x01(\x0b\x32\x14.deltaflow.v1.Column\"|\n\nFrameValue\x12#\n\x05index\x18\x01 \x01(\x0b\x32\x14.deltaflow.v1.Column\x12%\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x14.deltaflow.v1.Column\x12\"\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\x14.deltaflow.v1.Column\"/\n\tValueList\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.deltaflow.v1.Value\"T\n\tValueDict\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.deltaflow.v1.Scalar\x12#\n\x06values\x18\x02 \x03(\x0b\x32\x13.deltaflow.v1.Value\"\xb2\x02\n\x05Value\x12&\n\x06scalar\x18\x01 \x01(\x0b\x32\x14.deltaflow.v1.ScalarH\x00\x12+\n\x06series\x18\x02 \x01(\x0b\x32\x19.deltaflow.v1.SeriesValueH\x00\x12)\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x18.deltaflow.v1.FrameValueH\x00\x12(\n\x05tuple\x18\x04 \x01(\x0b\x32\x17.deltaflow.v1.ValueListH\x00\x12\'\n\x04list\x18\x05 \x01(\x0b\x32\x17.deltaflow.v1.ValueListH\x00\x12\'\n\x04\x64ict\x18\x06 \x01(\x0b\x32\x17.deltaflow.v1.ValueDictH\x00\x12%\n\x05\x61rray\x18\x07 \x01(\x0b\x32\x14.deltaflow.v1.ColumnH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCALAR']._serialized_start=44
   _globals['_SCALAR']._serialized_end=187
-  _globals['_COLUMN']._serialized_start=189
-  _globals['_COLUMN']._serialized_end=299
-  _globals['_SERIESVALUE']._serialized_start=301
-  _globals['_SERIESVALUE']._serialized_end=389
-  _globals['_FRAMEVALUE']._serialized_start=391
-  _globals['_FRAMEVALUE']._serialized_end=515
-  _globals['_VALUELIST']._serialized_start=517
-  _globals['_VALUELIST']._serialized_end=564
-  _globals['_VALUEDICT']._serialized_start=566
-  _globals['_VALUEDICT']._serialized_end=650
-  _globals['_VALUE']._serialized_start=653
-  _globals['_VALUE']._serialized_end=920
+  _globals['_COLUMN']._serialized_start=190
+  _globals['_COLUMN']._serialized_end=338
+  _globals['_SERIESVALUE']._serialized_start=340
+  _globals['_SERIESVALUE']._serialized_end=428
+  _globals['_FRAMEVALUE']._serialized_start=430
+  _globals['_FRAMEVALUE']._serialized_end=554
+  _globals['_VALUELIST']._serialized_start=556
+  _globals['_VALUELIST']._serialized_end=603
+  _globals['_VALUEDICT']._serialized_start=605
+  _globals['_VALUEDICT']._serialized_end=689
+  _globals['_VALUE']._serialized_start=692
+  _globals['_VALUE']._serialized_end=998
 # @@protoc_insertion_point(module_scope)

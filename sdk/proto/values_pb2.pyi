@@ -23,16 +23,18 @@ class Scalar(_message.Message):
     def __init__(self, float_value: _Optional[float] = ..., int_value: _Optional[int] = ..., bool_value: _Optional[bool] = ..., string_value: _Optional[str] = ..., null_value: _Optional[bool] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class Column(_message.Message):
-    __slots__ = ("dtype", "data", "items", "name")
+    __slots__ = ("dtype", "data", "items", "name", "levels")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     data: bytes
     items: _containers.RepeatedCompositeFieldContainer[Scalar]
     name: Scalar
-    def __init__(self, dtype: _Optional[str] = ..., data: _Optional[bytes] = ..., items: _Optional[_Iterable[_Union[Scalar, _Mapping]]] = ..., name: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
+    levels: _containers.RepeatedCompositeFieldContainer[Column]
+    def __init__(self, dtype: _Optional[str] = ..., data: _Optional[bytes] = ..., items: _Optional[_Iterable[_Union[Scalar, _Mapping]]] = ..., name: _Optional[_Union[Scalar, _Mapping]] = ..., levels: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
 
 class SeriesValue(_message.Message):
     __slots__ = ("index", "values")
@@ -67,17 +69,19 @@ class ValueDict(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[Scalar, _Mapping]]] = ..., values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class Value(_message.Message):
-    __slots__ = ("scalar", "series", "frame", "tuple", "list", "dict")
+    __slots__ = ("scalar", "series", "frame", "tuple", "list", "dict", "array")
     SCALAR_FIELD_NUMBER: _ClassVar[int]
     SERIES_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     TUPLE_FIELD_NUMBER: _ClassVar[int]
     LIST_FIELD_NUMBER: _ClassVar[int]
     DICT_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
     scalar: Scalar
     series: SeriesValue
     frame: FrameValue
     tuple: ValueList
     list: ValueList
     dict: ValueDict
-    def __init__(self, scalar: _Optional[_Union[Scalar, _Mapping]] = ..., series: _Optional[_Union[SeriesValue, _Mapping]] = ..., frame: _Optional[_Union[FrameValue, _Mapping]] = ..., tuple: _Optional[_Union[ValueList, _Mapping]] = ..., list: _Optional[_Union[ValueList, _Mapping]] = ..., dict: _Optional[_Union[ValueDict, _Mapping]] = ...) -> None: ...
+    array: Column
+    def __init__(self, scalar: _Optional[_Union[Scalar, _Mapping]] = ..., series: _Optional[_Union[SeriesValue, _Mapping]] = ..., frame: _Optional[_Union[FrameValue, _Mapping]] = ..., tuple: _Optional[_Union[ValueList, _Mapping]] = ..., list: _Optional[_Union[ValueList, _Mapping]] = ..., dict: _Optional[_Union[ValueDict, _Mapping]] = ..., array: _Optional[_Union[Column, _Mapping]] = ...) -> None: ...
