@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as _pandas
 
+from sdk.analytics import order
 from sdk.analytics.graph import Graph
 
 
@@ -26,8 +27,8 @@ _CODE_REASON = "it would run arbitrary code on the holders; use column arithmeti
 _LATER_REASON = "its value is known only when the task runs"
 _UNKNOWN_REASON = "it is known only on the holders, when the task runs"
 _REFUSED = {
-    **dict.fromkeys(["median", "quantile", "mode", "min", "max", "idxmin", "idxmax", "nunique",
-                     "prod", "product", "nlargest", "nsmallest"], _NOT_A_SUM + _ROWS_REASON),
+    **dict.fromkeys(["mode", "idxmin", "idxmax", "nunique", "prod", "product", "nlargest",
+                     "nsmallest"], _NOT_A_SUM + _ROWS_REASON),
     **dict.fromkeys(["iloc", "loc", "iat", "at", "head", "tail", "sample", "take", "first",
                      "last", "unique", "drop_duplicates", "duplicated", "to_numpy", "values",
                      "to_list", "tolist", "to_dict", "to_csv", "items", "iterrows",
@@ -251,6 +252,42 @@ class _Table(_Lazy):
 
     def any(self, skipna: bool = True, bool_only: bool = False) -> Any:
         return self._reduce("any", skipna=skipna, bool_only=bool_only)
+
+    def quantile(self, q: Any = 0.5, numeric_only: bool = False) -> Any:
+        """pandas' linear interpolation between the two neighbouring order statistics, each
+        found by bisection; a holder releases them only where its policy allows it."""
+        scalar = not isinstance(q, (list, tuple))
+        qs = [float(v) for v in ([q] if scalar else q)]
+        if not qs or not all(0 <= v <= 1 for v in qs):
+            raise refuse(f"quantile(q={q!r})", "q must be a number in [0, 1] or a non-empty "
+                         "list of them")
+        return self._order("quantile", numeric_only, q=qs, scalar=scalar)
+
+    def median(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._order("median", numeric_only, skipna=skipna)
+
+    def min(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._order("min", numeric_only, skipna=skipna)
+
+    def max(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._order("max", numeric_only, skipna=skipna)
+
+    def _order(self, stat: str, numeric_only: bool, skipna: bool = True,
+               **params: Any) -> Any:
+        """An order statistic: a chain of search steps, each fed the previous one's state."""
+        if not self._rows:
+            raise refuse(f"{stat}() of an aggregate", "order statistics are computed over rows")
+        if not skipna:
+            raise refuse(f"{stat}(skipna=False)", "missing values are always skipped")
+        series = isinstance(self, Series)
+        scalar = params.get("scalar", True)
+        result = (Scalar if scalar else Series) if series else (Series if scalar else DataFrame)
+        state: tuple[Any, ...] = ()
+        for step in range(order.STEPS):
+            node = self._reduce(order.KIND, *state, result=result, stat=stat, step=step,
+                                series=series, numeric_only=numeric_only, **params)
+            state = (node,)
+        return node
 
     def describe(self) -> Any:
         """count, mean and std of numeric values (pandas' min, quantiles and max are not sums)."""

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from sdk.analytics import order
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Node
 
@@ -210,6 +211,7 @@ def _part(name: str) -> Callable[..., Any]:
 class Reduction:
     partial: Callable[..., dict[str, Any]]  # (input values..., **params) -> additive parts
     finalize: Callable[..., Any]  # (added-up parts, **params) -> the result
+    sees_inputs: bool = False  # finalize also takes the aggregates the workers were sent
 
 
 def _over_rows(parts: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
@@ -239,6 +241,7 @@ REDUCTIONS: dict[str, Reduction] = {
     "all": Reduction(_truth_parts(False), lambda parts, **_: parts["matches"] == 0),
     "any": Reduction(_truth_parts(True), lambda parts, **_: parts["matches"] > 0),
     "describe": Reduction(_describe_parts, _describe),
+    order.KIND: Reduction(order.parts, order.finalize, sees_inputs=True),
 }
 
 
