@@ -241,12 +241,12 @@ def _interpolate(stat: str, lower: float, upper: float, n: int, q: float) -> flo
     """The value between the two neighbouring order statistics, as pandas computes it."""
     if n <= 0:
         return np.nan
-    if stat == "median":
-        return float(np.mean([lower, upper])) if n % 2 == 0 else lower
     index = _virtual_index(n, q)
     gamma = np.float64(index - math.floor(index))
     a, b = np.float64(lower), np.float64(upper)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # as pandas: inf where it overflows
+        if stat == "median":
+            return float(np.mean([a, b])) if n % 2 == 0 else lower
         difference = b - a
         return float(b - difference * (1 - gamma) if gamma >= 0.5 else a + difference * gamma)
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdk.analytics import order
 from sdk.analytics.plan import Plan, PrivacyError
 from sdk.privacy.accounting import Cost, calibrate, epsilon
 from sdk.privacy.bounds import Frame, Interval, bounds_of
@@ -57,7 +58,7 @@ class Release:
 
     @property
     def integer(self) -> bool:
-        return self.part in _INTEGER_PARTS
+        return _is_count(self.part)
 
     def units(self, precision: int) -> float:
         """The sensitivity in fixed-point units: a float part is rounded to the grid once."""
@@ -111,7 +112,8 @@ class PrivacyPlan:
         self.data_bound[node_id] = data
         columns = data.columns if isinstance(data, Frame) else (None,)
         releases = []
-        for part in _PARTS[kind]:
+        names = order.released_parts(node.params) if kind == order.KIND else _PARTS[kind]
+        for part in names:
             for column in columns:
                 bound = data.column(column) if isinstance(data, Frame) else data
                 name = column if column is not None else _unbounded_columns(
@@ -122,7 +124,7 @@ class PrivacyPlan:
 
     @staticmethod
     def _sensitivity(part: str, bound: Interval | None, column: Any, where: str) -> float:
-        if part in _INTEGER_PARTS:
+        if _is_count(part):
             return 1.0
         if bound is None or not bound.finite:
             columns = [column] if isinstance(column, str) else list(column or [])
@@ -186,12 +188,15 @@ class PrivacyPlan:
         grouped = self.plan.graph[node_id].params["kind"].startswith("groupby_")
         columns = pd.Index(data.columns) if isinstance(data, Frame) else None
         fixed = {}
+        released = {part for node, part, _ in self.noise if node == node_id}
         for name, value in parts.items():
+            if name not in released:
+                continue  # what the task does not release (a dtype's zero row) stays here
             if columns is not None and isinstance(value, pd.DataFrame):
                 value = value.reindex(columns=columns, fill_value=0)
             elif columns is not None and not grouped and isinstance(value, pd.Series):
                 value = value.reindex(columns, fill_value=0)
-            dtype = np.dtype("int64" if name in _INTEGER_PARTS else "float64")
+            dtype = np.dtype("int64" if _is_count(name) else "float64")
             fixed[name] = (value.astype(dtype) if isinstance(value, (pd.Series, pd.DataFrame))
                            else dtype.type(value))
         return fixed
@@ -215,12 +220,18 @@ class PrivacyPlan:
         times `spread` (the noise a sum carries over the calibrated amount)."""
         lines = []
         for (node, part, column), noise in self.noise.items():
-            units = 1 if part in _INTEGER_PARTS else 10.0**self.precision
+            units = 1 if _is_count(part) else 10.0**self.precision
             kind = self.plan.graph[node].params["kind"]
             where = f"{kind}() node {node}, its {part}" + (
                 f" of {column!r}" if column is not None else "")
             lines.append(f"{where}: noise std {spread * noise.std() / units:.4g}")
         return lines
+
+
+def _is_count(part: str) -> bool:
+    """Whether a part is a count: one row moves it by at most 1, and it travels as an integer
+    (an order search's counts per bucket too: a row is in one bucket of each target)."""
+    return part in _INTEGER_PARTS or order.is_count(part)
 
 
 def _clipped(values: pd.Series, bound: Interval) -> pd.Series:
