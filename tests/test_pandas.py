@@ -278,9 +278,9 @@ def test_each_aggregate_feeding_rows_takes_one_more_round(body, stages):
 
 
 @pytest.mark.parametrize("body,message", [
-    (lambda d: d.x.median(), "median is not supported in a federated task: it is not a sum"),
-    (lambda d: d.quantile(0.5), "quantile is not supported"),
-    (lambda d: d.x.min(), "min is not supported"),
+    (lambda d: d.x.mode(), "mode is not supported in a federated task: it is not a sum"),
+    (lambda d: d.idxmin(), "idxmin is not supported"),
+    (lambda d: d.mean().max(), r"max\(\) of an aggregate is not supported"),
     (lambda d: d.iloc[0], "iloc is not supported in a federated task: it would need rows"),
     (lambda d: d.sort_values("x").x.sum(), "sort_values is not supported.*order of rows"),
     (lambda d: d.head(), "head is not supported"),
