@@ -29,7 +29,7 @@ from worker.datasets import DataDir
 from worker.policy import Policy, PolicyRefusal
 from worker.sources import Catalog
 
-MEDIAN_PROBES = order.THRESHOLDS * (1 + 2 * (order.STEPS - 1))  # 3,825
+MEDIAN_PROBES = order.THRESHOLDS * (1 + 2 * (order.STEPS - 1))  # 3,840
 
 
 @st.composite
@@ -73,7 +73,7 @@ def test_a_float64_statistic_takes_eight_steps_and_its_thresholds_are_counted():
     assert plan.stage_count == order.STEPS == 8
     searches = [n.params for n in plan.graph.nodes if n.params.get("kind") == order.KIND]
     assert sum(order.probes(p) for p in searches if p["stat"] == "median") == MEDIAN_PROBES
-    assert sum(order.probes(p) for p in searches if p["stat"] == "min") == 8 * 255
+    assert sum(order.probes(p) for p in searches if p["stat"] == "min") == 8 * 256
 
 
 def test_an_empty_column_and_one_all_nan_holder():
@@ -194,10 +194,10 @@ def test_a_coordinator_asking_for_steps_again_goes_past_the_cap_and_is_refused(f
     for stage in range(4):
         inputs = aggregation.inputs_for(stage)
         aggregation.add_stage(stage, [released(job, stage, inputs)])
-    served = 255 + 3 * 510
-    for _ in range((MEDIAN_PROBES - served) // 510):  # what the cap leaves: 4 more steps
+    served = 256 + 3 * 512
+    for _ in range((MEDIAN_PROBES - served) // 512):  # what the cap leaves: 4 more steps
         released(job, 3, inputs)
-    with pytest.raises(EvaluationError, match=r"to 4335, past this holder's cap of 3825 per "
+    with pytest.raises(EvaluationError, match=r"to 4352, past this holder's cap of 3840 per "
                                               r"column \(\[analytics\] max_order_probes\)"):
         released(job, 3, inputs)
     with pytest.raises(EvaluationError, match="past this holder's cap"):

@@ -42,8 +42,8 @@ require_secure_aggregation = true
 # under differential privacy, by a noisy search). Each is found by bisection on counts of this
 # holder's values below thresholds the coordinator picks, one path down a tree per statistic.
 reveal_order_statistics = false
-# The most thresholds a task may count against, per column: a median takes 3,825, a min or a
-# max 2,040. A task that needs more is refused; a coordinator asking for more is refused.
+# The most thresholds a task may count against, per column: a median takes 3,840, a min or a
+# max 2,048. A task that needs more is refused; a coordinator asking for more is refused.
 max_order_probes = 20000
 
 [learning]

@@ -3,9 +3,9 @@
 Every non-missing value maps to a 64-bit key whose order is the values' (`keys`): float64's bit
 pattern, flipped so that negatives come first. One order statistic, the k-th smallest value, is
 found by descending a tree over the keys: each step splits the current interval of keys into
-`BUCKETS` buckets and every holder counts its values in each (2^BITS - 1 thresholds), the counts
-are summed (securely by default), and the coordinator keeps the bucket where the running count
-reaches k. After `STEPS` steps the interval is one key: the exact value.
+`BUCKETS` buckets and every holder counts its values in each and below the interval (2^BITS
+thresholds), the counts are summed (securely by default), and the coordinator keeps the bucket
+where the running count reaches k. After `STEPS` steps the interval is one key: the exact value.
 
 A statistic is a chain of `STEPS` reductions of kind `order_search` in the graph, each taking the
 previous one's *state* (the interval each target rank is in) as its aggregate input, so the
@@ -28,7 +28,7 @@ from sdk.analytics.errors import EvaluationError
 BITS = 8  # key bits settled per step
 BUCKETS = 1 << BITS
 STEPS = 64 // BITS  # steps of a search: a float64 median takes 8 rounds
-THRESHOLDS = BUCKETS - 1  # probes per step, per target and column
+THRESHOLDS = BUCKETS  # per step, target and column: the interval's start and 255 inside it
 KIND = "order_search"
 STATS = ("quantile", "median", "min", "max")
 _TOP = np.uint64(1 << 63)
@@ -97,7 +97,8 @@ def parts(data: Any, state: dict[str, Any] | None = None, *, stat: str, step: in
             if width_bits < 64:
                 offset = offset[(offset >> np.uint64(width_bits)) == 0]
             bucket = (offset >> np.uint64(shift)).astype(np.int64)
-            counts[column] = np.bincount(bucket, minlength=BUCKETS).astype(np.int64)
+            below = np.count_nonzero(key < low)  # counted afresh, so noise never accumulates
+            counts[column] = np.concatenate([[below], np.bincount(bucket, minlength=BUCKETS)])
         found[f"b{target}"] = _table(counts, frame.columns)
     if step == 0:
         found["count"] = frame.notna().sum().astype("int64")
@@ -108,7 +109,7 @@ def parts(data: Any, state: dict[str, Any] | None = None, *, stat: str, step: in
 
 def _table(counts: dict[Any, np.ndarray], columns: pd.Index) -> pd.DataFrame:
     table = pd.DataFrame({i: counts[c] for i, c in enumerate(columns)},
-                         index=pd.RangeIndex(BUCKETS))
+                         index=pd.RangeIndex(-1, BUCKETS), dtype="int64")
     table.columns = columns
     return table
 
@@ -159,19 +160,18 @@ def finalize(total: dict[str, Any], state: dict[str, Any] | None = None, *, stat
     if state is None:
         state = _start(total, stat, q)
     shift = 64 - BITS * (step + 1)
-    ranks, below, lows = state["rank"], state["below"].copy(), state["lo"].copy()
+    ranks, lows = state["rank"], state["lo"].copy()
     for target in lows.index:
         counts = total[f"b{0 if step == 0 else target}"].reindex(columns=lows.columns,
                                                                  fill_value=0)
         for position in range(lows.shape[1]):
-            before = int(below.iloc[target, position])
-            running = before + np.cumsum(counts.iloc[:, position].to_numpy(dtype=np.int64))
+            below, *inside = counts.iloc[:, position].to_numpy(dtype=np.int64)
+            running = below + np.cumsum(inside)
             reached = np.flatnonzero(running >= ranks.iloc[target, position])
             bucket = int(reached[0]) if len(reached) else BUCKETS - 1
-            below.iloc[target, position] = before if bucket == 0 else int(running[bucket - 1])
             lows.iloc[target, position] = np.uint64(
                 int(lows.iloc[target, position]) + (bucket << shift))
-    state = {**state, "lo": lows, "below": below}
+    state = {**state, "lo": lows}
     if step < STEPS - 1:
         return state
     return _result(state, stat, q, scalar, series)
@@ -185,7 +185,6 @@ def _start(total: dict[str, Any], stat: str, q: list[float] | None) -> dict[str,
                           for t in range(targets(stat, q))], columns=columns, dtype="int64")
     zeros = np.zeros(ranks.shape, dtype=np.int64)
     return {"n": n, "rank": ranks, "zero": total.get("zero"),
-            "below": pd.DataFrame(zeros, columns=columns),
             "lo": pd.DataFrame(zeros.astype(np.uint64), columns=columns)}
 
 
