@@ -80,26 +80,17 @@ def parts(data: Any, state: dict[str, Any] | None = None, *, stat: str, step: in
     range at step 0, with the count of values and a zero row of the columns' dtypes)."""
     frame = _numbers(data, stat, numeric_only)
     width_bits = 64 - BITS * step  # the interval's size is 2^width_bits
-    shift = width_bits - BITS
-    if state is None:
-        lows = pd.DataFrame(np.zeros((1, frame.shape[1]), np.uint64), columns=frame.columns)
-    else:
-        lows = _lows(state, frame.columns)
+    lows = (np.zeros((1, frame.shape[1]), np.uint64) if state is None
+            else _lows(state, frame.columns))
+    values = frame.to_numpy(dtype=np.float64, na_value=np.nan).reshape(frame.shape)
+    column_keys = [keys(column[~np.isnan(column)]) for column in values.T]
     found = {}
-    for target in lows.index:
-        counts = {}
-        for position, column in enumerate(frame.columns):
-            values = frame.iloc[:, position].to_numpy(dtype=np.float64, na_value=np.nan)
-            key = keys(values[~np.isnan(values)])
-            low = np.uint64(lows.iloc[target, position])
-            inside = key >= low
-            offset = key[inside] - low
-            if width_bits < 64:
-                offset = offset[(offset >> np.uint64(width_bits)) == 0]
-            bucket = (offset >> np.uint64(shift)).astype(np.int64)
-            below = np.count_nonzero(key < low)  # counted afresh, so noise never accumulates
-            counts[column] = np.concatenate([[below], np.bincount(bucket, minlength=BUCKETS)])
-        found[f"b{target}"] = _table(counts, frame.columns)
+    for target, row in enumerate(lows):
+        counts = np.column_stack([_counts(key, low, width_bits)
+                                  for key, low in zip(column_keys, row)] or
+                                 [np.zeros((BUCKETS + 1, 0), np.int64)])
+        found[f"b{target}"] = pd.DataFrame(counts, index=pd.RangeIndex(-1, BUCKETS),
+                                           columns=frame.columns, dtype="int64")
     if step == 0:
         found["count"] = frame.notna().sum().astype("int64")
         found["zero"] = pd.DataFrame({c: np.zeros(1, _dtype(data, c)) for c in frame.columns},
@@ -107,11 +98,14 @@ def parts(data: Any, state: dict[str, Any] | None = None, *, stat: str, step: in
     return found
 
 
-def _table(counts: dict[Any, np.ndarray], columns: pd.Index) -> pd.DataFrame:
-    table = pd.DataFrame({i: counts[c] for i, c in enumerate(columns)},
-                         index=pd.RangeIndex(-1, BUCKETS), dtype="int64")
-    table.columns = columns
-    return table
+def _counts(key: np.ndarray, low: np.uint64, width_bits: int) -> np.ndarray:
+    """The count of keys below `low`, then in each bucket of [low, low + 2^width_bits)."""
+    offset = key[key >= low] - low
+    if width_bits < 64:
+        offset = offset[(offset >> np.uint64(width_bits)) == 0]
+    bucket = (offset >> np.uint64(width_bits - BITS)).astype(np.int64)
+    below = np.count_nonzero(key < low)  # counted afresh, so noise never accumulates
+    return np.concatenate([[below], np.bincount(bucket, minlength=BUCKETS)])
 
 
 def _numbers(data: Any, stat: str, numeric_only: bool) -> pd.DataFrame:
@@ -138,16 +132,17 @@ def _dtype(data: Any, column: Any) -> np.dtype:
     return dtype if isinstance(dtype, np.dtype) else np.dtype(np.float64)
 
 
-def _lows(state: Any, columns: pd.Index) -> pd.DataFrame:
+def _lows(state: Any, columns: pd.Index) -> np.ndarray:
     """The low end of each target's interval, per column, from the state the coordinator sent."""
     lows = state.get("lo") if isinstance(state, dict) else None
-    if not isinstance(lows, pd.DataFrame) or lows.dtypes.ne(np.uint64).any():
+    array = lows.to_numpy() if isinstance(lows, pd.DataFrame) else None
+    if array is None or array.dtype != np.uint64:
         raise EvaluationError("the order search's state is not a table of uint64 keys: refused")
-    missing = columns.difference(lows.columns)
-    if len(missing):
-        raise EvaluationError(f"the order search's state lacks column(s) {list(missing)}: "
-                              "refused")
-    return lows[columns].reset_index(drop=True)
+    positions = lows.columns.get_indexer(columns)
+    if (positions < 0).any():
+        raise EvaluationError(f"the order search's state lacks column(s) "
+                              f"{list(columns[positions < 0])}: refused")
+    return array[:, positions]
 
 
 # The coordinator's side.
@@ -160,17 +155,17 @@ def finalize(total: dict[str, Any], state: dict[str, Any] | None = None, *, stat
     if state is None:
         state = _start(total, stat, q)
     shift = 64 - BITS * (step + 1)
-    ranks, lows = state["rank"], state["lo"].copy()
-    for target in lows.index:
-        counts = total[f"b{0 if step == 0 else target}"].reindex(columns=lows.columns,
-                                                                 fill_value=0)
-        for position in range(lows.shape[1]):
-            below, *inside = counts.iloc[:, position].to_numpy(dtype=np.int64)
-            running = below + np.cumsum(inside)
-            reached = np.flatnonzero(running >= ranks.iloc[target, position])
-            bucket = int(reached[0]) if len(reached) else BUCKETS - 1
-            lows.iloc[target, position] = np.uint64(
-                int(lows.iloc[target, position]) + (bucket << shift))
+    lows = state["lo"].to_numpy(dtype=np.uint64, copy=True)  # the input stays as it was
+    ranks = state["rank"].to_numpy(dtype=np.int64)
+    for target, position in np.ndindex(lows.shape):
+        counts = total[f"b{0 if step == 0 else target}"]
+        column = state["lo"].columns[position]
+        below, *inside = (counts[column].to_numpy(dtype=np.int64) if column in counts.columns
+                          else np.zeros(BUCKETS + 1, np.int64))
+        reached = np.flatnonzero(below + np.cumsum(inside) >= ranks[target, position])
+        bucket = int(reached[0]) if len(reached) else BUCKETS - 1
+        lows[target, position] += np.uint64(bucket << shift)
+    lows = pd.DataFrame(lows, columns=state["lo"].columns)
     state = {**state, "lo": lows}
     if step < STEPS - 1:
         return state
