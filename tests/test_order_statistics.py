@@ -162,9 +162,9 @@ def stacked(folders: list[DataDir]) -> pd.DataFrame:
 
 
 def jobs_of(task: Task, folders: list[DataDir], max_probes: int = MEDIAN_PROBES,
-            ) -> list[AnalyticsJob]:
+            chunk_rows: int = 100_000) -> list[AnalyticsJob]:
     spec = task.build().spec
-    return [AnalyticsJob(spec, Catalog(f), 1, max_order_probes=max_probes) for f in folders]
+    return [AnalyticsJob(spec, Catalog(f), 1, chunk_rows, max_probes) for f in folders]
 
 
 def released(job: AnalyticsJob, stage: int, inputs: dict[int, Any]) -> Any:
@@ -184,6 +184,12 @@ def run(jobs: list[AnalyticsJob]) -> Any:
 
 def test_the_jobs_find_the_exact_median_within_the_cap(folders):
     assert run(jobs_of(Task(lambda d: d.x.median()), folders)) == stacked(folders).x.median()
+
+
+def test_tables_read_in_chunks_give_the_same_statistics(folders):
+    body = lambda d: (d.x.quantile([0.1, 0.9]), d.x.min(), d[d.x > 500].x.max())  # noqa: E731
+    ours = run(jobs_of(Task(body), folders, max_probes=10**5, chunk_rows=97))
+    assert_same(ours, body(stacked(folders)))
 
 
 def test_a_coordinator_asking_for_steps_again_goes_past_the_cap_and_is_refused(folders):
