@@ -20,11 +20,13 @@ from sdk.analytics import order
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.plan import Aggregation, run_in_process, worker_parts
 from sdk.privacy import DifferentialPrivacy
+from sdk.privacy.accounting import epsilon
 from sdk.proto import values_pb2
 from sdk.task import HorizontalAnalytics
 from sdk.trust import Identity
 from test_pandas import assert_same, federated, plan_of
 from worker.analytics import AnalyticsJob
+from worker.budget import BudgetExceeded, Budgets, PrivacyLedger
 from worker.datasets import DataDir
 from worker.policy import Policy, PolicyRefusal
 from worker.sources import Catalog
@@ -244,3 +246,23 @@ def test_under_dp_the_search_is_noisy_approximate_and_every_step_is_paid(folders
     assert len(set(answers)) == 3 and exact.median() not in answers, "the answers carry noise"
     for answer in answers:  # approximate: its rank near the middle of 1,200 values
         assert abs((exact < answer).mean() - 0.5) < 0.25, answer
+
+
+def test_under_dp_each_step_of_the_search_is_paid_from_the_holders_ledger(folders, tmp_path):
+    """As the daemon does before it computes a step: a second median at epsilon 10 goes past
+    a budget of 15 part-way through its search, and is refused there."""
+    (job,) = jobs_of(Task(lambda d: d.x.median(), DifferentialPrivacy(10.0, 1e-6)), folders[:1])
+    ledger = PrivacyLedger(tmp_path / "ledger.db")
+    budgets, sources = Budgets(epsilon_per_user=15.0, delta_per_user=1e-6), {"file:1:2": "d.csv"}
+    for stage in range(order.STEPS):
+        ledger.spend("alice", sources, "task 1", f"step {stage + 1}", job.privacy_cost(stage),
+                     budgets)
+    assert epsilon(ledger.spent("file:1:2", "alice"), 1e-6) == pytest.approx(10.0, rel=1e-3)
+    paid = 0
+    with pytest.raises(BudgetExceeded, match=r"epsilon_per_user=15"):
+        for stage in range(order.STEPS):
+            ledger.spend("alice", sources, "task 2", f"step {stage + 1}",
+                         job.privacy_cost(stage), budgets)
+            paid += 1
+    assert 0 < paid < order.STEPS
+    ledger.close()
