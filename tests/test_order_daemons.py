@@ -8,11 +8,11 @@ import io
 
 import numpy as np
 import pandas as pd
-
 from cluster import log_text
+from test_pandas import assert_same
+
 from sdk import dataset
 from sdk.task import HorizontalAnalytics
-from test_pandas import assert_same
 
 REVEALING = """\
 [analytics]

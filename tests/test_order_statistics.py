@@ -6,6 +6,7 @@ noisy, approximate, and paid from the budget step by step."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,22 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_pandas import assert_same, federated, plan_of
 
 from sdk import dataset, values
 from sdk.analytics import order
 from sdk.analytics.errors import EvaluationError
-from sdk.analytics.plan import Aggregation, run_in_process, worker_parts
+from sdk.analytics.graph import Graph
+from sdk.analytics.plan import Aggregation, Plan, worker_parts
 from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import epsilon
 from sdk.proto import values_pb2
 from sdk.task import HorizontalAnalytics
 from sdk.trust import Identity
-from test_pandas import assert_same, federated, plan_of
 from worker.analytics import AnalyticsJob
 from worker.budget import BudgetExceeded, Budgets, PrivacyLedger
 from worker.datasets import DataDir
+from worker.order import SearchGuard
 from worker.policy import Policy, PolicyRefusal
 from worker.sources import Catalog
 
@@ -40,7 +43,7 @@ def split(draw: Any) -> list[pd.DataFrame]:
     included)."""
     holders = draw(st.integers(2, 5))
     rows = draw(st.integers(holders, 24))
-    column = lambda strategy: draw(st.lists(strategy, min_size=rows, max_size=rows))  # noqa: E731
+    column = lambda strategy: draw(st.lists(strategy, min_size=rows, max_size=rows))
     floats = st.sampled_from([-1e308, -2.5, -0.0, 0.0, 5e-324, 0.125, 1.0, 3.0, 1e300, np.nan,
                               np.inf])
     stacked = pd.DataFrame({
@@ -80,7 +83,7 @@ def test_a_float64_statistic_takes_eight_steps_and_its_thresholds_are_counted():
 
 def test_an_empty_column_and_one_all_nan_holder():
     holders = [pd.DataFrame({"x": [np.nan, np.nan]}), pd.DataFrame({"x": [2.0, 1.0, 7.0]})]
-    body = lambda d: (d.x.median(), d.x.quantile([0.5, 1]), d.x.min(), d.x[d.x > 9].max())  # noqa: E731
+    body = lambda d: (d.x.median(), d.x.quantile([0.5, 1]), d.x.min(), d.x[d.x > 9].max())
     assert_same(federated(body, holders), body(pd.concat(holders, ignore_index=True)))
 
 
@@ -189,7 +192,7 @@ def test_the_jobs_find_the_exact_median_within_the_cap(folders):
 
 
 def test_tables_read_in_chunks_give_the_same_statistics(folders):
-    body = lambda d: (d.x.quantile([0.1, 0.9]), d.x.min(), d[d.x > 500].x.max())  # noqa: E731
+    body = lambda d: (d.x.quantile([0.1, 0.9]), d.x.min(), d[d.x > 500].x.max())
     ours = run(jobs_of(Task(body), folders, max_probes=10**5, chunk_rows=97))
     assert_same(ours, body(stacked(folders)))
 
@@ -266,3 +269,20 @@ def test_under_dp_each_step_of_the_search_is_paid_from_the_holders_ledger(folder
             paid += 1
     assert 0 < paid < order.STEPS
     ledger.close()
+
+
+def test_a_graph_whose_searches_the_sdk_did_not_write_is_refused():
+    """A signed graph is still checked: a step past the search's last, or a step fed by another
+    than the step before it (a second, uncounted search), is refused before anything runs."""
+    plan = plan_of(lambda d: d.x.max())
+    nodes = list(plan.graph.nodes)
+    first, _, third = (n for n in nodes if n.params.get("kind") == order.KIND
+                       and n.params["step"] < 3)
+    beyond = replace(third, params={**third.params, "step": order.STEPS})
+    with pytest.raises(ValueError, match="parameters the SDK does not write"):
+        Plan(Graph([*nodes[:third.id], beyond, *nodes[third.id + 1:]]), plan.output)
+    skipping = replace(third, inputs=(third.inputs[0], first.id))
+    forged = Plan(Graph([*nodes[:third.id], skipping, *nodes[third.id + 1:]]), plan.output)
+    with pytest.raises(EvaluationError, match="not fed by the step before it"):
+        SearchGuard(forged, 10**6)
+    SearchGuard(plan, 10**6)

@@ -44,6 +44,9 @@ class SearchGuard:
 
     def __init__(self, plan: Plan, max_probes: int) -> None:
         self.plan = plan
+        for node in plan.graph.nodes:
+            if node.op == "reduce" and node.params["kind"] == order.KIND and node.params["step"]:
+                _check_link(plan, node)
         self.max_probes = max_probes
         self.served = 0
         self.lows: dict[int, pd.DataFrame] = {}  # search node -> the intervals it counted in
@@ -96,3 +99,14 @@ def _parent_low(parent: pd.DataFrame, target: int, column: Any) -> int:
         raise EvaluationError("an order search was sent a column it did not count before: "
                               "refused")
     return int(parent.at[target, column])
+
+
+def _check_link(plan: Plan, node: Any) -> None:
+    """EvaluationError unless a later step of a search is fed by the step before it of the same
+    search, over the same values: then the graph's steps are the searches the cap counted."""
+    previous = plan.graph[node.inputs[1]]
+    same = {k: v for k, v in node.params.items() if k != "step"}
+    if (previous.op != "reduce" or previous.inputs[0] != node.inputs[0]
+            or previous.params != {**same, "step": node.params["step"] - 1}):
+        raise EvaluationError(f"order search node {node.id} is not fed by the step before it: "
+                              "the task's graph is refused")

@@ -299,3 +299,5 @@ def check_node(node: Node) -> None:
         param, known = _NAMED[node.op]
         if node.params.get(param) not in known:
             raise ValueError(f"unknown {node.op} {node.params.get(param)!r} in node {node.id}")
+        if node.params[param] == order.KIND:
+            order.check(node.id, node.params, len(node.inputs))

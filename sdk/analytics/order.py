@@ -48,6 +48,20 @@ def value_of(key: int) -> float:
     return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
 
 
+def check(node_id: int, params: dict[str, Any], inputs: int) -> None:
+    """ValueError unless a search node's parameters are ones the SDK writes: a known
+    statistic, a step of the search (fed the previous step's state after the first), and for a
+    quantile a list of q in [0, 1]."""
+    q, step = params.get("q"), params.get("step")
+    valid = (params.get("stat") in STATS and isinstance(step, int) and 0 <= step < STEPS
+             and inputs == (1 if step == 0 else 2)
+             and (q is None) == (params["stat"] != "quantile")
+             and (q is None or isinstance(q, list) and 0 < len(q) and all(
+                 isinstance(v, float) and 0 <= v <= 1 for v in q)))
+    if not valid:
+        raise ValueError(f"order search node {node_id} has parameters the SDK does not write")
+
+
 def targets(stat: str, q: list[float] | None) -> int:
     """How many ranks the statistic searches for."""
     return 1 if stat in ("min", "max") else 2 * len(q or [0.5])
