@@ -25,7 +25,7 @@ from sdk.analytics.plan import Aggregation, Plan, worker_parts
 from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import epsilon
 from sdk.proto import values_pb2
-from sdk.task import HorizontalAnalytics
+from sdk.task import HorizontalAnalytics, TaskError
 from sdk.trust import Identity
 from worker.analytics import AnalyticsJob
 from worker.budget import BudgetExceeded, Budgets, PrivacyLedger
@@ -286,3 +286,10 @@ def test_a_graph_whose_searches_the_sdk_did_not_write_is_refused():
     with pytest.raises(EvaluationError, match="not fed by the step before it"):
         SearchGuard(forged, 10**6)
     SearchGuard(plan, 10**6)
+
+
+def test_under_dp_min_and_max_are_refused_at_build():
+    for body in (lambda d: d.x.min(), lambda d: d[["x"]].max()):
+        with pytest.raises(TaskError, match=r"(min|max)\(\) \(node \d+\) is refused.*"
+                                            r"quantile\(0.01\)"):
+            Task(body, DifferentialPrivacy(1.0, 1e-6)).build()

@@ -100,6 +100,12 @@ class PrivacyPlan:
                 f"under differential privacy, {where} needs the keys it reports, declared: "
                 "d.groupby('dept', keys=['a', 'b']); a key that appears in the answer is itself "
                 "a release")
+        if kind == order.KIND and node.params["stat"] in ("min", "max"):
+            raise PrivacyRefused(
+                f"under differential privacy, {node.params['stat']}() (node {node_id}) is "
+                "refused: the noise that hides one row hides the edge of the data, and a noisy "
+                "search for it strays out of the data; ask for quantile(0.01) or "
+                "quantile(0.99)")
         if node.params.get("skipna") is False:
             raise PrivacyRefused(f"under differential privacy, {where} skips missing values: "
                                  "skipna=False would release whether one is present")
