@@ -256,11 +256,7 @@ class _Table(_Lazy):
     def quantile(self, q: Any = 0.5, numeric_only: bool = False) -> Any:
         """pandas' linear interpolation between the two neighbouring order statistics, each
         found by bisection; a holder releases them only where its policy allows it."""
-        scalar = not isinstance(q, (list, tuple))
-        qs = [float(v) for v in ([q] if scalar else q)]
-        if not qs or not all(0 <= v <= 1 for v in qs):
-            raise refuse(f"quantile(q={q!r})", "q must be a number in [0, 1] or a non-empty "
-                         "list of them")
+        qs, scalar = _quantiles(q)
         return self._order("quantile", numeric_only, q=qs, scalar=scalar)
 
     def median(self, skipna: bool = True, numeric_only: bool = False) -> Any:
@@ -460,9 +456,51 @@ class GroupBy:
     def sem(self, ddof: int = 1, numeric_only: bool = False) -> Any:
         return self._spread("sem", ddof, numeric_only)
 
+    def quantile(self, q: Any = 0.5) -> Series:
+        qs, scalar = _quantiles(q)
+        if not scalar:
+            raise refuse("a groupby's quantile of a list of q", "its result would have a "
+                         "MultiIndex, which is not supported; ask for one q at a time")
+        return self._order("quantile", q=qs)
+
+    def median(self) -> Series:
+        return self._order("median")
+
+    def min(self) -> Series:
+        return self._order("min")
+
+    def max(self) -> Series:
+        return self._order("max")
+
+    def _order(self, stat: str, **params: Any) -> Series:
+        """An order statistic per key of one column: a chain of search steps, as over rows."""
+        if not isinstance(self._data, Series):
+            raise refuse(f"a groupby's {stat}() of several columns", "select one column: "
+                         f"g['x'].{stat}()")
+        if self._declared is not None:
+            raise refuse(f"a groupby's {stat}() with declared keys", "declared keys are for "
+                         "differential privacy, under which a grouped order statistic is not "
+                         "built yet")
+        state: tuple[Any, ...] = ()
+        for step in range(order.STEPS):
+            node = self._reduce(order.KIND, *state, result=Series, stat=stat, step=step,
+                                series=True, **params)
+            state = (node,)
+        return node
+
 
 Series._reduced = Scalar
 DataFrame._reduced = Series
+
+
+def _quantiles(q: Any) -> tuple[list[float], bool]:
+    """quantile's q as a list of floats, and whether it was given as one number."""
+    scalar = not isinstance(q, (list, tuple))
+    qs = [float(v) for v in ([q] if scalar else q)]
+    if not qs or not all(0 <= v <= 1 for v in qs):
+        raise refuse(f"quantile(q={q!r})", "q must be a number in [0, 1] or a non-empty list "
+                     "of them")
+    return qs, scalar
 
 
 def _wider(*values: Any) -> type:

@@ -31,7 +31,8 @@ class Quartiles(HorizontalAnalytics):
         return {"d": dataset.DataFrame("d.csv")}
 
     def execute(self, d):
-        return d.x.median(), d[["x", "n"]].quantile([0.25, 0.75]), d.n.max()
+        return (d.x.median(), d[["x", "n"]].quantile([0.25, 0.75]), d.n.max(),
+                d.groupby("n").x.median())
 
 
 def test_median_and_quantiles_through_secure_aggregation_and_a_refusal(cluster):

@@ -50,6 +50,7 @@ def split(draw: Any) -> list[pd.DataFrame]:
         "i": pd.Series(column(st.integers(-5, 5)), dtype="int64"),  # many ties
         "f": pd.Series(column(st.one_of(floats, st.floats(-1e6, 1e6))), dtype="float64"),
         "b": pd.Series(column(st.booleans()), dtype="bool"),
+        "g": pd.Series(column(st.sampled_from([0, 1, 2, np.nan])), dtype="float64"),
     })
     cuts = sorted(draw(st.lists(st.integers(1, rows - 1), min_size=holders - 1,
                                 max_size=holders - 1, unique=True)))
@@ -62,7 +63,10 @@ BODIES = {
     "quantile": lambda d: (d.f.quantile(0.3), d.i.quantile([0, 0.1, 0.5, 0.999, 1])),
     "frame quantile": lambda d: (d[["i", "f"]].quantile(0.75),
                                  d[["i", "f"]].quantile([0.25, 0.5])),
-    "extremes": lambda d: (d.i.min(), d.f.max(), d.b.min(), d.min(), d.max(), d.median()),
+    "extremes": lambda d: (d.i.min(), d.f.max(), d.b.min(), d[["i", "f", "b"]].min(),
+                           d.max(), d.median()),
+    "grouped": lambda d: (d.groupby("g").f.median(), d.groupby("g").i.min(),
+                          d.groupby(d.i % 3).f.quantile(0.25)),
 }
 
 

@@ -35,8 +35,7 @@ def probes_of(spec: task_pb2.TaskSpec) -> int:
         graph, _ = Graph.from_proto(spec.analytics)
     except ValueError:
         return 0
-    return sum(order.probes(n.params) for n in graph.nodes
-               if n.op == "reduce" and n.params.get("kind") == order.KIND)
+    return sum(order.probes(n.params) for n in graph.nodes if _is_search(n))
 
 
 class SearchGuard:
@@ -45,7 +44,7 @@ class SearchGuard:
     def __init__(self, plan: Plan, max_probes: int) -> None:
         self.plan = plan
         for node in plan.graph.nodes:
-            if node.op == "reduce" and node.params["kind"] == order.KIND and node.params["step"]:
+            if _is_search(node) and node.params["step"]:
                 _check_link(plan, node)
         self.max_probes = max_probes
         self.served = 0
@@ -55,7 +54,7 @@ class SearchGuard:
         """EvaluationError if a step's search asks past the cap or leaves its path; else
         counts its thresholds as served and remembers its intervals for the next step."""
         searches = [self.plan.graph[n] for n in self.plan.reductions_in(stage)
-                    if self.plan.graph[n].params["kind"] == order.KIND]
+                    if _is_search(self.plan.graph[n])]
         lows = {node.id: self._lows(node, inputs) for node in searches
                 if node.params["step"] > 0}
         for node_id, sent in lows.items():
@@ -70,7 +69,7 @@ class SearchGuard:
         self.lows.update(lows)
 
     def _lows(self, node: Any, inputs: dict[int, Any]) -> pd.DataFrame:
-        state = inputs.get(node.inputs[1])
+        state = inputs.get(node.inputs[-1])
         lows = state.get("lo") if isinstance(state, dict) else None
         expected = order.targets(node.params["stat"], node.params.get("q"))
         if (not isinstance(lows, pd.DataFrame) or lows.dtypes.ne("uint64").any()
@@ -83,7 +82,7 @@ class SearchGuard:
         step = node.params["step"]
         size = 1 << (64 - order.BITS * step)
         parent_size = size << order.BITS
-        parent = self.lows.get(node.inputs[1])
+        parent = self.lows.get(node.inputs[-1])
         for target in lows.index:
             for column in lows.columns:
                 low = int(lows.at[target, column])
@@ -104,9 +103,15 @@ def _parent_low(parent: pd.DataFrame, target: int, column: Any) -> int:
 def _check_link(plan: Plan, node: Any) -> None:
     """EvaluationError unless a later step of a search is fed by the step before it of the same
     search, over the same values: then the graph's steps are the searches the cap counted."""
-    previous = plan.graph[node.inputs[1]]
+    step = node.params["step"]
+    previous = plan.graph[node.inputs[-1]]
     same = {k: v for k, v in node.params.items() if k != "step"}
-    if (previous.op != "reduce" or previous.inputs[0] != node.inputs[0]
-            or previous.params != {**same, "step": node.params["step"] - 1}):
+    if (previous.op != "reduce" or previous.params != {**same, "step": step - 1}
+            or order.data_inputs(previous.inputs, step - 1) != order.data_inputs(node.inputs,
+                                                                                 step)):
         raise EvaluationError(f"order search node {node.id} is not fed by the step before it: "
                               "the task's graph is refused")
+
+
+def _is_search(node: Any) -> bool:
+    return node.op == "reduce" and node.params.get("kind") in (order.KIND, order.GROUPED_KIND)

@@ -242,6 +242,7 @@ REDUCTIONS: dict[str, Reduction] = {
     "any": Reduction(_truth_parts(True), lambda parts, **_: parts["matches"] > 0),
     "describe": Reduction(_describe_parts, _describe),
     order.KIND: Reduction(order.parts, order.finalize, sees_inputs=True),
+    order.GROUPED_KIND: Reduction(order.grouped_parts, order.grouped_finalize, sees_inputs=True),
 }
 
 
@@ -299,5 +300,6 @@ def check_node(node: Node) -> None:
         param, known = _NAMED[node.op]
         if node.params.get(param) not in known:
             raise ValueError(f"unknown {node.op} {node.params.get(param)!r} in node {node.id}")
-        if node.params[param] == order.KIND:
-            order.check(node.id, node.params, len(node.inputs))
+        if node.params[param] in (order.KIND, order.GROUPED_KIND):
+            order.check(node.id, node.params, len(node.inputs),
+                        node.params[param] == order.GROUPED_KIND)

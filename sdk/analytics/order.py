@@ -30,6 +30,7 @@ BUCKETS = 1 << BITS
 STEPS = 64 // BITS  # steps of a search: a float64 median takes 8 rounds
 THRESHOLDS = BUCKETS  # per step, target and column: the interval's start and 255 inside it
 KIND = "order_search"
+GROUPED_KIND = "groupby_order_search"
 STATS = ("quantile", "median", "min", "max")
 _TOP = np.uint64(1 << 63)
 _UNNAMED = "\x00unnamed"  # the column label of a Series without a name
@@ -48,18 +49,23 @@ def value_of(key: int) -> float:
     return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
 
 
-def check(node_id: int, params: dict[str, Any], inputs: int) -> None:
+def check(node_id: int, params: dict[str, Any], inputs: int, grouped: bool) -> None:
     """ValueError unless a search node's parameters are ones the SDK writes: a known
     statistic, a step of the search (fed the previous step's state after the first), and for a
     quantile a list of q in [0, 1]."""
     q, step = params.get("q"), params.get("step")
     valid = (params.get("stat") in STATS and isinstance(step, int) and 0 <= step < STEPS
-             and inputs == (1 if step == 0 else 2)
+             and inputs == (1 if step == 0 else 2) + grouped
              and (q is None) == (params["stat"] != "quantile")
              and (q is None or isinstance(q, list) and 0 < len(q) and all(
                  isinstance(v, float) and 0 <= v <= 1 for v in q)))
     if not valid:
         raise ValueError(f"order search node {node_id} has parameters the SDK does not write")
+
+
+def data_inputs(inputs: tuple[int, ...], step: int) -> tuple[int, ...]:
+    """A search node's inputs less the previous step's state: its values (and keys)."""
+    return inputs if step == 0 else inputs[:-1]
 
 
 def targets(stat: str, q: list[float] | None) -> int:
@@ -89,26 +95,54 @@ def is_count(part: str) -> bool:
 # A holder's side.
 
 def parts(data: Any, state: dict[str, Any] | None = None, *, stat: str, step: int,
-          q: list[float] | None = None, numeric_only: bool = False, **_: Any) -> dict[str, Any]:
-    """This holder's counts of values in each bucket of each target's interval (the whole key
-    range at step 0, with the count of values and a zero row of the columns' dtypes)."""
+          numeric_only: bool = False, **_: Any) -> dict[str, Any]:
+    """This holder's counts of values below and in each bucket of each target's interval (the
+    whole key range at step 0, with the count of values and a zero row of the columns' dtypes),
+    one column per column searched."""
     frame = _numbers(data, stat, numeric_only)
-    width_bits = 64 - BITS * step  # the interval's size is 2^width_bits
-    lows = (np.zeros((1, frame.shape[1]), np.uint64) if state is None
-            else _lows(state, frame.columns))
     values = frame.to_numpy(dtype=np.float64, na_value=np.nan).reshape(frame.shape)
-    column_keys = [keys(column[~np.isnan(column)]) for column in values.T]
+    dtypes = [_dtype(data, c) for c in frame.columns]
+    return _search(frame.columns, [column[~np.isnan(column)] for column in values.T], dtypes,
+                   state, step)
+
+
+def grouped_parts(data: Any, groups: pd.Series, state: dict[str, Any] | None = None, *,
+                  stat: str, step: int, **_: Any) -> dict[str, Any]:
+    """The same counts per key of a Series grouped by `groups`: one column per key, named by
+    the keys (and the Series' name on the count), sorted as pandas' groupby sorts them."""
+    if not isinstance(data, pd.Series):
+        raise EvaluationError(f"a grouped {stat}() searches one column: select it, "
+                              "g['x'].median()")
+    _numbers(data.to_frame(), stat, False)
+    groups = groups if groups.index.equals(data.index) else groups.reindex(data.index)
+    codes, labels = pd.factorize(groups, sort=True)
+    values = data.to_numpy(dtype=np.float64, na_value=np.nan)
+    present = ~np.isnan(values)
+    found = _search(pd.Index(labels, name=groups.name),
+                    [values[present & (codes == i)] for i in range(len(labels))],
+                    [_dtype(data, None)] * len(labels), state, step)
+    if "count" in found:
+        found["count"].name = data.name
+    return found
+
+
+def _search(labels: pd.Index, columns: list[np.ndarray], dtypes: list[np.dtype],
+            state: dict[str, Any] | None, step: int) -> dict[str, Any]:
+    """The parts of one step over the values of each labelled column (no NaN)."""
+    width_bits = 64 - BITS * step  # the interval's size is 2^width_bits
+    lows = np.zeros((1, len(labels)), np.uint64) if state is None else _lows(state, labels)
+    column_keys = [keys(column) for column in columns]
     found = {}
     for target, row in enumerate(lows):
         counts = np.column_stack([_counts(key, low, width_bits)
                                   for key, low in zip(column_keys, row)] or
                                  [np.zeros((BUCKETS + 1, 0), np.int64)])
         found[f"b{target}"] = pd.DataFrame(counts, index=pd.RangeIndex(-1, BUCKETS),
-                                           columns=frame.columns, dtype="int64")
+                                           columns=labels, dtype="int64")
     if step == 0:
-        found["count"] = frame.notna().sum().astype("int64")
-        found["zero"] = pd.DataFrame({c: np.zeros(1, _dtype(data, c)) for c in frame.columns},
-                                     columns=frame.columns)
+        found["count"] = pd.Series([len(k) for k in column_keys], index=labels, dtype="int64")
+        found["zero"] = pd.DataFrame({i: np.zeros(1, dtype) for i, dtype in enumerate(dtypes)})
+        found["zero"].columns = labels
     return found
 
 
@@ -142,7 +176,7 @@ def _numbers(data: Any, stat: str, numeric_only: bool) -> pd.DataFrame:
 
 def _dtype(data: Any, column: Any) -> np.dtype:
     """The numpy dtype a column's min and max keep (float64 for nullable ones)."""
-    dtype = data.dtype if isinstance(data, pd.Series) else data[column].dtype
+    dtype = data.dtype if isinstance(data, pd.Series) else data.dtypes[column]
     return dtype if isinstance(dtype, np.dtype) else np.dtype(np.float64)
 
 
@@ -163,7 +197,7 @@ def _lows(state: Any, columns: pd.Index) -> np.ndarray:
 
 def finalize(total: dict[str, Any], state: dict[str, Any] | None = None, *, stat: str, step: int,
              q: list[float] | None = None, scalar: bool = True, series: bool = True,
-             **_: Any) -> Any:
+             grouped: bool = False, **_: Any) -> Any:
     """The next state of the search from the summed counts; after the last step, the
     statistic itself, shaped as pandas gives it."""
     if state is None:
@@ -183,7 +217,17 @@ def finalize(total: dict[str, Any], state: dict[str, Any] | None = None, *, stat
     state = {**state, "lo": lows}
     if step < STEPS - 1:
         return state
-    return _result(state, stat, q, scalar, series)
+    result = _result(state, stat, q, scalar, series and not grouped, grouped)
+    if not grouped:
+        return result
+    result.index, result.name = state["n"].index, state["n"].name  # per key, as pandas names it
+    return result.sort_index()
+
+
+def grouped_finalize(total: dict[str, Any], state: dict[str, Any] | None = None,
+                     **params: Any) -> Any:
+    """`finalize` per key of a grouped search."""
+    return finalize(total, state, grouped=True, **params)
 
 
 def _start(total: dict[str, Any], stat: str, q: list[float] | None) -> dict[str, Any]:
@@ -215,7 +259,7 @@ def _virtual_index(n: int, q: float) -> float:
 
 
 def _result(state: dict[str, Any], stat: str, q: list[float] | None, scalar: bool,
-            series: bool) -> Any:
+            series: bool, grouped: bool) -> Any:
     n, lows, zero = state["n"], state["lo"], state["zero"]
     columns = lows.columns
 
@@ -227,7 +271,7 @@ def _result(state: dict[str, Any], stat: str, q: list[float] | None, scalar: boo
         return values[0] if series else pd.Series(values, index=_labels(columns))
     qs = q or [0.5]
     table = pd.DataFrame(
-        [[_interpolate(stat, found(2 * i, p), found(2 * i + 1, p), int(n.iloc[p]), qi)
+        [[_interpolate(stat, found(2 * i, p), found(2 * i + 1, p), int(n.iloc[p]), qi, grouped)
           for p in range(len(columns))] for i, qi in enumerate(qs)],
         index=pd.Index(qs, dtype="float64"), columns=_labels(columns), dtype="float64")
     if series:
@@ -245,8 +289,10 @@ def _labels(columns: pd.Index) -> pd.Index:
     return pd.Index([None if c == _UNNAMED else c for c in columns])
 
 
-def _interpolate(stat: str, lower: float, upper: float, n: int, q: float) -> float:
-    """The value between the two neighbouring order statistics, as pandas computes it."""
+def _interpolate(stat: str, lower: float, upper: float, n: int, q: float,
+                 grouped: bool) -> float:
+    """The value between the two neighbouring order statistics, as pandas computes it: numpy's
+    linear interpolation over rows, its own simpler one per group."""
     if n <= 0:
         return np.nan
     index = _virtual_index(n, q)
@@ -256,6 +302,8 @@ def _interpolate(stat: str, lower: float, upper: float, n: int, q: float) -> flo
         if stat == "median":
             return float(np.mean([a, b])) if n % 2 == 0 else lower
         difference = b - a
+        if grouped:
+            return lower if gamma == 0 else float(a + difference * gamma)
         return float(b - difference * (1 - gamma) if gamma >= 0.5 else a + difference * gamma)
 
 

@@ -235,7 +235,8 @@ class Aggregation:
                 for name in names
             }
             reduction = REDUCTIONS[node.params["kind"]]
-            given = [self.value(i) for i in node.inputs[1:]] if reduction.sees_inputs else []
+            first = 2 if node.params["kind"].startswith("groupby_") else 1  # after the keys
+            given = [self.value(i) for i in node.inputs[first:]] if reduction.sees_inputs else []
             self.values[node_id] = reduction.finalize(total, *given,
                                                       **reduction_params(node.params))
 

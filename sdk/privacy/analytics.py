@@ -95,6 +95,9 @@ class PrivacyPlan:
         grouped = kind.startswith("groupby_")
         kind = kind.removeprefix("groupby_")
         where = f"{kind}() (node {node_id})"
+        if grouped and kind == order.KIND:
+            raise PrivacyRefused(f"under differential privacy, a grouped {node.params['stat']}() "
+                                 f"(node {node_id}) is not built yet")
         if grouped and node.params.get("declared_keys") is None:
             raise PrivacyRefused(
                 f"under differential privacy, {where} needs the keys it reports, declared: "
