@@ -22,6 +22,7 @@ from sdk.analytics import order
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Aggregation, Plan, worker_parts
+from sdk.pandas import UnsupportedOperation
 from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import epsilon
 from sdk.proto import values_pb2
@@ -297,3 +298,15 @@ def test_under_dp_min_and_max_are_refused_at_build():
         with pytest.raises(TaskError, match=r"(min|max)\(\) \(node \d+\) is refused.*"
                                             r"quantile\(0.01\)"):
             Task(body, DifferentialPrivacy(1.0, 1e-6)).build()
+
+
+@pytest.mark.parametrize("body,message", [
+    (lambda d: d.groupby("k").median(), r"a groupby's median\(\) of several columns"),
+    (lambda d: d.groupby("k").x.quantile([0.1, 0.9]), "MultiIndex"),
+    (lambda d: d.groupby("k", keys=[1]).x.max(), "with declared keys"),
+    (lambda d: d.x.quantile(1.5), r"q must be a number in \[0, 1\]"),
+    (lambda d: d.x.min(skipna=False), "missing values are always skipped"),
+])
+def test_order_statistics_not_built_are_refused_at_build(body, message):
+    with pytest.raises(UnsupportedOperation, match=message):
+        plan_of(body)
