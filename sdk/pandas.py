@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as _pandas
 
+from sdk.analytics import order
 from sdk.analytics.graph import Graph
 
 
@@ -26,8 +27,8 @@ _CODE_REASON = "it would run arbitrary code on the holders; use column arithmeti
 _LATER_REASON = "its value is known only when the task runs"
 _UNKNOWN_REASON = "it is known only on the holders, when the task runs"
 _REFUSED = {
-    **dict.fromkeys(["median", "quantile", "mode", "min", "max", "idxmin", "idxmax",
-                     "prod", "product", "nlargest", "nsmallest"], _NOT_A_SUM + _ROWS_REASON),
+    **dict.fromkeys(["mode", "idxmin", "idxmax", "prod", "product", "nlargest", "nsmallest"],
+                    _NOT_A_SUM + _ROWS_REASON),
     "nunique": _NOT_A_SUM + "a value that two holders share would count twice; declare the "
                "values a Series may take: s.nunique(values=[...])",
     **dict.fromkeys(["iloc", "loc", "iat", "at", "head", "tail", "sample", "take", "first",
@@ -300,6 +301,38 @@ class _Table(_Lazy):
     def any(self, skipna: bool = True, bool_only: bool = False) -> Any:
         return self._reduce("any", skipna=skipna, bool_only=bool_only)
 
+    def quantile(self, q: Any = 0.5, numeric_only: bool = False) -> Any:
+        """pandas' linear interpolation between the two neighbouring order statistics, each
+        found by bisection; a holder releases them only where its policy allows it."""
+        qs, scalar = _quantiles(q)
+        return self._order("quantile", numeric_only, q=qs, scalar=scalar)
+
+    def median(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._order("median", numeric_only, skipna=skipna)
+
+    def min(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._order("min", numeric_only, skipna=skipna)
+
+    def max(self, skipna: bool = True, numeric_only: bool = False) -> Any:
+        return self._order("max", numeric_only, skipna=skipna)
+
+    def _order(self, stat: str, numeric_only: bool, skipna: bool = True,
+               **params: Any) -> Any:
+        """An order statistic: a chain of search steps, each fed the previous one's state."""
+        if not self._rows:
+            raise refuse(f"{stat}() of an aggregate", "order statistics are computed over rows")
+        if not skipna:
+            raise refuse(f"{stat}(skipna=False)", "missing values are always skipped")
+        series = isinstance(self, Series)
+        scalar = params.get("scalar", True)
+        result = (Scalar if scalar else Series) if series else (Series if scalar else DataFrame)
+        state: tuple[Any, ...] = ()
+        for step in range(order.STEPS):
+            node = self._reduce(order.KIND, *state, result=result, stat=stat, step=step,
+                                series=series, numeric_only=numeric_only, **params)
+            state = (node,)
+        return node
+
     def describe(self) -> Any:
         """count, mean and std of numeric values (pandas' min, quantiles and max are not sums)."""
         if not self._rows:
@@ -542,6 +575,41 @@ class GroupBy:
     def sem(self, ddof: int = 1, numeric_only: bool = False) -> Any:
         return self._spread("sem", ddof, numeric_only)
 
+    def quantile(self, q: Any = 0.5) -> Series:
+        qs, scalar = _quantiles(q)
+        if not scalar:
+            raise refuse("a groupby's quantile of a list of q", "its result would have a "
+                         "MultiIndex, which is not supported; ask for one q at a time")
+        return self._order("quantile", q=qs)
+
+    def median(self) -> Series:
+        return self._order("median")
+
+    def min(self) -> Series:
+        return self._order("min")
+
+    def max(self) -> Series:
+        return self._order("max")
+
+    def _order(self, stat: str, **params: Any) -> Series:
+        """An order statistic per key of one column: a chain of search steps, as over rows."""
+        if not isinstance(self._data, Series):
+            raise refuse(f"a groupby's {stat}() of several columns", "select one column: "
+                         f"g['x'].{stat}()")
+        if isinstance(self._keys, DataFrame):
+            raise refuse(f"a groupby's {stat}() over several key columns", "its search is "
+                         "built for one key; group by one column")
+        if self._declared is not None:
+            raise refuse(f"a groupby's {stat}() with declared keys", "declared keys are for "
+                         "differential privacy, under which a grouped order statistic is not "
+                         "built yet")
+        state: tuple[Any, ...] = ()
+        for step in range(order.STEPS):
+            node = self._reduce(order.KIND, *state, result=Series, stat=stat, step=step,
+                                series=True, **params)
+            state = (node,)
+        return node
+
     def agg(self, func: Any) -> Any:
         """pandas' agg with reduction names: a name, a list, or a dict per column."""
         if isinstance(func, str):
@@ -666,6 +734,16 @@ def crosstab(index: Series, columns: Series, row_values: Any = None,
 
 Series._reduced = Scalar
 DataFrame._reduced = Series
+
+
+def _quantiles(q: Any) -> tuple[list[float], bool]:
+    """quantile's q as a list of floats, and whether it was given as one number."""
+    scalar = not isinstance(q, (list, tuple))
+    qs = [float(v) for v in ([q] if scalar else q)]
+    if not qs or not all(0 <= v <= 1 for v in qs):
+        raise refuse(f"quantile(q={q!r})", "q must be a number in [0, 1] or a non-empty list "
+                     "of them")
+    return qs, scalar
 
 
 def _wider(*values: Any) -> type:

@@ -44,7 +44,7 @@ def test_a_dataset_must_be_a_table_file():
 @pytest.mark.parametrize("body,message", [
     (lambda d: d, "must return aggregates"),
     (lambda d: d.age + 1, "must return aggregates"),
-    (lambda d: d.age.median(), "median is not supported in a federated task"),
+    (lambda d: d.age.mode(), "mode is not supported in a federated task"),
     (lambda d: d.head(), "head is not supported"),
     (lambda d: list(d.age), "iteration is not supported"),
     (lambda d: d.age.sum() if d.age.mean() > 3 else 0, "truth testing"),

@@ -281,9 +281,9 @@ def test_each_aggregate_feeding_rows_takes_one_more_round(body, stages):
 
 
 @pytest.mark.parametrize("body,message", [
-    (lambda d: d.x.median(), "median is not supported in a federated task: it is not a sum"),
-    (lambda d: d.quantile(0.5), "quantile is not supported"),
-    (lambda d: d.x.min(), "min is not supported"),
+    (lambda d: d.x.mode(), "mode is not supported in a federated task: it is not a sum"),
+    (lambda d: d.idxmin(), "idxmin is not supported"),
+    (lambda d: d.mean().max(), r"max\(\) of an aggregate is not supported"),
     (lambda d: d.iloc[0], "iloc is not supported in a federated task: it would need rows"),
     (lambda d: d.sort_values("x").x.sum(), "sort_values is not supported.*order of rows"),
     (lambda d: d.head(), "head is not supported"),
@@ -305,8 +305,9 @@ def test_each_aggregate_feeding_rows_takes_one_more_round(body, stages):
     (lambda d: d.groupby("k", sort=False).x.sum(), r"groupby\(sort=False\) is not supported"),
     (lambda d: d.groupby("k", dropna=False).x.sum(), r"groupby\(dropna=False\)"),
     (lambda d: d.groupby([d.k, "x"]).x.sum(), "groupby by this value is not supported"),
-    (lambda d: d.groupby("k").x.median(), "median is not supported"),
+    (lambda d: d.groupby("k").x.prod(), "prod is not supported"),
     (lambda d: d.groupby("k").agg(lambda g: g.sum()), "agg with a function.*arbitrary code"),
+    (lambda d: d.groupby(["k", "x"]).y.median(), "over several key columns is not supported"),
     (lambda d: list(d.groupby("k")), "iterating over groups is not supported"),
     (lambda d: d.groupby("k").mean().groupby("x"), "groupby of an aggregate is not supported"),
 ])

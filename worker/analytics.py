@@ -28,6 +28,7 @@ from sdk.privacy.accounting import Cost
 from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2
 from worker.chunks import stage_parts
+from worker.order import DEFAULT_MAX_ORDER_PROBES, SearchGuard
 from worker.sources import DEFAULT_CHUNK_ROWS, Catalog
 
 
@@ -35,7 +36,8 @@ class AnalyticsJob:
     """A joined analytics task: its plan, its privacy plan under DP, and this worker's tables."""
 
     def __init__(self, spec: task_pb2.TaskSpec, catalog: Catalog, min_rows: int,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 max_order_probes: int = DEFAULT_MAX_ORDER_PROBES) -> None:
         try:
             self.plan = Plan(*Graph.from_proto(spec.analytics))
         except ValueError as error:  # composed from the graph alone
@@ -48,6 +50,7 @@ class AnalyticsJob:
         self.secure = spec.secure_aggregation
         self.privacy = _privacy_plan(spec, self.plan)
         self.min_rows = 1 if self.privacy else min_rows
+        self.searches = SearchGuard(self.plan, max_order_probes)
 
     def describe(self) -> str:
         tables = ", ".join(f"{name}: {type(table).__name__} {table.name!r}"
@@ -62,6 +65,7 @@ class AnalyticsJob:
         if not 0 <= stage < self.plan.stage_count:
             raise EvaluationError(f"the task has no step {stage + 1}")
         inputs = {int(k): v for k, v in inputs.items()}
+        self.searches.check(stage, inputs)
         if self.privacy is None:
             return stage_parts(self.plan, stage, self.tables, inputs, self.min_rows,
                                self.chunk_rows)

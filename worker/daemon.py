@@ -566,7 +566,8 @@ class Worker:
             spec.privacy.delta)
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
             job: Job = await asyncio.to_thread(AnalyticsJob, spec, self.catalog, self.min_rows,
-                                               self.chunk_rows)
+                                               self.chunk_rows,
+                                               self.policy.current.max_order_probes)
             self._check_budget(task_id, spec, job.total_privacy_cost())
             metrics.TASKS.labels("analytics").inc()
             return job

@@ -19,6 +19,7 @@ from sdk.privacy import asks_for_privacy
 from sdk.proto import task_pb2
 from sdk.trust import Identity
 from worker.budget import Budgets
+from worker.order import DEFAULT_MAX_ORDER_PROBES, probes_of
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -37,8 +38,13 @@ users = ["role:analyst"]
 min_rows = 3
 # Refuse tasks that switch secure aggregation off (the coordinator would see this holder's sums).
 require_secure_aggregation = true
-# Min, max, median and quantiles are single rows' values: released only if this is true.
+# Min, max, median and quantiles are single rows' values: released only if this is true (or
+# under differential privacy, by a noisy search). Each is found by bisection on counts of this
+# holder's values below thresholds the coordinator picks, one path down a tree per statistic.
 reveal_order_statistics = false
+# The most thresholds a task may count against, per column: a median takes 3,840, a min or a
+# max 2,048. A task that needs more is refused; a coordinator asking for more is refused.
+max_order_probes = 20000
 
 [learning]
 # Who may send code (a learning task) that runs here, in a confined subprocess; [] = nobody.
@@ -66,7 +72,7 @@ offer = ["*"]
 
 _KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "analytics": {"users": list, "min_rows": int, "require_secure_aggregation": bool,
-                  "reveal_order_statistics": bool},
+                  "reveal_order_statistics": bool, "max_order_probes": int},
     "learning": {"users": list, "share_errors": bool},
     "privacy": {"require_differential_privacy": bool, "epsilon_per_user": (int, float),
                 "delta_per_user": (int, float), "epsilon_total": (int, float),
@@ -92,6 +98,7 @@ class Policy:
     min_rows: int | None = None  # None: not set by the file (--min-rows, else 3, decides)
     require_secure_aggregation: bool = False
     reveal_order_statistics: bool = False
+    max_order_probes: int = DEFAULT_MAX_ORDER_PROBES
     learning_users: tuple[str, ...] = ()
     share_errors: bool = True
     offer: tuple[str, ...] = ("*",)
@@ -121,14 +128,16 @@ class Policy:
                 if expected is list and not all(isinstance(v, str) for v in value):
                     raise PolicyError(f"[{table}] {key} must be a list of strings")
                 values[f"{table}.{key}"] = tuple(value) if expected is list else value
-        if values.get("analytics.min_rows", 1) < 1:
-            raise PolicyError("[analytics] min_rows must be at least 1")
+        for key in ("min_rows", "max_order_probes"):
+            if values.get(f"analytics.{key}", 1) < 1:
+                raise PolicyError(f"[analytics] {key} must be at least 1")
         budgets = _budgets(values) if "privacy" in tables else None
         return cls(
             analytics_users=values.get("analytics.users", ("role:analyst",)),
             min_rows=values.get("analytics.min_rows"),
             require_secure_aggregation=values.get("analytics.require_secure_aggregation", True),
             reveal_order_statistics=values.get("analytics.reveal_order_statistics", False),
+            max_order_probes=values.get("analytics.max_order_probes", DEFAULT_MAX_ORDER_PROBES),
             learning_users=values.get("learning.users", ()),
             share_errors=values.get("learning.share_errors", True),
             offer=values.get("datasets.offer", ("*",)),
@@ -151,9 +160,26 @@ class Policy:
         if self.require_secure_aggregation and not spec.secure_aggregation:
             raise PolicyRefusal("the task switches secure aggregation off, which its policy "
                                 "requires ([analytics] require_secure_aggregation)")
+        self._check_order_statistics(spec)
         for ref in spec.datasets:
             if not self.offers(ref.file):
                 raise PolicyRefusal(f"its policy does not offer {ref.file!r} ([datasets] offer)")
+
+    def _check_order_statistics(self, spec: task_pb2.TaskSpec) -> None:
+        """PolicyRefusal for order statistics this holder does not reveal, or that need more
+        thresholds than it counts against."""
+        probes = probes_of(spec)
+        if not probes:
+            return
+        if not self.reveal_order_statistics and not asks_for_privacy(spec):
+            raise PolicyRefusal("the task asks for order statistics (quantile, median, min or "
+                                "max: single rows' values), which its policy does not reveal "
+                                "([analytics] reveal_order_statistics); ask for them under "
+                                "differential privacy, or ask the holder to allow them")
+        if probes > self.max_order_probes:
+            raise PolicyRefusal(f"the task's order statistics need {probes} thresholds per "
+                                f"column, more than its policy's {self.max_order_probes} "
+                                "([analytics] max_order_probes)")
 
     def effective_min_rows(self, flag: int | None) -> int:
         """The smallest set of rows an aggregate may cover: the policy's, the --min-rows flag's

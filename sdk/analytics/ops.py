@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from sdk.analytics import order
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.graph import Node
 from sdk.analytics.shapes import combine
@@ -244,6 +245,7 @@ class Reduction:
     # Parts per pair of columns (cov, corr), each with a "count" of the rows both are present
     # in: the `min_rows` rule empties the pairs of too few rows.
     pairwise: bool = False
+    sees_inputs: bool = False  # finalize also takes the aggregates the workers were sent
 
 
 def grouped(kind: str) -> bool:
@@ -278,6 +280,8 @@ REDUCTIONS: dict[str, Reduction] = {
     "all": Reduction(_truth_parts(False), lambda parts, **_: parts["matches"] == 0),
     "any": Reduction(_truth_parts(True), lambda parts, **_: parts["matches"] > 0),
     "describe": Reduction(_describe_parts, _describe),
+    order.KIND: Reduction(order.parts, order.finalize, sees_inputs=True),
+    order.GROUPED_KIND: Reduction(order.grouped_parts, order.grouped_finalize, sees_inputs=True),
 }
 
 
@@ -340,3 +344,6 @@ def check_node(node: Node) -> None:
         param, known = _NAMED[node.op]
         if node.params.get(param) not in known:
             raise ValueError(f"unknown {node.op} {node.params.get(param)!r} in node {node.id}")
+        if node.params[param] in (order.KIND, order.GROUPED_KIND):
+            order.check(node.id, node.params, len(node.inputs),
+                        node.params[param] == order.GROUPED_KIND)

@@ -266,8 +266,11 @@ class Aggregation:
                 name: reduce(add_parts, (parts[node_id][name] for parts in parts_per_worker))
                 for name in names
             }
-            self.values[node_id] = REDUCTIONS[node.params["kind"]].finalize(
-                total, **reduction_params(node.params))
+            reduction = REDUCTIONS[node.params["kind"]]
+            first = 2 if node.params["kind"].startswith("groupby_") else 1  # after the keys
+            given = [self.value(i) for i in node.inputs[first:]] if reduction.sees_inputs else []
+            self.values[node_id] = reduction.finalize(total, *given,
+                                                      **reduction_params(node.params))
 
     def value(self, node_id: int) -> Any:
         if node_id not in self.values:

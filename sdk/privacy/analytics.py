@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdk.analytics import order
 from sdk.analytics.ops import grouped
 from sdk.analytics.plan import Plan, PrivacyError
 from sdk.privacy.accounting import Cost, calibrate, epsilon
@@ -69,7 +70,7 @@ class Release:
 
     @property
     def integer(self) -> bool:
-        return self.part in _INTEGER_PARTS
+        return _is_count(self.part)
 
     def units(self, precision: int) -> float:
         """The sensitivity in fixed-point units: a float part is rounded to the grid once."""
@@ -109,12 +110,21 @@ class PrivacyPlan:
         if kind in _NOT_UNDER_DP:
             raise PrivacyRefused(f"under differential privacy, {where} is refused: "
                                  f"{_NOT_UNDER_DP[kind]}")
+        if keyed and kind == order.KIND:
+            raise PrivacyRefused(f"under differential privacy, a grouped {node.params['stat']}() "
+                                 f"(node {node_id}) is not built yet")
         if keyed and node.params.get("declared_keys") is None:
             raise PrivacyRefused(
                 f"under differential privacy, {where} needs the keys it reports, declared: "
                 "d.groupby('dept', keys=['a', 'b']), s.value_counts(values=[...]), "
                 "crosstab(a, b, row_values=[...], column_values=[...]); a key that appears in "
                 "the answer is itself a release")
+        if kind == order.KIND and node.params["stat"] in ("min", "max"):
+            raise PrivacyRefused(
+                f"under differential privacy, {node.params['stat']}() (node {node_id}) is "
+                "refused: the noise that hides one row hides the edge of the data, and a noisy "
+                "search for it strays out of the data; ask for quantile(0.01) or "
+                "quantile(0.99)")
         if node.params.get("skipna") is False:
             raise PrivacyRefused(f"under differential privacy, {where} skips missing values: "
                                  "skipna=False would release whether one is present")
@@ -127,7 +137,8 @@ class PrivacyPlan:
         self.data_bound[node_id] = data
         columns = data.columns if isinstance(data, Frame) else (None,)
         releases = []
-        for part in _PARTS[kind]:
+        names = order.released_parts(node.params) if kind == order.KIND else _PARTS[kind]
+        for part in names:
             for column in columns:
                 bound = data.column(column) if isinstance(data, Frame) else data
                 name = column if column is not None else _unbounded_columns(
@@ -138,7 +149,7 @@ class PrivacyPlan:
 
     @staticmethod
     def _sensitivity(part: str, bound: Interval | None, column: Any, where: str) -> float:
-        if part in _INTEGER_PARTS:
+        if _is_count(part):
             return 1.0
         if bound is None or not bound.finite:
             columns = [column] if isinstance(column, str) else list(column or [])
@@ -202,12 +213,15 @@ class PrivacyPlan:
         grouped = self.plan.graph[node_id].params["kind"].startswith("groupby_")
         columns = pd.Index(data.columns) if isinstance(data, Frame) else None
         fixed = {}
+        released = {part for node, part, _ in self.noise if node == node_id}
         for name, value in parts.items():
+            if name not in released:
+                continue  # what the task does not release (a dtype's zero row) stays here
             if columns is not None and isinstance(value, pd.DataFrame):
                 value = value.reindex(columns=columns, fill_value=0)
             elif columns is not None and not grouped and isinstance(value, pd.Series):
                 value = value.reindex(columns, fill_value=0)
-            dtype = np.dtype("int64" if name in _INTEGER_PARTS else "float64")
+            dtype = np.dtype("int64" if _is_count(name) else "float64")
             fixed[name] = (value.astype(dtype) if isinstance(value, (pd.Series, pd.DataFrame))
                            else dtype.type(value))
         return fixed
@@ -231,12 +245,18 @@ class PrivacyPlan:
         times `spread` (the noise a sum carries over the calibrated amount)."""
         lines = []
         for (node, part, column), noise in self.noise.items():
-            units = 1 if part in _INTEGER_PARTS else 10.0**self.precision
+            units = 1 if _is_count(part) else 10.0**self.precision
             kind = self.plan.graph[node].params["kind"]
             where = f"{kind}() node {node}, its {part}" + (
                 f" of {column!r}" if column is not None else "")
             lines.append(f"{where}: noise std {spread * noise.std() / units:.4g}")
         return lines
+
+
+def _is_count(part: str) -> bool:
+    """Whether a part is a count: one row moves it by at most 1, and it travels as an integer
+    (an order search's counts per bucket too: a row is in one bucket of each target)."""
+    return part in _INTEGER_PARTS or order.is_count(part)
 
 
 def _clipped(values: pd.Series, bound: Interval) -> pd.Series:
