@@ -20,16 +20,18 @@ def _untimed(role: str, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 def run_local(vectors: dict[int, np.ndarray], min_clients: int,
               drop: dict[str, set[int]] | None = None, tamper: Tamper | None = None,
-              timed: Callable[..., Any] = _untimed) -> tuple[SecAggServer, np.ndarray]:
+              timed: Callable[..., Any] = _untimed,
+              plus_above: int = 0) -> tuple[SecAggServer, np.ndarray]:
     """Sums the encoded uint64 `vectors` of workers 0..n-1 through every phase of the protocol.
 
     `drop[phase]` go silent from that phase on ("advertise", "share", "check", "mask",
     "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
-    each step ("worker" or "coordinator"). Returns the server and the unmasked total.
+    each step ("worker" or "coordinator"); above `plus_above` workers the round is SecAgg+.
+    Returns the server and the unmasked total.
     """
     n = len(vectors)
-    clients = {u: SecAggClient(u, min_clients, n) for u in range(n)}
-    server = SecAggServer(n, min_clients, len(vectors[0]))
+    clients = {u: SecAggClient(u, min_clients, n, plus_above) for u in range(n)}
+    server = SecAggServer(n, min_clients, len(vectors[0]), plus_above=plus_above)
     tamper = tamper or (lambda phase, u, message: message)
     drop = drop or {}
     gone: set[int] = set()
