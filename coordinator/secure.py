@@ -20,7 +20,7 @@ from coordinator.rounds import Round, RoundFailed
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
-from sdk.secagg import Revealed, SecAggError, SecAggServer
+from sdk.secagg import Revealed, SecAggError, SecAggServer, graph
 from sdk.secagg.binding import round_context
 from sdk.secagg.shamir import SHARE_BYTES
 
@@ -38,12 +38,14 @@ def describe_mode(spec: task_pb2.TaskSpec) -> str:
 
 class SecureRound:
     """One secure sum over the workers of `round_`, numbered in order of name; `stage` is the
-    analytics step the phases belong to."""
+    analytics step the phases belong to; above `plus_above` workers it runs SecAgg+."""
 
-    def __init__(self, round_: Round, rules: task_pb2.RoundRules, stage: int = 0) -> None:
+    def __init__(self, round_: Round, rules: task_pb2.RoundRules, stage: int = 0,
+                 plus_above: int = 0) -> None:
         self.round = round_
         self.stage = stage
         self.rules = rules
+        self.plus_above = plus_above
         self.workers = sorted(round_.workers, key=lambda w: w.name)
         self.index = {w.name: u for u, w in enumerate(self.workers)}
         self.server: SecAggServer | None = None
@@ -55,6 +57,13 @@ class SecureRound:
 
     def opening(self) -> SecAggRequests:
         """The first phase's requests: each worker's number, and how many were selected."""
+        n = len(self.workers)
+        if graph.uses_plus(n, self.plus_above) and self.stage == 0:
+            self.round.log(
+                f"round {self.round.number}: SecAgg+ over {n} workers (more than the task's "
+                f"secagg_plus_above {self.plus_above}): each masks with k = {graph.degree(n)} "
+                "neighbours on a ring drawn from the digest of every worker's keys, and any "
+                f"{graph.neighbourhood_threshold(n)} of its neighbourhood can unmask it")
         return {w.name: pb.SecAggRequest(index=u, selected=len(self.workers))
                 for u, w in enumerate(self.workers)}
 
@@ -63,7 +72,7 @@ class SecureRound:
         """Takes the workers' keys from the first phase's parsed answers, once the length of
         the vector to sum is known; `total` is memory to reuse for the sum."""
         self.server = SecAggServer(len(self.workers), self.rules.min_clients, vector_length,
-                                   self.names, total)
+                                   self.names, total, self.plus_above)
         for name, response in responses.items():
             keys = response.keys
             self.server.receive_keys(self.index[name], keys.c_pk, keys.s_pk, keys.commitment)

@@ -46,7 +46,7 @@ def threshold_rule(min_clients: int, n_selected: int, plus_above: int = 0) -> st
         k = graph.degree(n_selected)
         return (f"k/2 + 1 = {t}, a majority of each SecAgg+ neighbourhood of k + 1 = {k + 1} "
                 f"workers (k = {k} for {n_selected} selected)")
-    return f"max(min_clients, selected // 2 + 1) = {t} of the {n_selected} selected"
+    return f"max(min_clients, selected // 2 + 1) = {t}"
 
 
 class SecAggClient:
