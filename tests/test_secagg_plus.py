@@ -1,6 +1,6 @@
 """SecAgg+ (sdk/secagg/graph.py): rounds above `plus_above` workers share and mask within random
 neighbourhoods of k = 2 ceil(log2 n); the sum stays exact under dropouts at every phase, and a
-coordinator cannot hand a worker another neighbourhood than the relayed keys give."""
+coordinator cannot hand a worker another neighbourhood than the committed nonces give."""
 
 from __future__ import annotations
 
@@ -22,19 +22,19 @@ def inputs(n: int, length: int = 8) -> dict[int, np.ndarray]:
 
 
 class Spy:
-    """A `drop` for run_local that may pick whom to drop from the graph (the keys it saw)."""
+    """A `drop` for run_local that may pick whom to drop from the graph (the nonces it saw)."""
 
     def __init__(self, n: int, drop: dict, pick=None):
-        self.n, self.drop, self.pick, self.keys = n, drop, pick, {}
+        self.n, self.drop, self.pick, self.nonces = n, drop, pick, {}
 
     def tamper(self, phase, u, message):
-        if phase == "advertise":
-            self.keys[u] = message
+        if phase == "ring":
+            self.nonces[u] = message
         return message
 
     def get(self, phase, default=()):
         if self.pick is not None and phase == self.pick[0]:
-            return self.pick[1](graph.neighbourhoods(self.keys, self.n))
+            return self.pick[1](graph.neighbourhoods(self.nonces, self.n))
         return self.drop.get(phase, default)
 
 
@@ -48,13 +48,13 @@ def plus_round(n: int, drop: dict | None = None, pick=None, min_clients: int = 2
 
 def test_k_is_about_twice_log2_n_and_the_graph_is_a_symmetric_random_ring():
     assert [graph.degree(n) for n in (3, 4, 50, 100, 128, 200, 1000)] == [2, 2, 12, 14, 14, 16, 20]
-    keys = {u: (bytes([u]) * 32, bytes([u, 1]) * 16) for u in range(100)}
-    hoods = graph.neighbourhoods(keys, 100)
+    nonces = {u: bytes([u]) * 32 for u in range(100)}
+    hoods = graph.neighbourhoods(nonces, 100)
     assert {len(h) for h in hoods.values()} == {15}
     assert all(u in hoods[v] for u, h in hoods.items() for v in h)
-    assert graph.ring(keys, 100) != sorted(keys)
-    changed = {**keys, 7: (b"\x07" * 32, b"\x08" * 32)}  # one key: another ring
-    assert graph.ring(changed, 100) != graph.ring(keys, 100)
+    assert graph.ring(nonces, 100) != sorted(nonces)
+    changed = {**nonces, 7: b"\x08" * 32}  # one nonce: another ring
+    assert graph.ring(changed, 100) != graph.ring(nonces, 100)
 
 
 def test_the_threshold_and_the_dp_honest_count_are_a_neighbourhood_majority():
@@ -89,7 +89,7 @@ def test_sum_is_exact_over_the_inputs_that_arrived_with_dropouts_at_each_phase(n
 def test_each_worker_shares_with_its_k_neighbours_only():
     n = 128
     _, server, _, spy = plus_round(n)
-    hoods = graph.neighbourhoods(spy.keys, n)
+    hoods = graph.neighbourhoods(spy.nonces, n)
     assert {len(c) for c in server._ciphertexts.values()} == {graph.degree(n)}
     assert all(set(c) == hoods[u] - {u} for u, c in server._ciphertexts.items())
     assert max(len(r.self_mask) for r in server._revealed.values()) == graph.degree(n) + 1
@@ -103,29 +103,52 @@ def test_a_neighbourhood_that_loses_its_majority_at_unmasking_fails_the_round_cl
         plus_round(50, pick=("unmask", neighbours_of_worker_0))
 
 
-def shared(n: int, relay=lambda u, keys: keys):
-    """Keys and shares of a SecAgg+ round of n, the keys relayed to worker u as `relay` says."""
+def test_a_worker_that_keeps_its_ring_nonce_fails_the_round_by_name():
+    """Leaving out a nonce would let the coordinator choose among rings: it fails the round."""
+    with pytest.raises(SecAggError, match="failed at ring: worker 4 did not reveal the ring nonce"):
+        plus_round(50, {"ring": {4}})
+
+
+def keyed(n: int):
     clients = {u: SecAggClient(u, 2, n, PLUS) for u in range(n)}
     server = SecAggServer(n, 2, 8, plus_above=PLUS)
     for u, c in clients.items():
-        server.receive_keys(u, *c.advertise(), c.commitment)
-    keys = server.public_keys()
+        server.receive_keys(u, *c.advertise(), c.commitment, c.ring_commitment)
+    keys, commitments = server.public_keys(), server.ring_commitments()
     for u, c in clients.items():
-        server.receive_shares(u, c.share_keys(relay(u, keys)))
+        server.receive_nonce(u, c.reveal(keys, commitments))
+    return clients, server, keys, server.ring_nonces()
+
+
+def shared(n: int):
+    """Keys and shares of a SecAgg+ round of n, relayed faithfully."""
+    clients, server, keys, nonces = keyed(n)
+    for u, c in clients.items():
+        server.receive_shares(u, c.share_keys(keys, nonces))
     return clients, server
 
 
-def test_a_coordinator_that_hands_a_worker_another_key_set_gets_its_shares_refused():
-    """The ring comes from a digest of every relayed key: leave one out for worker 0 and its
-    neighbourhood is another, so the coordinator cannot route it a neighbourhood of its choice."""
-    clients, server = shared(40, lambda u, keys: {v: k for v, k in keys.items() if v != 39}
-                             if u == 0 else keys)
-    assert clients[0].neighbours != server.neighbours(0)
-    routed = server.routed_shares()
-    assert 0 in server.dropped and "expected" in server.dropped[0]
-    with pytest.raises(SecAggError, match="not its neighbours in the round's graph"):
-        for v in clients[0].neighbours - {0}:  # what worker 0 is given is refused
-            clients[v].check_shares({0: b"\0" * 200, **routed.get(v, {})})
+def test_a_coordinator_cannot_hand_a_worker_another_ring():
+    """The ring is fixed by nonces committed with the signed keys and revealed once all keys
+    are out: a worker refuses another key list, a nonce that is not the one committed to, a
+    nonce list with one left out, and a second reveal."""
+    clients, server, keys, nonces = keyed(40)
+    fewer = {u: k for u, k in keys.items() if u != 39}
+    with pytest.raises(SecAggError, match="key list differs from the one it revealed"):
+        clients[0].share_keys(fewer, {u: n for u, n in nonces.items() if u != 39})
+    with pytest.raises(SecAggError, match=r"ring nonces of workers \[5\] are missing or do not"):
+        clients[0].share_keys(keys, {**nonces, 5: b"\x05" * 32})
+    with pytest.raises(SecAggError, match=r"ring nonces of workers \[39\] are missing"):
+        clients[0].share_keys(keys, {u: n for u, n in nonces.items() if u != 39})
+    with pytest.raises(SecAggError, match="already revealed"):
+        clients[0].reveal(keys, server.ring_commitments())
+    lying = SecAggServer(40, 2, 8, plus_above=PLUS)
+    for u, c in clients.items():
+        lying.receive_keys(u, *c.advertise(), c.commitment, c.ring_commitment)
+    lying.public_keys()
+    lying.receive_nonce(3, b"\x03" * 32)  # a worker (or a relay) that lies about its nonce
+    assert lying.dropped == {3: "revealed a ring nonce that is not the one it committed to"}
+    assert clients[0].share_keys(keys, nonces).keys() == server.neighbours(0) - {0}
 
 
 def test_a_worker_refuses_shares_from_outside_its_neighbourhood_and_thin_unmasking():

@@ -439,7 +439,7 @@ class Worker:
                          time.perf_counter() - started)
             elif phase == "secagg_keys":
                 data = self.secure.open(assignment, self._contribution(assignment, job))
-            elif phase in ("secagg_share", "secagg_check", "secagg_unmask"):
+            elif phase in ("secagg_ring", "secagg_share", "secagg_check", "secagg_unmask"):
                 data = self.secure.answer(assignment)
             elif phase == "secagg_masked" and isinstance(job, AnalyticsJob):
                 data = await asyncio.to_thread(self.secure.masked_parts, assignment,

@@ -68,7 +68,8 @@ class SecureRounds:
         self._rounds[assignment.task_id] = _Round(_number(assignment), client, contribution,
                                                   parts, assignment.inputs)
         c_pk, s_pk = client.advertise()
-        keys = pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk, commitment=client.commitment)
+        keys = pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk, commitment=client.commitment,
+                             ring_commitment=client.ring_commitment)
         if self.kit is not None:
             keys.signature = self.kit.sign(keys_payload(
                 contribution.task_key, assignment.round, assignment.stage, request.index,
@@ -81,13 +82,19 @@ class SecureRounds:
         return response.SerializeToString()
 
     def answer(self, assignment: pb.Assignment) -> bytes:
-        """The answer to a protocol phase: shares, the check of shares, or the unmasking."""
+        """The answer to a protocol phase: the ring's nonce (SecAgg+), shares, the check of
+        shares, or the unmasking."""
         state, request = self._current(assignment), assignment.secagg
         response = pb.SecAggResponse()
-        if assignment.phase == "secagg_share":
+        keys = {u: (k.c_pk, k.s_pk) for u, k in request.public_keys.items()}
+        if assignment.phase == "secagg_ring":
             state.names = self._peer_names(assignment, state)
-            keys = {u: (k.c_pk, k.s_pk) for u, k in request.public_keys.items()}
-            response.shares.update(state.client.share_keys(keys))
+            response.ring_nonce = state.client.reveal(keys, {
+                u: k.ring_commitment for u, k in request.public_keys.items()})
+        elif assignment.phase == "secagg_share":
+            if not state.client.plus:  # under SecAgg+ checked at the ring, and must not change
+                state.names = self._peer_names(assignment, state)
+            response.shares.update(state.client.share_keys(keys, dict(request.ring_nonces)))
         elif assignment.phase == "secagg_check":
             response.malformed.extend(state.client.check_shares(dict(request.shares)))
         elif assignment.phase == "secagg_unmask":

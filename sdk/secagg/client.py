@@ -68,6 +68,8 @@ class SecAggClient:
         self._s_sk = X25519PrivateKey.generate()  # agrees pairwise masks
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._seed = os.urandom(32)  # self mask b_u
+        self._ring_nonce = os.urandom(32)  # SecAgg+: its part of the ring's randomness
+        self._listed: tuple[dict, dict] | None = None  # SecAgg+: keys, ring commitments seen
         self._held: dict[int, tuple[int, int]] = {}  # sender -> (share of b, share of s_sk)
         self._peers: set[int] = set()  # U2 as the masked input's request named it
         self._masked_with: set[int] = set()
@@ -79,31 +81,46 @@ class SecAggClient:
         rebuilds from shares against it, so a wrong share cannot pass unnoticed."""
         return hashlib.sha256(self._seed).digest()
 
+    @property
+    def ring_commitment(self) -> bytes:
+        """SecAgg+: the commitment to its ring nonce, sent (and signed) with the keys."""
+        return graph.commit(self._ring_nonce) if self.plus else b""
+
     def advertise(self) -> tuple[bytes, bytes]:
         """Phase 0: the two public keys (c_pk for share encryption, s_pk for masks)."""
         return (self._c_sk.public_key().public_bytes_raw(),
                 self._s_sk.public_key().public_bytes_raw())
 
-    def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
+    def reveal(self, public_keys: dict[int, tuple[bytes, bytes]],
+               commitments: dict[int, bytes]) -> bytes:
+        """Phase 1a, SecAgg+ only: its ring nonce, once it has seen every relayed key and ring
+        commitment (U1), which fix the ring before any nonce is out. Once a round."""
+        if not self.plus:
+            raise SecAggError(f"worker {self.index}: a round of {self.selected} has no ring")
+        if self._listed is not None:
+            raise SecAggError(f"worker {self.index}: its ring nonce was already revealed")
+        self._check_key_list(public_keys)
+        if set(commitments) != set(public_keys) or commitments[self.index] != self.ring_commitment:
+            raise SecAggError(f"worker {self.index}: the ring commitments do not match the key "
+                              "list, or lack this worker's own")
+        self._listed = (dict(public_keys), dict(commitments))
+        return self._ring_nonce
+
+    def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]],
+                   ring_nonces: dict[int, bytes] | None = None) -> dict[int, bytes]:
         """Phase 1: encrypted shares of b_u and s_sk_u for every other worker of its
-        neighbourhood (all that advertised, or its SecAgg+ neighbours). Given once a round,
-        with at most `selected` workers advertised: more would lower the share of workers a
-        lying coordinator needs below a majority."""
+        neighbourhood: all that advertised, or under SecAgg+ its neighbours on the ring that
+        `ring_nonces` (every nonce of U1, each matching its commitment) give. Given once a
+        round, with at most `selected` workers advertised: more would lower the share of
+        workers a lying coordinator needs below a majority."""
         if self._keys:
             raise SecAggError(f"worker {self.index}: its shares were already sent this round")
-        if len(public_keys) > self.selected:
-            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys "
-                              f"in a round of {self.selected}")
-        if public_keys.get(self.index) != self.advertise():
-            raise SecAggError(f"worker {self.index}: the key list lacks this worker's own keys")
-        if len(public_keys) < self.floor:
-            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys, "
-                              f"at least {self.floor} needed")
-        if len({k for pair in public_keys.values() for k in pair}) != 2 * len(public_keys):
-            raise SecAggError(f"worker {self.index}: advertised keys are not all distinct")
+        if self.plus:
+            self.neighbours = self._neighbourhood(public_keys, ring_nonces or {})
+        else:
+            self._check_key_list(public_keys)
+            self.neighbours = frozenset(public_keys)
         self._keys = dict(public_keys)
-        self.neighbours = (graph.neighbourhoods(public_keys, self.selected)[self.index]
-                           if self.plus else frozenset(public_keys))
         holders = sorted(self.neighbours)
         b_shares = shamir.split(self._seed, holders, self.threshold)
         s_shares = shamir.split(self._s_sk.private_bytes_raw(), holders, self.threshold)
@@ -118,6 +135,35 @@ class SecAggClient:
             nonce = os.urandom(NONCE_BYTES)
             out[v] = nonce + self._cipher(v).encrypt(nonce, plaintext, None)
         return out
+
+    def _neighbourhood(self, public_keys: dict[int, tuple[bytes, bytes]],
+                       nonces: dict[int, bytes]) -> frozenset[int]:
+        """SecAgg+: its neighbourhood on the ring of the revealed nonces, which must be those
+        committed to, for the key list it revealed its own nonce for."""
+        if self._listed is None:
+            raise SecAggError(f"worker {self.index}: asked for shares before the ring's nonces")
+        keys, commitments = self._listed
+        if public_keys != keys:
+            raise SecAggError(f"worker {self.index}: the key list differs from the one it "
+                              "revealed its ring nonce for")
+        wrong = sorted(u for u in commitments if graph.commit(nonces.get(u, b"")) != commitments[u])
+        if wrong or set(nonces) != set(commitments):
+            raise SecAggError(f"worker {self.index}: the ring nonces of workers "
+                              f"{wrong or sorted(set(nonces) - set(commitments))} are missing "
+                              "or do not match their commitments")
+        return graph.neighbourhoods(nonces, self.selected)[self.index]
+
+    def _check_key_list(self, public_keys: dict[int, tuple[bytes, bytes]]) -> None:
+        if len(public_keys) > self.selected:
+            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys "
+                              f"in a round of {self.selected}")
+        if public_keys.get(self.index) != self.advertise():
+            raise SecAggError(f"worker {self.index}: the key list lacks this worker's own keys")
+        if len(public_keys) < self.floor:
+            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys, "
+                              f"at least {self.floor} needed")
+        if len({k for pair in public_keys.values() for k in pair}) != 2 * len(public_keys):
+            raise SecAggError(f"worker {self.index}: advertised keys are not all distinct")
 
     def check_shares(self, shares_for_me: dict[int, bytes]) -> list[int]:
         """Phase 2: keeps the shares other workers sent this one; the senders whose share did

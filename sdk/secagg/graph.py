@@ -7,11 +7,14 @@ and its k/2 nearest workers on either side of a ring (a random Harary graph, k =
 even, n the workers selected); it masks pairwise only with its neighbours and splits its secrets
 among its neighbourhood only, any k/2 + 1 shares (a majority) recovering them.
 
-The ring's order is a hash of every key the round's keys phase relayed (U1), so nobody knows the
-graph before every worker has committed to its fresh keys; each worker derives its neighbourhood
-itself from the keys it was relayed and refuses shares, masks and unmasking outside it. A
-coordinator that relays different keys to different workers gets graphs that disagree, hence
-shares that are refused. docs/secure-aggregation.md states the guarantees.
+The ring's order comes from a commit-reveal among the workers: each signs, with its keys, the
+SHA-256 of a fresh nonce; once every key (and commitment) is relayed, each reveals its nonce, and
+the ring is a hash of all the nonces of U1 (those whose keys were relayed), every one of which
+must be revealed. Nobody knows the ring before the last commitment is fixed, and no one, the
+coordinator and workers colluding with it included, can then steer it. Each worker derives its
+neighbourhood itself and refuses shares, masks and unmasking outside it; a coordinator that
+relays different keys or nonces to different workers gets rings that disagree, hence refusals.
+docs/secure-aggregation.md states the guarantees.
 """
 
 from __future__ import annotations
@@ -41,22 +44,25 @@ def neighbourhood_threshold(selected: int) -> int:
     return degree(selected) // 2 + 1
 
 
-def ring(public_keys: dict[int, tuple[bytes, bytes]], selected: int) -> list[int]:
+def commit(nonce: bytes) -> bytes:
+    """The commitment to a ring nonce that a worker signs with its keys."""
+    return hashlib.sha256(LABEL + nonce).digest()
+
+
+def ring(nonces: dict[int, bytes], selected: int) -> list[int]:
     """The workers of U1 in ring order: sorted by a hash of their number under a seed that is
-    the digest of every relayed key (numbers and both public keys, in number order)."""
+    the digest of every revealed nonce (with its worker's number, in number order)."""
     digest = hashlib.sha256(LABEL + struct.pack(">I", selected))
-    for u in sorted(public_keys):
-        c_pk, s_pk = public_keys[u]
-        digest.update(struct.pack(">III", u, len(c_pk), len(s_pk)) + c_pk + s_pk)
+    for u in sorted(nonces):
+        digest.update(struct.pack(">II", u, len(nonces[u])) + nonces[u])
     seed = digest.digest()
-    return sorted(public_keys, key=lambda u: hashlib.sha256(seed + struct.pack(">I", u)).digest())
+    return sorted(nonces, key=lambda u: hashlib.sha256(seed + struct.pack(">I", u)).digest())
 
 
-def neighbourhoods(public_keys: dict[int, tuple[bytes, bytes]],
-                   selected: int) -> dict[int, frozenset[int]]:
+def neighbourhoods(nonces: dict[int, bytes], selected: int) -> dict[int, frozenset[int]]:
     """Each worker of U1 -> its neighbourhood (itself included) on the ring of `ring`. A ring
     of fewer than k + 1 workers makes every neighbourhood all of them."""
-    order = ring(public_keys, selected)
+    order = ring(nonces, selected)
     half, size = degree(selected) // 2, len(order)
     return {u: frozenset(order[(place + step) % size] for step in range(-half, half + 1))
             for place, u in enumerate(order)}

@@ -24,8 +24,8 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
               plus_above: int = 0) -> tuple[SecAggServer, np.ndarray]:
     """Sums the encoded uint64 `vectors` of workers 0..n-1 through every phase of the protocol.
 
-    `drop[phase]` go silent from that phase on ("advertise", "share", "check", "mask",
-    "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
+    `drop[phase]` go silent from that phase on ("advertise", "ring" (SecAgg+ only), "share",
+    "check", "mask", "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
     each step ("worker" or "coordinator"); above `plus_above` workers the round is SecAgg+.
     Returns the server and the unmasked total.
     """
@@ -48,11 +48,19 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
 
     for u in speaking("advertise", clients):
         coordinator("advertise", server.receive_keys, u,
-                    *worker("advertise", u, clients[u].advertise), clients[u].commitment)
+                    *worker("advertise", u, clients[u].advertise), clients[u].commitment,
+                    clients[u].ring_commitment)
     keys = coordinator("advertise", server.public_keys)
+    nonces = None
+    if server.plus:
+        commitments = server.ring_commitments()
+        for u in speaking("ring", keys):
+            coordinator("ring", server.receive_nonce, u,
+                        worker("ring", u, clients[u].reveal, keys, commitments))
+        nonces = coordinator("ring", server.ring_nonces)
     for u in speaking("share", keys):
         coordinator("share", server.receive_shares, u,
-                    worker("share", u, clients[u].share_keys, keys))
+                    worker("share", u, clients[u].share_keys, keys, nonces))
     routed = coordinator("share", server.routed_shares)
     for u in speaking("check", routed):
         coordinator("check", server.receive_check, u,

@@ -48,6 +48,8 @@ class SecAggServer:
         self.u3: set[int] = set()  # sent a masked input, which is summed
         self.u4: set[int] = set()  # revealed shares
         self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._ring_commitments: dict[int, bytes] = {}  # SecAgg+
+        self._nonces: dict[int, bytes] = {}
         self._graph: dict[int, frozenset[int]] = {}  # SecAgg+: each worker's neighbourhood
         self._commitments: dict[int, bytes] = {}
         self._ciphertexts: dict[int, dict[int, bytes]] = {}
@@ -56,23 +58,53 @@ class SecAggServer:
         self._revealed: dict[int, Revealed] = {}
 
     # Phase 0: advertise keys
-    def receive_keys(self, u: int, c_pk: bytes, s_pk: bytes, commitment: bytes) -> None:
-        """`u`'s public keys, and the SHA-256 of its self-mask seed."""
+    def receive_keys(self, u: int, c_pk: bytes, s_pk: bytes, commitment: bytes,
+                     ring_commitment: bytes = b"") -> None:
+        """`u`'s public keys, the SHA-256 of its self-mask seed and (SecAgg+) the commitment
+        to its ring nonce."""
         self._check(u, set(range(self.n_selected)), self._keys, "advertise")
-        if {len(c_pk), len(s_pk), len(commitment)} != {KEY_BYTES}:
-            self.dropped[u] = (f"advertised keys of {len(c_pk)} and {len(s_pk)} bytes and a "
-                               f"commitment of {len(commitment)}, where all take {KEY_BYTES}")
+        sizes = {len(c_pk), len(s_pk), len(commitment)} | (
+            {len(ring_commitment)} if self.plus else set())
+        if sizes != {KEY_BYTES}:
+            self.dropped[u] = (f"advertised keys of {len(c_pk)} and {len(s_pk)} bytes and "
+                               f"commitments of {len(commitment)} and {len(ring_commitment)}, "
+                               f"where all take {KEY_BYTES}")
         else:
             self._keys[u] = (c_pk, s_pk)
             self._commitments[u] = commitment
+            self._ring_commitments[u] = ring_commitment
 
     def public_keys(self) -> dict[int, tuple[bytes, bytes]]:
         """Closes advertising: the keys of U1, for every worker in it."""
         self.u1 = self._close("advertise", self._keys, range(self.n_selected), "sent no keys")
-        keys = {u: self._keys[u] for u in sorted(self.u1)}
-        if self.plus:
-            self._graph = graph.neighbourhoods(keys, self.n_selected)
-        return keys
+        return {u: self._keys[u] for u in sorted(self.u1)}
+
+    def ring_commitments(self) -> dict[int, bytes]:
+        """SecAgg+: the ring commitments of U1, relayed with its keys."""
+        return {u: self._ring_commitments[u] for u in sorted(self.u1)}
+
+    # Phase 1a (SecAgg+): reveal the ring's nonces
+    def receive_nonce(self, u: int, nonce: bytes) -> None:
+        self._check(u, self.u1, self._nonces, "ring")
+        if graph.commit(nonce) != self._ring_commitments[u]:
+            self.dropped[u] = "revealed a ring nonce that is not the one it committed to"
+        else:
+            self._nonces[u] = nonce
+
+    def ring_nonces(self) -> dict[int, bytes]:
+        """Closes the ring: every nonce of U1, which fixes each worker's neighbourhood. Every
+        worker of U1 must have revealed its nonce, or the round fails: leaving some out would
+        let the coordinator choose among rings."""
+        self._close("ring", self._nonces, self.u1, "revealed no ring nonce")
+        missing = sorted(self.u1 - set(self._nonces))
+        if missing:
+            raise SecAggError(
+                "secure aggregation failed at ring: "
+                + ", ".join(self.names[u] for u in missing) + " did not reveal the ring nonce "
+                "committed to with its keys; the ring is drawn from every keyed worker's nonce, "
+                "so that leaving some out cannot choose it")
+        self._graph = graph.neighbourhoods(self._nonces, self.n_selected)
+        return dict(sorted(self._nonces.items()))
 
     def neighbours(self, u: int) -> frozenset[int] | set[int]:
         """`u`'s neighbourhood, itself included: all of U1 in Bonawitz's protocol."""
