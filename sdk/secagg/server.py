@@ -217,8 +217,9 @@ class SecAggServer:
 
     def _reconstruct(self, v: int, kind: str) -> bytes:
         what = f"{self.names[v]}'s {kind.replace('_', ' ')}"
-        shares = {u: getattr(r, kind)[v] for u, r in self._revealed.items()
-                  if v in getattr(r, kind)}
+        held = {u: getattr(self._revealed[u], kind) for u in sorted(self.neighbours(v))
+                if u in self._revealed}  # only v's neighbourhood holds shares of it
+        shares = {u: by_worker[v] for u, by_worker in held.items() if v in by_worker}
         if len(shares) < self.threshold:
             raise SecAggError(f"secure aggregation failed at unmasking: {len(shares)} shares of "
                               f"{what}, at least {self.threshold} needed")
