@@ -31,9 +31,9 @@ from sdk.analytics.graph import Graph
 from sdk.analytics.plan import Aggregation, Parts, Plan
 from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import fewest_honest
-from sdk.secagg.client import threshold_rule
 from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2, values_pb2
+from sdk.secagg.client import threshold_rule
 
 
 async def run_analytics(

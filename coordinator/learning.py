@@ -37,9 +37,9 @@ from coordinator.secure import SecureRound, describe_mode
 from coordinator.store import Checksum, Store
 from sdk import weights
 from sdk.privacy.accounting import fewest_honest
-from sdk.secagg.client import threshold_rule
 from sdk.privacy.fedavg import DPFedAvg
 from sdk.proto import task_pb2
+from sdk.secagg.client import threshold_rule
 from sdk.secagg.fixedpoint import decode_in_place
 
 

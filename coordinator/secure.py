@@ -2,8 +2,9 @@
 cannot read, adds masked vectors it cannot read either, and learns only their sum.
 
 The phases after the keys are "secagg_ring" (SecAgg+ only: the ring's nonces), "secagg_share",
-"secagg_check" and "secagg_unmask", each bounded by `connection_timeout`; the keys and the masked input ride on phases of the task's kind (see
-coordinator/analytics.py and coordinator/learning.py). A worker whose message is malformed is
+"secagg_check" and "secagg_unmask", each bounded by `connection_timeout`; the keys and the
+masked input ride on phases of the task's kind (see coordinator/analytics.py and
+coordinator/learning.py). A worker whose message is malformed is
 dropped and named; fewer than the threshold (min_clients, and more than half of those selected)
 fails the round.
 """

@@ -8,7 +8,7 @@ FedAvg's fold does it. Each figure is the best of --repeat runs.
 
 Scaling table: Bonawitz's protocol against SecAgg+ (sdk/secagg/graph.py) for --plus-workers
 workers summing vectors of --plus-size values: each worker's cost (the mean over workers, all
-phases), the coordinator's, and the shares each worker sends. Where Bonawitz's round is too slow
+phases), the coordinator's, and how many peers each worker masks and shares with. Where Bonawitz's round is too slow
 to run whole in one process (--bonawitz-max), its costs are estimated from measured steps: one
 worker's share_keys over all n, its masked vector with n seeds, and one reconstruction at the
 threshold times n (the unmasking without dropouts), which leaves out relaying and routing: a
@@ -132,7 +132,7 @@ def estimated_bonawitz(n: int, x: np.ndarray) -> tuple[float, float]:
 
 def plus_table(workers: list[int], size: int, bonawitz_max: int) -> None:
     x = np.random.default_rng(0).normal(0, 1, size).astype(np.float32).round(3)
-    print(f"\n| workers | values | protocol | peers per worker | threshold | worker ms "
+    print("\n| workers | values | protocol | peers per worker | threshold | worker ms "
           "| coordinator ms |")
     print("|---:|---:|---|---:|---:|---:|---:|")
     for n in workers:
