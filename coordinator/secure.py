@@ -1,9 +1,10 @@
 """Secure aggregation over a round's workers: the coordinator relays keys and encrypted shares it
 cannot read, adds masked vectors it cannot read either, and learns only their sum.
 
-The phases after the keys are "secagg_share", "secagg_check" and "secagg_unmask", each bounded
-by `connection_timeout`; the keys and the masked input ride on phases of the task's kind (see
-coordinator/analytics.py and coordinator/learning.py). A worker whose message is malformed is
+The phases after the keys are "secagg_ring" (SecAgg+ only: the ring's nonces), "secagg_share",
+"secagg_check" and "secagg_unmask", each bounded by `connection_timeout`; the keys and the
+masked input ride on phases of the task's kind (see coordinator/analytics.py and
+coordinator/learning.py). A worker whose message is malformed is
 dropped and named; fewer than the threshold (min_clients, and more than half of those selected)
 fails the round.
 """
@@ -20,7 +21,7 @@ from coordinator.rounds import Round, RoundFailed
 from sdk import values
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
-from sdk.secagg import Revealed, SecAggError, SecAggServer
+from sdk.secagg import Revealed, SecAggError, SecAggServer, graph
 from sdk.secagg.binding import round_context
 from sdk.secagg.shamir import SHARE_BYTES
 
@@ -38,12 +39,14 @@ def describe_mode(spec: task_pb2.TaskSpec) -> str:
 
 class SecureRound:
     """One secure sum over the workers of `round_`, numbered in order of name; `stage` is the
-    analytics step the phases belong to."""
+    analytics step the phases belong to; above `plus_above` workers it runs SecAgg+."""
 
-    def __init__(self, round_: Round, rules: task_pb2.RoundRules, stage: int = 0) -> None:
+    def __init__(self, round_: Round, rules: task_pb2.RoundRules, stage: int = 0,
+                 plus_above: int = 0) -> None:
         self.round = round_
         self.stage = stage
         self.rules = rules
+        self.plus_above = plus_above
         self.workers = sorted(round_.workers, key=lambda w: w.name)
         self.index = {w.name: u for u, w in enumerate(self.workers)}
         self.server: SecAggServer | None = None
@@ -55,6 +58,13 @@ class SecureRound:
 
     def opening(self) -> SecAggRequests:
         """The first phase's requests: each worker's number, and how many were selected."""
+        n = len(self.workers)
+        if graph.uses_plus(n, self.plus_above) and self.stage == 0:
+            self.round.log(
+                f"round {self.round.number}: SecAgg+ over {n} workers (more than the task's "
+                f"secagg_plus_above {self.plus_above}): each masks with k = {graph.degree(n)} "
+                "neighbours on a ring drawn from nonces every worker committed to, and any "
+                f"{graph.neighbourhood_threshold(n)} of its neighbourhood can unmask it")
         return {w.name: pb.SecAggRequest(index=u, selected=len(self.workers))
                 for u, w in enumerate(self.workers)}
 
@@ -63,22 +73,32 @@ class SecureRound:
         """Takes the workers' keys from the first phase's parsed answers, once the length of
         the vector to sum is known; `total` is memory to reuse for the sum."""
         self.server = SecAggServer(len(self.workers), self.rules.min_clients, vector_length,
-                                   self.names, total)
+                                   self.names, total, self.plus_above)
         for name, response in responses.items():
             keys = response.keys
-            self.server.receive_keys(self.index[name], keys.c_pk, keys.s_pk, keys.commitment)
+            self.server.receive_keys(self.index[name], keys.c_pk, keys.s_pk, keys.commitment,
+                                     keys.ring_commitment)
             self.keys[self.index[name]] = pb.SecAggKeys(
                 c_pk=keys.c_pk, s_pk=keys.s_pk, commitment=keys.commitment,
-                signature=keys.signature, certificate=keys.certificate, worker=name)
+                signature=keys.signature, certificate=keys.certificate, worker=name,
+                ring_commitment=keys.ring_commitment)
 
     async def exchange_shares(self) -> list[int]:
-        """Relays the public keys, then each worker's encrypted shares; returns U2, the workers
-        that will mask with one another."""
+        """Relays the public keys (under SecAgg+, then the ring's nonces), then each worker's
+        encrypted shares; returns U2, the workers that will mask with one another."""
         server = self._server
         keys = await self._close("advertise", server.public_keys)
         public = {u: self.keys[u] for u in keys}  # with each one's signature, for its peers
+        nonces: dict[int, bytes] = {}
+        if server.plus:
+            answers = await self._phase("secagg_ring", {
+                w.name: pb.SecAggRequest(public_keys=public) for w in self.round.workers})
+            for name, response in self.parse(answers, "secagg_ring").items():
+                server.receive_nonce(self.index[name], response.ring_nonce)
+            nonces = await self._close("ring", server.ring_nonces)
         answers = await self._phase("secagg_share", {
-            w.name: pb.SecAggRequest(public_keys=public) for w in self.round.workers})
+            w.name: pb.SecAggRequest(public_keys=public, ring_nonces=nonces)
+            for w in self.round.workers})
         for name, response in self.parse(answers, "secagg_share").items():
             server.receive_shares(self.index[name], dict(response.shares))
         routed = await self._close("share keys", server.routed_shares)

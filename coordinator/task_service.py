@@ -213,7 +213,7 @@ def _validate(spec: task_pb2.TaskSpec, weights_bytes: int) -> None:
     rules = spec.rules
     check_rules(spec.name, rules.min_clients, rules.max_clients, rules.wait_timeout,
                 rules.connection_timeout)
-    check_secure(spec.secure_aggregation, spec.precision, 0)
+    check_secure(spec.secure_aggregation, spec.precision, 0, spec.secagg_plus_above)
     if not spec.datasets:
         raise ValueError("the task names no dataset")
     summary = len(spec.name.encode()) + sum(ref.ByteSize() for ref in spec.datasets)

@@ -12,6 +12,7 @@ from sdk.analytics.plan import Plan
 from sdk.privacy import DifferentialPrivacy, PrivacyRefused
 from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2
+from sdk.secagg.graph import PLUS_ABOVE
 
 FORMAT_VERSION = 1
 
@@ -60,15 +61,21 @@ ANALYTICS_PRECISION = 9  # decimal digits: sums of values up to ~10^19 keep 1e-9
 LEARNING_PRECISION = 6  # decimal digits: |weight| * samples * max_clients below ~9.2e12
 
 
-def check_secure(secure_aggregation: bool, precision: int | None, default: int) -> dict[str, Any]:
+def check_secure(secure_aggregation: bool, precision: int | None, default: int,
+                 secagg_plus_above: int) -> dict[str, Any]:
     """The TaskSpec fields of secure aggregation, or TaskError."""
+    if (isinstance(secagg_plus_above, bool) or not isinstance(secagg_plus_above, int)
+            or secagg_plus_above < 0):
+        raise TaskError(f"secagg_plus_above is the round size above which SecAgg+ is used (0: "
+                        f"never), an integer of at least 0, not {secagg_plus_above!r}")
     if not isinstance(secure_aggregation, bool):
         raise TaskError(f"secure_aggregation must be True or False, not {secure_aggregation!r}")
     precision = default if precision is None else precision
     if isinstance(precision, bool) or not isinstance(precision, int) or not 0 <= precision <= 15:
         raise TaskError(f"precision is the decimal digits kept, an integer from 0 to 15, "
                         f"not {precision!r}")
-    return {"secure_aggregation": secure_aggregation, "precision": precision}
+    return {"secure_aggregation": secure_aggregation, "precision": precision,
+            "secagg_plus_above": secagg_plus_above}
 
 
 class HorizontalAnalytics:
@@ -79,7 +86,9 @@ class HorizontalAnalytics:
     workers (those connected that hold every dataset named) take part; a compute phase may
     take `wait_timeout` seconds at most, every other phase `connection_timeout`. With
     `secure_aggregation` (the default) the coordinator learns only the sum of the holders'
-    aggregates, kept to `precision` decimal digits (default 9; integers stay exact). With
+    aggregates, kept to `precision` decimal digits (default 9; integers stay exact); rounds
+    of more than `secagg_plus_above` workers (default 32) use SecAgg+, each worker masking
+    with about 2 log2 n of them (docs/secure-aggregation.md). With
     `privacy` (a `sdk.privacy.DifferentialPrivacy`) every number released gets noise from the
     holders, calibrated to the bounds the task declares (see docs/pandas.md).
     """
@@ -87,9 +96,11 @@ class HorizontalAnalytics:
     def __init__(self, name: str, min_clients: int = 2, max_clients: int = 2,
                  wait_timeout: float = 60, connection_timeout: float = 60,
                  secure_aggregation: bool = True, precision: int | None = None,
-                 privacy: DifferentialPrivacy | None = None) -> None:
+                 privacy: DifferentialPrivacy | None = None,
+                 secagg_plus_above: int = PLUS_ABOVE) -> None:
         self.name = name
         self.min_clients = min_clients
+        self.secagg_plus_above = secagg_plus_above
         self.max_clients = max_clients
         self.wait_timeout = wait_timeout
         self.connection_timeout = connection_timeout
@@ -112,7 +123,8 @@ class HorizontalAnalytics:
         """Validates the task and records `execute` as a graph of operations."""
         rules = check_rules(self.name, self.min_clients, self.max_clients, self.wait_timeout,
                             self.connection_timeout)
-        secure = check_secure(self.secure_aggregation, self.precision, ANALYTICS_PRECISION)
+        secure = check_secure(self.secure_aggregation, self.precision, ANALYTICS_PRECISION,
+                              self.secagg_plus_above)
         datasets = self.dataset()
         if not isinstance(datasets, dict) or not datasets:
             raise TaskError("dataset() must return a non-empty dict of {argument: dataset.DataFrame}")
@@ -190,6 +202,9 @@ class FedAvg:
     With `clip_norm` C and `noise_multiplier` z (both or neither) it is DP-FedAvg: each worker's
     daemon clips its update (trained weights minus the global ones) to L2 norm C and adds its
     share of noise of standard deviation z * C; each worker weighs 1 and sends no metrics.
+
+    Under secure aggregation, rounds of more than `secagg_plus_above` selected workers use
+    SecAgg+ (each masks with about 2 log2 n of them, docs/secure-aggregation.md).
     """
 
     min_clients: int = 2
@@ -200,6 +215,7 @@ class FedAvg:
     connection_timeout: float = 60
     clip_norm: float | None = None
     noise_multiplier: float | None = None
+    secagg_plus_above: int = PLUS_ABOVE
 
     def differential_privacy(self) -> tuple[float, float] | None:
         """(clip_norm, noise_multiplier), or None without DP; TaskError if they are wrong."""
@@ -304,7 +320,8 @@ class HorizontalLearning:
         rules = check_rules(self.name, strategy.min_clients, strategy.max_clients,
                             strategy.wait_timeout, strategy.connection_timeout)
         epochs, iterations = strategy.merge()
-        secure = check_secure(self.secure_aggregation, self.precision, LEARNING_PRECISION)
+        secure = check_secure(self.secure_aggregation, self.precision, LEARNING_PRECISION,
+                              strategy.secagg_plus_above)
         if not isinstance(self.max_rounds, int) or self.max_rounds < 1:
             raise TaskError(f"max_rounds must be a positive integer, not {self.max_rounds!r}")
         if not isinstance(self.validate_interval, int) or self.validate_interval < 1:

@@ -60,9 +60,9 @@ class HandWorker(threading.Thread):
     def contribution(self, assignment: pb.Assignment, step: str,
                      min_clients: int = 2) -> Contribution:
         """What the rerun rule keys this round's input by, as the daemon does."""
-        _, claims = self.fetch_task(assignment.task_id)
+        spec, claims = self.fetch_task(assignment.task_id)
         return Contribution(claims.nonce or assignment.task_id.to_bytes(8, "big"), step,
-                            min_clients)
+                            min_clients, spec.secagg_plus_above)
 
     def run(self) -> None:
         reply = self.stub.Register(pb.RegisterRequest(name=self.name, datasets=self.datasets))

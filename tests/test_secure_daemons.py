@@ -171,3 +171,23 @@ def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
         server.stop(0)
     assert "task 1 asks for secure aggregation, and the coordinator asked for its compute in " \
            "the clear: refused" in liar.error
+
+
+def test_a_round_above_secagg_plus_above_runs_secagg_plus_and_sums_exactly(cluster):
+    """Four real workers, SecAgg+ from three: each masks with k = 2 of the other three (a
+    ring), shares with those two only, and the mean is pandas' own."""
+    cluster.start_coordinator()
+    tables = {f"w{i}": wages(10 + 5 * i, i) for i in range(1, 5)}
+    for name, table in tables.items():
+        cluster.start_worker(name, {"wages.csv": table})
+    task = WageAvg(max_clients=4)
+    task.secagg_plus_above = 2
+    client = cluster.client()
+    task_id = client.create_task(task.build())
+    assert client.wait(task_id), client.get_task(task_id).error
+    log = log_text(client, task_id)
+    assert ("round 1: SecAgg+ over 4 workers (more than the task's secagg_plus_above 2): each "
+            "masks with k = 2 neighbours") in log
+    assert "step 1/1: aggregated 4 worker(s)" in log
+    expected = pd.concat(tables.values(), ignore_index=True).mean()
+    pd.testing.assert_series_equal(client.get_result(task_id), expected, rtol=1e-9)

@@ -220,6 +220,7 @@ class Admission:
     signer: str
     sources: dict[str, str]
     delta: float  # the delta the task states its privacy at (0 without DP)
+    secagg_plus_above: int = 0  # the signed task's: rounds above it run SecAgg+
 
 
 class Worker:
@@ -445,7 +446,7 @@ class Worker:
                          time.perf_counter() - started)
             elif phase == "secagg_keys":
                 data = self.secure.open(assignment, self._contribution(assignment, job))
-            elif phase in ("secagg_share", "secagg_check", "secagg_unmask"):
+            elif phase in ("secagg_ring", "secagg_share", "secagg_check", "secagg_unmask"):
                 data = self.secure.answer(assignment)
             elif phase == "secagg_masked" and isinstance(job, AnalyticsJob):
                 data = await asyncio.to_thread(self.secure.masked_parts, assignment,
@@ -533,13 +534,14 @@ class Worker:
         whatever the coordinator calls its round, a learning round by its number (which only
         goes forward, up to the signed max_rounds)."""
         key = self._admissions[assignment.task_id].key
+        plus_above = self._admissions[assignment.task_id].secagg_plus_above
         if isinstance(job, LearningJob):
             try:
                 self.secure.ledger.advance(key.hex(), assignment.round, job.max_rounds)
             except RerunRefused as error:
                 raise TaskRefused(str(error), "rerun") from None
-            return Contribution(key, f"round {assignment.round}", job.min_clients)
-        return Contribution(key, f"step {assignment.stage + 1}", job.min_clients)
+            return Contribution(key, f"round {assignment.round}", job.min_clients, plus_above)
+        return Contribution(key, f"step {assignment.stage + 1}", job.min_clients, plus_above)
 
     async def _load(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
                     session_id: str, task_id: int, round_number: int) -> Job:
@@ -563,7 +565,7 @@ class Worker:
         sources = {self.catalog.key(ref.file): ref.file for ref in spec.datasets}
         self._admissions[task_id] = Admission(claims.nonce if claims else hashlib.sha256(
             data + task_id.to_bytes(8, "big")).digest(), signer.name, sources,
-            spec.privacy.delta)
+            spec.privacy.delta, spec.secagg_plus_above)
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
             job: Job = await asyncio.to_thread(AnalyticsJob, spec, self.catalog, self.min_rows,
                                                self.chunk_rows,

@@ -336,7 +336,8 @@ class LearningJob:
                 raise
             release = None
             if self.dp is not None:
-                shares = fewest_honest(self.min_clients, selected) if mask_seeds else 1
+                shares = (fewest_honest(self.min_clients, selected, self.spec.secagg_plus_above)
+                          if mask_seeds else 1)
                 release = await asyncio.to_thread(self._dp_release, shares)
                 result = {"samples": 1, "validate_samples": 0, "metrics": {}}
             if mask_seeds is None:

@@ -27,11 +27,13 @@ from worker.contributions import ContributionLedger, RerunRefused
 @dataclass(frozen=True)
 class Contribution:
     """Which input of which task a round's protocol carries: the task's key (its signature's
-    nonce, or its spec's digest), the step ("step 2", "round 3") and the task's min_clients."""
+    nonce, or its spec's digest), the step ("step 2", "round 3"), the task's min_clients and
+    the round size above which it runs SecAgg+ (both from the signed task)."""
 
     task_key: bytes
     step: str
     min_clients: int
+    plus_above: int = 0
 
 
 @dataclass
@@ -59,13 +61,15 @@ class SecureRounds:
              parts: Parts | None = None) -> bytes:
         """Starts the round's protocol: this worker's public keys, and the layout of `parts`
         (analytics) for the coordinator to lay every worker's parts on. The threshold comes
-        from the task's own `min_clients`, never from the coordinator."""
+        from the task's own `min_clients` and `secagg_plus_above`, never from the coordinator."""
         request = assignment.secagg
-        client = SecAggClient(request.index, contribution.min_clients, request.selected)
+        client = SecAggClient(request.index, contribution.min_clients, request.selected,
+                              contribution.plus_above)
         self._rounds[assignment.task_id] = _Round(_number(assignment), client, contribution,
                                                   parts, assignment.inputs)
         c_pk, s_pk = client.advertise()
-        keys = pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk, commitment=client.commitment)
+        keys = pb.SecAggKeys(c_pk=c_pk, s_pk=s_pk, commitment=client.commitment,
+                             ring_commitment=client.ring_commitment)
         if self.kit is not None:
             keys.signature = self.kit.sign(keys_payload(
                 contribution.task_key, assignment.round, assignment.stage, request.index,
@@ -78,13 +82,19 @@ class SecureRounds:
         return response.SerializeToString()
 
     def answer(self, assignment: pb.Assignment) -> bytes:
-        """The answer to a protocol phase: shares, the check of shares, or the unmasking."""
+        """The answer to a protocol phase: the ring's nonce (SecAgg+), shares, the check of
+        shares, or the unmasking."""
         state, request = self._current(assignment), assignment.secagg
         response = pb.SecAggResponse()
-        if assignment.phase == "secagg_share":
+        keys = {u: (k.c_pk, k.s_pk) for u, k in request.public_keys.items()}
+        if assignment.phase == "secagg_ring":
             state.names = self._peer_names(assignment, state)
-            keys = {u: (k.c_pk, k.s_pk) for u, k in request.public_keys.items()}
-            response.shares.update(state.client.share_keys(keys))
+            response.ring_nonce = state.client.reveal(keys, {
+                u: k.ring_commitment for u, k in request.public_keys.items()})
+        elif assignment.phase == "secagg_share":
+            if not state.client.plus:  # under SecAgg+ checked at the ring, and must not change
+                state.names = self._peer_names(assignment, state)
+            response.shares.update(state.client.share_keys(keys, dict(request.ring_nonces)))
         elif assignment.phase == "secagg_check":
             response.malformed.extend(state.client.check_shares(dict(request.shares)))
         elif assignment.phase == "secagg_unmask":
@@ -115,12 +125,13 @@ class SecureRounds:
         """Analytics: the opening phase's parts on the union layout, encoded and masked.
         `noise(shares)` gives differential privacy's hook: this worker adds 1/shares of the
         noise, shares being the fewest workers any sum it is in holds (the protocol's
-        threshold), and the union must then be its own layout, which the task alone decides
+        threshold, a neighbourhood's under SecAgg+), and the union must then be its own layout, which the task alone decides
         (another could encode a count in a float's units, where its noise would be lost)."""
         state = self._current(assignment)
         if state.parts is None:
             raise SecAggError(f"task {assignment.task_id}: no parts were computed this round")
-        shares = fewest_honest(state.contribution.min_clients, state.client.selected)
+        shares = fewest_honest(state.contribution.min_clients, state.client.selected,
+                               state.contribution.plus_above)
         hook = noise(shares) if noise is not None else None
         union = values.decode(assignment.secagg.layout)
         if hook is not None and not secure.same_layout(union, secure.layout(state.parts)):

@@ -300,7 +300,7 @@ class Assignment(_message.Message):
     def __init__(self, exchange_id: _Optional[int] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., stage: _Optional[int] = ..., inputs: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., timeout: _Optional[float] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ...) -> None: ...
 
 class SecAggRequest(_message.Message):
-    __slots__ = ("index", "selected", "public_keys", "shares", "peers", "survivors", "layout")
+    __slots__ = ("index", "selected", "public_keys", "shares", "peers", "survivors", "layout", "ring_nonces")
     class PublicKeysEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +315,13 @@ class SecAggRequest(_message.Message):
         key: int
         value: bytes
         def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class RingNoncesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SELECTED_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +329,7 @@ class SecAggRequest(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    RING_NONCES_FIELD_NUMBER: _ClassVar[int]
     index: int
     selected: int
     public_keys: _containers.MessageMap[int, SecAggKeys]
@@ -329,26 +337,29 @@ class SecAggRequest(_message.Message):
     peers: _containers.RepeatedScalarFieldContainer[int]
     survivors: _containers.RepeatedScalarFieldContainer[int]
     layout: _values_pb2.Value
-    def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
+    ring_nonces: _containers.ScalarMap[int, bytes]
+    def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., ring_nonces: _Optional[_Mapping[int, bytes]] = ...) -> None: ...
 
 class SecAggKeys(_message.Message):
-    __slots__ = ("c_pk", "s_pk", "commitment", "signature", "certificate", "worker")
+    __slots__ = ("c_pk", "s_pk", "commitment", "signature", "certificate", "worker", "ring_commitment")
     C_PK_FIELD_NUMBER: _ClassVar[int]
     S_PK_FIELD_NUMBER: _ClassVar[int]
     COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    RING_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     c_pk: bytes
     s_pk: bytes
     commitment: bytes
     signature: bytes
     certificate: bytes
     worker: str
-    def __init__(self, c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., worker: _Optional[str] = ...) -> None: ...
+    ring_commitment: bytes
+    def __init__(self, c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., worker: _Optional[str] = ..., ring_commitment: _Optional[bytes] = ...) -> None: ...
 
 class SecAggResponse(_message.Message):
-    __slots__ = ("keys", "shares", "malformed", "self_mask_shares", "mask_key_shares", "layout")
+    __slots__ = ("keys", "shares", "malformed", "self_mask_shares", "mask_key_shares", "layout", "ring_nonce")
     class SharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -376,13 +387,15 @@ class SecAggResponse(_message.Message):
     SELF_MASK_SHARES_FIELD_NUMBER: _ClassVar[int]
     MASK_KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    RING_NONCE_FIELD_NUMBER: _ClassVar[int]
     keys: SecAggKeys
     shares: _containers.ScalarMap[int, bytes]
     malformed: _containers.RepeatedScalarFieldContainer[int]
     self_mask_shares: _containers.ScalarMap[int, bytes]
     mask_key_shares: _containers.ScalarMap[int, bytes]
     layout: _values_pb2.Value
-    def __init__(self, keys: _Optional[_Union[SecAggKeys, _Mapping]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., malformed: _Optional[_Iterable[int]] = ..., self_mask_shares: _Optional[_Mapping[int, bytes]] = ..., mask_key_shares: _Optional[_Mapping[int, bytes]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
+    ring_nonce: bytes
+    def __init__(self, keys: _Optional[_Union[SecAggKeys, _Mapping]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., malformed: _Optional[_Iterable[int]] = ..., self_mask_shares: _Optional[_Mapping[int, bytes]] = ..., mask_key_shares: _Optional[_Mapping[int, bytes]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., ring_nonce: _Optional[bytes] = ...) -> None: ...
 
 class FetchTaskRequest(_message.Message):
     __slots__ = ("session_id", "task_id")

@@ -1,6 +1,7 @@
 """Secure aggregation (Bonawitz et al., CCS 2017): the coordinator learns the sum of the workers'
-vectors and nothing about any one of them. Transport-free state machines: `SecAggClient` per
-worker, `SecAggServer` on the coordinator; the daemons carry their messages."""
+vectors and nothing about any one of them; large rounds use SecAgg+ (Bell et al., CCS 2020,
+`graph`). Transport-free state machines: `SecAggClient` per worker, `SecAggServer` on the
+coordinator; the daemons carry their messages."""
 
 from .client import Revealed, SecAggClient, SecAggError, threshold
 from .masks import accumulate

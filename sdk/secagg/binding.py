@@ -23,11 +23,12 @@ def round_context(task_id: int, round_number: int, stage: int, opening: values_p
 
 def keys_payload(task_key: bytes, round_number: int, stage: int, index: int, selected: int,
                  keys: services_pb2.SecAggKeys) -> bytes:
-    """What a worker signs when it advertises its keys: the keys and its seed's commitment, for
+    """What a worker signs when it advertises its keys: the keys, its seed's commitment and
+    (SecAgg+) its ring nonce's commitment, for
     this task (its signed nonce), round, step and place among the selected. Peers check it, so a
     coordinator can neither make up workers nor swap one's keys for its own."""
     digest = hashlib.sha256(b"deltaflow secure aggregation keys v1\0" + task_key)
     digest.update(struct.pack(">IIII", round_number, stage, index, selected))
-    for part in (keys.c_pk, keys.s_pk, keys.commitment):
+    for part in (keys.c_pk, keys.s_pk, keys.commitment, keys.ring_commitment):
         digest.update(struct.pack(">Q", len(part)) + part)
     return digest.digest()

@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import shamir
+from . import graph, shamir
 from .masks import MASK_LABEL, SHARE_LABEL, agree, pairwise_sign
 
 NONCE_BYTES = 12
@@ -29,28 +29,49 @@ class Revealed(NamedTuple):
     mask_key: dict[int, int]  # worker -> this worker's share of its masking private key
 
 
-def threshold(min_clients: int, n_selected: int) -> int:
-    """Shares needed: at least `min_clients` and more than half of the selected workers."""
+def threshold(min_clients: int, n_selected: int, plus_above: int = 0) -> int:
+    """Shares needed: at least `min_clients` and more than half of the selected workers; under
+    SecAgg+ (more than `plus_above` selected, see graph.py) a majority of a neighbourhood."""
     if not 1 <= min_clients <= n_selected:
         raise ValueError(f"min_clients {min_clients} must be between 1 and {n_selected}")
+    if graph.uses_plus(n_selected, plus_above):
+        return graph.neighbourhood_threshold(n_selected)
     return max(min_clients, n_selected // 2 + 1)
+
+
+def threshold_rule(min_clients: int, n_selected: int, plus_above: int = 0) -> str:
+    """The threshold and the rule it comes from, for the task's log."""
+    t = threshold(min_clients, n_selected, plus_above)
+    if graph.uses_plus(n_selected, plus_above):
+        k = graph.degree(n_selected)
+        return (f"k/2 + 1 = {t}, a majority of each SecAgg+ neighbourhood of k + 1 = {k + 1} "
+                f"workers (k = {k} for {n_selected} selected)")
+    return f"max(min_clients, selected // 2 + 1) = {t}"
 
 
 class SecAggClient:
     """Worker `index` of the `selected` workers of a round; its secrets need
-    threshold(min_clients, selected) shares to recover, which the worker works out itself."""
+    threshold(min_clients, selected, plus_above) shares to recover, which the worker works out
+    itself. Above `plus_above` selected (0: never) it runs SecAgg+: it shares and masks only
+    within its neighbourhood, which it derives itself from the relayed keys (graph.py)."""
 
-    def __init__(self, index: int, min_clients: int, selected: int):
+    def __init__(self, index: int, min_clients: int, selected: int, plus_above: int = 0):
         if not 0 <= index < selected:
             raise SecAggError(f"worker number {index} of {selected} selected is not in the round")
         self.index = index
         self.selected = selected
-        self.threshold = threshold(min_clients, selected)
+        self.plus = graph.uses_plus(selected, plus_above)
+        self.threshold = threshold(min_clients, selected, plus_above)
+        self.floor = max(min_clients, self.threshold)  # fewest workers a round may sum
+        self.neighbours: frozenset[int] = frozenset()  # with itself; all of U1 in Bonawitz's
         self._c_sk = X25519PrivateKey.generate()  # encrypts shares
         self._s_sk = X25519PrivateKey.generate()  # agrees pairwise masks
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._seed = os.urandom(32)  # self mask b_u
+        self._ring_nonce = os.urandom(32)  # SecAgg+: its part of the ring's randomness
+        self._listed: tuple[dict, dict] | None = None  # SecAgg+: keys, ring commitments seen
         self._held: dict[int, tuple[int, int]] = {}  # sender -> (share of b, share of s_sk)
+        self._peers: set[int] = set()  # U2 as the masked input's request named it
         self._masked_with: set[int] = set()
         self._revealed = False
 
@@ -60,29 +81,47 @@ class SecAggClient:
         rebuilds from shares against it, so a wrong share cannot pass unnoticed."""
         return hashlib.sha256(self._seed).digest()
 
+    @property
+    def ring_commitment(self) -> bytes:
+        """SecAgg+: the commitment to its ring nonce, sent (and signed) with the keys."""
+        return graph.commit(self._ring_nonce) if self.plus else b""
+
     def advertise(self) -> tuple[bytes, bytes]:
         """Phase 0: the two public keys (c_pk for share encryption, s_pk for masks)."""
         return (self._c_sk.public_key().public_bytes_raw(),
                 self._s_sk.public_key().public_bytes_raw())
 
-    def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
-        """Phase 1: encrypted shares of b_u and s_sk_u for every other worker that advertised.
-        Given once a round, to at most `selected` workers: more would lower the share of
+    def reveal(self, public_keys: dict[int, tuple[bytes, bytes]],
+               commitments: dict[int, bytes]) -> bytes:
+        """Phase 1a, SecAgg+ only: its ring nonce, once it has seen every relayed key and ring
+        commitment (U1), which fix the ring before any nonce is out. Once a round."""
+        if not self.plus:
+            raise SecAggError(f"worker {self.index}: a round of {self.selected} has no ring")
+        if self._listed is not None:
+            raise SecAggError(f"worker {self.index}: its ring nonce was already revealed")
+        self._check_key_list(public_keys)
+        if set(commitments) != set(public_keys) or commitments[self.index] != self.ring_commitment:
+            raise SecAggError(f"worker {self.index}: the ring commitments do not match the key "
+                              "list, or lack this worker's own")
+        self._listed = (dict(public_keys), dict(commitments))
+        return self._ring_nonce
+
+    def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]],
+                   ring_nonces: dict[int, bytes] | None = None) -> dict[int, bytes]:
+        """Phase 1: encrypted shares of b_u and s_sk_u for every other worker of its
+        neighbourhood: all that advertised, or under SecAgg+ its neighbours on the ring that
+        `ring_nonces` (every nonce of U1, each matching its commitment) give. Given once a
+        round, with at most `selected` workers advertised: more would lower the share of
         workers a lying coordinator needs below a majority."""
         if self._keys:
             raise SecAggError(f"worker {self.index}: its shares were already sent this round")
-        if len(public_keys) > self.selected:
-            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys "
-                              f"in a round of {self.selected}")
-        if public_keys.get(self.index) != self.advertise():
-            raise SecAggError(f"worker {self.index}: the key list lacks this worker's own keys")
-        if len(public_keys) < self.threshold:
-            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys, "
-                              f"at least {self.threshold} needed")
-        if len({k for pair in public_keys.values() for k in pair}) != 2 * len(public_keys):
-            raise SecAggError(f"worker {self.index}: advertised keys are not all distinct")
+        if self.plus:
+            self.neighbours = self._neighbourhood(public_keys, ring_nonces or {})
+        else:
+            self._check_key_list(public_keys)
+            self.neighbours = frozenset(public_keys)
         self._keys = dict(public_keys)
-        holders = sorted(public_keys)
+        holders = sorted(self.neighbours)
         b_shares = shamir.split(self._seed, holders, self.threshold)
         s_shares = shamir.split(self._s_sk.private_bytes_raw(), holders, self.threshold)
         self._held[self.index] = (b_shares[self.index], s_shares[self.index])
@@ -97,28 +136,63 @@ class SecAggClient:
             out[v] = nonce + self._cipher(v).encrypt(nonce, plaintext, None)
         return out
 
+    def _neighbourhood(self, public_keys: dict[int, tuple[bytes, bytes]],
+                       nonces: dict[int, bytes]) -> frozenset[int]:
+        """SecAgg+: its neighbourhood on the ring of the revealed nonces, which must be those
+        committed to, for the key list it revealed its own nonce for."""
+        if self._listed is None:
+            raise SecAggError(f"worker {self.index}: asked for shares before the ring's nonces")
+        keys, commitments = self._listed
+        if public_keys != keys:
+            raise SecAggError(f"worker {self.index}: the key list differs from the one it "
+                              "revealed its ring nonce for")
+        wrong = sorted(u for u in commitments if graph.commit(nonces.get(u, b"")) != commitments[u])
+        if wrong or set(nonces) != set(commitments):
+            raise SecAggError(f"worker {self.index}: the ring nonces of workers "
+                              f"{wrong or sorted(set(nonces) - set(commitments))} are missing "
+                              "or do not match their commitments")
+        return graph.neighbourhoods(nonces, self.selected)[self.index]
+
+    def _check_key_list(self, public_keys: dict[int, tuple[bytes, bytes]]) -> None:
+        if len(public_keys) > self.selected:
+            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys "
+                              f"in a round of {self.selected}")
+        if public_keys.get(self.index) != self.advertise():
+            raise SecAggError(f"worker {self.index}: the key list lacks this worker's own keys")
+        if len(public_keys) < self.floor:
+            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys, "
+                              f"at least {self.floor} needed")
+        if len({k for pair in public_keys.values() for k in pair}) != 2 * len(public_keys):
+            raise SecAggError(f"worker {self.index}: advertised keys are not all distinct")
+
     def check_shares(self, shares_for_me: dict[int, bytes]) -> list[int]:
         """Phase 2: keeps the shares other workers sent this one; the senders whose share did
         not decrypt or parse, for the coordinator to drop."""
-        if not set(shares_for_me) <= set(self._keys) - {self.index}:
-            raise SecAggError(f"worker {self.index}: shares from workers that advertised no keys "
-                              f"or from itself: {sorted(set(shares_for_me) - set(self._keys))}")
+        strangers = sorted(set(shares_for_me) - (self.neighbours - {self.index}))
+        if strangers:
+            raise SecAggError(f"worker {self.index}: shares from workers {strangers}, which are "
+                              "not its neighbours in the round's graph (or from itself)")
         return [v for v in sorted(shares_for_me) if not self._accept_share(v, shares_for_me[v])]
 
     def mask_seeds(self, peers: list[int], context: bytes = b"") -> list[tuple[bytes, int]]:
         """Phase 3: the seeds and signs of this worker's masks, its self mask and one pairwise
-        mask per peer (U2, the workers that shared keys): y = x + PRG(b_u) + sum_{v>u} PRG(s_uv)
-        - sum_{v<u} PRG(s_uv) mod 2^64. `masks.accumulate` expands them. Pairwise seeds are
-        derived under `context` (binding.round_context). Given once a round."""
+        mask per peer of its neighbourhood in U2 (the workers that shared keys):
+        y = x + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv) mod 2^64.
+        `masks.accumulate` expands them. Pairwise seeds are derived under `context`
+        (binding.round_context). Given once a round."""
         if self._masked_with:
             raise SecAggError(f"worker {self.index}: a masked input was already sent this round")
-        peer_set = set(peers) - {self.index}
-        if self.index not in peers or not peer_set <= set(self._held):
-            raise SecAggError(f"worker {self.index}: asked to mask with {sorted(peers)}, but it "
-                              f"holds shares of {sorted(self._held)} only")
-        if len(peer_set) + 1 < self.threshold:
-            raise SecAggError(f"worker {self.index}: {len(peer_set) + 1} workers shared keys, "
-                              f"at least {self.threshold} needed")
+        peer_set = set(peers) & self.neighbours - {self.index}
+        missing = sorted(peer_set - set(self._held) | set(peers) - set(self._keys))
+        if self.index not in peers or missing:
+            raise SecAggError(f"worker {self.index}: asked to mask with {len(peers)} workers, "
+                              f"{'' if self.index in peers else 'not itself, '}of which it "
+                              f"holds no shares of {missing}")
+        if len(peer_set) + 1 < self.threshold or len(peers) < self.floor:
+            raise SecAggError(f"worker {self.index}: {len(peers)} workers shared keys, "
+                              f"{len(peer_set) + 1} of them of its neighbourhood; at least "
+                              f"{self.floor}, and {self.threshold} of its neighbourhood, needed")
+        self._peers = set(peers)
         self._masked_with = peer_set | {self.index}
         return [(self._seed, 1)] + [
             (agree(self._s_sk, self._keys[v][1], MASK_LABEL + context),
@@ -127,20 +201,23 @@ class SecAggClient:
 
     def unmask(self, survivors: list[int]) -> Revealed:
         """Phase 4: shares of b_v for the survivors (whose input is summed) and of s_sk_v for
-        the rest of U2. Answered once: never both kinds of share for the same worker."""
+        the rest of U2, within its neighbourhood. Answered once: never both kinds of share for
+        the same worker; at least a threshold of its own neighbourhood must have survived."""
         if self._revealed:
             raise SecAggError(f"worker {self.index}: shares were already revealed for this round")
         survivors_set = set(survivors)
-        if not survivors_set <= self._masked_with or self.index not in survivors_set:
-            raise SecAggError(f"worker {self.index}: survivors {sorted(survivors_set)} are not "
-                              f"a subset of U2 {sorted(self._masked_with)} holding this worker")
-        if len(survivors_set) < self.threshold:
+        if not survivors_set <= self._peers or self.index not in survivors_set:
+            raise SecAggError(f"worker {self.index}: the {len(survivors_set)} survivors are not "
+                              f"a subset of the {len(self._peers)} of U2 holding this worker")
+        mine = survivors_set & self._masked_with
+        if len(survivors_set) < self.floor or len(mine) < self.threshold:
             raise SecAggError(f"worker {self.index}: {len(survivors_set)} survivors, "
-                              f"at least {self.threshold} needed")
+                              f"{len(mine)} of them of its neighbourhood; at least "
+                              f"{self.floor}, and {self.threshold} of its neighbourhood, needed")
         self._revealed = True
         held = {v: s for v, s in self._held.items() if v in self._masked_with}
-        return Revealed({v: b for v, (b, _) in held.items() if v in survivors_set},
-                        {v: s for v, (_, s) in held.items() if v not in survivors_set})
+        return Revealed({v: b for v, (b, _) in held.items() if v in mine},
+                        {v: s for v, (_, s) in held.items() if v not in mine})
 
     def _cipher(self, peer: int) -> AESGCM:
         return AESGCM(agree(self._c_sk, self._keys[peer][0], SHARE_LABEL))

@@ -20,16 +20,18 @@ def _untimed(role: str, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 def run_local(vectors: dict[int, np.ndarray], min_clients: int,
               drop: dict[str, set[int]] | None = None, tamper: Tamper | None = None,
-              timed: Callable[..., Any] = _untimed) -> tuple[SecAggServer, np.ndarray]:
+              timed: Callable[..., Any] = _untimed,
+              plus_above: int = 0) -> tuple[SecAggServer, np.ndarray]:
     """Sums the encoded uint64 `vectors` of workers 0..n-1 through every phase of the protocol.
 
-    `drop[phase]` go silent from that phase on ("advertise", "share", "check", "mask",
-    "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
-    each step ("worker" or "coordinator"). Returns the server and the unmasked total.
+    `drop[phase]` go silent from that phase on ("advertise", "ring" (SecAgg+ only), "share",
+    "check", "mask", "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
+    each step ("worker" or "coordinator"); above `plus_above` workers the round is SecAgg+.
+    Returns the server and the unmasked total.
     """
     n = len(vectors)
-    clients = {u: SecAggClient(u, min_clients, n) for u in range(n)}
-    server = SecAggServer(n, min_clients, len(vectors[0]))
+    clients = {u: SecAggClient(u, min_clients, n, plus_above) for u in range(n)}
+    server = SecAggServer(n, min_clients, len(vectors[0]), plus_above=plus_above)
     tamper = tamper or (lambda phase, u, message: message)
     drop = drop or {}
     gone: set[int] = set()
@@ -46,11 +48,19 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
 
     for u in speaking("advertise", clients):
         coordinator("advertise", server.receive_keys, u,
-                    *worker("advertise", u, clients[u].advertise), clients[u].commitment)
+                    *worker("advertise", u, clients[u].advertise), clients[u].commitment,
+                    clients[u].ring_commitment)
     keys = coordinator("advertise", server.public_keys)
+    nonces = None
+    if server.plus:
+        commitments = server.ring_commitments()
+        for u in speaking("ring", keys):
+            coordinator("ring", server.receive_nonce, u,
+                        worker("ring", u, clients[u].reveal, keys, commitments))
+        nonces = coordinator("ring", server.ring_nonces)
     for u in speaking("share", keys):
         coordinator("share", server.receive_shares, u,
-                    worker("share", u, clients[u].share_keys, keys))
+                    worker("share", u, clients[u].share_keys, keys, nonces))
     routed = coordinator("share", server.routed_shares)
     for u in speaking("check", routed):
         coordinator("check", server.receive_check, u,

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from . import shamir
+from . import graph, shamir
 from .client import CIPHERTEXT_BYTES, Revealed, SecAggError, threshold
 from .masks import MASK_LABEL, accumulate, agree, pairwise_sign
 
@@ -21,13 +21,17 @@ class SecAggServer:
     Each phase's messages go to `receive_*`; the method that hands out the next phase's request
     closes the phase. Masked inputs are added into one running total as they come, so memory
     holds one vector whatever the number of workers. `dropped` names every worker that left and
-    why; `names` (index -> name) is how messages call the workers.
+    why; `names` (index -> name) is how messages call the workers. Above `plus_above` selected
+    (0: never) the round is SecAgg+: shares and masks only within neighbourhoods (graph.py).
     """
 
     def __init__(self, n_selected: int, min_clients: int, vector_length: int,
-                 names: list[str] | None = None, total: np.ndarray | None = None):
+                 names: list[str] | None = None, total: np.ndarray | None = None,
+                 plus_above: int = 0):
         self.n_selected = n_selected
-        self.threshold = threshold(min_clients, n_selected)
+        self.plus = graph.uses_plus(n_selected, plus_above)
+        self.threshold = threshold(min_clients, n_selected, plus_above)
+        self.floor = max(min_clients, self.threshold)  # fewest workers a round may sum
         self.vector_length = vector_length
         self.names = names or [f"worker {u}" for u in range(n_selected)]
         if total is None:
@@ -44,6 +48,9 @@ class SecAggServer:
         self.u3: set[int] = set()  # sent a masked input, which is summed
         self.u4: set[int] = set()  # revealed shares
         self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._ring_commitments: dict[int, bytes] = {}  # SecAgg+
+        self._nonces: dict[int, bytes] = {}
+        self._graph: dict[int, frozenset[int]] = {}  # SecAgg+: each worker's neighbourhood
         self._commitments: dict[int, bytes] = {}
         self._ciphertexts: dict[int, dict[int, bytes]] = {}
         self._checked: dict[int, list[int]] = {}  # worker -> senders of its malformed shares
@@ -51,25 +58,62 @@ class SecAggServer:
         self._revealed: dict[int, Revealed] = {}
 
     # Phase 0: advertise keys
-    def receive_keys(self, u: int, c_pk: bytes, s_pk: bytes, commitment: bytes) -> None:
-        """`u`'s public keys, and the SHA-256 of its self-mask seed."""
+    def receive_keys(self, u: int, c_pk: bytes, s_pk: bytes, commitment: bytes,
+                     ring_commitment: bytes = b"") -> None:
+        """`u`'s public keys, the SHA-256 of its self-mask seed and (SecAgg+) the commitment
+        to its ring nonce."""
         self._check(u, set(range(self.n_selected)), self._keys, "advertise")
-        if {len(c_pk), len(s_pk), len(commitment)} != {KEY_BYTES}:
-            self.dropped[u] = (f"advertised keys of {len(c_pk)} and {len(s_pk)} bytes and a "
-                               f"commitment of {len(commitment)}, where all take {KEY_BYTES}")
+        sizes = {len(c_pk), len(s_pk), len(commitment)} | (
+            {len(ring_commitment)} if self.plus else set())
+        if sizes != {KEY_BYTES}:
+            self.dropped[u] = (f"advertised keys of {len(c_pk)} and {len(s_pk)} bytes and "
+                               f"commitments of {len(commitment)} and {len(ring_commitment)}, "
+                               f"where all take {KEY_BYTES}")
         else:
             self._keys[u] = (c_pk, s_pk)
             self._commitments[u] = commitment
+            self._ring_commitments[u] = ring_commitment
 
     def public_keys(self) -> dict[int, tuple[bytes, bytes]]:
         """Closes advertising: the keys of U1, for every worker in it."""
         self.u1 = self._close("advertise", self._keys, range(self.n_selected), "sent no keys")
         return {u: self._keys[u] for u in sorted(self.u1)}
 
+    def ring_commitments(self) -> dict[int, bytes]:
+        """SecAgg+: the ring commitments of U1, relayed with its keys."""
+        return {u: self._ring_commitments[u] for u in sorted(self.u1)}
+
+    # Phase 1a (SecAgg+): reveal the ring's nonces
+    def receive_nonce(self, u: int, nonce: bytes) -> None:
+        self._check(u, self.u1, self._nonces, "ring")
+        if graph.commit(nonce) != self._ring_commitments[u]:
+            self.dropped[u] = "revealed a ring nonce that is not the one it committed to"
+        else:
+            self._nonces[u] = nonce
+
+    def ring_nonces(self) -> dict[int, bytes]:
+        """Closes the ring: every nonce of U1, which fixes each worker's neighbourhood. Every
+        worker of U1 must have revealed its nonce, or the round fails: leaving some out would
+        let the coordinator choose among rings."""
+        self._close("ring", self._nonces, self.u1, "revealed no ring nonce")
+        missing = sorted(self.u1 - set(self._nonces))
+        if missing:
+            raise SecAggError(
+                "secure aggregation failed at ring: "
+                + ", ".join(self.names[u] for u in missing) + " did not reveal the ring nonce "
+                "committed to with its keys; the ring is drawn from every keyed worker's nonce, "
+                "so that leaving some out cannot choose it")
+        self._graph = graph.neighbourhoods(self._nonces, self.n_selected)
+        return dict(sorted(self._nonces.items()))
+
+    def neighbours(self, u: int) -> frozenset[int] | set[int]:
+        """`u`'s neighbourhood, itself included: all of U1 in Bonawitz's protocol."""
+        return self._graph[u] if self.plus else self.u1
+
     # Phase 1: share keys
     def receive_shares(self, u: int, ciphertexts: dict[int, bytes]) -> None:
         self._check(u, self.u1, self._ciphertexts, "share keys")
-        expected = self.u1 - {u}
+        expected = self.neighbours(u) - {u}
         wrong = sorted(v for v, c in ciphertexts.items() if len(c) != CIPHERTEXT_BYTES)
         if set(ciphertexts) != expected:
             self.dropped[u] = (f"shares for workers {sorted(ciphertexts)}, expected "
@@ -82,7 +126,8 @@ class SecAggServer:
     def routed_shares(self) -> dict[int, dict[int, bytes]]:
         """Closes key sharing: for each worker that shared, the ciphertexts sent to it."""
         sharing = self._close("share keys", self._ciphertexts, self.u1, "shared no keys")
-        return {v: {u: self._ciphertexts[u][v] for u in sharing if u != v} for v in sharing}
+        return {v: {u: self._ciphertexts[u][v] for u in self.neighbours(v) & sharing if u != v}
+                for v in sharing}
 
     # Phase 2: check the shares
     def receive_check(self, u: int, malformed: list[int]) -> None:
@@ -166,14 +211,15 @@ class SecAggServer:
                 raise SecAggError(f"the shares of {self.names[v]}'s mask key do not match its key")
             masks += [(agree(s_sk, self._keys[u][1], MASK_LABEL + self.context),
                        -pairwise_sign(u, v))
-                      for u in survivors]
+                      for u in survivors if u in self.neighbours(v)]
         accumulate(self.total, [], masks)
         return self.total
 
     def _reconstruct(self, v: int, kind: str) -> bytes:
         what = f"{self.names[v]}'s {kind.replace('_', ' ')}"
-        shares = {u: getattr(r, kind)[v] for u, r in self._revealed.items()
-                  if v in getattr(r, kind)}
+        held = {u: getattr(self._revealed[u], kind) for u in sorted(self.neighbours(v))
+                if u in self._revealed}  # only v's neighbourhood holds shares of it
+        shares = {u: by_worker[v] for u, by_worker in held.items() if v in by_worker}
         if len(shares) < self.threshold:
             raise SecAggError(f"secure aggregation failed at unmasking: {len(shares)} shares of "
                               f"{what}, at least {self.threshold} needed")
@@ -198,10 +244,11 @@ class SecAggServer:
             if u not in received and u not in self.dropped:
                 self.dropped[u] = f"{missing} (left at {phase})"
         survivors = {u for u in received if u not in self.dropped}
-        if len(survivors) < self.threshold:
+        if len(survivors) < self.floor:
+            rule = ("min_clients, and a neighbourhood's threshold" if self.plus
+                    else "min_clients and more than half of those selected")
             raise SecAggError(
                 f"secure aggregation failed at {phase}: {len(survivors)} of {self.n_selected} "
-                f"selected workers remain, at least {self.threshold} needed (min_clients and "
-                "more than half of those selected); dropped: "
+                f"selected workers remain, at least {self.floor} needed ({rule}); dropped: "
                 + "; ".join(f"{self.names[u]}: {why}" for u, why in sorted(self.dropped.items())))
         return survivors
