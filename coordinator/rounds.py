@@ -40,19 +40,13 @@ async def select_workers(
     """
     deadline = time.monotonic() + rules.connection_timeout
     while True:
-        eligible, lacking = [], {}
-        for worker in registry.connected():
-            missing = tuple(f for f in files if f not in worker.datasets)
-            if missing:
-                lacking[worker.name] = missing
-            else:
-                eligible.append(worker)
+        eligible = registry.eligible(files)
         remaining = deadline - time.monotonic()
         if len(eligible) >= rules.min_clients or remaining <= 0:
             break
         await registry.wait_for_change(remaining)
-    if lacking:
-        log(not_eligible(lacking))
+    if registry.count() > len(eligible):
+        log(not_eligible(registry.lacking(files)))
     if len(eligible) < rules.min_clients:
         names = ", ".join(sorted(w.name for w in eligible)) or "none"
         raise RoundFailed(

@@ -71,15 +71,8 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
                                 "unknown or used session: register again")
         self.registry.attach(session)
         reader = asyncio.create_task(self._read(request_iterator, session))
-        try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(session.outbox.get(),
-                                                     self.registry.heartbeat_interval)
-                except asyncio.TimeoutError:
-                    message = pb.CoordinatorMessage(heartbeat=pb.Heartbeat())
-                if message is None:
-                    return
+        try:  # the registry's timer puts the session's heartbeats in its outbox
+            while (message := await session.outbox.get()) is not None:
                 yield message
         finally:
             reader.cancel()
