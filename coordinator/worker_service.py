@@ -64,7 +64,11 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
 
     async def Connect(self, request_iterator: AsyncIterator[pb.WorkerMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CoordinatorMessage]:
-        first = await anext(aiter(request_iterator), None)
+        try:  # past this the session's timer bounds its silence, not the stall timeout
+            async with asyncio.timeout(self.registry.heartbeat_timeout):
+                first = await anext(aiter(request_iterator), None)
+        except TimeoutError:
+            first = None
         session = self._session(first.session_id) if first is not None else None
         if session is None or session.attached:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,

@@ -402,18 +402,21 @@ def run_task(fed: Path, address: str, clients: int, secure: bool, file: str = "s
             "right": right, "last": last}
 
 
-def report(rows: list[tuple[str, str]]) -> None:
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}", flush=True)
+class Rows(list):
+    """The measurements, each printed as it is added (a later failure loses none)."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        super().append(row)
+        print(f"{row[0]:<48}  {row[1]}", flush=True)
 
 
 async def measure(args: argparse.Namespace) -> None:
     """Starts a coordinator, connects the workers, and measures (see the module's doc)."""
     sim = Simulation(args.fed, args.workers, args.shards)
-    rows = [("workers", f"{args.workers:,}"),
-            ("provisioning (s)", f"{sim.provision_seconds:.1f}"),
-            ("loading kits (s)", f"{sim.load_seconds:.1f}")]
+    rows = Rows()
+    rows.append(("workers", f"{args.workers:,}"))
+    rows.append(("provisioning (s)", f"{sim.provision_seconds:.1f}"))
+    rows.append(("loading kits (s)", f"{sim.load_seconds:.1f}"))
     state = Path(tempfile.mkdtemp(prefix="sim-coordinator-"))
     flags = [f"--heartbeat-interval={args.heartbeat_interval}",
              f"--heartbeat-timeout={args.heartbeat_timeout}"]
@@ -423,8 +426,9 @@ async def measure(args: argparse.Namespace) -> None:
         rows.append(("all connected after (s)", f"{await sim.wait_connected(args.timeout):.1f}"))
         await asyncio.sleep(args.settle)
         cpu, rss = await asyncio.to_thread(idle_cost, daemon.process.pid, args.measure)
-        rows += [(f"idle coordinator CPU over {args.measure:g} s (% of a core)", f"{100 * cpu:.1f}"),
-                 ("idle coordinator RSS (MiB)", f"{rss / 2**20:.0f}")]
+        rows.append((f"idle coordinator CPU over {args.measure:g} s (% of a core)",
+                     f"{100 * cpu:.1f}"))
+        rows.append(("idle coordinator RSS (MiB)", f"{rss / 2**20:.0f}"))
         took = await asyncio.to_thread(health_latency, args.fed, address)
         rows.append(("health check (ms, median / max of 20)",
                      f"{1000 * statistics.median(took):.1f} / {1000 * max(took):.1f}"))
@@ -447,7 +451,6 @@ async def measure(args: argparse.Namespace) -> None:
     finally:
         await sim.stop()
         daemon.stop()
-    report(rows)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -492,9 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --measure: secure tasks over this many workers each")
     parser.add_argument("--missing-tasks", type=int, default=0,
                         help="with --measure: tasks naming a file no worker holds")
-    parser.add_argument("--heartbeat-interval", type=float, default=30.0,
+    parser.add_argument("--heartbeat-interval", type=float, default=60.0,
                         help="with --measure: the coordinator's (default: its own default)")
-    parser.add_argument("--heartbeat-timeout", type=float, default=90.0)
+    parser.add_argument("--heartbeat-timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.measure:
