@@ -495,9 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --measure: secure tasks over this many workers each")
     parser.add_argument("--missing-tasks", type=int, default=0,
                         help="with --measure: tasks naming a file no worker holds")
-    parser.add_argument("--heartbeat-interval", type=float, default=60.0,
+    parser.add_argument("--heartbeat-interval", type=float, default=90.0,
                         help="with --measure: the coordinator's (default: its own default)")
-    parser.add_argument("--heartbeat-timeout", type=float, default=180.0)
+    parser.add_argument("--heartbeat-timeout", type=float, default=270.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.measure:
