@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import resource
 import statistics
@@ -35,10 +36,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-import pandas as pd
-import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # not a line per channel as thousands close
+import grpc  # noqa: E402
+import pandas as pd  # noqa: E402
+import psutil  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deltaflow.localcluster import Daemon, wait_for  # noqa: E402
