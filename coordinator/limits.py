@@ -5,7 +5,8 @@ INVALID_ARGUMENT (a request that could never be served) with a sentence naming t
 the flag that raises it. Handlers and the registry raise `Refused`; `StreamGuard`, the server's
 interceptor after `auth.Gate`, answers it with its status for every method, counts each user's
 open streams, and closes a stream whose peer stalls past `--stream-stall-timeout`: one that sends
-nothing while its request stream is read, or takes nothing while responses wait.
+nothing while its request stream is read (but a worker's live channel, which the heartbeat
+timeout bounds), or takes nothing while responses wait.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from sdk.sizes import GiB, MiB, parse_size, show_size
 log = logging.getLogger("deltaflow.coordinator")
 
 _WORKER_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
+# A worker's live channel: its silence is bounded by --heartbeat-timeout (the registry drops
+# the worker), which may be longer than the stall timeout, since heartbeats are slow.
+_LIVE_CHANNEL = f"/{_WORKER_SERVICE}/Connect"
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,7 @@ def _guard(handler: grpc.RpcMethodHandler, guard: StreamGuard,
             if not streaming:
                 return await behavior(request, context)
             with guard.stream(method):
-                if handler.request_streaming:
+                if handler.request_streaming and method != _LIVE_CHANNEL:
                     request = guard.requests(request, method)
                 if not responses_streamed:
                     return await behavior(request, context)

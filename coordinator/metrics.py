@@ -8,6 +8,7 @@ connected) are read at scrape time, on the event loop that owns that state.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -52,10 +53,17 @@ def rpc_handled(method: str, code: grpc.StatusCode, seconds: float) -> None:
 
 
 def rpc_bytes(method: str, received: int = 0, sent: int = 0) -> None:
+    """Counts one message's bytes (called for every message: the counters are looked up once
+    per method, as a label lookup costs more than the count)."""
     if received:
-        RECEIVED.labels(_method(method)).inc(received)
+        _counter(RECEIVED, method).inc(received)
     if sent:
-        SENT.labels(_method(method)).inc(sent)
+        _counter(SENT, method).inc(sent)
+
+
+@functools.cache
+def _counter(counter: Counter, method: str) -> Counter:
+    return counter.labels(_method(method))
 
 
 def _method(method: str) -> str:

@@ -2,9 +2,16 @@
 
 A worker registers (name and dataset names), then attaches its live channel. It is *connected*
 while that channel is open and its heartbeats keep coming; a worker that closes the channel,
-vanishes, or stops sending heartbeats (a hung or SIGSTOPped process keeps its TCP connection
-open) is dropped, and every answer it owed fails at once with the reason. A registration whose
-channel never attaches is forgotten after the same timeout; what a worker offers is bounded.
+vanishes, or stops sending heartbeats (a hung process keeps its TCP connection open, and its
+gRPC core still answers HTTP/2 keepalive pings) is dropped, and every answer it owed fails at
+once with the reason. A registration whose channel never attaches is forgotten after the same
+timeout; what a worker offers is bounded.
+
+Liveness costs what happens, not how many workers there are: each session has one timer on the
+event loop, which fires every heartbeat interval to send the session its heartbeat and drops it
+once it has been silent past the timeout; nothing scans all workers. Connections that die without
+a word are found by HTTP/2 keepalive (`sdk.wire`), which closes their channel. Connected workers
+are indexed by the datasets they hold, so that choosing among thousands reads the index.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ class AlreadyConnected(Exception):
     """A worker of this name is connected and alive: a second one is refused, not swapped in."""
 
 
-@dataclass
+@dataclass(eq=False)  # a session is itself: kept in sets, found by identity
 class WorkerSession:
     name: str
     session_id: str
@@ -44,6 +51,7 @@ class WorkerSession:
     connected_at: float = 0.0  # unix seconds its live channel attached
     closed_reason: str = ""
     tasks: set[int] = field(default_factory=set)  # selected for, and not dropped from
+    timer: asyncio.TimerHandle | None = None  # its next heartbeat, or its expiry
 
     @property
     def connected(self) -> bool:
@@ -100,7 +108,8 @@ class _Pending:
 
 
 class WorkerRegistry:
-    """Sessions by name and id, answers owed by exchange id, and the heartbeat watchdog."""
+    """Sessions by name and id, connected ones by the datasets they hold, answers owed by
+    exchange id, and each session's heartbeat timer."""
 
     def __init__(self, heartbeat_interval: float, heartbeat_timeout: float,
                  limits: Limits = Limits()) -> None:
@@ -109,6 +118,8 @@ class WorkerRegistry:
         self.max_datasets = limits.max_worker_datasets
         self._by_name: dict[str, WorkerSession] = {}
         self._by_id: dict[str, WorkerSession] = {}
+        self._connected: dict[str, WorkerSession] = {}  # attached and not dropped, by name
+        self._holders: dict[str, set[WorkerSession]] = {}  # dataset -> connected holders
         self._pending: dict[int, _Pending] = {}
         self._exchange_ids = itertools.count(1)
         self._changed = asyncio.Event()
@@ -131,6 +142,7 @@ class WorkerRegistry:
         session = WorkerSession(name, secrets.token_hex(16), frozenset(datasets))
         self._by_name[name] = session
         self._by_id[session.session_id] = session
+        self._arm(session, self.heartbeat_timeout)
         return session
 
     def session(self, session_id: str) -> WorkerSession | None:
@@ -141,6 +153,9 @@ class WorkerRegistry:
         session.attached = True
         session.last_seen = time.monotonic()
         session.connected_at = time.time()
+        self._connected[session.name] = session
+        self._index(session, add=True)
+        self._arm(session, self.heartbeat_interval)
         log.info("worker %s connected, holding %d datasets", session.name, len(session.datasets))
         self._notify()
 
@@ -150,14 +165,23 @@ class WorkerRegistry:
     def update_datasets(self, session: WorkerSession, datasets: Sequence[str]) -> None:
         """The worker's new list of dataset names; Refused as for `register`."""
         self._check_datasets(session.name, datasets)
+        if session.connected:
+            self._index(session, add=False)
         session.datasets = frozenset(datasets)
+        if session.connected:
+            self._index(session, add=True)
         self._notify()
 
     def drop(self, session: WorkerSession, reason: str) -> None:
         """Closes a session for good; everything it owed fails with `reason`."""
         if session.closed_reason:
             return
+        if self._connected.get(session.name) is session:
+            self._index(session, add=False)
+            del self._connected[session.name]
         session.closed_reason = reason
+        if session.timer is not None:
+            session.timer.cancel()
         session.outbox.put_nowait(None)
         if self._by_name.get(session.name) is session:
             del self._by_name[session.name]
@@ -184,7 +208,39 @@ class WorkerRegistry:
                     from None
 
     def connected(self) -> list[WorkerSession]:
-        return [s for s in self._by_name.values() if s.connected]
+        return list(self._connected.values())
+
+    def count(self) -> int:
+        """How many workers are connected."""
+        return len(self._connected)
+
+    def eligible(self, files: Sequence[str]) -> list[WorkerSession]:
+        """The connected workers that hold every one of `files`, read from the index: the
+        holders of the file held by fewest, less those that lack another."""
+        if not files:
+            return self.connected()
+        holders = sorted((self._holders.get(file, set()) for file in set(files)), key=len)
+        return [worker for worker in holders[0] if all(worker in other for other in holders[1:])]
+
+    def lacking(self, files: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """The connected workers that lack some of `files` (by name), and which they lack: for
+        the one line a task's log gets about them."""
+        lacking = {}
+        for worker in self._connected.values():
+            missing = tuple(file for file in files if file not in worker.datasets)
+            if missing:
+                lacking[worker.name] = missing
+        return lacking
+
+    def _index(self, session: WorkerSession, add: bool) -> None:
+        for dataset in session.datasets:
+            if add:
+                self._holders.setdefault(dataset, set()).add(session)
+            else:
+                holders = self._holders[dataset]
+                holders.discard(session)
+                if not holders:
+                    del self._holders[dataset]
 
     def broadcast(self, message: pb.CoordinatorMessage) -> None:
         """Sends `message` to every connected worker."""
@@ -262,22 +318,26 @@ class WorkerRegistry:
             pending.future.set_result(answer)
         return True
 
-    # Watchdog ---------------------------------------------------------------------------------
+    # Heartbeats ------------------------------------------------------------------------------
 
-    async def watch_heartbeats(self) -> None:
-        """Drops every worker whose heartbeats stopped for longer than the timeout, and every
-        registration whose channel did not attach within it."""
-        while True:
-            await asyncio.sleep(self.heartbeat_interval / 2)
-            now = time.monotonic()
-            for session in list(self._by_id.values()):
-                silent = now - session.last_seen
-                if silent <= self.heartbeat_timeout:
-                    continue
-                if session.attached:
-                    self.drop(session,
-                              f"no heartbeat for {silent:.1f} s (hung, stopped or cut off)")
-                else:
-                    log.info("worker %s registered but did not connect within %g s; forgotten",
-                             session.name, self.heartbeat_timeout)
-                    self.drop(session, "it registered but did not connect")
+    def _arm(self, session: WorkerSession, delay: float) -> None:
+        session.timer = asyncio.get_running_loop().call_later(delay, self._beat, session)
+
+    def _beat(self, session: WorkerSession) -> None:
+        """A session's timer: drops it once silent past the timeout (or never attached within
+        it); else sends it a heartbeat and fires again after the interval, or at its expiry if
+        that comes first."""
+        silent = time.monotonic() - session.last_seen
+        if silent >= self.heartbeat_timeout:
+            if session.attached:
+                self.drop(session, f"no heartbeat for {silent:.1f} s (hung, stopped or cut off)")
+            else:
+                log.info("worker %s registered but did not connect within %g s; forgotten",
+                         session.name, self.heartbeat_timeout)
+                self.drop(session, "it registered but did not connect")
+            return
+        session.send(HEARTBEAT)
+        self._arm(session, min(self.heartbeat_interval, self.heartbeat_timeout - silent))
+
+
+HEARTBEAT = pb.CoordinatorMessage(heartbeat=pb.Heartbeat())

@@ -44,22 +44,18 @@ async def select_workers(
     deadline = time.monotonic() + rules.connection_timeout
     wanted = set(previous)
     while True:
-        eligible, lacking = [], {}
-        for worker in registry.connected():
-            if wanted and worker.name not in wanted:
-                continue
-            missing = tuple(f for f in files if f not in worker.datasets)
-            if missing:
-                lacking[worker.name] = missing
-            else:
-                eligible.append(worker)
+        eligible = [worker for worker in registry.eligible(files)
+                    if not wanted or worker.name in wanted]
         remaining = deadline - time.monotonic()
         enough = len(eligible) == len(wanted) if wanted else len(eligible) >= rules.min_clients
         if enough or remaining <= 0:
             break
         await registry.wait_for_change(remaining)
-    if lacking:
-        log(not_eligible(lacking))
+    if registry.count() > len(eligible):
+        lacking = {name: missing for name, missing in registry.lacking(files).items()
+                   if not wanted or name in wanted}
+        if lacking:
+            log(not_eligible(lacking))
     if len(eligible) < rules.min_clients:
         names = ", ".join(sorted(w.name for w in eligible)) or "none"
         among = f" of the {len(wanted)} it ran over before the restart" if wanted else ""

@@ -54,9 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "127.0.0.1:6700 with --insecure)")
     parser.add_argument("--state-dir", type=Path, default=Path("deltaflow-state"),
                         help="where tasks, logs and results are kept (default %(default)s)")
-    parser.add_argument("--heartbeat-interval", type=float, default=1.0,
-                        help="seconds between heartbeats on each worker channel (default %(default)s)")
-    parser.add_argument("--heartbeat-timeout", type=float, default=4.0,
+    parser.add_argument("--heartbeat-interval", type=float, default=90.0,
+                        help="seconds between heartbeats on each worker channel, both ways "
+                             "(default %(default)s); dead connections are found sooner by "
+                             "HTTP/2 keepalive, this finds hung workers")
+    parser.add_argument("--heartbeat-timeout", type=float, default=270.0,
                         help="a worker silent this long is dropped, and one that registered "
                              "without connecting is forgotten (default %(default)s)")
     limits.add_arguments(parser)
@@ -213,8 +215,7 @@ async def serve(args: argparse.Namespace) -> None:
         url = metrics.serve(args.metrics_listen, store, registry)
         print(f"deltaflow coordinator metrics at {url}", flush=True)
 
-    watchers = [asyncio.create_task(registry.watch_heartbeats()),
-                 asyncio.create_task(watch_writes(store, health_servicer))]
+    watchers = [asyncio.create_task(watch_writes(store, health_servicer))]
     if kit is not None:
         watchers.append(asyncio.create_task(
             _watch_crl(kit, verifier, gate, registry, crl_stamp)))

@@ -64,22 +64,19 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
 
     async def Connect(self, request_iterator: AsyncIterator[pb.WorkerMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CoordinatorMessage]:
-        first = await anext(aiter(request_iterator), None)
+        try:  # past this the session's timer bounds its silence, not the stall timeout
+            async with asyncio.timeout(self.registry.heartbeat_timeout):
+                first = await anext(aiter(request_iterator), None)
+        except TimeoutError:
+            first = None
         session = self._session(first.session_id) if first is not None else None
         if session is None or session.attached:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "unknown or used session: register again")
         self.registry.attach(session)
         reader = asyncio.create_task(self._read(request_iterator, session))
-        try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(session.outbox.get(),
-                                                     self.registry.heartbeat_interval)
-                except asyncio.TimeoutError:
-                    message = pb.CoordinatorMessage(heartbeat=pb.Heartbeat())
-                if message is None:
-                    return
+        try:  # the registry's timer puts the session's heartbeats in its outbox
+            while (message := await session.outbox.get()) is not None:
                 yield message
         finally:
             reader.cancel()

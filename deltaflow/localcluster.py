@@ -143,12 +143,16 @@ class LocalCluster:
         credentials = Kit.load(self.kit(name)).channel_credentials()
         return grpc.secure_channel(self.address, credentials, options=settings)
 
+    # A few workers: heartbeats often, so that a hung one is dropped in seconds (`extra` may
+    # say otherwise); the daemon's defaults are slow, for thousands of workers.
+    HEARTBEATS = ("--heartbeat-interval", "1", "--heartbeat-timeout", "4")
+
     def start_coordinator(self, port: int = 0, *extra: str) -> str:
         """Starts the coordinator on 127.0.0.1 (port 0: any free one); its address."""
         identity = (["--kit", str(self.federation / "coordinator")] if self.federation
                     else ["--insecure"])
         daemon = Daemon(["coordinator", *identity, "--listen", f"127.0.0.1:{port}",
-                         "--state-dir", str(self.root / "state"), *extra],
+                         "--state-dir", str(self.root / "state"), *self.HEARTBEATS, *extra],
                         self.root / "coordinator.log")
         self.daemons.append(daemon)
         self.coordinator = daemon

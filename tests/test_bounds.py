@@ -206,6 +206,22 @@ def test_registrations_are_bounded_and_one_that_never_connects_is_forgotten(boun
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_a_live_channel_that_never_names_its_session_is_closed_at_the_heartbeat_timeout(bounded):
+    # The live channel is not bounded by the stall timeout (heartbeats may be slower than it):
+    # before its first message names a session, the heartbeat timeout bounds it.
+    stub = services_pb2_grpc.WorkerServiceStub(bounded.channel("w-mute"))
+    stub.Register(pb.RegisterRequest(name="w-mute", datasets=["wages.csv"]), timeout=30)
+    hold = threading.Event()
+
+    def mute() -> Iterator[pb.WorkerMessage]:
+        hold.wait()  # sends nothing, until the test is over
+        yield from ()
+
+    silent = refusal(stub.Connect, mute())
+    hold.set()
+    assert silent.code() == grpc.StatusCode.FAILED_PRECONDITION, silent.details()
+
+
 class ReportsALongError(HandWorker):
     """Answers its first assignment with an error far longer than a log line may be."""
 

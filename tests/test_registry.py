@@ -1,0 +1,89 @@
+"""The registry in process, at thousands of sessions: the dataset index against a scan, and the
+heartbeat timers (a silent worker is dropped in time, the others keep getting heartbeats)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from coordinator.registry import WorkerRegistry, WorkerSession
+
+WORKERS = 2000
+FILES = [f"f{i}.csv" for i in range(12)]
+
+
+def scan(registry: WorkerRegistry, files: list[str]) -> set[str]:
+    """Selection as it was, a scan of every connected worker: those holding every file."""
+    return {w.name for w in registry.connected() if all(f in w.datasets for f in files)}
+
+
+def connect(registry: WorkerRegistry, name: str, datasets: list[str]) -> WorkerSession:
+    session = registry.register(name, datasets)
+    registry.attach(session)
+    return session
+
+
+def test_selection_by_the_index_equals_selection_by_a_scan_through_connects_changes_and_drops():
+    async def run() -> None:
+        draw = random.Random(17)
+        registry = WorkerRegistry(heartbeat_interval=60, heartbeat_timeout=120)
+        sessions = [connect(registry, f"w{i}", draw.sample(FILES, draw.randint(0, 5)))
+                    for i in range(WORKERS)]
+        registry.register("never-attached", FILES)  # registered only: never eligible
+        for step in range(300):
+            session = draw.choice(sessions)
+            action = draw.random()
+            if action < 0.3 and session.connected:
+                registry.update_datasets(session, draw.sample(FILES, draw.randint(0, 5)))
+            elif action < 0.5 and session.connected:
+                registry.drop(session, "test")
+            elif action < 0.6 and not session.connected:  # it comes back, new session
+                sessions[sessions.index(session)] = connect(
+                    registry, session.name, draw.sample(FILES, draw.randint(0, 5)))
+            files = draw.sample(FILES, draw.randint(0, 3))
+            eligible = registry.eligible(files)
+            assert len(eligible) == len({w.name for w in eligible}), "a worker listed twice"
+            assert {w.name for w in eligible} == scan(registry, files), (step, files)
+            assert all(w.connected for w in eligible)
+        assert registry.count() == len(registry.connected()) == sum(s.connected for s in sessions)
+        lacking = registry.lacking(["f1.csv", "f2.csv"])
+        assert set(lacking) == {w.name for w in registry.connected()} - scan(
+            registry, ["f1.csv", "f2.csv"])
+        assert all(set(missing) <= {"f1.csv", "f2.csv"} and missing
+                   for missing in lacking.values())
+
+    asyncio.run(run())
+
+
+def test_a_silent_worker_among_thousands_is_dropped_in_time_and_the_others_stay():
+    interval, timeout = 0.1, 0.5
+
+    async def run() -> None:
+        registry = WorkerRegistry(heartbeat_interval=interval, heartbeat_timeout=timeout)
+        waiting = registry.register("late", ["data.csv"])  # never attaches its channel
+        sessions = [connect(registry, f"w{i}", ["data.csv"]) for i in range(WORKERS)]
+        silent = sessions[1234]
+        pending = registry.expect(silent)[1]  # what it owes fails when it is dropped
+        started = time.monotonic()
+        while not silent.closed_reason and time.monotonic() - started < 10 * timeout:
+            for session in sessions:
+                if session is not silent:
+                    registry.saw(session)  # a heartbeat came
+            await asyncio.sleep(interval / 2)
+        took = time.monotonic() - started
+        silence = float(silent.closed_reason.removeprefix("no heartbeat for ").split()[0])
+        assert silence >= timeout, silent.closed_reason
+        assert took < timeout + 2 * interval + 0.5, took  # 0.5: a loaded machine
+        assert waiting.closed_reason == "it registered but did not connect"
+        assert pending.exception() is not None
+        assert registry.count() == WORKERS - 1
+        assert silent not in registry.eligible(["data.csv"])
+        assert {w.name for w in registry.eligible(["data.csv"])} == scan(registry, ["data.csv"])
+        beats = [s.outbox.qsize() for s in sessions if s is not silent]
+        assert min(beats) >= 1, min(beats)  # each got heartbeats from its own timer
+        for session in sessions:
+            registry.drop(session, "done")
+        assert all(s.timer is not None and s.timer.cancelled() for s in sessions)
+
+    asyncio.run(run())
