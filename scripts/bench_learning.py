@@ -281,7 +281,8 @@ def main() -> None:
                     for secure in modes:
                         kit = federation if tls else None
                         with tempfile.TemporaryDirectory() as daemons, \
-                                LocalCluster(Path(daemons), secure=tls) as cluster:
+                                LocalCluster(Path(daemons), secure=tls,
+                                             warm_start=True) as cluster:
                             start_daemons(cluster, workers)
                             first = run_task(cluster, parameters, args.rounds, secure,
                                              bare_transfer(parameters * 4, workers, kit))

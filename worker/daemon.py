@@ -49,7 +49,7 @@ from worker.engine import (
     add_engine_arguments,
     limits_from_args,
 )
-from worker.learning_job import LearningJob, WeightsMismatch
+from worker.learning_job import LearningJob, WeightsMismatch, warm_engine
 from worker.policy import TEMPLATE, PolicyError, PolicyFile, PolicyRefusal
 from worker.secure import Contribution, SecureRounds
 from worker.sources import DEFAULT_CHUNK_ROWS, Catalog, SourcesError, read_sources
@@ -239,6 +239,8 @@ class Worker:
         self._min_rows_flag = min_rows  # --min-rows: the policy's min_rows where it sets none
         inventory = NvmlInventory()
         self.engine = EngineSession(work_dir, limits, inventory, name="engine")
+        if limits.warm_start and policy.current.learning_users:
+            warm_engine()  # a learning task's process then starts with nothing to import
         gpus = inventory.devices()
         log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
                  ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
