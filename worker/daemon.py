@@ -570,6 +570,7 @@ class Worker:
         self._check_budget(task_id, spec, job.total_privacy_cost())
         if job.dp is not None:
             self._dp_learning.add(task_id)
+        warm_engine()  # where it is cold, its imports go on while the weights download
         try:
             await job.open(self.engine, channel, session_id,
                            expected_weights_sha256=claims.weights_sha256 if claims else None)

@@ -275,7 +275,6 @@ class LearningJob:
         (when given), then starts and loads the engine task on them; round 1 trains them as
         they are, without downloading them again. Closes the job if any of it fails."""
         try:
-            warm_engine()  # its imports, where it is cold, go on while the weights download
             digest = hashlib.sha256()
             await self._download(channel, session_id, digest, copy=self._global)
             self.initial_sha256 = digest.digest()
@@ -296,10 +295,11 @@ class LearningJob:
 
     def describe(self) -> str:
         task = self.handle.task
+        packages = sorted({name.partition(".")[0] for name in task.imported or ()})
         text = f"engine task loaded, pid {task.pid}, " + (
             "started without a warm template" if task.imported is None else
-            "forked from the warm template" + (f" (it imported {', '.join(task.imported)})"
-                                               if task.imported else ""))
+            "forked from the warm template" + (f" (it imported modules of {', '.join(packages)})"
+                                               if packages else ""))
         if self.dp is None:
             return text
         noise = ("its share of the noise under secure aggregation" if self.secure else

@@ -18,6 +18,5 @@ def from_template() -> bool:
 
 
 def imported_here() -> list[str]:
-    """The top-level modules this process imported itself, not inherited from a template."""
-    before = MODULES if from_template() else frozenset()
-    return sorted({name.partition(".")[0] for name in sys.modules.keys() - before})
+    """The modules this process imported itself, not inherited from a template."""
+    return sorted(sys.modules.keys() - (MODULES if from_template() else frozenset()))

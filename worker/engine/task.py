@@ -74,8 +74,8 @@ class Task:
     bytes or sizes such as "2GiB". Attributes set in the subprocess never come back: only
     what ``train`` returns does, as ``result``. Before each ``train`` the engine sets
     ``round_input`` to the value the caller passed for that call (None from the scheduler).
-    Once loaded, ``imported`` lists the top-level modules its process imported itself after it
-    forked from the warm template (None where it started without one).
+    Once loaded, ``imported`` lists the modules its process imported itself after it forked
+    from the warm template (None where it started without one).
     """
 
     def __init__(self, task_id: int | str, device: str | None = None,
