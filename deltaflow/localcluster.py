@@ -98,13 +98,17 @@ class LocalCluster:
 
     By default it is a federation of its own: `root/fed` holds its CA and kits (users `alice`,
     an analyst, and `root`, an admin; a worker's kit is made when it first starts), and every
-    wire is mutual TLS. `secure=False` runs everything with --insecure instead.
+    wire is mutual TLS. `secure=False` runs everything with --insecure instead. Its workers
+    start their engine's template (torch imported) at their first learning task, unless
+    `warm_start`, as `deltaflow worker` does by default: many short clusters that run no
+    learning task stay light.
     """
 
     USERS = (("alice", "analyst"), ("bob", "analyst"), ("root", "admin"))
 
-    def __init__(self, root: Path, secure: bool = True) -> None:
+    def __init__(self, root: Path, secure: bool = True, warm_start: bool = False) -> None:
         self.root = root
+        self.warm_start = warm_start
         self.root.mkdir(parents=True, exist_ok=True)
         self.daemons: list[Daemon] = []
         self.coordinator: Daemon | None = None
@@ -194,7 +198,9 @@ users = ["*"]
             identity += ["--policy", str(policy_file)]
         daemon = Daemon(["worker", *identity, "--coordinator", self.address,
                          "--data-dir", str(data_dir), "--work-dir", str(self.root / "work" / name),
-                         "--state-dir", str(self.root / "worker-state" / name), *extra], self.root / f"worker-{name}.log", env)
+                         "--state-dir", str(self.root / "worker-state" / name),
+                         "--warm-start", "yes" if self.warm_start else "no", *extra],
+                        self.root / f"worker-{name}.log", env)
         self.daemons.append(daemon)
         self.workers[name] = daemon
         if wait:

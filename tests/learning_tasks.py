@@ -102,17 +102,30 @@ class Exfiltrating(Regression):
 
 class Confined(Regression):
     """Reports, among its metrics, what its code reaches on a worker (1.0 yes, 0.0 no): any of
-    `secrets` (files it must not read), a TCP connection to 127.0.0.1:`port`; and its uid."""
+    `secrets` (files it must not read), a TCP connection to 127.0.0.1:`port`, a connection to
+    any of `templates` (the engine's templates' sockets: one would fork it a process
+    unconfined), a pipe it can write to (the resource tracker's would unlink `victim` from
+    /dev/shm, as the worker's user, once the worker stops); its uid; and whether its process
+    forked from a template that had imported torch, importing none of it itself."""
 
-    def __init__(self, secrets: list[Path], port: int) -> None:
+    def __init__(self, secrets: list[Path], port: int, templates: list[str] = (),
+                 victim: str = "") -> None:
         super().__init__(max_rounds=2, secure_aggregation=False)
         self.secrets = [str(path) for path in secrets]
         self.port = port
+        self.templates = list(templates)
+        self.victim = victim
 
     def validate(self, dataloader):
+        from worker.engine import inherited
+
         return {**super().validate(dataloader),
                 "read_secret": float(any(map(_readable, self.secrets))),
-                "connected": float(_connects(self.port)), "uid": float(os.getuid())}
+                "connected": float(_connects(self.port)), "uid": float(os.getuid()),
+                "reached_template": float(any(map(_connects_unix, self.templates))),
+                "wrote_a_pipe": float(_register_in_pipes(self.victim)),
+                "warm": float(inherited.from_template() and "torch" in inherited.MODULES
+                              and "torch" not in inherited.imported_here())}
 
 
 def _readable(path: str) -> bool:
@@ -122,6 +135,28 @@ def _readable(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _connects_unix(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+    except OSError:
+        return False
+    return True
+
+
+def _register_in_pipes(name: str) -> bool:
+    """Writes a resource tracker's "register shared memory `name`" line into every pipe this
+    process holds open for writing; whether one took it."""
+    wrote = False
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:"):
+                wrote |= os.write(fd, f"REGISTER:/{name}:shared_memory\n".encode()) > 0
+        except OSError:
+            continue  # gone, or a read end
+    return wrote
 
 
 def _connects(port: int) -> bool:

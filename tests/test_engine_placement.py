@@ -107,15 +107,15 @@ def test_limits_from_flags_and_toml(tmp_path):
     assert parse([]) == EngineLimits()
     config = tmp_path / "worker.toml"
     config.write_text('[engine]\nmax-tasks = 6\nallowed_gpus = [0, 2]\n'
-                      'default_cuda_memory = "3GiB"\noom_retries = 5\n')
+                      'default_cuda_memory = "3GiB"\noom_retries = 5\nwarm_start = false\n')
     from_file = parse(["--engine-config", str(config)])
     assert (from_file.max_tasks, from_file.allowed_gpus, from_file.default_cuda_memory,
-            from_file.oom_retries) == (6, (0, 2), 3 * GiB, 5)
+            from_file.oom_retries, from_file.warm_start) == (6, (0, 2), 3 * GiB, 5, False)
     # flags win over the file
     both = parse(["--engine-config", str(config), "--max-tasks", "3", "--gpus", "1",
-                  "--gpu-headroom", "1GiB", "--max-gpu-utilization", "80"])
+                  "--gpu-headroom", "1GiB", "--max-gpu-utilization", "80", "--warm-start", "yes"])
     assert (both.max_tasks, both.allowed_gpus, both.gpu_headroom, both.max_gpu_utilization,
-            both.oom_retries) == (3, (1,), GiB, 80.0, 5)
+            both.oom_retries, both.warm_start) == (3, (1,), GiB, 80.0, 5, True)
 
 
 def test_toml_unknown_key_and_bad_values(tmp_path):
@@ -125,6 +125,8 @@ def test_toml_unknown_key_and_bad_values(tmp_path):
         parse(["--engine-config", str(config)])
     with pytest.raises(ValueError):
         parse(["--max-tasks", "0"])
+    with pytest.raises(SystemExit):  # argparse: expected yes or no
+        parse(["--warm-start", "maybe"])
 
 
 def fake_pynvml(monkeypatch, count, fail_init=False):

@@ -1,5 +1,6 @@
 """The worker daemon's side of a learning task, in process: the fixed-point encoding of raw
-weights, and the initial weights' digest checked before any engine task starts."""
+weights, the initial weights' digest checked before any engine task starts, and the initial
+weights downloaded once."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from learning_tasks import Regression, regression_data
 
 from sdk import tensors
+from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
 from sdk.secagg import fixedpoint
 from sdk.weights import ITEMSIZES
 from sdk.wire import encode_chunk, split_views
+from worker.engine import EngineSession
 from worker.learning_job import LearningJob, WeightsMismatch, masked_input
 
 
@@ -101,3 +105,57 @@ def test_initial_weights_unlike_the_signed_digest_fail_the_load_before_the_engin
     assert not NoEngine.opened
     assert job.initial_sha256 == hashlib.sha256(weights).digest()
     assert not shared.exists()  # the failed job left no shared memory behind
+
+
+class CountingChannel(FakeChannel):
+    """A FakeChannel that counts downloads and keeps each upload's bytes."""
+
+    def __init__(self, weights: bytes) -> None:
+        super().__init__(weights)
+        self.downloads = 0
+        self.uploads: list[bytes] = []
+
+    def unary_stream(self, method, request_serializer, response_deserializer):
+        fetch = super().unary_stream(method, request_serializer, response_deserializer)
+
+        def counted(request):
+            self.downloads += 1
+            return fetch(request)
+        return counted
+
+    def stream_unary(self, method, request_serializer, response_deserializer):
+        assert method.endswith("/Upload")
+
+        async def upload(requests):
+            chunks = [pb.UploadRequest.FromString(bytes(r)).chunk for r in requests
+                      if not isinstance(r, pb.UploadRequest)]
+            self.uploads.append(b"".join(chunks))
+            return pb.UploadResponse(accepted=True)
+        return upload
+
+
+def test_round_1_trains_the_initial_weights_downloaded_once(tmp_path):
+    """The initial weights come down once, for the engine task's load, and round 1 trains them
+    as they are; round 2 downloads its global weights (here the initial ones again, so that it
+    trains what round 1 trained: full-batch SGD without momentum is deterministic)."""
+    built = Regression(max_rounds=2, secure_aggregation=False).build()
+    weights = b"".join(tensors.iter_chunks(built.weights))
+    np.savez(tmp_path / "train.npz", **regression_data(60, 0))
+    channel = CountingChannel(weights)
+
+    async def rounds() -> list[int]:
+        job = LearningJob(7, built.spec, tmp_path / "train.npz", tmp_path / "work")
+        with EngineSession(tmp_path / "engine") as engine:
+            await job.open(engine, channel, "session")
+            downloads = [channel.downloads]
+            try:
+                for number in (1, 2):
+                    assert await job.train(channel, "session", number, number, False, None)
+                    downloads.append(channel.downloads)
+            finally:
+                await job.close()
+        return downloads
+
+    assert asyncio.run(rounds()) == [1, 1, 2]
+    first, second = channel.uploads
+    assert first == second != weights

@@ -49,7 +49,7 @@ from worker.engine import (
     add_engine_arguments,
     limits_from_args,
 )
-from worker.learning_job import LearningJob, WeightsMismatch
+from worker.learning_job import LearningJob, WeightsMismatch, warm_engine
 from worker.policy import TEMPLATE, PolicyError, PolicyFile, PolicyRefusal
 from worker.secure import Contribution, SecureRounds
 from worker.sources import DEFAULT_CHUNK_ROWS, Catalog, SourcesError, read_sources
@@ -240,6 +240,8 @@ class Worker:
         self._min_rows_flag = min_rows  # --min-rows: the policy's min_rows where it sets none
         inventory = NvmlInventory()
         self.engine = EngineSession(work_dir, limits, inventory, name="engine")
+        if limits.warm_start and policy.current.learning_users:
+            warm_engine()  # a learning task's process then starts with nothing to import
         gpus = inventory.devices()
         log.info("engine: up to %d task processes; GPUs: %s", limits.max_tasks,
                  ", ".join(f"cuda:{g.index} {g.name}" for g in gpus) or "none, training on cpu")
@@ -585,6 +587,7 @@ class Worker:
         # a later round (a task resumed after a coordinator restart) they are the checkpoint of
         # the round before, the coordinator's average, trusted as in every round after the first.
         signed = claims.weights_sha256 if claims and round_number <= 1 else None
+        warm_engine()  # where it is cold, its imports go on while the weights download
         try:
             await job.open(self.engine, channel, session_id, expected_weights_sha256=signed)
         except WeightsMismatch as error:

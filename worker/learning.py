@@ -1,11 +1,13 @@
-"""A learning task on a worker: one engine task that loads its data once and trains each round.
+"""A learning task's runtime, in the engine task that serves it (worker.learning_process): it
+loads its data once and trains each round.
 
 The user's task object arrives pickled without its weights; in the engine's subprocess it is
 rebuilt around tensors over the shared memory into which the worker daemon downloads the
 global weights (see worker.learning_job), its data is split into training and validation
 parts, and each round the global weights are copied into the tensors its `state_dict()` returns
 (unless they are that memory already) before `train` runs on the device the engine picked; the
-trained weights are copied back there. The subprocess has no network, session or key.
+trained weights are copied back there. The subprocess has no network, session or key. The
+engine's template imports this module (and torch) once, before it forks task processes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from sdk import tensors
 from sdk.proto import task_pb2
 from sdk.weights import count, nbytes, total_bytes
-from worker.engine import Task
 
 
 def load_training_data(path: Path) -> Dataset:
@@ -128,38 +129,32 @@ def copy_unaliased(targets: tensors.StateDict, sources: tensors.StateDict) -> No
                 target.copy_(source)
 
 
-class LearningProcess(Task):
-    """The engine task serving one federated learning task across its rounds.
+class Learner:
+    """One federated learning task's state across its rounds, in its engine task.
 
     It has no network: its weights are in a shared-memory file the worker daemon made
     (`weights_path`), which holds the global weights when a round starts and must hold the
-    trained ones when it ends. `round_input` for each `train` is {"round", "validate"}; it
-    returns {"samples", "validate_samples", "metrics"}. Its paths are absolute or relative to
-    its work dir: run as a task user, it may reach nothing above that dir (see
-    worker.engine.confine).
+    trained ones when it ends. Its paths are absolute or relative to its work dir: run as a
+    task user, it may reach nothing above that dir (see worker.engine.confine).
     """
 
-    def __init__(self, task_id: int, spec: task_pb2.TaskSpec, data_path: Path,
+    def __init__(self, task_id: int, spec_bytes: bytes, data_path: Path,
                  weights_path: str) -> None:
-        super().__init__(task_id)
-        self.spec_bytes = spec.SerializeToString()
+        spec = task_pb2.TaskSpec.FromString(spec_bytes)
         self.data_path = data_path
-        self.weights_path = weights_path
-
-    def load(self) -> None:
-        spec = task_pb2.TaskSpec.FromString(self.spec_bytes)
         self.learning = spec.learning
         self.infos = list(spec.learning.weights)
-        self.shared = map_weights(self.weights_path, self.infos)
+        self.shared = map_weights(weights_path, self.infos)
         self.user = tensors.loads_with_weights(spec.learning.task, self.shared)
         self.train_data, self.validate_data = split(
-            load_training_data(self.data_path), spec.learning.validate_frac, int(self.task_id))
+            load_training_data(data_path), spec.learning.validate_frac, task_id)
         self.train_loader = self.user.make_train_dataloader(self.train_data)
         self.validate_loader = (self.user.make_validate_dataloader(self.validate_data)
                                 if self.validate_data is not None else None)
 
-    def train(self, device: str) -> dict:
-        """Trains the global weights on `device` and leaves the trained ones in shared memory."""
+    def train(self, device: str, validate: bool) -> dict:
+        """Trains the global weights on `device` and leaves the trained ones in shared memory;
+        {"samples", "validate_samples", "metrics"}, metrics only when `validate`."""
         if not len(self.train_data):
             raise ValueError(f"it has no training samples: {self.data_path.name} holds "
                              f"{len(self.train_data) + len(self.validate_data or [])} rows "
@@ -172,7 +167,7 @@ class LearningProcess(Task):
             for _ in range(self.learning.merge_epoch):
                 self.user.train(self.train_loader)
         metrics: dict[str, float] = {}
-        if self.round_input["validate"] and self.validate_loader is not None:
+        if validate and self.validate_loader is not None:
             metrics = {k: float(v) for k, v in self.user.validate(self.validate_loader).items()}
         copy_unaliased(self.shared, in_manifest_order(self.user.state_dict(), self.infos))
         return {"samples": len(self.train_data),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import mmap
 import os
 import tempfile
@@ -48,8 +47,9 @@ from sdk.weights import (
     total_bytes,
 )
 from sdk.wire import decode_chunk, encode_chunk, serialize, split_views
-from worker.engine import EngineSession, TaskHandle
+from worker.engine import EngineSession, TaskHandle, warm_template
 from worker.engine.confine import TaskUser, give, readable_copy
+from worker.learning_process import LearningProcess
 
 SHM_DIR = Path("/dev/shm")
 
@@ -59,6 +59,17 @@ NUMPY_DTYPES = {
     "int16": "<i2", "int8": "i1", "uint8": "u1", "bool": "?",
 }
 BFLOAT16_PIECE = 1 << 20  # values widened to float32 at a time
+
+
+# What a learning task's process runs: the engine task, its runtime (torch), the classes a
+# task's code derives from, and what torch imports at an optimizer's first call (seconds).
+LEARNING_RUNTIME = ("worker.learning_process", "worker.learning", "sdk.task", "torch._dynamo")
+
+
+def warm_engine() -> None:
+    """Starts the engine's template with the learning runtime imported, unless it runs:
+    learning tasks' processes then import nothing of it when they start or first train."""
+    warm_template(LEARNING_RUNTIME)
 
 
 class WeightsMismatch(Exception):
@@ -253,6 +264,7 @@ class LearningJob:
         self.data_copy: Path | None = None  # the task user's copy of the dataset, if any
         self.initial_sha256 = b""  # of the initial weights, once downloaded
         self.handle: TaskHandle | None = None
+        self._initial = False  # the shared weights are the initial ones, untrained yet
         self._sent: Sent | None = None
         self._lock = asyncio.Lock()  # one round's exchange at a time over the shared weights
         self._masking = ThreadPoolExecutor(1, thread_name_prefix=f"masks-{task_id}")
@@ -261,29 +273,34 @@ class LearningJob:
                    expected_weights_sha256: bytes | None = None) -> None:
         """Downloads the global weights (the initial ones, or a resumed task's checkpoint),
         checks them against the digest their submitter signed (when given), then starts and
-        loads the engine task on them. Closes the job if any of it fails."""
+        loads the engine task on them; round 1 trains them as they are, without downloading
+        them again. Closes the job if any of it fails."""
         try:
             digest = hashlib.sha256()
-            await self._download(channel, session_id, digest)
+            await self._download(channel, session_id, digest, copy=self._global)
             self.initial_sha256 = digest.digest()
             if (expected_weights_sha256 is not None
                     and self.initial_sha256 != expected_weights_sha256):
                 raise WeightsMismatch("the initial weights do not match the digest its "
                                       "submitter signed; the coordinator sent other weights "
                                       "than the task was built with")
-            # torch is imported once a learning task comes, in a thread: heartbeats go on.
-            learning = await asyncio.to_thread(importlib.import_module, "worker.learning")
             data_path = await asyncio.to_thread(self._give_to, engine.task_user)
-            process = learning.LearningProcess(self.task_id, self.spec, data_path,
-                                               str(self._as_task_sees(self.weights.path)))
+            process = LearningProcess(self.task_id, self.spec, data_path,
+                                      str(self._as_task_sees(self.weights.path)))
             self.handle = await engine.open_async(process)
             self.weights.unlink()  # both sides have it mapped: nothing left behind on a crash
+            self._initial = True
         except BaseException:
             await self.close()
             raise
 
     def describe(self) -> str:
-        text = f"engine task loaded, pid {self.handle.task.pid}"
+        task = self.handle.task
+        packages = sorted({name.partition(".")[0] for name in task.imported or ()})
+        text = f"engine task loaded, pid {task.pid}, " + (
+            "started without a warm template" if task.imported is None else
+            "forked from the warm template" + (f" (it imported modules of {', '.join(packages)})"
+                                               if packages else ""))
         if self.dp is None:
             return text
         noise = ("its share of the noise under secure aggregation" if self.secure else
@@ -327,7 +344,9 @@ class LearningJob:
                 making = asyncio.get_running_loop().run_in_executor(
                     self._masking, mask_vector, secure_length(self.infos), mask_seeds, stop)
             try:
-                await self._download(channel, session_id, copy=self._global)
+                if not (self._initial and round_number == 1):  # round 1's are the initial
+                    await self._download(channel, session_id, copy=self._global)
+                self._initial = False
                 result = await self.handle.train_async({
                     "round": round_number, "validate": validate and self.dp is None})
                 masks = await making if making is not None else None

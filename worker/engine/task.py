@@ -1,8 +1,9 @@
 """Task: one unit of user work, run in its own subprocess (load once, then train).
 
 The parent side (``start``, ``start_load``, ``start_train``, ``receive``, ``exit``) talks to
-``_child_main`` over a pipe. The child imports only what the task's own module imports, so a
-task that never touches torch never pays for importing it.
+``_child_main`` over a pipe. The child forks from the warm template (template.py), which has
+imported the engine and what the engine's user asked for (torch, for the worker daemon); it
+imports itself only what the template lacks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import weakref
 from multiprocessing.connection import Connection, wait
 from typing import Any, NamedTuple
 
+from . import template
 from .config import parse_size
 from .confine import TaskUser, confine, give
 from .status import TaskStatus
@@ -42,28 +44,6 @@ def check_device(device: str | None) -> str | None:
     if device is not None and not (isinstance(device, str) and _DEVICE.fullmatch(device)):
         raise ValueError(f"device must be 'cpu' or 'cuda:N', not {device!r}")
     return device
-
-
-_context: multiprocessing.context.BaseContext | None = None
-# Slow to import; the fork server imports those the parent has, once for all its children.
-_HEAVY = ("numpy", "pandas", "torch")
-
-
-def mp_context() -> multiprocessing.context.BaseContext:
-    """Forkserver where the platform has one, else spawn.
-
-    Children fork from a clean server process that has already imported this module and
-    whichever of numpy, pandas and torch the parent had imported when the first task started.
-    """
-    global _context
-    if _context is None:
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            _context = multiprocessing.get_context("forkserver")
-            heavy = [name for name in _HEAVY if name in sys.modules]
-            _context.set_forkserver_preload([__name__, *heavy])
-        else:
-            _context = multiprocessing.get_context("spawn")
-    return _context
 
 
 _running: weakref.WeakSet[Task] = weakref.WeakSet()
@@ -94,6 +74,8 @@ class Task:
     bytes or sizes such as "2GiB". Attributes set in the subprocess never come back: only
     what ``train`` returns does, as ``result``. Before each ``train`` the engine sets
     ``round_input`` to the value the caller passed for that call (None from the scheduler).
+    Once loaded, ``imported`` lists the modules its process imported itself after it forked
+    from the warm template (None where it started without one).
     """
 
     def __init__(self, task_id: int | str, device: str | None = None,
@@ -112,6 +94,7 @@ class Task:
         self.load_seconds: float | None = None
         self.train_seconds: float | None = None
         self.attempts: list[str] = []
+        self.imported: list[str] | None = None
         self._stage = "load"
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -150,7 +133,7 @@ class Task:
         self.workdir = os.path.abspath(workdir if workdir is not None else str(self.task_id))
         os.makedirs(self.workdir, exist_ok=True)
         give(self.workdir, user, 0o700)
-        context = mp_context()
+        context = template.context()
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(target=_child_main, args=(self, child_conn, user),
                                         name=f"task-{self.task_id}")
@@ -223,6 +206,7 @@ class Task:
             else:
                 self.train_seconds = reply.seconds
         if reply.kind == "loaded":
+            self.imported = reply.data["imported"]
             self.status = TaskStatus.WAITING
             self._stage = "train"  # what comes next; a death while waiting for a GPU is in it
         elif reply.kind == "result":
@@ -333,8 +317,13 @@ def _child_main(task: Task, conn: Connection, user: TaskUser | None) -> None:
     """The subprocess: run commands from the parent until told to exit or the pipe closes.
 
     It enters its work dir before it is confined: the task reaches its files from there even
-    where the directories above are closed to it.
+    where the directories above are closed to it. Its ``load`` reply says which modules it
+    imported itself, unless it did not fork from the template.
     """
+    # Imported here: the template imports it only after all it preloads.
+    from . import inherited
+
+    template.leave()
     os.setsid()  # its own process group, so that killing the task kills what it started
     os.chdir(task.workdir)
     log = os.open(_LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -356,7 +345,8 @@ def _child_main(task: Task, conn: Connection, user: TaskUser | None) -> None:
         try:
             if stage == "load":
                 task.load()
-                reply = Reply("loaded", stage)
+                reply = Reply("loaded", stage, data={"imported": inherited.imported_here()
+                                                     if inherited.from_template() else None})
             else:
                 _, task.device, task.round_input = command
                 reply = Reply("result", stage, data=_as_dict(task.train(task.device)))
