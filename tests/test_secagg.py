@@ -83,7 +83,16 @@ def test_sum_is_exact_over_the_inputs_that_arrived(drop, included):
 def test_fewer_than_the_threshold_fails_the_round(phase, message):
     with pytest.raises(SecAggError, match=message) as raised:
         run_round(inputs(7), min_clients=2, drop={phase: {0, 1, 2, 3}})
-    assert "worker 0: " in str(raised.value)  # names who dropped
+    assert "4 workers (worker 0, worker 1, worker 2, worker 3): " in str(raised.value)
+
+
+def test_a_round_that_fails_names_its_dropped_workers_grouped_by_why_in_one_short_line():
+    with pytest.raises(SecAggError) as raised:
+        run_round(inputs(60), min_clients=2, drop={"advertise": set(range(40))})
+    message = str(raised.value)
+    assert "40 workers (worker 0, worker 1, worker 2, worker 3, worker 4 and 35 more): " \
+        in message
+    assert len(message) < 400
 
 
 def test_threshold_is_min_clients_and_a_majority():

@@ -47,6 +47,7 @@ class AnalyticsJob:
         self.precision = spec.precision
         self.max_clients = spec.rules.max_clients
         self.min_clients = spec.rules.min_clients
+        self.plus_above = spec.secagg_plus_above  # rounds of more workers run SecAgg+
         self.secure = spec.secure_aggregation
         self.privacy = _privacy_plan(spec, self.plan)
         self.min_rows = 1 if self.privacy else min_rows

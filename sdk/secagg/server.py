@@ -238,6 +238,19 @@ class SecAggServer:
         if u in received:
             raise ValueError(f"{phase}: {self.names[u]} already answered")
 
+    def _dropped_by_reason(self, shown: int = 5) -> str:
+        """The dropped workers grouped by why, the most common reason first, `shown` names
+        and reasons at most: "3 workers (a, b, c) sent no keys; 1 worker (d) ..."."""
+        groups: dict[str, list[str]] = {}
+        for u, why in sorted(self.dropped.items()):
+            groups.setdefault(why, []).append(self.names[u])
+        ordered = sorted(groups.items(), key=lambda group: -len(group[1]))
+        parts = [f"{len(names)} worker{'s' if len(names) > 1 else ''} ({', '.join(names[:shown])}"
+                 f"{f' and {len(names) - shown} more' if len(names) > shown else ''}): {why}"
+                 for why, names in ordered[:shown]]
+        rest = sum(len(names) for _, names in ordered[shown:])
+        return "; ".join(parts + ([f"{rest} more for other reasons"] if rest else []))
+
     def _close(self, phase: str, received: dict, expected: Iterable[int], missing: str) -> set[int]:
         """The workers still in after `phase`; fails the round when fewer than the threshold."""
         for u in expected:
@@ -250,5 +263,5 @@ class SecAggServer:
             raise SecAggError(
                 f"secure aggregation failed at {phase}: {len(survivors)} of {self.n_selected} "
                 f"selected workers remain, at least {self.floor} needed ({rule}); dropped: "
-                + "; ".join(f"{self.names[u]}: {why}" for u, why in sorted(self.dropped.items())))
+                + self._dropped_by_reason())
         return survivors
