@@ -95,11 +95,15 @@ def fedavg_in_process(built, task_id, files, rounds):
     return global_state, metrics
 
 
-@pytest.mark.parametrize("secure", [True, False])
-def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
+# Under secure aggregation with an update_bound (each |update| x samples stays below 10 here)
+# the workers send their updates in 32-bit words.
+@pytest.mark.parametrize(("secure", "update_bound"), [(True, None), (True, 10.0), (False, None)])
+def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure, update_bound):
     start(cluster)
     client = cluster.client()
-    built = Regression(max_rounds=3, secure_aggregation=secure).build()
+    task = Regression(max_rounds=3, secure_aggregation=secure)
+    task.update_bound = update_bound
+    built = task.build()
     task_id = client.create_task(built)
     assert client.wait(task_id), client.get_task(task_id).error
     result = client.get_result(task_id)
@@ -122,6 +126,7 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
     log = log_text(client, task_id)
     assert "round 3/3: mse=" in log and "from 3 workers" in log
     assert f"secure aggregation: {'on' if secure else 'off'}" in log
+    assert ("each worker's update in 32-bit words" in log) == (update_bound is not None)
 
 
 def test_the_engine_task_holds_no_network_and_never_imports_grpc(cluster):
@@ -417,15 +422,17 @@ class GhostWorker(HandWorker):
 
 
 @pytest.mark.parametrize(("secure", "fault"), [(True, "breaks off"), (False, "breaks off"),
-                                               (False, "two headers")])
+                                               (False, "two headers"), ("32-bit", "breaks off")])
 def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, secure, fault):
     start(cluster, names=("w1", "w2"))
     ghost = GhostWorker(cluster, fault)
     ghost.start()
     cluster.wait_connected("ghost")
     client = cluster.client()
-    built = Regression(max_rounds=2, min_clients=2, max_clients=3,
-                       secure_aggregation=secure).build()
+    task = Regression(max_rounds=2, min_clients=2, max_clients=3,
+                      secure_aggregation=bool(secure))
+    task.update_bound = 10.0 if secure == "32-bit" else None  # w1 and w2 send updates
+    built = task.build()
     task_id = client.create_task(built)
     assert client.wait(task_id), client.get_task(task_id).error
     assert ghost.done.is_set()

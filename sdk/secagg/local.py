@@ -21,7 +21,8 @@ def _untimed(role: str, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
 def run_local(vectors: dict[int, np.ndarray], min_clients: int,
               drop: dict[str, set[int]] | None = None, tamper: Tamper | None = None,
               timed: Callable[..., Any] = _untimed) -> tuple[SecAggServer, np.ndarray]:
-    """Sums the encoded uint64 `vectors` of workers 0..n-1 through every phase of the protocol.
+    """Sums the encoded `vectors` (uint64 or uint32 words) of workers 0..n-1 through every
+    phase of the protocol.
 
     `drop[phase]` go silent from that phase on ("advertise", "share", "check", "mask",
     "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
@@ -29,7 +30,8 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
     """
     n = len(vectors)
     clients = {u: SecAggClient(u, min_clients, n) for u in range(n)}
-    server = SecAggServer(n, min_clients, len(vectors[0]))
+    server = SecAggServer(n, min_clients, len(vectors[0]),
+                          total=np.zeros(len(vectors[0]), vectors[0].dtype))
     tamper = tamper or (lambda phase, u, message: message)
     drop = drop or {}
     gone: set[int] = set()
