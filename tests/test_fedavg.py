@@ -241,3 +241,26 @@ def test_a_contribution_finishes_once():
     with pytest.raises(ValueError, match="no longer takes this upload"):
         contribution.finish()
     assert total.samples == 3 and not total.tainted
+
+
+def test_update_bound_picks_32_bit_words_only_where_every_sum_fits():
+    """32-bit words where update_bound * 10^precision * max_clients < 2^31, else 64; never
+    under DP-FedAvg (its noised values are not bounded); malformed bounds are refused."""
+    from learning_tasks import Regression
+
+    from sdk.task import FedAvg, TaskError
+
+    def bits(bound, precision=6, max_clients=3, **dp):
+        task = Regression(max_clients=max_clients)
+        task.update_bound, task.precision = bound, precision
+        task.strategy = FedAvg(min_clients=2, max_clients=max_clients, **dp)
+        return weights.secure_bits(task.build().spec)
+
+    assert bits(None) == 64 and bits(700.0) == 32 and bits(716.0) == 64  # 2^31 / 3e6 = 715.8
+    assert bits(716.0, precision=5) == 32
+    assert bits(100.0, max_clients=21) == 32 and bits(100.0, max_clients=22) == 64
+    for wrong in (0, -1.0, float("inf"), float("nan"), True, "1"):
+        with pytest.raises(TaskError, match="update_bound must be a positive number"):
+            bits(wrong)
+    with pytest.raises(TaskError, match="update_bound is for FedAvg without DP-FedAvg"):
+        bits(1.0, clip_norm=1.0, noise_multiplier=1.0)

@@ -152,9 +152,16 @@ def masked_input(raw: memoryview, infos: list[task_pb2.TensorInfo], samples: int
     word = offset = 0
     for info in infos:
         size, values_count = nbytes(info), count(info)
-        _encode_tensor(masks[word:word + values_count], raw[offset:offset + size], info.dtype,
-                       samples * 10.0**precision, precision, max_clients,
-                       None if masks.dtype == np.uint64 else global_raw[offset:offset + size])
+        try:
+            _encode_tensor(masks[word:word + values_count], raw[offset:offset + size],
+                           info.dtype, samples * 10.0**precision, precision, max_clients,
+                           None if masks.dtype == np.uint64 else global_raw[offset:offset + size])
+        except fixedpoint.FixedPointOverflow as error:
+            what = ("its update times this worker's training samples is beyond the task's "
+                    "update_bound" if masks.dtype == np.uint32 else "its weight times this "
+                    "worker's training samples is too large")
+            raise fixedpoint.FixedPointOverflow(
+                f"tensor {info.name!r}: {what}: {error}", error.index) from None
         word, offset = word + values_count, offset + size
     tail = np.zeros(TAIL)
     tail[:2] = samples, validate_samples
