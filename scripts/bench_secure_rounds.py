@@ -39,6 +39,21 @@ from deltaflow.localcluster import LocalCluster
 MODES = ("plain", "secure64", "secure32")
 
 
+class TaskFailed(Exception):
+    """A task failed (on a loaded machine a worker may miss its heartbeats while it loads)."""
+
+
+def measured(parameters: int, workers: int, rounds: int, mode: str,
+             attempts: int = 3) -> tuple[float, float]:
+    """`round_seconds`, tried again (with fresh daemons) when its task fails."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return round_seconds(parameters, workers, rounds, mode)
+        except TaskFailed as failure:
+            print(f"attempt {attempt}: {failure}".splitlines()[0], file=sys.stderr, flush=True)
+    raise SystemExit(f"the {mode} task failed {attempts} times")
+
+
 class CPUSampler(threading.Thread):
     """The CPU seconds of some processes and their children, sampled every 0.1 s."""
 
@@ -82,7 +97,7 @@ def round_seconds(parameters: int, workers: int, rounds: int,
         sampler.done.set()
         if not finished:
             log = "\n".join(entry.message for entry in client.logs(task_id))
-            raise SystemExit(f"{mode} task failed: {client.get_task(task_id).error}\n{log}")
+            raise TaskFailed(f"{mode} task failed: {client.get_task(task_id).error}\n{log}")
         assert float(client.get_result(task_id)["weights"][0]) == rounds
         logs = client.logs(task_id)
         if mode == "secure32":
@@ -112,7 +127,7 @@ def main() -> None:
             ratios: dict[str, list[tuple[float, float]]] = {"secure64": [], "secure32": []}
             for repeat in range(args.repeats):
                 order = MODES[repeat % 3:] + MODES[:repeat % 3]
-                seconds = {mode: round_seconds(int(size * 1e6), workers, args.rounds, mode)
+                seconds = {mode: measured(int(size * 1e6), workers, args.rounds, mode)
                            for mode in order}
                 plain = seconds["plain"]
                 for mode, kept in ratios.items():
