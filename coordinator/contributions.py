@@ -41,19 +41,22 @@ class StreamedSum:
 
 
 class WordSum(StreamedSum):
-    """A sum of vectors of little-endian uint64 words, modulo 2^64 (secure aggregation's)."""
+    """A sum of vectors of little-endian words, modulo 2^64 (or 2^32: `words`' dtype, uint64
+    or uint32); secure aggregation's."""
 
     def __init__(self, words: np.ndarray) -> None:
         super().__init__()
         self.words = words
+        self._wire = words.dtype.newbyteorder("<")
 
     def zero(self) -> None:
         self.words.fill(0)
 
     def fold(self, offset: int, data: memoryview, weight: int) -> int:
-        taken = len(data) - len(data) % 8
-        words = np.frombuffer(data[:taken], dtype="<u8")
-        part = self.words[offset // 8:offset // 8 + words.size]
+        size = self._wire.itemsize
+        taken = len(data) - len(data) % size
+        words = np.frombuffer(data[:taken], dtype=self._wire)
+        part = self.words[offset // size:offset // size + words.size]
         np.add(part, words, out=part)
         return taken
 

@@ -21,6 +21,8 @@ from coordinator.contributions import StreamedSum
 from coordinator.store import Checksum
 from sdk import weights
 from sdk.proto import task_pb2
+from sdk.secagg import fixedpoint
+from sdk.secagg.fixedpoint import decode, decode_in_place, decode_wide
 
 PIECE = 16 << 20  # bytes of accumulator averaged and written at a time
 
@@ -95,6 +97,29 @@ class WeightedSum(StreamedSum):
         return write_average(path, self.infos, self.sums, self.samples)
 
 
+def secure_tail(total: np.ndarray, precision: int) -> np.ndarray:
+    """The sample counts and metric sums at the end of a learning round's unmasked secure
+    vector (sdk.weights), as float64."""
+    if total.dtype == np.uint64:
+        return decode(total[-weights.TAIL:], precision)
+    return np.array(decode_wide(total[-2 * weights.TAIL:]), dtype=np.float64) / 10.0**precision
+
+
+def write_secure_average(path: Path, infos: list[task_pb2.TensorInfo], total: np.ndarray,
+                         samples: int, precision: int, global_path: Path) -> Checksum:
+    """Writes the average of an unmasked secure sum (sdk.weights): of weights, decoded in place
+    (uint64 words); of updates (uint32), piece by piece, each the global weights at
+    `global_path` plus the summed updates over `samples`. Its checksum."""
+    if total.dtype == np.uint64:
+        sums = decode_in_place(total, precision)
+        return write_average(path, infos, per_tensor(sums, infos), samples)
+    stored = np.memmap(global_path, dtype=np.uint8, mode="r") if global_path.stat().st_size else b""
+    base = [np.frombuffer(stored, _STORED[info.dtype], weights.count(info), start)
+            for info, start in zip(infos, np.cumsum([0] + [weights.nbytes(i) for i in infos]))]
+    return write_average(path, infos, per_tensor(fixedpoint.signed(total), infos), samples,
+                         base, 10.0**-precision)
+
+
 def per_tensor(flat: np.ndarray, infos: list[task_pb2.TensorInfo]) -> list[np.ndarray]:
     """Views of a flat vector of every tensor's values, in manifest order, one per tensor."""
     bounds = np.cumsum([0] + [weights.count(info) for info in infos])
@@ -102,12 +127,14 @@ def per_tensor(flat: np.ndarray, infos: list[task_pb2.TensorInfo]) -> list[np.nd
 
 
 def write_average(path: Path, infos: list[task_pb2.TensorInfo], totals: list[np.ndarray],
-                  samples: int) -> Checksum:
+                  samples: int, base: list[np.ndarray] | None = None,
+                  unit: float = 1.0) -> Checksum:
     """Writes each tensor's weighted sum in `totals` divided by `samples`, in the tensor's own
     dtype (by the rules above), as raw bytes in manifest order, a piece at a time, and returns
     the checksum of what it wrote. Floating totals are divided in place; an integer tensor's
     total may come as float64 (from secure aggregation's fixed point) and is rounded to the
-    integer it encodes.
+    integer it encodes. With `base` (each tensor's global weights, as stored) `totals` sum
+    updates in units of `unit`: a weighted sum is then samples * base + total * unit.
 
     An existing file is overwritten in place, then cut to size: rewriting pages the page cache
     already holds costs a fraction of allocating a new file's and freeing an old one's."""
@@ -115,9 +142,14 @@ def write_average(path: Path, infos: list[task_pb2.TensorInfo], totals: list[np.
         raise ValueError("no worker was folded in")
     checksum = Checksum()
     with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as handle:
-        for info, total in zip(infos, totals, strict=True):
+        for i, (info, total) in enumerate(zip(infos, totals, strict=True)):
             for start in range(0, total.size, PIECE // 8):
-                average = _average(info.dtype, total[start:start + PIECE // 8], samples)
+                piece = total[start:start + PIECE // 8]
+                if base is not None:
+                    piece = piece * unit  # float64
+                    piece += samples * _widen(base[i][start:start + piece.size],
+                                              info.dtype).astype(np.float64)
+                average = _average(info.dtype, piece, samples)
                 piece = memoryview(np.ascontiguousarray(average)).cast("B")
                 checksum.update(piece)
                 handle.write(piece)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.contributions import Contribution, StreamedSum, WordSum
-from coordinator.fedavg import WeightedSum, per_tensor, write_average
+from coordinator.fedavg import WeightedSum, secure_tail, write_secure_average
 from coordinator.registry import WorkerRegistry
 from coordinator.rounds import Round, select_workers
 from coordinator.metrics import ROUND_SECONDS
@@ -40,7 +40,7 @@ from sdk.privacy.accounting import fewest_honest
 from sdk.privacy.fedavg import DPFedAvg
 from sdk.proto import task_pb2
 from sdk.secagg.client import threshold_rule
-from sdk.secagg.fixedpoint import decode_in_place
+from sdk.secagg.fixedpoint import WORDS
 
 
 async def run_learning(
@@ -79,7 +79,8 @@ async def run_learning(
             log(line)
     log(f"{len(round_.workers)} worker(s) loaded the task and their data")
     store.set_workers(task_id, sorted(worker.name for worker in round_.workers))
-    aggregate = (_SecureAggregate(spec, round_, dp is not None) if spec.secure_aggregation
+    aggregate = (_SecureAggregate(spec, round_, dp is not None, store.weights_path(task_id))
+                 if spec.secure_aggregation
                  else _PlainAggregate(infos, round_, rules, dp is not None))
     try:
         for number in range(first, learning.max_rounds + 1):
@@ -184,13 +185,16 @@ class _PlainAggregate:
 class _SecureAggregate:
     """Rounds where the coordinator reads only the sum of the workers' masked vectors."""
 
-    def __init__(self, spec: task_pb2.TaskSpec, round_: Round, private: bool) -> None:
+    def __init__(self, spec: task_pb2.TaskSpec, round_: Round, private: bool,
+                 global_path: Path) -> None:
         self.round, self.rules, self.precision = round_, spec.rules, spec.precision
         self.plus_above = spec.secagg_plus_above
         self.private = private
+        self.global_path = global_path  # the round's global weights (32-bit words add them)
         self.infos = list(spec.learning.weights)
-        self.length = weights.secure_length(self.infos)
-        self.sum = WordSum(np.zeros(self.length, dtype=np.uint64))  # reused: faulted in once
+        bits = weights.secure_bits(spec)
+        self.length = weights.secure_length(self.infos, bits)
+        self.sum = WordSum(np.zeros(self.length, dtype=WORDS[bits]))  # reused: faulted in once
 
     async def train(self, inputs: dict[str, Any], average: Path) -> Outcome:
         protocol = SecureRound(self.round, self.rules, plus_above=self.plus_above)
@@ -200,19 +204,19 @@ class _SecureAggregate:
         await asyncio.to_thread(protocol.start, protocol.parse(answers, "secagg_keys"),
                                 self.length, self.sum.words)
         peers = await protocol.exchange_shares()
+        size = self.sum.words.nbytes
         answers = await _collect(
-            self.round, self.sum, lambda: Contribution(self.sum, 8 * self.length, masked_weight),
+            self.round, self.sum, lambda: Contribution(self.sum, size, masked_weight),
             inputs, self.rules.wait_timeout, protocol.masked_requests(peers, None, inputs))
         for name in answers:
             protocol.summed_masked(name)
         total = await protocol.unmask()
-        sums = await asyncio.to_thread(decode_in_place, total, self.precision)
-        tail = sums[self.length - 2 - weights.METRIC_SLOTS:]
+        tail = secure_tail(total, self.precision)
         samples, validated = round(tail[0]), round(tail[1])
         if self.private:  # DP-FedAvg: the fixed denominator, whatever the sum carries
             samples, validated = len(protocol.summed), 0
-        checksum = await asyncio.to_thread(write_average, average, self.infos,
-                                           per_tensor(sums, self.infos), samples)
+        checksum = await asyncio.to_thread(write_secure_average, average, self.infos, total,
+                                           samples, self.precision, self.global_path)
         metas = [answers[name] for name in protocol.summed if name in answers]
         return (len(protocol.summed), samples, self._metrics(metas, tail[2:], validated),
                 checksum)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.rounds import Round, RoundFailed
-from sdk import values
+from sdk import values, weights
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
 from sdk.secagg import Revealed, SecAggError, SecAggServer, graph
@@ -33,8 +33,9 @@ def describe_mode(spec: task_pb2.TaskSpec) -> str:
     if not spec.secure_aggregation:
         return ("secure aggregation: off (the task switched it off): the coordinator sees what "
                 "each worker sends")
+    words = ", each worker's update in 32-bit words" if weights.secure_bits(spec) == 32 else ""
     return (f"secure aggregation: on: the coordinator learns only the sum of the workers' "
-            f"inputs, in fixed point with {spec.precision} decimal digits")
+            f"inputs, in fixed point with {spec.precision} decimal digits{words}")
 
 
 class SecureRound:

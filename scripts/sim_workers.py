@@ -437,7 +437,8 @@ async def measure(args: argparse.Namespace) -> None:
                      f"{1000 * statistics.median(took):.1f} / {1000 * max(took):.1f}"))
         for secure, sizes in ((False, args.task), (True, args.secure_task)):
             for clients in sizes:
-                result = await asyncio.to_thread(run_task, args.fed, address, clients, secure)
+                result = await asyncio.to_thread(run_task, args.fed, address, clients, secure,
+                                                 "sim.csv", args.task_timeout)
                 if not result["finished"]:
                     print(f"task {result['task_id']}: {result['last']}", file=sys.stderr)
                 rows.append((f"{'secure' if secure else 'plain'} task, {clients:,} workers "
@@ -496,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --measure: plain tasks over this many workers each")
     parser.add_argument("--secure-task", type=int, nargs="*", default=[],
                         help="with --measure: secure tasks over this many workers each")
+    parser.add_argument("--task-timeout", type=float, default=120,
+                        help="with --measure: the tasks' wait and connection timeouts (s): a "
+                        "secure round's workers all compute in this one process")
     parser.add_argument("--missing-tasks", type=int, default=0,
                         help="with --measure: tasks naming a file no worker holds")
     parser.add_argument("--heartbeat-interval", type=float, default=90.0,

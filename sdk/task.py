@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,7 +261,10 @@ class HorizontalLearning:
     weights times their samples (and of their sample counts and metrics), in fixed point with
     `precision` decimal digits (default 6): the average is off by at most
     workers * 0.5 * 10^-precision / total samples, and |weight| * samples * 10^precision *
-    max_clients must stay below 2^63.
+    max_clients must stay below 2^63. With `update_bound` B, a bound on |trained weight - global
+    weight| * training samples for every value of every round, each worker sends its update
+    in 32-bit words instead (half the bytes) where B * 10^precision * max_clients < 2^31; a
+    worker refuses a round whose update cannot fit, never sending a sum that would wrap.
 
     With DP-FedAvg (FedAvg's clip_norm and noise_multiplier) the task's epsilon is what its
     max_rounds rounds cost by the accountant, reported at `privacy`'s delta (default 1e-6);
@@ -272,7 +276,8 @@ class HorizontalLearning:
     def __init__(self, name: str, max_rounds: int, validate_interval: int = 1,
                  validate_frac: float = 0.2, strategy: FedAvg | None = None,
                  secure_aggregation: bool = True, precision: int | None = None,
-                 privacy: DifferentialPrivacy | None = None) -> None:
+                 privacy: DifferentialPrivacy | None = None,
+                 update_bound: float | None = None) -> None:
         self.name = name
         self.max_rounds = max_rounds
         self.validate_interval = validate_interval
@@ -281,6 +286,7 @@ class HorizontalLearning:
         self.secure_aggregation = secure_aggregation
         self.precision = precision
         self.privacy = privacy
+        self.update_bound = update_bound
 
     def dataset(self) -> dataset.Dataset:
         """Implement: `dataset.Dataset(name)`, a file of each worker's data dir (`.npz`, `.pt`
@@ -352,12 +358,26 @@ class HorizontalLearning:
                 validate_interval=self.validate_interval,
                 validate_frac=float(self.validate_frac), merge_epoch=epochs,
                 merge_iteration=iterations, weights=infos,
+                update_bound=self._update_bound(strategy),
             ),
             **secure,
         )
         self._add_privacy(spec, strategy.differential_privacy())
         return BuiltTask(
             spec, {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()})
+
+    def _update_bound(self, strategy: FedAvg) -> float:
+        """The update_bound for the spec (0: none); TaskError if it is malformed."""
+        bound = self.update_bound
+        if bound is None:
+            return 0.0
+        if (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                or not 0 < bound < math.inf):
+            raise TaskError(f"update_bound must be a positive number, not {bound!r}")
+        if strategy.clip_norm is not None:
+            raise TaskError("update_bound is for FedAvg without DP-FedAvg, whose noised "
+                            "update travels in 64-bit words; leave it out")
+        return float(bound)
 
     def _add_privacy(self, spec: task_pb2.TaskSpec, dp: tuple[float, float] | None) -> None:
         """DP-FedAvg's fields on `spec`, with the epsilon its rounds cost; TaskError if the

@@ -27,8 +27,11 @@ def total_bytes(infos: list[task_pb2.TensorInfo]) -> int:
 
 # Secure aggregation's vector for a learning round: every weight times the worker's training
 # samples, then the samples, the validation samples, and validation samples times each metric
-# (names sorted), in METRIC_SLOTS slots.
+# (names sorted), in METRIC_SLOTS slots. In 32-bit words (`secure_bits`) every weight's update
+# (trained minus global) times the samples instead, and each of the tail's values as two words,
+# a high and a low part (fixedpoint.encode_wide).
 METRIC_SLOTS = 16
+TAIL = 2 + METRIC_SLOTS
 
 
 def count(info: task_pb2.TensorInfo) -> int:
@@ -36,9 +39,20 @@ def count(info: task_pb2.TensorInfo) -> int:
     return nbytes(info) // ITEMSIZES[info.dtype]
 
 
-def secure_length(infos: list[task_pb2.TensorInfo]) -> int:
-    """Words in a learning round's secure-aggregation vector."""
-    return sum(count(info) for info in infos) + 2 + METRIC_SLOTS
+def secure_length(infos: list[task_pb2.TensorInfo], bits: int = 64) -> int:
+    """Words in a learning round's secure-aggregation vector of `bits`-bit words."""
+    return sum(count(info) for info in infos) + (TAIL if bits == 64 else 2 * TAIL)
+
+
+def secure_bits(spec: task_pb2.TaskSpec) -> int:
+    """The word of a learning task's secure-aggregation vector: 32 bits where its update_bound
+    keeps every sum of updates (times samples, in fixed point) in 32-bit words, that is
+    update_bound * 10^precision * max_clients < 2^31; else 64 (the weights themselves), and
+    always under DP-FedAvg (its noised values)."""
+    bound, dp = spec.learning.update_bound, spec.learning.clip_norm > 0
+    if not dp and bound > 0 and bound * 10.0**spec.precision * spec.rules.max_clients < 2.0**31:
+        return 32
+    return 64
 
 
 def float_values(infos: list[task_pb2.TensorInfo]) -> int:

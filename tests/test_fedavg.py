@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,27 +176,31 @@ def test_mixed_dtypes_with_large_half_tensors_fold(tmp_path):
     assert all(torch.equal(average[k], big[k]) for k in big)
 
 
-def test_secure_vectors_average_to_fedavg_within_the_fixed_point_quantisation(tmp_path):
-    """Under secure aggregation each worker sends weights x samples, its sample counts and
-    metrics in fixed point; the average of the summed vectors is FedAvg's, integers and bools
-    exactly, floats within workers * 0.5 * 10^-precision / samples (plus their dtype's rounding)."""
-    from coordinator.fedavg import per_tensor, write_average
-    from sdk.secagg.fixedpoint import decode_in_place
-    from worker.learning_job import mask_vector, masked_input
+@pytest.mark.parametrize("bits, precision", [(64, 6), (32, 5)])
+def test_secure_vectors_average_to_fedavg_within_the_fixed_point_quantisation(
+        tmp_path, bits, precision):
+    """Under secure aggregation each worker sends weights x samples (in 32-bit words, its
+    update from the global weights x samples), its sample counts and metrics in fixed point;
+    the average of the summed vectors is FedAvg's, integers and bools exactly, floats within
+    workers * 0.5 * 10^-precision / samples (plus their dtype's rounding)."""
+    from coordinator.fedavg import secure_tail, write_secure_average
+    from sdk.secagg.fixedpoint import WORDS
+    from worker.learning_job import masked_input
 
-    precision, states, samples = 6, [state(seed) for seed in range(3)], [10, 30, 5]
+    states, samples = [state(seed) for seed in range(3)], [10, 30, 5]
     metrics = [{"mse": 0.5, "acc": 0.9}, {"mse": 0.25, "acc": 0.8}, {"mse": 1.0, "acc": 0.7}]
     infos = tensors.manifest(states[0])
-    length = weights.secure_length(infos)
+    tensors.write_file(tmp_path / "global", state(7))
+    global_raw = memoryview((tmp_path / "global").read_bytes())
+    length = weights.secure_length(infos, bits)
     total = sum(masked_input(memoryview(b"".join(tensors.iter_chunks(s))), infos, n, 2 * n, m,
-                             precision, 3, mask_vector(length, []))
+                             precision, 3, np.zeros(length, dtype=WORDS[bits]), global_raw)
                 for s, n, m in zip(states, samples, metrics))
-    sums = decode_in_place(total, precision)
-    tail = sums[-2 - weights.METRIC_SLOTS:]
+    tail = secure_tail(total, precision)
     assert round(tail[0]) == 45 and round(tail[1]) == 90
     assert tail[2] / tail[1] == pytest.approx((0.9 * 20 + 0.8 * 60 + 0.7 * 10) / 90)  # acc
     assert tail[3] / tail[1] == pytest.approx((0.5 * 20 + 0.25 * 60 + 1.0 * 10) / 90)  # mse
-    write_average(tmp_path / "secure", infos, per_tensor(sums, infos), 45)
+    write_secure_average(tmp_path / "secure", infos, total, 45, precision, tmp_path / "global")
     secure = tensors.read_file(tmp_path / "secure", infos)
     expected = plain_average(tmp_path, states, samples)
     bound = 3 * 0.5 * 10**-precision / 45
@@ -236,3 +241,26 @@ def test_a_contribution_finishes_once():
     with pytest.raises(ValueError, match="no longer takes this upload"):
         contribution.finish()
     assert total.samples == 3 and not total.tainted
+
+
+def test_update_bound_picks_32_bit_words_only_where_every_sum_fits():
+    """32-bit words where update_bound * 10^precision * max_clients < 2^31, else 64; never
+    under DP-FedAvg (its noised values are not bounded); malformed bounds are refused."""
+    from learning_tasks import Regression
+
+    from sdk.task import FedAvg, TaskError
+
+    def bits(bound, precision=6, max_clients=3, **dp):
+        task = Regression(max_clients=max_clients)
+        task.update_bound, task.precision = bound, precision
+        task.strategy = FedAvg(min_clients=2, max_clients=max_clients, **dp)
+        return weights.secure_bits(task.build().spec)
+
+    assert bits(None) == 64 and bits(700.0) == 32 and bits(716.0) == 64  # 2^31 / 3e6 = 715.8
+    assert bits(716.0, precision=5) == 32
+    assert bits(100.0, max_clients=21) == 32 and bits(100.0, max_clients=22) == 64
+    for wrong in (0, -1.0, float("inf"), float("nan"), True, "1"):
+        with pytest.raises(TaskError, match="update_bound must be a positive number"):
+            bits(wrong)
+    with pytest.raises(TaskError, match="update_bound is for FedAvg without DP-FedAvg"):
+        bits(1.0, clip_norm=1.0, noise_multiplier=1.0)

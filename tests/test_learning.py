@@ -440,15 +440,19 @@ class GhostWorker(HandWorker):
 
 
 @pytest.mark.parametrize(("secure", "fault"), [(True, "breaks off"), (False, "breaks off"),
-                                               (False, "two headers")])
+                                               (False, "two headers"), ("32-bit", "breaks off")])
 def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, secure, fault):
     start(cluster, names=("w1", "w2"))
     ghost = GhostWorker(cluster, fault)
     ghost.start()
     cluster.wait_connected("ghost")
     client = cluster.client()
-    built = Regression(max_rounds=2, min_clients=2, max_clients=3,
-                       secure_aggregation=secure).build()
+    task = Regression(max_rounds=2, min_clients=2, max_clients=3,
+                      secure_aggregation=bool(secure))
+    # With an update_bound (each |update| x samples stays below 10 here) w1 and w2 send their
+    # updates in 32-bit words.
+    task.update_bound = 10.0 if secure == "32-bit" else None
+    built = task.build()
     task_id = client.create_task(built)
     assert client.wait(task_id), client.get_task(task_id).error
     assert ghost.done.is_set()
@@ -460,6 +464,7 @@ def test_a_worker_that_drops_mid_upload_leaves_no_trace_in_the_average(cluster, 
         assert "its upload was refused: an upload has one header, then chunks" in log
     if secure:  # its masks with w1 and w2 were taken off with the shares of its mask key
         assert "the sum covers 2 of 3 selected workers: w1, w2" in log
+    assert ("each worker's update in 32-bit words" in log) == (secure == "32-bit")
     files = [cluster.data_dir(name) / "train.npz" for name in ("w1", "w2")]
     expected, _ = fedavg_in_process(built, task_id, files, rounds=2)
     for name, tensor in client.get_result(task_id).items():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from learning_tasks import Regression, regression_data
 
-from sdk import tensors
+from sdk import tensors, weights
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
 from sdk.secagg import fixedpoint
@@ -159,3 +159,20 @@ def test_round_1_trains_the_initial_weights_downloaded_once(tmp_path):
     assert asyncio.run(rounds()) == [1, 1, 2]
     first, second = channel.uploads
     assert first == second != weights
+
+
+def test_an_update_beyond_the_update_bound_is_refused_by_name_never_wrapped():
+    """In 32-bit words a worker refuses to send an update whose sum over max_clients workers
+    could wrap: the error names the tensor and the task's update_bound, never a value."""
+    trained = {"a": torch.zeros(3), "b": torch.tensor([0.0, 400.25, 0.0])}
+    global_ = {"a": torch.zeros(3), "b": torch.zeros(3)}
+    infos = tensors.manifest(trained)
+    raw, base = (memoryview(b"".join(tensors.iter_chunks(s))) for s in (trained, global_))
+    masks = np.zeros(weights.secure_length(infos, 32), dtype=np.uint32)
+    with pytest.raises(fixedpoint.FixedPointOverflow) as refused:  # 400.25 * 2 samples * 10^6 * 3 > 2^31
+        masked_input(raw, infos, 2, 0, {}, 6, 3, masks, base)
+    assert str(refused.value).startswith("tensor 'b': its update times this worker's training "
+                                         "samples is beyond the task's update_bound")
+    assert "2^31" in str(refused.value) and "400" not in str(refused.value)
+    assert refused.value.index == 1
+    masked_input(raw, infos, 1, 0, {}, 6, 3, masks, base)  # one sample: it fits

@@ -15,7 +15,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sdk.secagg import SecAggClient, SecAggError, SecAggServer, shamir, threshold
 from sdk.secagg import client as secagg_client
 from sdk.secagg.client import NONCE_BYTES
-from sdk.secagg.fixedpoint import FixedPointOverflow, decode, encode, encode_into
+from sdk.secagg.fixedpoint import (
+    FixedPointOverflow,
+    decode,
+    decode_wide,
+    encode,
+    encode_into,
+    encode_wide,
+)
 from sdk.secagg.local import run_local
 from sdk.secagg.masks import CHUNK, accumulate
 
@@ -256,6 +263,48 @@ def test_masks_stop_between_chunks_once_told():
     out = np.zeros(4 * CHUNK, dtype=np.uint64)
     accumulate(out, [], [(bytes(range(32)), 1)], threads=2, stop=stop)
     assert not out.any()  # nothing made: every slice saw the stop before its first chunk
+
+
+def encode32(x: np.ndarray, precision: int, max_clients: int) -> np.ndarray:
+    out = np.empty(x.size, dtype=np.uint32)
+    encode_into(out, x, 10.0**precision, precision, max_clients, piece=1000)
+    return out
+
+
+@pytest.mark.parametrize("drop", [{}, {"mask": {1, 4}}, {"unmask": {2}}])
+def test_32_bit_words_sum_exactly_what_64_bit_words_sum(drop):
+    """The same inputs, encoded in 32-bit words and in 64-bit ones, masked through the whole
+    protocol (dropouts' masks taken off, in slices of several chunks): the same integer sum."""
+    rng = np.random.default_rng(5)
+    n, length = 6, 3 * CHUNK + 7
+    bound = 2.0**31 / n / 10**PRECISION  # the largest |x| that 32-bit words take from n workers
+    xs = {u: rng.uniform(-bound, bound, length) for u in range(n)}
+    xs[0][:3] = [bound * 0.999999, -bound * 0.999999, 0.0]
+    _, wide = run_local({u: encode(x, PRECISION, n) for u, x in xs.items()}, 4, drop)
+    server, narrow = run_local({u: encode32(x, PRECISION, n) for u, x in xs.items()}, 4, drop)
+    assert narrow.dtype == np.uint32 and server.dropped.keys() == set().union(*drop.values())
+    np.testing.assert_array_equal(narrow.view(np.int32).astype(np.int64), wide.view(np.int64))
+    summed = sorted(server.u3)
+    np.testing.assert_allclose(decode(narrow, PRECISION), sum(xs[u] for u in summed), rtol=0,
+                               atol=n * 10**-PRECISION)
+
+
+def test_a_value_whose_32_bit_sum_could_wrap_is_refused_not_wrapped():
+    """|x| * 10^precision * max_clients must stay below 2^31: at the edge a value is refused
+    (its sum over max_clients workers could wrap into a wrong answer), just below it sums."""
+    edge = 2.0**31 / 3 / 10**PRECISION
+    with pytest.raises(FixedPointOverflow, match=r"^a value does not fit.*below 2\^31") as refused:
+        encode32(np.array([0.0, 1.0, -edge, 2.0]), PRECISION, 3)
+    assert refused.value.index == 2 and "715" not in str(refused.value)  # no value is quoted
+    just_below = np.array([edge - 1e-3, -(edge - 1e-3)])
+    total = sum(encode32(just_below, PRECISION, 3) for _ in range(3))
+    np.testing.assert_allclose(decode(total, PRECISION), 3 * just_below, atol=3e-6)
+    with pytest.raises(FixedPointOverflow, match=r"below 2\^47"):  # wide pairs of 32-bit words
+        encode_wide(np.array([1.0, 2.0**46]), 0, 3, bits=32)
+    largest = 2**47 // 3 - 2**16  # its high part, times 3 workers, stays below 2^31
+    pairs = encode_wide(np.array([largest, -5.5]), 0, 3, bits=32)
+    assert pairs.dtype == np.uint32
+    assert decode_wide(pairs * np.uint32(3)) == [3 * largest, -18]  # rint(-5.5) = -6
 
 
 def test_encoding_into_a_vector_piece_by_piece_equals_encode():

@@ -39,10 +39,12 @@ from sdk.secagg import accumulate, fixedpoint
 from sdk.weights import (
     FLOATS,
     METRIC_SLOTS,
+    TAIL,
     bfloat16_to_float32,
     count,
     float32_to_bfloat16,
     nbytes,
+    secure_bits,
     secure_length,
     total_bytes,
 )
@@ -117,49 +119,69 @@ class SharedWeights:
             pass  # a view of it is still alive (an upload being torn down): unmapped with it
 
 
-def mask_vector(length: int, mask_seeds: list[tuple[bytes, int]],
-                stop: threading.Event | None = None) -> np.ndarray:
-    """The sum of a round's masks (its self mask and pairwise masks), `length` uint64 words
-    (left unfinished once `stop` is set). They do not depend on the weights: a round makes them
-    while it downloads and trains, holding 8 B a value meanwhile."""
-    vector = np.zeros(length, dtype=np.uint64)
-    accumulate(vector, [], mask_seeds, stop=stop)
-    return vector
+def make_masks(out: np.ndarray, mask_seeds: list[tuple[bytes, int]],
+               stop: threading.Event | None = None) -> np.ndarray:
+    """The sum of a round's masks (its self mask and pairwise masks) written over `out`, words
+    of uint64 or uint32 (left unfinished once `stop` is set). They do not depend on the
+    weights: a round makes them while it downloads and trains, in memory kept from round to
+    round (fresh memory is slow to fault in)."""
+    out.fill(0)
+    accumulate(out, [], mask_seeds, stop=stop)
+    return out
+
+
+def _numbers(raw: memoryview, dtype: str, start: int, stop: int) -> np.ndarray:
+    """Values `start` to `stop` of a tensor's raw bytes, as numpy reads them (bfloat16 widened
+    to float32: a bfloat16 is a float32's upper half)."""
+    if dtype == "bfloat16":
+        return bfloat16_to_float32(np.frombuffer(raw, dtype="<u2")[start:stop])
+    return np.frombuffer(raw, dtype=NUMPY_DTYPES[dtype])[start:stop]
 
 
 def _encode_tensor(out: np.ndarray, raw: memoryview, dtype: str, scale: float, precision: int,
-                   max_clients: int) -> None:
-    """One tensor's raw little-endian bytes, times `scale`, in fixed point added onto `out`."""
-    if dtype != "bfloat16":
-        numbers = np.frombuffer(raw, dtype=NUMPY_DTYPES[dtype])
-        fixedpoint.encode_into(out, numbers, scale, precision, max_clients, add=True)
-        return
-    halves = np.frombuffer(raw, dtype="<u2")  # a bfloat16 is a float32's upper half
-    for start in range(0, halves.size, BFLOAT16_PIECE):
-        piece = halves[start:start + BFLOAT16_PIECE]
-        widened = bfloat16_to_float32(piece)
-        fixedpoint.encode_into(out[start:start + piece.size], widened, scale, precision,
-                               max_clients, add=True)
+                   max_clients: int, base: memoryview | None = None) -> None:
+    """One tensor's raw little-endian bytes (minus those of `base`, where given), times
+    `scale`, in fixed point added onto `out`."""
+    piece = BFLOAT16_PIECE if dtype == "bfloat16" else max(out.size, 1)
+    for start in range(0, out.size, piece):
+        stop = min(start + piece, out.size)
+        fixedpoint.encode_into(
+            out[start:stop], _numbers(raw, dtype, start, stop), scale, precision, max_clients,
+            add=True, minus=None if base is None else _numbers(base, dtype, start, stop))
 
 
 def masked_input(raw: memoryview, infos: list[task_pb2.TensorInfo], samples: int,
                  validate_samples: int, metrics: dict[str, float], precision: int,
-                 max_clients: int, masks: np.ndarray) -> np.ndarray:
+                 max_clients: int, masks: np.ndarray,
+                 global_raw: memoryview | None = None) -> np.ndarray:
     """The round's secure-aggregation vector (see sdk.weights) in fixed point, from the trained
-    weights' raw bytes `raw`, added to `masks` (mask_vector's) in place: what the worker sends."""
+    weights' raw bytes `raw`, added to `masks` (make_masks') in place: what the worker sends.
+    In 32-bit words (uint32 `masks`) the update from `global_raw`, the round's global weights."""
     if len(metrics) > METRIC_SLOTS:
         raise ValueError(f"validate() returned {len(metrics)} metrics; secure aggregation "
                          f"carries at most {METRIC_SLOTS}")
     word = offset = 0
     for info in infos:
         size, values_count = nbytes(info), count(info)
-        _encode_tensor(masks[word:word + values_count], raw[offset:offset + size], info.dtype,
-                       samples * 10.0**precision, precision, max_clients)
+        try:
+            _encode_tensor(masks[word:word + values_count], raw[offset:offset + size],
+                           info.dtype, samples * 10.0**precision, precision, max_clients,
+                           None if masks.dtype == np.uint64 else global_raw[offset:offset + size])
+        except fixedpoint.FixedPointOverflow as error:
+            what = ("its update times this worker's training samples is beyond the task's "
+                    "update_bound" if masks.dtype == np.uint32 else "its weight times this "
+                    "worker's training samples is too large")
+            raise fixedpoint.FixedPointOverflow(
+                f"tensor {info.name!r}: {what}: {error}", error.index) from None
         word, offset = word + values_count, offset + size
-    tail = np.zeros(2 + METRIC_SLOTS)
+    tail = np.zeros(TAIL)
     tail[:2] = samples, validate_samples
     tail[2:2 + len(metrics)] = [metrics[name] * validate_samples for name in sorted(metrics)]
-    fixedpoint.encode_into(masks[word:], tail, 10.0**precision, precision, max_clients, add=True)
+    if masks.dtype == np.uint64:
+        fixedpoint.encode_into(masks[word:], tail, 10.0**precision, precision, max_clients,
+                               add=True)
+    else:
+        masks[word:] += fixedpoint.encode_wide(tail, precision, max_clients, bits=32)
     return masks
 
 
@@ -257,10 +279,14 @@ class LearningJob:
         self.secure = spec.secure_aggregation
         self.infos = list(spec.learning.weights)
         self.dp = DPFedAvg.from_spec(spec)  # PrivacyRefused if the spec's DP is malformed
+        self.bits = secure_bits(spec)  # of the secure-aggregation vector's words
         self.task_dir = work_dir / str(task_id)  # the engine task's work dir
         self.weights = SharedWeights(total_bytes(self.infos), self.task_dir, f"task-{task_id}-")
-        # DP-FedAvg: the global weights as downloaded, out of the engine task's reach
-        self._global = bytearray(total_bytes(self.infos)) if self.dp is not None else None
+        # DP-FedAvg, and updates in 32-bit words: the global weights as downloaded, out of the
+        # engine task's reach
+        self._global = (bytearray(total_bytes(self.infos))
+                        if self.dp is not None or (self.secure and self.bits == 32) else None)
+        self._masks: np.ndarray | None = None  # the masked vector's memory, kept between rounds
         self.data_copy: Path | None = None  # the task user's copy of the dataset, if any
         self.initial_sha256 = b""  # of the initial weights, once downloaded
         self.handle: TaskHandle | None = None
@@ -342,7 +368,7 @@ class LearningJob:
             making = None
             if mask_seeds is not None:
                 making = asyncio.get_running_loop().run_in_executor(
-                    self._masking, mask_vector, secure_length(self.infos), mask_seeds, stop)
+                    self._masking, make_masks, self._mask_memory(), mask_seeds, stop)
             try:
                 if not (self._initial and round_number == 1):  # round 1's are the initial
                     await self._download(channel, session_id, copy=self._global)
@@ -445,7 +471,7 @@ class LearningJob:
             chunks = split_views(self.weights.view)
         else:
             vector = await asyncio.to_thread(self._masked, sent, masks)
-            chunks = split_views(vector.astype("<u8", copy=False))
+            chunks = split_views(vector.astype(vector.dtype.newbyteorder("<"), copy=False))
         header = pb.UploadHeader(session_id=session_id, exchange_id=exchange_id)
         header.meta.CopyFrom(values.encode(sent.meta))
 
@@ -458,13 +484,20 @@ class LearningJob:
                                       response_deserializer=pb.UploadResponse.FromString)
         return (await upload(requests())).accepted
 
+    def _mask_memory(self) -> np.ndarray:
+        if self._masks is None:
+            self._masks = np.empty(secure_length(self.infos, self.bits),
+                                   dtype=fixedpoint.WORDS[self.bits])
+        return self._masks
+
     def _masked(self, sent: Sent, masks: np.ndarray | None) -> np.ndarray:
-        if masks is None:  # a resend: 8 B a value are not kept between rounds
-            masks = mask_vector(secure_length(self.infos), sent.mask_seeds)
+        if masks is None:  # a resend: the masked vector sent was not kept
+            masks = make_masks(self._mask_memory(), sent.mask_seeds)
         if sent.release is not None:
             return dp_masked_input(sent.release, bytes(self._global), self.infos,
                                    self.precision, self.max_clients, masks)
         result = sent.result
         return masked_input(self.weights.view, self.infos, result["samples"],
                             result["validate_samples"], result["metrics"], self.precision,
-                            self.max_clients, masks)
+                            self.max_clients, masks,
+                            None if self._global is None else memoryview(self._global))

@@ -101,7 +101,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LearningSpec(_message.Message):
-    __slots__ = ("task", "max_rounds", "validate_interval", "validate_frac", "merge_epoch", "merge_iteration", "weights", "clip_norm", "noise_multiplier")
+    __slots__ = ("task", "max_rounds", "validate_interval", "validate_frac", "merge_epoch", "merge_iteration", "weights", "clip_norm", "noise_multiplier", "update_bound")
     TASK_FIELD_NUMBER: _ClassVar[int]
     MAX_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class LearningSpec(_message.Message):
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_BOUND_FIELD_NUMBER: _ClassVar[int]
     task: bytes
     max_rounds: int
     validate_interval: int
@@ -120,7 +121,8 @@ class LearningSpec(_message.Message):
     weights: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     clip_norm: float
     noise_multiplier: float
-    def __init__(self, task: _Optional[bytes] = ..., max_rounds: _Optional[int] = ..., validate_interval: _Optional[int] = ..., validate_frac: _Optional[float] = ..., merge_epoch: _Optional[int] = ..., merge_iteration: _Optional[int] = ..., weights: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ...) -> None: ...
+    update_bound: float
+    def __init__(self, task: _Optional[bytes] = ..., max_rounds: _Optional[int] = ..., validate_interval: _Optional[int] = ..., validate_frac: _Optional[float] = ..., merge_epoch: _Optional[int] = ..., merge_iteration: _Optional[int] = ..., weights: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., update_bound: _Optional[float] = ...) -> None: ...
 
 class DifferentialPrivacy(_message.Message):
     __slots__ = ("epsilon", "delta")

@@ -22,7 +22,8 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
               drop: dict[str, set[int]] | None = None, tamper: Tamper | None = None,
               timed: Callable[..., Any] = _untimed,
               plus_above: int = 0) -> tuple[SecAggServer, np.ndarray]:
-    """Sums the encoded uint64 `vectors` of workers 0..n-1 through every phase of the protocol.
+    """Sums the encoded `vectors` (uint64 or uint32 words) of workers 0..n-1 through every
+    phase of the protocol.
 
     `drop[phase]` go silent from that phase on ("advertise", "ring" (SecAgg+ only), "share",
     "check", "mask", "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
@@ -31,7 +32,8 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
     """
     n = len(vectors)
     clients = {u: SecAggClient(u, min_clients, n, plus_above) for u in range(n)}
-    server = SecAggServer(n, min_clients, len(vectors[0]), plus_above=plus_above)
+    server = SecAggServer(n, min_clients, len(vectors[0]), plus_above=plus_above,
+                          total=np.zeros(len(vectors[0]), vectors[0].dtype))
     tamper = tamper or (lambda phase, u, message: message)
     drop = drop or {}
     gone: set[int] = set()

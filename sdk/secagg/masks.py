@@ -1,4 +1,4 @@
-"""Key agreement and the mask generator: AES-256-CTR keystream viewed as uint64."""
+"""Key agreement and the mask generator: AES-256-CTR keystream viewed as uint64 (or uint32) words."""
 
 from __future__ import annotations
 
@@ -31,10 +31,11 @@ THREADS = min(os.cpu_count() or 1, 8)  # AES and numpy release the GIL
 
 def accumulate(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[bytes, int]],
                threads: int = THREADS, stop: threading.Event | None = None) -> None:
-    """out += sum(addends) + sum(sign * PRG(seed) for seed, sign in masks), mod 2^64, where PRG
-    is the AES-256-CTR keystream of the seed as uint64 words. Streams over cache-sized chunks,
-    so each vector is read once from memory, in `threads` contiguous slices at once. Once
-    `stop` is set it gives up between chunks, leaving `out` half done."""
+    """out += sum(addends) + sum(sign * PRG(seed) for seed, sign in masks), modulo the word
+    (2^64 for uint64 `out`, 2^32 for uint32), where PRG is the AES-256-CTR keystream of the seed
+    as words of `out`'s dtype. Streams over cache-sized chunks, so each vector is read once from
+    memory, in `threads` contiguous slices at once. Once `stop` is set it gives up between
+    chunks, leaving `out` half done."""
     chunks = -(-out.size // CHUNK)
     bounds = [CHUNK * (chunks * i // threads) for i in range(threads)] + [out.size]
     with ThreadPoolExecutor(threads) as pool:
@@ -45,11 +46,11 @@ def accumulate(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[byt
 
 def _accumulate_slice(out: np.ndarray, addends: list[np.ndarray], masks: list[tuple[bytes, int]],
                       begin: int, end: int, stop: threading.Event) -> None:
-    counter = (begin // 2).to_bytes(16, "big")  # two words per AES block; begin is even
+    counter = (begin * out.itemsize // 16).to_bytes(16, "big")  # begin: a multiple of CHUNK
     streams = [(Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor(), sign)
                for seed, sign in masks]
-    zeros = memoryview(bytes(8 * CHUNK))
-    keystream = np.empty(CHUNK + 2, dtype=np.uint64)  # update_into wants a block's slack
+    zeros = memoryview(bytes(out.itemsize * CHUNK))
+    keystream = np.empty(CHUNK + 16 // out.itemsize, dtype=out.dtype)  # a block's slack
     for start in range(begin, end, CHUNK):
         if stop.is_set():
             return
@@ -57,7 +58,7 @@ def _accumulate_slice(out: np.ndarray, addends: list[np.ndarray], masks: list[tu
         for addend in addends:
             part += addend[start:start + part.size]
         for stream, sign in streams:
-            stream.update_into(zeros[:8 * part.size], memoryview(keystream).cast("B"))
+            stream.update_into(zeros[:out.itemsize * part.size], memoryview(keystream).cast("B"))
             if sign > 0:
                 part += keystream[:part.size]
             else:

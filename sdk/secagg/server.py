@@ -16,7 +16,8 @@ KEY_BYTES = 32
 
 
 class SecAggServer:
-    """One round over workers 0..n_selected-1, summing vectors of `vector_length` uint64 words.
+    """One round over workers 0..n_selected-1, summing vectors of `vector_length` words: uint64,
+    or uint32 where `total` (memory to reuse for the sum) is of them.
 
     Each phase's messages go to `receive_*`; the method that hands out the next phase's request
     closes the phase. Masked inputs are added into one running total as they come, so memory
@@ -36,7 +37,7 @@ class SecAggServer:
         self.names = names or [f"worker {u}" for u in range(n_selected)]
         if total is None:
             total = np.zeros(vector_length, dtype=np.uint64)
-        elif total.dtype != np.uint64 or total.shape != (vector_length,):
+        elif total.dtype not in (np.uint32, np.uint64) or total.shape != (vector_length,):
             raise ValueError(f"a total of {total.dtype} {total.shape} for {vector_length} words")
         else:
             total.fill(0)
@@ -167,8 +168,9 @@ class SecAggServer:
             return
         start = 0
         for piece in pieces:
-            if piece.dtype != np.uint64 or start + piece.size > length:
-                raise ValueError(f"pieces of {piece.dtype} past word {start}: not {length} uint64")
+            if piece.dtype != self.total.dtype or start + piece.size > length:
+                raise ValueError(f"pieces of {piece.dtype} past word {start}: not {length} "
+                                 f"{self.total.dtype}")
             part = self.total[start:start + piece.size]
             np.add(part, piece, out=part)
             start += piece.size
