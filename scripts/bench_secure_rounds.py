@@ -32,7 +32,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import Trivial, _cpu_seconds
+from bench_learning import Trivial, _cpu_seconds, start_daemons
 
 from deltaflow.localcluster import LocalCluster
 
@@ -78,12 +78,7 @@ def round_seconds(parameters: int, workers: int, rounds: int,
     seconds, and CPU seconds of every process of the federation."""
     with tempfile.TemporaryDirectory() as folder, \
             LocalCluster(Path(folder), secure=True) as cluster:
-        cluster.start_coordinator()
-        for i in range(workers):
-            np.savez(cluster.data_dir(f"w{i}") / "bench.npz", x=np.zeros((1, 1)), y=np.zeros(1))
-            cluster.start_worker(f"w{i}", wait=False)
-        for i in range(workers):
-            cluster.wait_connected(f"w{i}")
+        start_daemons(cluster, workers)
         client = cluster.client(timeout=600)
         task = Trivial(parameters, rounds, workers, secure=mode != "plain")
         task.update_bound = 1.0 if mode == "secure32" else None  # each update is +1, 1 sample
