@@ -62,7 +62,7 @@ async def select_workers(
         raise RoundFailed(
             f"only {len(eligible)} eligible worker(s){among} came within connection_timeout="
             f"{rules.connection_timeout:g}s ({names}); the task needs min_clients="
-            f"{rules.min_clients} connected workers holding {_listed(files, 'file')}"
+            f"{rules.min_clients} connected workers holding {listed(files, 'file')}"
         )
     return random.sample(eligible, min(len(eligible), rules.max_clients))
 
@@ -79,7 +79,7 @@ def not_eligible(lacking: dict[str, tuple[str, ...]]) -> str:
         groups.setdefault(missing, []).append(name)
     ordered = sorted(groups.items(), key=lambda group: -len(group[1]))
     parts = [f"{len(names)} worker{'s lack' if len(names) > 1 else ' lacks'} "
-             f"{_listed(list(missing), 'file')}: {_listed(names, 'worker')}"
+             f"{listed(list(missing), 'file')}: {listed(names, 'worker')}"
              for missing, names in ordered[:SHOWN]]
     rest = sum(len(names) for _, names in ordered[SHOWN:])
     if rest:
@@ -87,7 +87,7 @@ def not_eligible(lacking: dict[str, tuple[str, ...]]) -> str:
     return "not eligible: " + "; ".join(parts)
 
 
-def _listed(items: list[str], noun: str) -> str:
+def listed(items: list[str], noun: str) -> str:
     """`items` joined with commas, the first SHOWN of them: "a, b, c and 4 more files"."""
     shown = ", ".join(items[:SHOWN])
     rest = len(items) - SHOWN
@@ -117,7 +117,8 @@ class Round:
 
     @property
     def names(self) -> str:
-        return ", ".join(sorted(w.name for w in self.workers))
+        """The round's workers by name, the first SHOWN of them: "a, b, c and 995 more"."""
+        return listed(sorted(w.name for w in self.workers), "worker")
 
     async def phase(
         self, name: str, timeout: float, stage: int = 0, inputs: Any = None,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.rounds import Round, RoundFailed
+from coordinator.rounds import Round, RoundFailed, listed
 from sdk import values, weights
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
@@ -145,7 +145,7 @@ class SecureRound:
             server.receive_unmask(self.index[name], revealed)
         total = await self._close("unmasking", server.unmasked_total, in_thread=True)
         if len(server.u3) < len(self.workers):
-            summed = ", ".join(self.names[u] for u in sorted(server.u3))
+            summed = listed([self.names[u] for u in sorted(server.u3)], "worker")
             self.round.log(f"round {self.round.number}: the sum covers {len(server.u3)} of "
                            f"{len(self.workers)} selected workers: {summed}")
         return total

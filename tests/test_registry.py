@@ -8,6 +8,7 @@ import random
 import time
 
 from coordinator.registry import WorkerRegistry, WorkerSession
+from coordinator.rounds import Round
 
 WORKERS = 2000
 FILES = [f"f{i}.csv" for i in range(12)]
@@ -85,5 +86,19 @@ def test_a_silent_worker_among_thousands_is_dropped_in_time_and_the_others_stay(
         for session in sessions:
             registry.drop(session, "done")
         assert all(s.timer is not None and s.timer.cancelled() for s in sessions)
+
+    asyncio.run(run())
+
+
+def test_a_round_of_thousands_names_five_workers_in_its_log_lines():
+    async def run() -> None:
+        registry = WorkerRegistry(heartbeat_interval=60, heartbeat_timeout=120)
+        sessions = [connect(registry, f"w{i:04d}", ["data.csv"]) for i in range(WORKERS)]
+        lines: list[str] = []
+        round_ = Round(registry, 1, 1, sessions, 2, lines.append)
+        assert round_.names == "w0000, w0001, w0002, w0003, w0004 and 1995 more workers"
+        round_.drop(sessions[0], "compute", "test")
+        assert lines == ["round 1: worker w0000 dropped in compute: test"]
+        assert Round(registry, 2, 1, sessions[:3], 2, lines.append).names == "w0000, w0001, w0002"
 
     asyncio.run(run())
