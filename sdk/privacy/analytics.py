@@ -128,7 +128,8 @@ class PrivacyPlan:
         if node.params.get("skipna") is False:
             raise PrivacyRefused(f"under differential privacy, {where} skips missing values: "
                                  "skipna=False would release whether one is present")
-        data = bounds.get(node.inputs[0]) if "size" not in _PARTS[kind] else None  # counts
+        names = order.released_parts(node.params) if kind == order.KIND else _PARTS[kind]
+        data = bounds.get(node.inputs[0]) if "size" not in names else None  # counts of rows
         if isinstance(data, Frame) and data.columns is None:
             raise PrivacyRefused(
                 f"under differential privacy, {where} reduces a DataFrame whose columns are not "
@@ -137,7 +138,6 @@ class PrivacyPlan:
         self.data_bound[node_id] = data
         columns = data.columns if isinstance(data, Frame) else (None,)
         releases = []
-        names = order.released_parts(node.params) if kind == order.KIND else _PARTS[kind]
         for part in names:
             for column in columns:
                 bound = data.column(column) if isinstance(data, Frame) else data
