@@ -21,8 +21,10 @@ class LyingCoordinator(services_pb2_grpc.WorkerServiceServicer):
     `weights`, asks it for `phase`, and keeps the error of its answer in `error`."""
 
     def __init__(self, spec_bytes: bytes, signature: task_pb2.TaskSignature | None = None,
-                 phase: str = "compute", weights: bytes = b"", crl: bytes = b"") -> None:
+                 phase: str = "compute", weights: bytes = b"", crl: bytes = b"",
+                 round_number: int = 1) -> None:
         self.spec_bytes, self.signature, self.phase = spec_bytes, signature, phase
+        self.round_number = round_number
         self.weights, self.crl = weights, crl
         self.answered = threading.Event()
         self.error = ""
@@ -34,7 +36,7 @@ class LyingCoordinator(services_pb2_grpc.WorkerServiceServicer):
     def Connect(self, request_iterator, context):
         next(request_iterator)
         yield pb.CoordinatorMessage(assignment=pb.Assignment(
-            exchange_id=1, task_id=1, round=1, phase=self.phase, stage=0, timeout=30,
+            exchange_id=1, task_id=1, round=self.round_number, phase=self.phase, stage=0, timeout=30,
             inputs=values.encode({})))
         while not self.answered.wait(0.5):
             yield pb.CoordinatorMessage(heartbeat=pb.Heartbeat())

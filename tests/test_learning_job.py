@@ -176,3 +176,26 @@ def test_an_update_beyond_the_update_bound_is_refused_by_name_never_wrapped():
     assert "2^31" in str(refused.value) and "400" not in str(refused.value)
     assert refused.value.index == 1
     masked_input(raw, infos, 1, 0, {}, 6, 3, masks, base)  # one sample: it fits
+
+
+def test_weights_loaded_for_a_later_round_never_train_an_earlier_one(tmp_path):
+    """Weights loaded for round 2 (a resumed task's checkpoint, unchecked) cannot be trained as
+    round 1, whose weights must be those the submitter signed."""
+    built = Regression(max_rounds=2, secure_aggregation=False).build()
+    weights = b"".join(tensors.iter_chunks(built.weights))
+    np.savez(tmp_path / "train.npz", **regression_data(60, 0))
+    channel = CountingChannel(weights)
+
+    async def train_round_1() -> None:
+        job = LearningJob(7, built.spec, tmp_path / "train.npz", tmp_path / "work")
+        with EngineSession(tmp_path / "engine") as engine:
+            await job.open(engine, channel, "session", first_round=2)
+            try:
+                await job.train(channel, "session", 1, 1, False, None)
+            finally:
+                await job.close()
+
+    with pytest.raises(ValueError, match="round 1 comes before round 2, at which this worker "
+                                         "loaded the task"):
+        asyncio.run(train_round_1())
+    assert channel.uploads == []

@@ -116,7 +116,8 @@ def test_a_restarted_worker_keeps_the_newest_revocation_list_it_saw(cluster):
     assert "refused task 1: the certificate of bob was revoked" in error
 
 
-@pytest.mark.parametrize("attack", ["none", "altered bytes", "other weights", "expired"])
+@pytest.mark.parametrize("attack", ["none", "altered bytes", "other weights", "expired",
+                                    "other weights, called a later round"])
 def test_no_code_of_a_changed_learning_task_runs(cluster, tmp_path, attack):
     canary = tmp_path / "canary"
     built = Canary(canary).build()
@@ -128,9 +129,12 @@ def test_no_code_of_a_changed_learning_task_runs(cluster, tmp_path, attack):
         changed = task_pb2.TaskSpec.FromString(spec)
         changed.learning.max_rounds = 1000
         spec = changed.SerializeToString()
-    elif attack == "other weights":
+    elif attack.startswith("other weights"):
         weights = bytes(len(weights))
-    liar = LyingCoordinator(spec, signature, phase="join", weights=weights, crl=cluster.crl())
+    # A later round's weights are a checkpoint, not checked against the signed digest: a
+    # coordinator that calls round 1 round 2 (of a one-round task) is refused all the same.
+    liar = LyingCoordinator(spec, signature, phase="join", weights=weights, crl=cluster.crl(),
+                            round_number=2 if "later round" in attack else 1)
     error = run_on_worker(cluster, liar)
     if attack == "none":
         assert error == "" and canary.read_text().startswith("the task's code ran in process")

@@ -586,10 +586,15 @@ class Worker:
         # The global weights are the initial ones, which the submitter signed, in round 1; in
         # a later round (a task resumed after a coordinator restart) they are the checkpoint of
         # the round before, the coordinator's average, trusted as in every round after the first.
-        signed = claims.weights_sha256 if claims and round_number <= 1 else None
+        # Those weights train no earlier round (LearningJob.train refuses it).
+        if not 1 <= round_number <= job.max_rounds:
+            raise TaskRefused(f"round {round_number} is not one of the task's rounds (its "
+                              f"submitter signed max_rounds={job.max_rounds})", "rerun")
+        signed = claims.weights_sha256 if claims and round_number == 1 else None
         warm_engine()  # where it is cold, its imports go on while the weights download
         try:
-            await job.open(self.engine, channel, session_id, expected_weights_sha256=signed)
+            await job.open(self.engine, channel, session_id, expected_weights_sha256=signed,
+                           first_round=round_number)
         except WeightsMismatch as error:
             raise TaskRefused(str(error), "weights") from None
         metrics.TASKS.labels("learning").inc()

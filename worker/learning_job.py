@@ -291,12 +291,13 @@ class LearningJob:
         self.initial_sha256 = b""  # of the initial weights, once downloaded
         self.handle: TaskHandle | None = None
         self._initial = False  # the shared weights are the initial ones, untrained yet
+        self.first_round = 1  # the round whose global weights `open` loaded
         self._sent: Sent | None = None
         self._lock = asyncio.Lock()  # one round's exchange at a time over the shared weights
         self._masking = ThreadPoolExecutor(1, thread_name_prefix=f"masks-{task_id}")
 
     async def open(self, engine: EngineSession, channel: grpc.aio.Channel, session_id: str,
-                   expected_weights_sha256: bytes | None = None) -> None:
+                   expected_weights_sha256: bytes | None = None, first_round: int = 1) -> None:
         """Downloads the global weights (the initial ones, or a resumed task's checkpoint),
         checks them against the digest their submitter signed (when given), then starts and
         loads the engine task on them; round 1 trains them as they are, without downloading
@@ -315,7 +316,8 @@ class LearningJob:
                                       str(self._as_task_sees(self.weights.path)))
             self.handle = await engine.open_async(process)
             self.weights.unlink()  # both sides have it mapped: nothing left behind on a crash
-            self._initial = True
+            self._initial = first_round == 1
+            self.first_round = first_round
         except BaseException:
             await self.close()
             raise
@@ -362,6 +364,9 @@ class LearningJob:
         `mask_seeds`, and the number of workers `selected` for the round) their masked input,
         whose masks are made meanwhile. Under DP-FedAvg, the update clipped and noised
         instead. Accepted or not."""
+        if round_number < self.first_round:  # round 1's weights are those the submitter signed
+            raise ValueError(f"round {round_number} comes before round {self.first_round}, at "
+                             "which this worker loaded the task and its weights")
         async with self._lock:
             self._sent = None
             stop = threading.Event()
