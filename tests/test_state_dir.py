@@ -207,11 +207,16 @@ def test_corrupted_results_and_checkpoints_are_data_loss_never_decoded(tmp_path)
         wait_for(lambda: all(f"worker {worker.name} dropped" in cluster.coordinator.log()
                              for worker in plain), what="the plain workers to leave")
 
-        def spoil(task_id: int) -> None:  # both workers do it: the same damage, once
-            path = blobs / f"task-{task_id}.weights"
-            data = bytearray(path.read_bytes())
-            data[len(data) // 2] = weights[len(weights) // 2] ^ 0xFF
-            path.write_bytes(bytes(data))
+        spoiling = threading.Lock()
+
+        def spoil(task_id: int) -> None:
+            """Both workers call it at join; one at a time, since one's write truncates the
+            file the other would read. The damage is the same, so the second changes nothing."""
+            with spoiling:
+                path = blobs / f"task-{task_id}.weights"
+                data = bytearray(path.read_bytes())
+                data[len(data) // 2] = weights[len(weights) // 2] ^ 0xFF
+                path.write_bytes(bytes(data))
 
         spoilers = [_PlainWorker(cluster, name, weights, spoil) for name in ("s1", "s2")]
         for worker in spoilers:
