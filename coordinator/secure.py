@@ -88,17 +88,19 @@ class SecureRound:
         """Relays the public keys (under SecAgg+, then the ring's nonces), then each worker's
         encrypted shares; returns U2, the workers that will mask with one another."""
         server = self._server
-        keys = await self._close("advertise", server.public_keys)
-        public = {u: self.keys[u] for u in keys}  # with each one's signature, for its peers
+        keyed = await self._close("advertise", server.public_keys)
         nonces: dict[int, bytes] = {}
         if server.plus:
+            listed = {u: pb.SecAggListed(ring_commitment=self.keys[u].ring_commitment,
+                                         worker=self.keys[u].worker) for u in keyed}
             answers = await self._phase("secagg_ring", {
-                w.name: pb.SecAggRequest(public_keys=public) for w in self.round.workers})
+                w.name: pb.SecAggRequest(listed=listed) for w in self.round.workers})
             for name, response in self.parse(answers, "secagg_ring").items():
                 server.receive_nonce(self.index[name], response.ring_nonce)
             nonces = await self._close("ring", server.ring_nonces)
-        answers = await self._phase("secagg_share", {
-            w.name: pb.SecAggRequest(public_keys=public, ring_nonces=nonces)
+        answers = await self._phase("secagg_share", {  # keys with each one's signature
+            w.name: pb.SecAggRequest(ring_nonces=nonces, public_keys={
+                u: self.keys[u] for u in server.keys_for(self.index[w.name])})
             for w in self.round.workers})
         for name, response in self.parse(answers, "secagg_share").items():
             server.receive_shares(self.index[name], dict(response.shares))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sdk.proto import services_pb2 as pb
-from sdk.secagg import SecAggError
+from sdk.secagg import SecAggError, graph
 from sdk.trust import Kit, Verifier
 from sdk.trust.provision import create_federation
 from worker.contributions import ContributionLedger, RerunRefused
@@ -131,6 +131,80 @@ def test_peers_the_coordinator_made_up_or_doubled_are_refused(federation, tmp_pa
         outcome = run_round(workers, 1, tamper=tamper)
         assert isinstance(outcome["a"], SecAggError), outcome
         assert refusal in str(outcome["a"])
+
+
+def run_plus_round(workers: dict[str, SecureRounds], tamper=None) -> dict[str, object]:
+    """A SecAgg+ round's keys, ring and shares over `workers` (plus_above 2), relayed as the
+    coordinator does (to each worker its neighbourhood's signed keys only); `tamper(phase, u,
+    request, keys)` may rewrite what worker u is sent, knowing every worker's signed keys. What each worker said at sharing: the
+    recipients of its shares, or the SecAggError it refused with."""
+    names, tamper = list(workers), tamper or (lambda phase, u, request, keys: None)
+    keys = {}
+    for u, name in enumerate(names):
+        opening = pb.Assignment(task_id=1, round=1, phase="compute",
+                                secagg=pb.SecAggRequest(index=u, selected=len(names)))
+        keys[u] = pb.SecAggResponse.FromString(workers[name].open(
+            opening, Contribution(TASK_KEY, "step 1", 2, plus_above=2))).keys
+    listed = {u: pb.SecAggListed(ring_commitment=k.ring_commitment, worker=k.worker)
+              for u, k in keys.items()}
+    nonces = {}
+    for u, name in enumerate(names):
+        ring = pb.Assignment(task_id=1, round=1, phase="secagg_ring",
+                             secagg=pb.SecAggRequest(listed=listed))
+        tamper("ring", u, ring.secagg, keys)
+        nonces[u] = pb.SecAggResponse.FromString(workers[name].answer(ring)).ring_nonce
+    hoods = graph.neighbourhoods(nonces, len(names))
+    outcome: dict[str, object] = {}
+    for u, name in enumerate(names):
+        share = pb.Assignment(task_id=1, round=1, phase="secagg_share", secagg=pb.SecAggRequest(
+            public_keys={v: keys[v] for v in hoods[u]}, ring_nonces=nonces))
+        tamper("share", u, share.secagg, keys)
+        try:
+            outcome[name] = set(pb.SecAggResponse.FromString(workers[name].answer(share)).shares)
+        except SecAggError as error:
+            outcome[name] = error
+    return outcome, hoods
+
+
+def test_secagg_plus_checks_the_signed_keys_of_its_neighbourhood_against_the_ring_list(tmp_path):
+    """Under SecAgg+ a worker receives the signed keys of its neighbours only, having seen
+    the others as a list of names and ring commitments: a coordinator that hands one worker
+    a list of its own making (commitments to nonces it chose, so that it can give that worker
+    another ring than its peers') is caught by the neighbours' signed keys."""
+    create_federation(tmp_path / "fed", ["127.0.0.1:6700"], list("abcd"), [])
+    workers = {name: worker(tmp_path / "fed", name, tmp_path / "honest") for name in "abcd"}
+    outcome, hoods = run_plus_round(workers)
+    for u, name in enumerate("abcd"):  # k = 2 of 4: each shares with two, not three
+        assert outcome[name] == hoods[u] - {u} and len(outcome[name]) == 2
+
+    chosen = {v: bytes([v]) * 32 for v in range(1, 4)}
+
+    def own_list_for_a(phase, u, request, keys):
+        if u != 0:
+            return
+        if phase == "ring":
+            for v, nonce in chosen.items():
+                request.listed[v].ring_commitment = graph.commit(nonce)
+        else:  # the nonces it chose, and the genuine signed keys of a's ring of them
+            request.ring_nonces.update(chosen)
+            request.ClearField("public_keys")
+            for v in graph.neighbourhoods(dict(request.ring_nonces), 4)[0]:
+                request.public_keys[v].CopyFrom(keys[v])
+
+    workers = {name: worker(tmp_path / "fed", name, tmp_path / "lied") for name in "abcd"}
+    outcome, _ = run_plus_round(workers, own_list_for_a)
+    assert isinstance(outcome["a"], SecAggError)
+    assert "differ from what the list before the ring said of it: refused" in str(outcome["a"])
+
+    def renamed(phase, u, request, keys):
+        if phase == "ring" and u == 0:
+            for v in range(1, 4):
+                request.listed[v].worker = f"mallory{v}"
+
+    workers = {name: worker(tmp_path / "fed", name, tmp_path / "renamed") for name in "abcd"}
+    outcome, _ = run_plus_round(workers, renamed)
+    assert isinstance(outcome["a"], SecAggError)
+    assert "differ from what the list before the ring said of it: refused" in str(outcome["a"])
 
 
 def test_learning_rounds_only_go_forward_up_to_the_signed_max_rounds(tmp_path):

@@ -114,41 +114,72 @@ def keyed(n: int):
     server = SecAggServer(n, 2, 8, plus_above=PLUS)
     for u, c in clients.items():
         server.receive_keys(u, *c.advertise(), c.commitment, c.ring_commitment)
-    keys, commitments = server.public_keys(), server.ring_commitments()
+    server.public_keys()
+    commitments = server.ring_commitments()
     for u, c in clients.items():
-        server.receive_nonce(u, c.reveal(keys, commitments))
-    return clients, server, keys, server.ring_nonces()
+        server.receive_nonce(u, c.reveal(commitments))
+    return clients, server, commitments, server.ring_nonces()
 
 
 def shared(n: int):
     """Keys and shares of a SecAgg+ round of n, relayed faithfully."""
-    clients, server, keys, nonces = keyed(n)
+    clients, server, _, nonces = keyed(n)
     for u, c in clients.items():
-        server.receive_shares(u, c.share_keys(keys, nonces))
+        server.receive_shares(u, c.share_keys(server.keys_for(u), nonces))
     return clients, server
 
 
+def test_each_worker_receives_the_keys_of_its_neighbourhood_only():
+    """Before the ring a worker sees U1 as ring commitments (32 bytes each); once it is drawn,
+    only its k neighbours' keys: a 1,000-worker round relays 21 key sets to each, not 1,000."""
+    n = 1000
+    clients, server, _, nonces = keyed(n)
+    for u in (0, 500, 999):
+        assert set(server.keys_for(u)) == server.neighbours(u)
+        assert len(server.keys_for(u)) == graph.degree(n) + 1 == 21
+        assert clients[u].share_keys(server.keys_for(u), nonces).keys() == (
+            server.neighbours(u) - {u})
+
+
 def test_a_coordinator_cannot_hand_a_worker_another_ring():
-    """The ring is fixed by nonces committed with the signed keys and revealed once all keys
-    are out: a worker refuses another key list, a nonce that is not the one committed to, a
-    nonce list with one left out, and a second reveal."""
-    clients, server, keys, nonces = keyed(40)
-    fewer = {u: k for u, k in keys.items() if u != 39}
-    with pytest.raises(SecAggError, match="key list differs from the one it revealed"):
-        clients[0].share_keys(fewer, {u: n for u, n in nonces.items() if u != 39})
+    """The ring is fixed by nonces committed before any is revealed: a worker refuses a
+    commitment list without its own, with one twice or with more than were selected, a nonce
+    that is not the one committed to, a nonce list with one left out, a second reveal, and
+    keys of workers other than its ring neighbours (every worker's, or a stranger's)."""
+    n = 40
+    clients, server, commitments, nonces = keyed(n)
+    fresh = SecAggClient(0, 2, n, PLUS)
+    with pytest.raises(SecAggError, match="lack this worker's own"):
+        fresh.reveal(commitments)  # the list a coordinator kept from another round
+    own = {**commitments, 0: fresh.ring_commitment}
+    with pytest.raises(SecAggError, match="not all distinct"):
+        fresh.reveal({**own, 1: own[2]})
+    with pytest.raises(SecAggError, match="41 workers advertised keys in a round of 40"):
+        fresh.reveal({**own, 40: b"\x28" * 32})
+    with pytest.raises(SecAggError, match="1 workers advertised keys, at least 7 needed"):
+        fresh.reveal({0: fresh.ring_commitment})
+    mine = server.keys_for(0)
     with pytest.raises(SecAggError, match=r"ring nonces of workers \[5\] are missing or do not"):
-        clients[0].share_keys(keys, {**nonces, 5: b"\x05" * 32})
+        clients[0].share_keys(mine, {**nonces, 5: b"\x05" * 32})
     with pytest.raises(SecAggError, match=r"ring nonces of workers \[39\] are missing"):
-        clients[0].share_keys(keys, {u: n for u, n in nonces.items() if u != 39})
+        clients[0].share_keys(mine, {u: n for u, n in nonces.items() if u != 39})
     with pytest.raises(SecAggError, match="already revealed"):
-        clients[0].reveal(keys, server.ring_commitments())
-    lying = SecAggServer(40, 2, 8, plus_above=PLUS)
+        clients[0].reveal(commitments)
+    everyone = server.public_keys()
+    with pytest.raises(SecAggError, match="where its neighbourhood on the ring is"):
+        clients[0].share_keys(everyone, nonces)
+    stranger = next(v for v in range(n) if v not in server.neighbours(0))
+    neighbour = max(server.neighbours(0) - {0})
+    swapped = {**{u: k for u, k in mine.items() if u != neighbour}, stranger: everyone[stranger]}
+    with pytest.raises(SecAggError, match="where its neighbourhood on the ring is"):
+        clients[0].share_keys(swapped, nonces)
+    lying = SecAggServer(n, 2, 8, plus_above=PLUS)
     for u, c in clients.items():
         lying.receive_keys(u, *c.advertise(), c.commitment, c.ring_commitment)
     lying.public_keys()
     lying.receive_nonce(3, b"\x03" * 32)  # a worker (or a relay) that lies about its nonce
     assert lying.dropped == {3: "revealed a ring nonce that is not the one it committed to"}
-    assert clients[0].share_keys(keys, nonces).keys() == server.neighbours(0) - {0}
+    assert clients[0].share_keys(mine, nonces).keys() == server.neighbours(0) - {0}
 
 
 def test_a_worker_refuses_shares_from_outside_its_neighbourhood_and_thin_unmasking():

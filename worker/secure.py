@@ -8,7 +8,7 @@ knows by name whom it masks with; the rerun rule (`worker.contributions`) is kep
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sdk import values
@@ -44,6 +44,7 @@ class _Round:
     parts: Parts | None  # analytics: the parts computed in the opening phase
     opening_inputs: values_pb2.Value  # the inputs the opening phase came with
     names: dict[int, str] = field(default_factory=dict)  # peers by number, from their keys
+    listed: dict[int, pb.SecAggListed] = field(default_factory=dict)  # SecAgg+: U1 at the ring
 
 
 class SecureRounds:
@@ -88,12 +89,16 @@ class SecureRounds:
         response = pb.SecAggResponse()
         keys = {u: (k.c_pk, k.s_pk) for u, k in request.public_keys.items()}
         if assignment.phase == "secagg_ring":
-            state.names = self._peer_names(assignment, state)
-            response.ring_nonce = state.client.reveal(keys, {
-                u: k.ring_commitment for u, k in request.public_keys.items()})
+            state.listed = dict(request.listed)
+            state.names = _distinct({u: listed.worker or f"worker number {u}"
+                                     for u, listed in state.listed.items()})
+            response.ring_nonce = state.client.reveal(
+                {u: listed.ring_commitment for u, listed in state.listed.items()})
         elif assignment.phase == "secagg_share":
-            if not state.client.plus:  # under SecAgg+ checked at the ring, and must not change
-                state.names = self._peer_names(assignment, state)
+            names = self._peer_names(assignment, state)
+            if state.client.plus:
+                _check_listed(request.public_keys, names, state.listed)
+            state.names.update(names)
             response.shares.update(state.client.share_keys(keys, dict(request.ring_nonces)))
         elif assignment.phase == "secagg_check":
             response.malformed.extend(state.client.check_shares(dict(request.shares)))
@@ -146,9 +151,10 @@ class SecureRounds:
         self._rounds.pop(task_id, None)
 
     def _peer_names(self, assignment: pb.Assignment, state: _Round) -> dict[int, str]:
-        """The name of every worker whose keys came, by number. With identities each name is
-        that of a certificate of this federation's CA, not revoked, whose key signed these
-        keys for this very task, round, step and number: no two numbers may share a name."""
+        """The name of every worker whose keys came, by number (under SecAgg+ its
+        neighbourhood's). With identities each name is that of a certificate of this
+        federation's CA, not revoked, whose key signed these keys for this very task, round,
+        step and number: no two numbers may share a name."""
         request, contribution = assignment.secagg, state.contribution
         names: dict[int, str] = {}
         for u, keys in request.public_keys.items():
@@ -163,10 +169,7 @@ class SecureRounds:
             except TrustError as error:
                 raise SecAggError(f"the keys of worker number {u} ({keys.worker or 'unnamed'}) "
                                   f"are refused: {error}") from None
-        if len(set(names.values())) != len(names):
-            raise SecAggError("two of the round's key sets belong to the same worker: the "
-                              "coordinator may not count one worker twice")
-        return names
+        return _distinct(names)
 
     def _record(self, state: _Round, kind: str, peers: list[int]) -> None:
         """Keeps the rerun rule for the round's input (see worker.contributions)."""
@@ -187,6 +190,27 @@ class SecureRounds:
                               f"{assignment.round}, step {assignment.stage + 1}, which this "
                               "worker did not open")
         return state
+
+
+def _distinct(names: dict[int, str]) -> dict[int, str]:
+    """`names`, where no two numbers share a name."""
+    if len(set(names.values())) != len(names):
+        raise SecAggError("two of the round's key sets belong to the same worker: the "
+                          "coordinator may not count one worker twice")
+    return names
+
+
+def _check_listed(keys: Mapping[int, pb.SecAggKeys], names: dict[int, str],
+                  listed: dict[int, pb.SecAggListed]) -> None:
+    """SecAgg+: each neighbour's signed keys carry the ring commitment and the name the list
+    before the ring gave it, so the ring this worker revealed its nonce for is the one they
+    signed for."""
+    for u, signed in keys.items():
+        entry = listed.get(u)
+        if entry is None or (entry.ring_commitment, entry.worker or f"worker number {u}") != (
+                signed.ring_commitment, names[u]):
+            raise SecAggError(f"the keys of worker number {u} ({names[u]}) differ from what "
+                              "the list before the ring said of it: refused")
 
 
 def _number(assignment: pb.Assignment) -> tuple[int, int]:

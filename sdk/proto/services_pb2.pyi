@@ -300,7 +300,7 @@ class Assignment(_message.Message):
     def __init__(self, exchange_id: _Optional[int] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., stage: _Optional[int] = ..., inputs: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., timeout: _Optional[float] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ...) -> None: ...
 
 class SecAggRequest(_message.Message):
-    __slots__ = ("index", "selected", "public_keys", "shares", "peers", "survivors", "layout", "ring_nonces")
+    __slots__ = ("index", "selected", "public_keys", "shares", "peers", "survivors", "layout", "ring_nonces", "listed")
     class PublicKeysEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +322,13 @@ class SecAggRequest(_message.Message):
         key: int
         value: bytes
         def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class ListedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: SecAggListed
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[SecAggListed, _Mapping]] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SELECTED_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +337,7 @@ class SecAggRequest(_message.Message):
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     RING_NONCES_FIELD_NUMBER: _ClassVar[int]
+    LISTED_FIELD_NUMBER: _ClassVar[int]
     index: int
     selected: int
     public_keys: _containers.MessageMap[int, SecAggKeys]
@@ -338,7 +346,16 @@ class SecAggRequest(_message.Message):
     survivors: _containers.RepeatedScalarFieldContainer[int]
     layout: _values_pb2.Value
     ring_nonces: _containers.ScalarMap[int, bytes]
-    def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., ring_nonces: _Optional[_Mapping[int, bytes]] = ...) -> None: ...
+    listed: _containers.MessageMap[int, SecAggListed]
+    def __init__(self, index: _Optional[int] = ..., selected: _Optional[int] = ..., public_keys: _Optional[_Mapping[int, SecAggKeys]] = ..., shares: _Optional[_Mapping[int, bytes]] = ..., peers: _Optional[_Iterable[int]] = ..., survivors: _Optional[_Iterable[int]] = ..., layout: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., ring_nonces: _Optional[_Mapping[int, bytes]] = ..., listed: _Optional[_Mapping[int, SecAggListed]] = ...) -> None: ...
+
+class SecAggListed(_message.Message):
+    __slots__ = ("ring_commitment", "worker")
+    RING_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    ring_commitment: bytes
+    worker: str
+    def __init__(self, ring_commitment: _Optional[bytes] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class SecAggKeys(_message.Message):
     __slots__ = ("c_pk", "s_pk", "commitment", "signature", "certificate", "worker", "ring_commitment")

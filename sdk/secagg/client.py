@@ -64,12 +64,13 @@ class SecAggClient:
         self.threshold = threshold(min_clients, selected, plus_above)
         self.floor = max(min_clients, self.threshold)  # fewest workers a round may sum
         self.neighbours: frozenset[int] = frozenset()  # with itself; all of U1 in Bonawitz's
+        self.members: frozenset[int] = frozenset()  # U1, the workers whose keys were relayed
         self._c_sk = X25519PrivateKey.generate()  # encrypts shares
         self._s_sk = X25519PrivateKey.generate()  # agrees pairwise masks
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._seed = os.urandom(32)  # self mask b_u
         self._ring_nonce = os.urandom(32)  # SecAgg+: its part of the ring's randomness
-        self._listed: tuple[dict, dict] | None = None  # SecAgg+: keys, ring commitments seen
+        self._listed: dict[int, bytes] | None = None  # SecAgg+: the ring commitments of U1
         self._held: dict[int, tuple[int, int]] = {}  # sender -> (share of b, share of s_sk)
         self._peers: set[int] = set()  # U2 as the masked input's request named it
         self._masked_with: set[int] = set()
@@ -91,35 +92,43 @@ class SecAggClient:
         return (self._c_sk.public_key().public_bytes_raw(),
                 self._s_sk.public_key().public_bytes_raw())
 
-    def reveal(self, public_keys: dict[int, tuple[bytes, bytes]],
-               commitments: dict[int, bytes]) -> bytes:
-        """Phase 1a, SecAgg+ only: its ring nonce, once it has seen every relayed key and ring
-        commitment (U1), which fix the ring before any nonce is out. Once a round."""
+    def reveal(self, commitments: dict[int, bytes]) -> bytes:
+        """Phase 1a, SecAgg+ only: its ring nonce, once it has seen the ring commitment of
+        every worker whose keys were relayed (U1), which fix the ring before any nonce is out.
+        Once a round."""
         if not self.plus:
             raise SecAggError(f"worker {self.index}: a round of {self.selected} has no ring")
         if self._listed is not None:
             raise SecAggError(f"worker {self.index}: its ring nonce was already revealed")
-        self._check_key_list(public_keys)
-        if set(commitments) != set(public_keys) or commitments[self.index] != self.ring_commitment:
-            raise SecAggError(f"worker {self.index}: the ring commitments do not match the key "
-                              "list, or lack this worker's own")
-        self._listed = (dict(public_keys), dict(commitments))
+        self._check_count(len(commitments))
+        if commitments.get(self.index) != self.ring_commitment:
+            raise SecAggError(f"worker {self.index}: the ring commitments lack this worker's own")
+        if len(set(commitments.values())) != len(commitments):
+            raise SecAggError(f"worker {self.index}: the ring commitments are not all distinct")
+        self._listed = dict(commitments)
         return self._ring_nonce
 
     def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]],
                    ring_nonces: dict[int, bytes] | None = None) -> dict[int, bytes]:
         """Phase 1: encrypted shares of b_u and s_sk_u for every other worker of its
         neighbourhood: all that advertised, or under SecAgg+ its neighbours on the ring that
-        `ring_nonces` (every nonce of U1, each matching its commitment) give. Given once a
-        round, with at most `selected` workers advertised: more would lower the share of
-        workers a lying coordinator needs below a majority."""
+        `ring_nonces` (every nonce of U1, each matching its commitment) give, whose keys, and
+        only theirs, `public_keys` must hold. Given once a round, with at most `selected`
+        workers advertised: more would lower the share of workers a lying coordinator needs
+        below a majority."""
         if self._keys:
             raise SecAggError(f"worker {self.index}: its shares were already sent this round")
         if self.plus:
-            self.neighbours = self._neighbourhood(public_keys, ring_nonces or {})
+            self.neighbours = self._neighbourhood(ring_nonces or {})
+            self.members = frozenset(self._listed or ())
+            if set(public_keys) != self.neighbours:
+                raise SecAggError(
+                    f"worker {self.index}: keys came for workers {sorted(public_keys)}, where "
+                    f"its neighbourhood on the ring is {sorted(self.neighbours)}")
         else:
-            self._check_key_list(public_keys)
-            self.neighbours = frozenset(public_keys)
+            self._check_count(len(public_keys))
+            self.neighbours = self.members = frozenset(public_keys)
+        self._check_keys(public_keys)
         self._keys = dict(public_keys)
         holders = sorted(self.neighbours)
         b_shares = shamir.split(self._seed, holders, self.threshold)
@@ -136,16 +145,12 @@ class SecAggClient:
             out[v] = nonce + self._cipher(v).encrypt(nonce, plaintext, None)
         return out
 
-    def _neighbourhood(self, public_keys: dict[int, tuple[bytes, bytes]],
-                       nonces: dict[int, bytes]) -> frozenset[int]:
+    def _neighbourhood(self, nonces: dict[int, bytes]) -> frozenset[int]:
         """SecAgg+: its neighbourhood on the ring of the revealed nonces, which must be those
-        committed to, for the key list it revealed its own nonce for."""
-        if self._listed is None:
+        committed to in the list it revealed its own nonce for."""
+        commitments = self._listed
+        if commitments is None:
             raise SecAggError(f"worker {self.index}: asked for shares before the ring's nonces")
-        keys, commitments = self._listed
-        if public_keys != keys:
-            raise SecAggError(f"worker {self.index}: the key list differs from the one it "
-                              "revealed its ring nonce for")
         wrong = sorted(u for u in commitments if graph.commit(nonces.get(u, b"")) != commitments[u])
         if wrong or set(nonces) != set(commitments):
             raise SecAggError(f"worker {self.index}: the ring nonces of workers "
@@ -153,15 +158,19 @@ class SecAggClient:
                               "or do not match their commitments")
         return graph.neighbourhoods(nonces, self.selected)[self.index]
 
-    def _check_key_list(self, public_keys: dict[int, tuple[bytes, bytes]]) -> None:
-        if len(public_keys) > self.selected:
-            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys "
+    def _check_count(self, advertised: int) -> None:
+        """The round's U1 holds at most `selected` and at least the floor of workers."""
+        if advertised > self.selected:
+            raise SecAggError(f"worker {self.index}: {advertised} workers advertised keys "
                               f"in a round of {self.selected}")
+        if advertised < self.floor:
+            raise SecAggError(f"worker {self.index}: {advertised} workers advertised keys, "
+                              f"at least {self.floor} needed")
+
+    def _check_keys(self, public_keys: dict[int, tuple[bytes, bytes]]) -> None:
+        """The relayed keys hold this worker's own, and no key twice."""
         if public_keys.get(self.index) != self.advertise():
             raise SecAggError(f"worker {self.index}: the key list lacks this worker's own keys")
-        if len(public_keys) < self.floor:
-            raise SecAggError(f"worker {self.index}: {len(public_keys)} workers advertised keys, "
-                              f"at least {self.floor} needed")
         if len({k for pair in public_keys.values() for k in pair}) != 2 * len(public_keys):
             raise SecAggError(f"worker {self.index}: advertised keys are not all distinct")
 
@@ -183,7 +192,7 @@ class SecAggClient:
         if self._masked_with:
             raise SecAggError(f"worker {self.index}: a masked input was already sent this round")
         peer_set = set(peers) & self.neighbours - {self.index}
-        missing = sorted(peer_set - set(self._held) | set(peers) - set(self._keys))
+        missing = sorted(peer_set - set(self._held) | set(peers) - self.members)
         if self.index not in peers or missing:
             raise SecAggError(f"worker {self.index}: asked to mask with {len(peers)} workers, "
                               f"{'' if self.index in peers else 'not itself, '}of which it "

@@ -58,11 +58,11 @@ def run_local(vectors: dict[int, np.ndarray], min_clients: int,
         commitments = server.ring_commitments()
         for u in speaking("ring", keys):
             coordinator("ring", server.receive_nonce, u,
-                        worker("ring", u, clients[u].reveal, keys, commitments))
+                        worker("ring", u, clients[u].reveal, commitments))
         nonces = coordinator("ring", server.ring_nonces)
     for u in speaking("share", keys):
         coordinator("share", server.receive_shares, u,
-                    worker("share", u, clients[u].share_keys, keys, nonces))
+                    worker("share", u, clients[u].share_keys, server.keys_for(u), nonces))
     routed = coordinator("share", server.routed_shares)
     for u in speaking("check", routed):
         coordinator("check", server.receive_check, u,

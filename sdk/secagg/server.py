@@ -111,6 +111,12 @@ class SecAggServer:
         """`u`'s neighbourhood, itself included: all of U1 in Bonawitz's protocol."""
         return self._graph[u] if self.plus else self.u1
 
+    def keys_for(self, u: int) -> dict[int, tuple[bytes, bytes]]:
+        """The keys `u` shares with: all of U1's in Bonawitz's protocol, only its
+        neighbourhood's under SecAgg+ (once the ring is drawn), so that each worker receives
+        O(k) keys, not O(n)."""
+        return {v: self._keys[v] for v in sorted(self.neighbours(u))}
+
     # Phase 1: share keys
     def receive_shares(self, u: int, ciphertexts: dict[int, bytes]) -> None:
         self._check(u, self.u1, self._ciphertexts, "share keys")
