@@ -25,6 +25,7 @@ from coordinator.task_service import TaskService
 from coordinator.tasks import TaskManager
 from coordinator.worker_service import WorkerService, add_worker_service
 from coordinator.writes import WriteFailed
+from sdk.config import file_stamp
 from sdk.prometheus import add_metrics_argument
 from sdk.proto import services_pb2, services_pb2_grpc
 from sdk.trust import Kit, TrustError, Verifier
@@ -101,14 +102,6 @@ def _load_crl(kit: Kit, verifier: Verifier) -> None:
         log.error("%s: %s", kit.crl_path, error)
 
 
-def _crl_stamp(kit: Kit) -> tuple[int, int] | None:
-    try:
-        stat = kit.crl_path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
-
-
 async def _watch_crl(kit: Kit, verifier: Verifier, gate: Gate, registry: WorkerRegistry,
                      seen: tuple[int, int] | None) -> None:
     """Re-reads the kit's revoked.crl when it changes (`seen`: the stamp of the one read at
@@ -116,7 +109,7 @@ async def _watch_crl(kit: Kit, verifier: Verifier, gate: Gate, registry: WorkerR
     every connected worker."""
     while True:
         await asyncio.sleep(CRL_POLL_SECONDS)
-        current = _crl_stamp(kit)
+        current = file_stamp(kit.crl_path)
         if current is None or current == seen:
             continue
         seen = current
@@ -166,7 +159,7 @@ async def serve(args: argparse.Namespace) -> None:
     verifier = Verifier(kit.ca_pem) if kit is not None else None
     crl_stamp = None
     if kit is not None:
-        crl_stamp = _crl_stamp(kit)
+        crl_stamp = file_stamp(kit.crl_path)
         try:
             _load_crl(kit, verifier)
         except TrustError as error:

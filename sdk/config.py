@@ -42,3 +42,13 @@ def load_config(path: Path | None = None) -> dict[str, str]:
     if "kit" in settings:
         settings["kit"] = str(Path(settings["kit"]).expanduser())
     return settings
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """A file's modification time (ns) and size, None while it cannot be read: what a daemon
+    watching a file it was given (a policy, a revocation list) compares to see it changed."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdk.config import file_stamp
 from sdk.privacy import asks_for_privacy
 from sdk.proto import task_pb2
 from sdk.trust import Identity
@@ -225,7 +226,7 @@ class PolicyFile:
         self._stamp: tuple[int, int] | None = None
         self.current = Policy()
         if path is not None:
-            self._stamp = self._read_stamp()
+            self._stamp = file_stamp(path)
             self.current = Policy.parse(path.read_text())
 
     def reload_if_changed(self) -> bool:
@@ -233,7 +234,7 @@ class PolicyFile:
         that does not parse, or a missing file, leaves the last good policy in force."""
         if self.path is None:
             return False
-        stamp = self._read_stamp()
+        stamp = file_stamp(self.path)
         if stamp == self._stamp:
             return False
         self._stamp = stamp
@@ -244,10 +245,3 @@ class PolicyFile:
             return False
         log.info("policy %s reloaded", self.path)
         return True
-
-    def _read_stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = self.path.stat()  # type: ignore[union-attr]
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size
