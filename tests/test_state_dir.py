@@ -59,7 +59,7 @@ def test_one_coordinator_owns_the_state_dir_and_one_that_cannot_listen_recovers_
         wait_for(lambda: client.get_task(waiting).state == RUNNING, what="RUNNING")
 
         # A task upload in progress: its first chunk is in, the rest is still to come.
-        built = WageAvg().build().serialize()
+        built = WageAvg(connection_timeout=1).build().serialize()
         rest = threading.Event()
 
         def upload():
