@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sdk.proto import services_pb2 as pb
-from sdk.secagg import SecAggError, graph
+from sdk.secagg import Rule, SecAggError, graph
 from sdk.trust import Kit, Verifier
 from sdk.trust.provision import create_federation
 from worker.contributions import ContributionLedger, RerunRefused
@@ -38,7 +38,7 @@ def run_round(workers: dict[str, SecureRounds], round_number: int, stage: int = 
         opening = pb.Assignment(task_id=1, round=round_number, stage=stage, phase="compute",
                                 secagg=pb.SecAggRequest(index=u, selected=len(names)))
         response = pb.SecAggResponse.FromString(
-            workers[name].open(opening, Contribution(TASK_KEY, step, 2)))
+            workers[name].open(opening, Contribution(TASK_KEY, step, Rule(2))))
         keys[u] = response.keys
     if tamper is not None:
         tamper(keys)
@@ -144,7 +144,7 @@ def run_plus_round(workers: dict[str, SecureRounds], tamper=None) -> dict[str, o
         opening = pb.Assignment(task_id=1, round=1, phase="compute",
                                 secagg=pb.SecAggRequest(index=u, selected=len(names)))
         keys[u] = pb.SecAggResponse.FromString(workers[name].open(
-            opening, Contribution(TASK_KEY, "step 1", 2, plus_above=2))).keys
+            opening, Contribution(TASK_KEY, "step 1", Rule(2, plus_above=2)))).keys
     listed = {u: pb.SecAggListed(ring_commitment=k.ring_commitment, worker=k.worker)
               for u, k in keys.items()}
     nonces = {}

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from sdk.privacy.accounting import fewest_honest
-from sdk.secagg import SecAggClient, SecAggError, SecAggServer, graph, threshold
+from sdk.secagg import Rule, SecAggClient, SecAggError, SecAggServer, graph
 from sdk.secagg.fixedpoint import decode, encode
 from sdk.secagg.local import run_local
 
 PRECISION = 6
 PLUS = 32
+RULE = Rule(2, PLUS)
 
 
 def inputs(n: int, length: int = 8) -> dict[int, np.ndarray]:
@@ -42,7 +43,7 @@ def plus_round(n: int, drop: dict | None = None, pick=None, min_clients: int = 2
     xs = inputs(n)
     spy = Spy(n, drop or {}, pick)
     encoded = {u: encode(x, PRECISION, n) for u, x in xs.items()}
-    server, total = run_local(encoded, min_clients, spy, spy.tamper, plus_above=PLUS)
+    server, total = run_local(encoded, Rule(min_clients, PLUS), spy, spy.tamper)
     return xs, server, decode(total, PRECISION), spy
 
 
@@ -58,9 +59,9 @@ def test_k_is_about_twice_log2_n_and_the_graph_is_a_symmetric_random_ring():
 
 
 def test_the_threshold_and_the_dp_honest_count_are_a_neighbourhood_majority():
-    assert threshold(2, 100, PLUS) == 8 and threshold(2, 32, PLUS) == 17
-    assert fewest_honest(2, 100, PLUS) == 8 and fewest_honest(2, 100) == 51
-    assert threshold(2, 3, 2) == 2 and not graph.uses_plus(100, 0)
+    assert RULE.threshold(100) == 8 and RULE.threshold(32) == 17
+    assert fewest_honest(RULE, 100) == 8 and fewest_honest(Rule(2), 100) == 51
+    assert Rule(2, 2).threshold(3) == 2 and not graph.uses_plus(100, 0)
 
 
 @pytest.mark.parametrize("n, drop", [
@@ -110,8 +111,8 @@ def test_a_worker_that_keeps_its_ring_nonce_fails_the_round_by_name():
 
 
 def keyed(n: int):
-    clients = {u: SecAggClient(u, 2, n, PLUS) for u in range(n)}
-    server = SecAggServer(n, 2, 8, plus_above=PLUS)
+    clients = {u: SecAggClient(u, RULE, n) for u in range(n)}
+    server = SecAggServer(n, RULE, 8)
     for u, c in clients.items():
         server.receive_keys(u, *c.advertise(), c.commitment, c.ring_commitment)
     server.public_keys()
@@ -148,7 +149,7 @@ def test_a_coordinator_cannot_hand_a_worker_another_ring():
     keys of workers other than its ring neighbours (every worker's, or a stranger's)."""
     n = 40
     clients, server, commitments, nonces = keyed(n)
-    fresh = SecAggClient(0, 2, n, PLUS)
+    fresh = SecAggClient(0, RULE, n)
     with pytest.raises(SecAggError, match="lack this worker's own"):
         fresh.reveal(commitments)  # the list a coordinator kept from another round
     own = {**commitments, 0: fresh.ring_commitment}
@@ -173,7 +174,7 @@ def test_a_coordinator_cannot_hand_a_worker_another_ring():
     swapped = {**{u: k for u, k in mine.items() if u != neighbour}, stranger: everyone[stranger]}
     with pytest.raises(SecAggError, match="where its neighbourhood on the ring is"):
         clients[0].share_keys(swapped, nonces)
-    lying = SecAggServer(n, 2, 8, plus_above=PLUS)
+    lying = SecAggServer(n, RULE, 8)
     for u, c in clients.items():
         lying.receive_keys(u, *c.advertise(), c.commitment, c.ring_commitment)
     lying.public_keys()
