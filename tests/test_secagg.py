@@ -11,8 +11,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from lying_unmask import split_survivors
 
-from sdk.secagg import Rule, SecAggClient, SecAggError, SecAggServer, shamir
+from sdk.secagg import Rule, SecAggClient, SecAggError, SecAggServer, graph, shamir
 from sdk.secagg import client as secagg_client
 from sdk.secagg.client import NONCE_BYTES
 from sdk.secagg.fixedpoint import (
@@ -106,6 +107,48 @@ def test_threshold_is_min_clients_and_a_majority():
     assert Rule(2).threshold(7) == 4 and Rule(5).threshold(7) == 5 and Rule(2).threshold(3) == 2
     with pytest.raises(ValueError):
         Rule(4).threshold(3)
+
+
+def test_a_threshold_fraction_of_one_half_gives_the_majority_thresholds_of_before():
+    for n in range(2, 80):
+        for min_clients in range(2, n + 1, 3):
+            assert Rule(min_clients).threshold(n) == max(min_clients, n // 2 + 1)
+        assert Rule(2, plus_above=1).threshold(n) == graph.degree(n) // 2 + 1  # SecAgg+
+    assert Rule(2, 0, 0.9).threshold(10) == 10 and Rule(9, 0, 0.6).threshold(10) == 9
+
+
+@pytest.mark.parametrize("fraction, colluders, rebuilt", [
+    (0.5, 1, (True, True)),  # t = 5 of 9: 2t - n = 1 colluder gives the coordinator both
+    (0.5, 2, (True, True)),
+    (2 / 3, 2, (True, False)),  # t = 7 of 9: 2t - n = 5 colluders needed
+    (2 / 3, 4, (True, False)),
+    (2 / 3, 5, (True, True)),
+])
+def test_a_coordinator_lying_about_who_dropped_needs_2t_minus_n_colluders(fraction, colluders,
+                                                                          rebuilt):
+    """It tells some workers that worker 0 survived and the others that it dropped: with
+    enough colluders it rebuilds both worker 0's self-mask seed and its mask key, hence its
+    input from its masked vector. Raising secagg_threshold raises the colluders it needs."""
+    rule = Rule(2, 0, fraction)
+    assert split_survivors(rule, 9, colluders) == rebuilt
+    assert rule.colluders(9) == (1 if fraction == 0.5 else 5)
+
+
+@pytest.mark.parametrize("phase", ["mask", "unmask"])
+def test_a_two_thirds_threshold_sums_with_n_minus_t_dropouts_and_fails_clearly_past_them(phase):
+    xs = inputs(9)
+    encoded = {u: encode(x, PRECISION, 9) for u, x in xs.items()}
+    rule = Rule(2, 0, 2 / 3)  # t = 7 of 9: 2 may drop
+    server, total = run_local(encoded, rule, {phase: {1, 2}})
+    included = set(range(9)) - ({1, 2} if phase == "mask" else set())
+    np.testing.assert_allclose(decode(total, PRECISION), expected(xs, included), rtol=0,
+                               atol=9 * 10**-PRECISION)
+    assert server.threshold == 7 and server.u3 == included
+    at = "masked input" if phase == "mask" else "unmasking"
+    with pytest.raises(SecAggError, match=f"failed at {at}: 6 of 9 selected workers remain, at "
+                       r"least 7 needed \(min_clients, and more than secagg_threshold 0.666667 "
+                       "of those selected"):
+        run_local(encoded, rule, {phase: {1, 2, 3}})
 
 
 def test_a_million_values_sum_exactly():

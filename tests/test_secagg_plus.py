@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lying_unmask import split_survivors
 
 from sdk.privacy.accounting import fewest_honest
 from sdk.secagg import Rule, SecAggClient, SecAggError, SecAggServer, graph
@@ -39,11 +40,11 @@ class Spy:
         return self.drop.get(phase, default)
 
 
-def plus_round(n: int, drop: dict | None = None, pick=None, min_clients: int = 2):
+def plus_round(n: int, drop: dict | None = None, pick=None, rule: Rule = RULE):
     xs = inputs(n)
     spy = Spy(n, drop or {}, pick)
     encoded = {u: encode(x, PRECISION, n) for u, x in xs.items()}
-    server, total = run_local(encoded, Rule(min_clients, PLUS), spy, spy.tamper)
+    server, total = run_local(encoded, rule, spy, spy.tamper)
     return xs, server, decode(total, PRECISION), spy
 
 
@@ -102,6 +103,33 @@ def test_a_neighbourhood_that_loses_its_majority_at_unmasking_fails_the_round_cl
 
     with pytest.raises(SecAggError, match="6 shares of worker 0's self mask, at least 7 needed"):
         plus_round(50, pick=("unmask", neighbours_of_worker_0))
+
+
+@pytest.mark.parametrize("fraction, colluders, rebuilt", [
+    (0.5, 2, (True, True)),  # t = 7 of a neighbourhood of 13: 2t - (k + 1) = 1 colluder
+    (2 / 3, 2, (True, False)),  # t = 9: 5 colluding neighbours needed
+    (2 / 3, 5, (True, True)),
+])
+def test_a_lying_coordinator_needs_2t_minus_k_plus_1_colluding_neighbours(fraction, colluders,
+                                                                          rebuilt):
+    """Worker 0's neighbours told different survivor lists (tests/lying_unmask.py), with
+    `colluders` of its neighbours handing over both shares they hold of its secrets."""
+    rule = Rule(2, PLUS, fraction)
+    assert rule.size(40) == 13 and rule.colluders(40) == (1 if fraction == 0.5 else 5)
+    assert split_survivors(rule, 40, colluders) == rebuilt
+
+
+def test_a_two_thirds_threshold_keeps_a_neighbourhood_through_k_plus_1_minus_t_dropouts():
+    rule = Rule(2, PLUS, 2 / 3)  # 50 workers: k = 12, t = floor(2/3 x 13) + 1 = 9
+
+    def neighbours_of_worker_0(count):
+        return lambda hoods: set(sorted(hoods[0] - {0})[:count])
+
+    xs, server, total, _ = plus_round(50, pick=("unmask", neighbours_of_worker_0(4)), rule=rule)
+    np.testing.assert_allclose(total, sum(xs.values()), rtol=0, atol=50 * 10**-PRECISION)
+    assert server.threshold == 9 and len(server.dropped) == 4
+    with pytest.raises(SecAggError, match="8 shares of worker 0's self mask, at least 9 needed"):
+        plus_round(50, pick=("unmask", neighbours_of_worker_0(5)), rule=rule)
 
 
 def test_a_worker_that_keeps_its_ring_nonce_fails_the_round_by_name():
