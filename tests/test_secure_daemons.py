@@ -161,9 +161,10 @@ def test_a_worker_dropping_between_steps_fails_the_task_instead_of_a_revealing_r
     assert f"round 1: worker ghost dropped in compute: no answer within {SILENT}s" in log
 
 
-def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
-    spec = WageAvg().build().serialize()
-    liar = LyingCoordinator(spec, sign_task(Kit.load(cluster.kit("alice")), spec),
+def answer_to_liar(cluster, spec: bytes, phase: str) -> str:
+    """The error a real worker answers with to a coordinator that hands it `spec`, signed by
+    alice, and asks it for `phase`."""
+    liar = LyingCoordinator(spec, sign_task(Kit.load(cluster.kit("alice")), spec), phase,
                             crl=cluster.crl())
     server = serve(liar, cluster)
     try:
@@ -171,8 +172,13 @@ def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
         assert liar.answered.wait(30), "the worker never answered"
     finally:
         server.stop(0)
+    return liar.error
+
+
+def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
+    error = answer_to_liar(cluster, WageAvg().build().serialize(), "compute")
     assert "task 1 asks for secure aggregation, and the coordinator asked for its compute in " \
-           "the clear: refused" in liar.error
+           "the clear: refused" in error
 
 
 def test_secagg_plus_and_a_raised_threshold_sum_exactly_over_four_real_workers(cluster):
@@ -213,14 +219,6 @@ def test_a_worker_refuses_a_signed_task_whose_threshold_is_below_a_majority(clus
     0.3 two disjoint groups of survivors could each rebuild one secret of a worker."""
     spec = WageAvg().build().spec
     spec.secagg_threshold = 0.3
-    data = spec.SerializeToString()
-    liar = LyingCoordinator(data, sign_task(Kit.load(cluster.kit("alice")), data), "join",
-                            crl=cluster.crl())
-    server = serve(liar, cluster)
-    try:
-        cluster.start_worker("w1", {"wages.csv": wages(10, 1)}, False)
-        assert liar.answered.wait(30), "the worker never answered"
-    finally:
-        server.stop(0)
-    assert "refused task 1: secagg_threshold is the fraction f" in liar.error
-    assert "0.5 <= f < 1" in liar.error and "not 0.3" in liar.error
+    error = answer_to_liar(cluster, spec.SerializeToString(), "join")
+    assert "refused task 1: secagg_threshold is the fraction f" in error
+    assert "0.5 <= f < 1" in error and "not 0.3" in error
