@@ -34,7 +34,7 @@ from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import fewest_honest
 from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2, values_pb2
-from sdk.secagg.client import threshold_rule
+from sdk.secagg import Rule
 
 
 async def run_analytics(
@@ -80,7 +80,7 @@ async def run_analytics(
             inputs = aggregation.inputs_for(stage)
             if spec.secure_aggregation:
                 parts, summed = await _secure_stage(round_, plan, rules, spec.precision, stage,
-                                                    inputs, spec.secagg_plus_above)
+                                                    inputs, Rule.of(spec))
                 first_summed = first_summed or summed
                 _check_same_workers(first_summed, summed, stage)
             else:
@@ -121,13 +121,13 @@ def _privacy_lines(spec: task_pb2.TaskSpec, dp: PrivacyPlan | None, selected: in
              "every set and suppression would break the sensitivity (one row could turn a "
              "suppressed group into a released one)"]
     if spec.secure_aggregation:
-        honest = fewest_honest(spec.rules.min_clients, selected, spec.secagg_plus_above)
+        rule = Rule.of(spec)
+        honest = fewest_honest(rule, selected)
         spread = (selected / honest) ** 0.5
-        rule = threshold_rule(spec.rules.min_clients, selected, spec.secagg_plus_above)
         lines.append(
             f"differential privacy: each worker's daemon adds 1/{honest} of the noise in fixed "
-            f"point before masking; every sum holds at least {rule} workers' shares, so the "
-            f"noise is whole while {honest} of the "
+            f"point before masking; every sum holds at least {honest} workers' shares (the "
+            f"threshold, {rule.describe(selected)}), so the noise is whole while {honest} of the "
             "summed workers are honest (colluding workers can subtract their own shares); "
             f"with all {selected} summed it is {spread:.3g} times the calibrated std")
     else:
@@ -154,11 +154,11 @@ def _check_same_workers(first: list[str], summed: list[str], stage: int) -> None
 
 async def _secure_stage(round_: Round, plan: Plan, rules: task_pb2.RoundRules, precision: int,
                         stage: int, inputs: Any,
-                        plus_above: int) -> tuple[list[Parts], list[str]]:
+                        rule: Rule) -> tuple[list[Parts], list[str]]:
     """The stage's parts summed by secure aggregation: workers compute their parts and answer
     with their keys and the layout of their parts, then mask their parts laid out on the union
     of layouts. Returns the summed parts and the workers they cover."""
-    protocol = SecureRound(round_, rules, stage, plus_above)
+    protocol = SecureRound(round_, rules, rule, stage)
     answers = await round_.phase("compute", rules.wait_timeout, stage, inputs,
                                  secagg=protocol.opening())
     responses = protocol.parse(answers, "compute")

@@ -39,7 +39,7 @@ from sdk import weights
 from sdk.privacy.accounting import fewest_honest
 from sdk.privacy.fedavg import DPFedAvg
 from sdk.proto import task_pb2
-from sdk.secagg.client import threshold_rule
+from sdk.secagg import Rule
 from sdk.secagg.fixedpoint import WORDS
 
 
@@ -117,12 +117,12 @@ def describe_privacy(dp: DPFedAvg, spec: task_pb2.TaskSpec, selected: int) -> li
     """The task log's lines on what DP-FedAvg guarantees, and at what cost."""
     rounds = spec.learning.max_rounds
     if spec.secure_aggregation:
-        honest = fewest_honest(spec.rules.min_clients, selected, spec.secagg_plus_above)
-        rule = threshold_rule(spec.rules.min_clients, selected, spec.secagg_plus_above)
+        rule = Rule.of(spec)
+        honest = fewest_honest(rule, selected)
         noise = (f"under secure aggregation each worker adds 1/{honest} of the noise: the sum "
-                 f"carries all of it while {honest} of the workers summed ({rule}, the "
-                 "threshold secure aggregation enforces) are honest; colluding workers can "
-                 "remove their own shares")
+                 f"carries all of it while {honest} of the workers summed (the threshold "
+                 f"secure aggregation enforces, {rule.describe(selected)}) are honest; "
+                 "colluding workers can remove their own shares")
     else:
         noise = ("without secure aggregation each worker adds the whole noise, which the "
                  "coordinator sees on each worker's weights: the average carries "
@@ -188,7 +188,7 @@ class _SecureAggregate:
     def __init__(self, spec: task_pb2.TaskSpec, round_: Round, private: bool,
                  global_path: Path) -> None:
         self.round, self.rules, self.precision = round_, spec.rules, spec.precision
-        self.plus_above = spec.secagg_plus_above
+        self.secagg = Rule.of(spec)
         self.private = private
         self.global_path = global_path  # the round's global weights (32-bit words add them)
         self.infos = list(spec.learning.weights)
@@ -197,7 +197,7 @@ class _SecureAggregate:
         self.sum = WordSum(np.zeros(self.length, dtype=WORDS[bits]))  # reused: faulted in once
 
     async def train(self, inputs: dict[str, Any], average: Path) -> Outcome:
-        protocol = SecureRound(self.round, self.rules, plus_above=self.plus_above)
+        protocol = SecureRound(self.round, self.rules, self.secagg)
         answers = await self.round.phase("secagg_keys", self.rules.connection_timeout,
                                          secagg=protocol.opening())
         # In a thread: it zeroes the sum, seconds for a large model, while heartbeats go on.

@@ -5,8 +5,8 @@ The phases after the keys are "secagg_ring" (SecAgg+ only: the ring's nonces), "
 "secagg_check" and "secagg_unmask", each bounded by `connection_timeout`; the keys and the
 masked input ride on phases of the task's kind (see coordinator/analytics.py and
 coordinator/learning.py). A worker whose message is malformed is
-dropped and named; fewer than the threshold (min_clients, and more than half of those selected)
-fails the round.
+dropped and named; fewer than the threshold (min_clients, and more than the task's
+secagg_threshold fraction of those selected) fails the round.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from coordinator.rounds import Round, RoundFailed, listed
 from sdk import values, weights
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
-from sdk.secagg import Revealed, SecAggError, SecAggServer, graph
+from sdk.secagg import Revealed, Rule, SecAggError, SecAggServer, graph
 from sdk.secagg.binding import round_context
 from sdk.secagg.shamir import SHARE_BYTES
 
@@ -39,15 +39,16 @@ def describe_mode(spec: task_pb2.TaskSpec) -> str:
 
 
 class SecureRound:
-    """One secure sum over the workers of `round_`, numbered in order of name; `stage` is the
-    analytics step the phases belong to; above `plus_above` workers it runs SecAgg+."""
+    """One secure sum over the workers of `round_`, numbered in order of name, under the task's
+    `rule` (its threshold; SecAgg+ above its plus_above workers); `stage` is the analytics step
+    the phases belong to."""
 
-    def __init__(self, round_: Round, rules: task_pb2.RoundRules, stage: int = 0,
-                 plus_above: int = 0) -> None:
+    def __init__(self, round_: Round, rules: task_pb2.RoundRules, rule: Rule,
+                 stage: int = 0) -> None:
         self.round = round_
         self.stage = stage
         self.rules = rules
-        self.plus_above = plus_above
+        self.rule = rule
         self.workers = sorted(round_.workers, key=lambda w: w.name)
         self.index = {w.name: u for u, w in enumerate(self.workers)}
         self.server: SecAggServer | None = None
@@ -58,14 +59,18 @@ class SecureRound:
         return [w.name for w in self.workers]
 
     def opening(self) -> SecAggRequests:
-        """The first phase's requests: each worker's number, and how many were selected."""
+        """The first phase's requests: each worker's number, and how many were selected. The
+        task's log states the round's protocol and threshold at its first step."""
         n = len(self.workers)
-        if graph.uses_plus(n, self.plus_above) and self.stage == 0:
+        if self.stage == 0 and self.rule.uses_plus(n):
             self.round.log(
                 f"round {self.round.number}: SecAgg+ over {n} workers (more than the task's "
-                f"secagg_plus_above {self.plus_above}): each masks with k = {graph.degree(n)} "
-                "neighbours on a ring drawn from nonces every worker committed to, and any "
-                f"{graph.neighbourhood_threshold(n)} of its neighbourhood can unmask it")
+                f"secagg_plus_above {self.rule.plus_above}): each masks with k = "
+                f"{graph.degree(n)} neighbours on a ring drawn from nonces every worker "
+                f"committed to; threshold {self.rule.describe(n)}")
+        elif self.stage == 0:
+            self.round.log(f"round {self.round.number}: secure aggregation over {n} workers; "
+                           f"threshold {self.rule.describe(n)}")
         return {w.name: pb.SecAggRequest(index=u, selected=len(self.workers))
                 for u, w in enumerate(self.workers)}
 
@@ -73,8 +78,8 @@ class SecureRound:
               total: np.ndarray | None = None) -> None:
         """Takes the workers' keys from the first phase's parsed answers, once the length of
         the vector to sum is known; `total` is memory to reuse for the sum."""
-        self.server = SecAggServer(len(self.workers), self.rules.min_clients, vector_length,
-                                   self.names, total, self.plus_above)
+        self.server = SecAggServer(len(self.workers), self.rule, vector_length, self.names,
+                                   total)
         for name, response in responses.items():
             keys = response.keys
             self.server.receive_keys(self.index[name], keys.c_pk, keys.s_pk, keys.commitment,

@@ -23,6 +23,7 @@ from sdk.analytics.plan import Plan
 from sdk.dataset import check_relative_name
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2, values_pb2
+from sdk.secagg import Rule
 from sdk.sizes import show_size
 from sdk.task import FORMAT_VERSION, TaskError, check_rules, check_secure
 from sdk.trust import ANONYMOUS, TrustError, Verifier
@@ -213,7 +214,8 @@ def _validate(spec: task_pb2.TaskSpec, weights_bytes: int) -> None:
     rules = spec.rules
     check_rules(spec.name, rules.min_clients, rules.max_clients, rules.wait_timeout,
                 rules.connection_timeout)
-    check_secure(spec.secure_aggregation, spec.precision, 0, spec.secagg_plus_above)
+    check_secure(spec.secure_aggregation, spec.precision, 0, spec.secagg_plus_above,
+                 Rule.of(spec).fraction)
     if not spec.datasets:
         raise ValueError("the task names no dataset")
     summary = len(spec.name.encode()) + sum(ref.ByteSize() for ref in spec.datasets)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdk.secagg import SecAggClient, accumulate, graph, shamir, threshold  # noqa: E402
+from sdk.secagg import Rule, SecAggClient, accumulate, graph, shamir  # noqa: E402
 from sdk.secagg.fixedpoint import decode, encode  # noqa: E402
 from sdk.secagg.local import run_local  # noqa: E402
 
@@ -60,7 +60,7 @@ def secure_round(n: int, x: np.ndarray) -> dict[str, float]:
     coordinator's). Encoding into fixed point counts as the worker's masking."""
     clock = Clock()
     vectors = {u: clock("worker", "mask", encode, x, PRECISION, n) for u in range(n)}
-    _, total = run_local(vectors, max(2, n // 2), timed=clock)
+    _, total = run_local(vectors, Rule(max(2, n // 2)), timed=clock)
     np.testing.assert_allclose(decode(total, PRECISION), n * x.astype(np.float64), rtol=0,
                                atol=n * 10**-PRECISION)
     return {phase: clock.seconds.get(("worker", phase), 0.0) / n
@@ -98,7 +98,7 @@ def measured_round(n: int, x: np.ndarray, plus_above: int) -> tuple[float, float
     and the coordinator's."""
     clock = Clock()
     vectors = {u: encode(x, PRECISION, n) for u in range(n)}
-    _, total = run_local(vectors, 2, timed=clock, plus_above=plus_above)
+    _, total = run_local(vectors, Rule(2, plus_above), timed=clock)
     np.testing.assert_allclose(decode(total, PRECISION), n * x.astype(np.float64), rtol=0,
                                atol=n * 10**-PRECISION)
     worker = sum(s for (role, _), s in clock.seconds.items() if role == "worker")
@@ -109,7 +109,7 @@ def estimated_bonawitz(n: int, x: np.ndarray) -> tuple[float, float]:
     """Bonawitz's per-worker and coordinator seconds for n workers, from measured steps: one
     worker's share_keys to all n (its check phase, as many decryptions, counted alike), its
     masked vector with n seeds, and n reconstructions at the threshold."""
-    clients = [SecAggClient(u, 2, n) for u in range(n)]
+    clients = [SecAggClient(u, Rule(2), n) for u in range(n)]
     keys = {u: c.advertise() for u, c in enumerate(clients)}
     start = time.perf_counter()
     clients[0].share_keys(keys)
@@ -119,7 +119,7 @@ def estimated_bonawitz(n: int, x: np.ndarray) -> tuple[float, float]:
     start = time.perf_counter()
     accumulate(masked, [], seeds)
     mask = time.perf_counter() - start
-    t = threshold(2, n)
+    t = Rule(2).threshold(n)
     shares = shamir.split(bytes(32), list(range(t)), t)
     start = time.perf_counter()
     shamir.combine(shares)
@@ -144,7 +144,8 @@ def plus_table(workers: list[int], size: int, bonawitz_max: int) -> None:
                 worker, coordinator = estimated_bonawitz(n, x)
                 how = " (estimated: a lower bound)"
             peers = graph.degree(n) if plus_above else n - 1
-            print(f"| {n:,} | {size:,} | {name}{how} | {peers} | {threshold(2, n, plus_above)} "
+            t = Rule(2, plus_above).threshold(n)
+            print(f"| {n:,} | {size:,} | {name}{how} | {peers} | {t} "
                   f"| {worker * 1e3:.1f} | {coordinator * 1e3:.1f} |", flush=True)
 
 

@@ -258,8 +258,7 @@ class SimWorker:
         secure = self._secure_rounds()
         if phase == "compute":  # under secure aggregation: this worker's keys, and its layout
             parts = job.parts(stage, values.decode(assignment.inputs))
-            contribution = Contribution(nonce, f"step {stage + 1}", job.min_clients,
-                                        job.plus_above)
+            contribution = Contribution(nonce, f"step {stage + 1}", job.secagg)
             return secure.open(assignment, contribution, parts)
         if phase == "secagg_masked":
             return secure.masked_parts(assignment, job.precision, job.max_clients, job.noise)

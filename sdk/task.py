@@ -14,6 +14,7 @@ from sdk.privacy import DifferentialPrivacy, PrivacyRefused
 from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2
 from sdk.secagg.graph import PLUS_ABOVE
+from sdk.secagg.rule import DEFAULT_FRACTION, check_fraction
 
 FORMAT_VERSION = 1
 
@@ -63,8 +64,12 @@ LEARNING_PRECISION = 6  # decimal digits: |weight| * samples * max_clients below
 
 
 def check_secure(secure_aggregation: bool, precision: int | None, default: int,
-                 secagg_plus_above: int) -> dict[str, Any]:
+                 secagg_plus_above: int, secagg_threshold: float) -> dict[str, Any]:
     """The TaskSpec fields of secure aggregation, or TaskError."""
+    try:
+        secagg_threshold = check_fraction(secagg_threshold)
+    except ValueError as error:
+        raise TaskError(str(error)) from None
     if (isinstance(secagg_plus_above, bool) or not isinstance(secagg_plus_above, int)
             or secagg_plus_above < 0):
         raise TaskError(f"secagg_plus_above is the round size above which SecAgg+ is used (0: "
@@ -76,7 +81,7 @@ def check_secure(secure_aggregation: bool, precision: int | None, default: int,
         raise TaskError(f"precision is the decimal digits kept, an integer from 0 to 15, "
                         f"not {precision!r}")
     return {"secure_aggregation": secure_aggregation, "precision": precision,
-            "secagg_plus_above": secagg_plus_above}
+            "secagg_plus_above": secagg_plus_above, "secagg_threshold": secagg_threshold}
 
 
 class HorizontalAnalytics:
@@ -89,7 +94,11 @@ class HorizontalAnalytics:
     `secure_aggregation` (the default) the coordinator learns only the sum of the holders'
     aggregates, kept to `precision` decimal digits (default 9; integers stay exact); rounds
     of more than `secagg_plus_above` workers (default 32) use SecAgg+, each worker masking
-    with about 2 log2 n of them (docs/secure-aggregation.md). With
+    with about 2 log2 n of them (docs/secure-aggregation.md). `secagg_threshold` f (0.5 <= f
+    < 1, default 0.5) sets the shares that rebuild a worker's masks, t = floor(f x n) + 1 of
+    the n selected (of a SecAgg+ neighbourhood): a higher f needs 2t - n colluding workers,
+    not 1 or 2, for a coordinator lying about who dropped to unmask one input, and tolerates
+    only n - t dropouts. With
     `privacy` (a `sdk.privacy.DifferentialPrivacy`) every number released gets noise from the
     holders, calibrated to the bounds the task declares (see docs/pandas.md).
     """
@@ -98,10 +107,12 @@ class HorizontalAnalytics:
                  wait_timeout: float = 60, connection_timeout: float = 60,
                  secure_aggregation: bool = True, precision: int | None = None,
                  privacy: DifferentialPrivacy | None = None,
-                 secagg_plus_above: int = PLUS_ABOVE) -> None:
+                 secagg_plus_above: int = PLUS_ABOVE,
+                 secagg_threshold: float = DEFAULT_FRACTION) -> None:
         self.name = name
         self.min_clients = min_clients
         self.secagg_plus_above = secagg_plus_above
+        self.secagg_threshold = secagg_threshold
         self.max_clients = max_clients
         self.wait_timeout = wait_timeout
         self.connection_timeout = connection_timeout
@@ -125,7 +136,7 @@ class HorizontalAnalytics:
         rules = check_rules(self.name, self.min_clients, self.max_clients, self.wait_timeout,
                             self.connection_timeout)
         secure = check_secure(self.secure_aggregation, self.precision, ANALYTICS_PRECISION,
-                              self.secagg_plus_above)
+                              self.secagg_plus_above, self.secagg_threshold)
         datasets = self.dataset()
         if not isinstance(datasets, dict) or not datasets:
             raise TaskError("dataset() must return a non-empty dict of {argument: dataset.DataFrame}")
@@ -205,7 +216,11 @@ class FedAvg:
     share of noise of standard deviation z * C; each worker weighs 1 and sends no metrics.
 
     Under secure aggregation, rounds of more than `secagg_plus_above` selected workers use
-    SecAgg+ (each masks with about 2 log2 n of them, docs/secure-aggregation.md).
+    SecAgg+ (each masks with about 2 log2 n of them, docs/secure-aggregation.md);
+    `secagg_threshold` f (0.5 <= f < 1, default 0.5) sets the secure-aggregation threshold, t =
+    floor(f x n) + 1 (at least min_clients) of the n selected or of a SecAgg+ neighbourhood: a
+    higher f raises the colluders a lying coordinator needs (2t - n) and lowers the dropouts a
+    round survives (n - t).
     """
 
     min_clients: int = 2
@@ -217,6 +232,7 @@ class FedAvg:
     clip_norm: float | None = None
     noise_multiplier: float | None = None
     secagg_plus_above: int = PLUS_ABOVE
+    secagg_threshold: float = DEFAULT_FRACTION
 
     def differential_privacy(self) -> tuple[float, float] | None:
         """(clip_norm, noise_multiplier), or None without DP; TaskError if they are wrong."""
@@ -327,7 +343,7 @@ class HorizontalLearning:
                             strategy.wait_timeout, strategy.connection_timeout)
         epochs, iterations = strategy.merge()
         secure = check_secure(self.secure_aggregation, self.precision, LEARNING_PRECISION,
-                              strategy.secagg_plus_above)
+                              strategy.secagg_plus_above, strategy.secagg_threshold)
         if not isinstance(self.max_rounds, int) or self.max_rounds < 1:
             raise TaskError(f"max_rounds must be a positive integer, not {self.max_rounds!r}")
         if not isinstance(self.validate_interval, int) or self.validate_interval < 1:

@@ -10,6 +10,7 @@ import grpc
 
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
+from sdk.secagg import Rule
 from sdk.trust import Kit, Verifier
 from sdk.wire import split_chunks
 from worker.contributions import ContributionLedger
@@ -57,12 +58,12 @@ class HandWorker(threading.Thread):
         claims = task_pb2.TaskClaims.FromString(messages[0].signature.claims)
         return task_pb2.TaskSpec.FromString(data), claims
 
-    def contribution(self, assignment: pb.Assignment, step: str,
-                     min_clients: int = 2) -> Contribution:
-        """What the rerun rule keys this round's input by, as the daemon does."""
+    def contribution(self, assignment: pb.Assignment, step: str) -> Contribution:
+        """What the rerun rule keys this round's input by, and the signed task's threshold
+        rule, as the daemon takes them."""
         spec, claims = self.fetch_task(assignment.task_id)
         return Contribution(claims.nonce or assignment.task_id.to_bytes(8, "big"), step,
-                            min_clients, spec.secagg_plus_above)
+                            Rule.of(spec))
 
     def run(self) -> None:
         reply = self.stub.Register(pb.RegisterRequest(name=self.name, datasets=self.datasets))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
 from sdk import dataset
@@ -63,3 +66,23 @@ def test_execute_arguments_must_match_the_datasets():
 
     with pytest.raises(TaskError, match="they must match"):
         Mismatch(None).build()
+
+
+@pytest.mark.parametrize("fraction", [0.4, 0.0, 1, 1.0, 1.5, float("nan"), True, "0.6", None])
+def test_a_secagg_threshold_outside_a_majority_to_all_is_refused(fraction):
+    from learning_tasks import Regression  # torch: only this test needs it
+
+    analytics, learning = WageAvg(), Regression()
+    analytics.secagg_threshold = fraction
+    learning.strategy = dataclasses.replace(learning.strategy, secagg_threshold=fraction)
+    for task in (analytics, learning):
+        with pytest.raises(TaskError, match=r"secagg_threshold is the fraction f .* a number "
+                           rf"with 0.5 <= f < 1 .*not {re.escape(repr(fraction))}"):
+            task.build()
+
+
+def test_the_secagg_threshold_travels_in_the_signed_spec():
+    assert WageAvg().build().spec.secagg_threshold == 0.5
+    task = WageAvg()
+    task.secagg_threshold = 2 / 3
+    assert task.build().spec.secagg_threshold == 2 / 3

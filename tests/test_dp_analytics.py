@@ -31,7 +31,7 @@ from sdk.privacy import DifferentialPrivacy
 from sdk.privacy.accounting import fewest_honest
 from sdk.proto import services_pb2 as pb
 from sdk.proto import values_pb2
-from sdk.secagg import SecAggClient, SecAggError
+from sdk.secagg import Rule, SecAggClient, SecAggError
 from sdk.task import HorizontalAnalytics
 from worker.analytics import AnalyticsJob
 from worker.contributions import ContributionLedger
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("seeded_noise")  # statistical tests: seede
 
 RUNS = 2000
 HOLDERS = 3
-SHARES = fewest_honest(2, HOLDERS)  # each of the three adds 1/2 of the noise: 3/2 in the sum
+SHARES = fewest_honest(Rule(2), HOLDERS)  # each of the three adds 1/2 of the noise: 3/2 in the sum
 Z = 5.5  # |mean error| < Z standard errors: fails with probability 4e-8
 
 
@@ -242,7 +242,7 @@ def test_a_hostile_union_layout_is_refused_under_dp(holders, tmp_path):
     rounds = SecureRounds(ContributionLedger(tmp_path / "ledger.sqlite3"))
     opening = pb.Assignment(task_id=1, round=1, phase="compute",
                             secagg=pb.SecAggRequest(index=0, selected=HOLDERS))
-    rounds.open(opening, Contribution(b"task", "step 1", 2), parts)
+    rounds.open(opening, Contribution(b"task", "step 1", Rule(2)), parts)
     hostile = {node: {name: value.astype("float64") for name, value in named.items()}
                for node, named in secure.layout(parts).items()}
     masked = pb.Assignment(task_id=1, round=1, phase="secagg_masked",
@@ -261,8 +261,8 @@ def test_a_step_is_masked_once_so_no_second_noise_draw_leaves(holders, tmp_path)
                             secagg=pb.SecAggRequest(index=0, selected=HOLDERS))
     parts = job.parts(0, {})
     own = pb.SecAggResponse.FromString(
-        rounds.open(opening, Contribution(b"task", "step 1", 2), parts)).keys
-    others = {u: SecAggClient(u, 2, HOLDERS) for u in range(1, HOLDERS)}
+        rounds.open(opening, Contribution(b"task", "step 1", Rule(2)), parts)).keys
+    others = {u: SecAggClient(u, Rule(2), HOLDERS) for u in range(1, HOLDERS)}
     keys = {0: (own.c_pk, own.s_pk), **{u: c.advertise() for u, c in others.items()}}
     rounds.answer(pb.Assignment(task_id=1, round=1, phase="secagg_share", secagg=pb.SecAggRequest(
         public_keys={u: pb.SecAggKeys(c_pk=c, s_pk=s) for u, (c, s) in keys.items()})))

@@ -22,6 +22,7 @@ from sdk.privacy.accounting import ORDERS, Cost, fewest_honest, skellam_cost
 from sdk.privacy.analytics import PrivacyPlan
 from sdk.privacy.bounds import Frame, Interval, bounds_of
 from sdk.privacy.noise import MAX_STEP_SIGMA, Noise
+from sdk.secagg import Rule
 from sdk.task import TaskError
 
 pytestmark = pytest.mark.usefixtures("seeded_noise")  # statistical tests: seeded
@@ -182,8 +183,8 @@ def test_noise_on_values_past_int64_is_exact_apart_from_the_noise():
 
 
 def test_fewest_honest_is_the_secure_aggregation_threshold():
-    assert [fewest_honest(2, n) for n in (2, 3, 4, 5, 10)] == [2, 2, 3, 3, 6]
-    assert fewest_honest(4, 5) == 4
+    assert [fewest_honest(Rule(2), n) for n in (2, 3, 4, 5, 10)] == [2, 2, 3, 3, 6]
+    assert fewest_honest(Rule(4), 5) == 4
 
 
 @pytest.mark.parametrize("epsilon, delta", [(0, 1e-6), (-1, 1e-6), (math.inf, 1e-6), (1, 0),

@@ -74,7 +74,9 @@ def test_the_mask_attack_gets_only_a_noisy_answer_and_the_log_says_why(cluster):
     assert part == "sum" and sigma > 10_000  # calibrated to the clip, 20 000
     assert released != SALARY_57 and abs(released - SALARY_57) < 5.5 * sigma
     assert re.search(r"the task spends epsilon (0\.99\d*|1) at delta 1e-06", log), log
-    assert "selected // 2 + 1) = 2 workers' shares" in log
+    assert ("at least 2 workers' shares (the threshold, t = max(min_clients, floor(0.5 x "
+            "selected) + 1) = 2 of 3 selected (secagg_threshold 0.5): 1 may drop out, and a "
+            "coordinator lying about who dropped needs 2t - n = 1 colluding worker(s)") in log
     assert "colluding workers can subtract their own shares" in log
     assert "noise of sum() node" in log and "no set is suppressed by min_rows" in log
     for name in tables:

@@ -4,9 +4,10 @@ coordinator cannot sum one input of a worker twice over different peers, nor mak
 from __future__ import annotations
 
 import pytest
+from tasks import WageAvg
 
 from sdk.proto import services_pb2 as pb
-from sdk.secagg import SecAggError, graph
+from sdk.secagg import Rule, SecAggError, graph
 from sdk.trust import Kit, Verifier
 from sdk.trust.provision import create_federation
 from worker.contributions import ContributionLedger, RerunRefused
@@ -28,17 +29,17 @@ def worker(federation, name: str, ledger_dir) -> SecureRounds:
 
 
 def run_round(workers: dict[str, SecureRounds], round_number: int, stage: int = 0,
-              step: str = "step 1", tamper=None) -> dict[str, object]:
-    """Opens a round over `workers` (numbered in order), relays their keys (through `tamper`,
-    as a lying coordinator could), and asks each for its masks with all of them; what each
-    worker said: its mask seeds, or the SecAggError it refused with."""
+              step: str = "step 1", tamper=None, rule: Rule = Rule(2)) -> dict[str, object]:
+    """Opens a round of a task of `rule` over `workers` (numbered in order), relays their keys
+    (through `tamper`, as a lying coordinator could), and asks each for its masks with all of
+    them; what each worker said: its mask seeds, or the SecAggError it refused with."""
     names = list(workers)
     keys = {}
     for u, name in enumerate(names):
         opening = pb.Assignment(task_id=1, round=round_number, stage=stage, phase="compute",
                                 secagg=pb.SecAggRequest(index=u, selected=len(names)))
         response = pb.SecAggResponse.FromString(
-            workers[name].open(opening, Contribution(TASK_KEY, step, 2)))
+            workers[name].open(opening, Contribution(TASK_KEY, step, rule)))
         keys[u] = response.keys
     if tamper is not None:
         tamper(keys)
@@ -103,6 +104,29 @@ def test_unmasking_over_another_set_of_survivors_is_refused(federation, tmp_path
         workers["a"].answer(fewer)
 
 
+def test_a_worker_unmasks_only_with_the_signed_tasks_threshold_of_survivors(federation,
+                                                                            tmp_path):
+    """The threshold is the signed task's (secagg_threshold 0.75: t = 3 of 3), which nothing
+    the coordinator sends carries: asked to unmask with 2 survivors, the threshold under the
+    default, a worker of that task refuses; one of a default task reveals."""
+    task = WageAvg()
+    task.secagg_threshold = 0.75
+    signed = Rule.of(task.build().spec)  # as the worker's job takes it from the checked spec
+    two_survivors = pb.Assignment(task_id=1, round=1, stage=0, phase="secagg_unmask",
+                                  secagg=pb.SecAggRequest(survivors=[0, 1]))
+    for rule, refusal in ((signed, "2 survivors, 2 of them of its neighbourhood; at least 3, "
+                                   "and 3 of its neighbourhood, needed"), (Rule(2), None)):
+        workers = {name: worker(federation, name, tmp_path / str(rule.fraction))
+                   for name in "abc"}
+        run_round(workers, 1, rule=rule)
+        if refusal is None:
+            revealed = pb.SecAggResponse.FromString(workers["a"].answer(two_survivors))
+            assert set(revealed.self_mask_shares) == {0, 1}
+            continue
+        with pytest.raises(SecAggError, match=refusal):
+            workers["a"].answer(two_survivors)
+
+
 def test_peers_the_coordinator_made_up_or_doubled_are_refused(federation, tmp_path):
     create_federation(tmp_path / "other", ["127.0.0.1:6700"], ["c"], [])
     strangers = {"a": worker(federation, "a", tmp_path), "b": worker(federation, "b", tmp_path),
@@ -144,7 +168,7 @@ def run_plus_round(workers: dict[str, SecureRounds], tamper=None) -> dict[str, o
         opening = pb.Assignment(task_id=1, round=1, phase="compute",
                                 secagg=pb.SecAggRequest(index=u, selected=len(names)))
         keys[u] = pb.SecAggResponse.FromString(workers[name].open(
-            opening, Contribution(TASK_KEY, "step 1", 2, plus_above=2))).keys
+            opening, Contribution(TASK_KEY, "step 1", Rule(2, plus_above=2)))).keys
     listed = {u: pb.SecAggListed(ring_commitment=k.ring_commitment, worker=k.worker)
               for u, k in keys.items()}
     nonces = {}

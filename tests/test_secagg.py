@@ -11,8 +11,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from lying_unmask import split_survivors
 
-from sdk.secagg import SecAggClient, SecAggError, SecAggServer, shamir, threshold
+from sdk.secagg import Rule, SecAggClient, SecAggError, SecAggServer, graph, shamir
 from sdk.secagg import client as secagg_client
 from sdk.secagg.client import NONCE_BYTES
 from sdk.secagg.fixedpoint import (
@@ -30,15 +31,15 @@ PRECISION = 6
 
 
 def make_round(n: int, min_clients: int, length: int = 16):
-    clients = {u: SecAggClient(u, min_clients, n) for u in range(n)}
-    return clients, SecAggServer(n, min_clients, length)
+    clients = {u: SecAggClient(u, Rule(min_clients), n) for u in range(n)}
+    return clients, SecAggServer(n, Rule(min_clients), length)
 
 
 def run_round(xs: dict[int, np.ndarray], min_clients: int,
               drop: dict[str, set[int]] | None = None, tamper=None):
     """One whole round over the encoded `xs`; returns the server and the decoded sum."""
     encoded = {u: encode(x, PRECISION, len(xs)) for u, x in xs.items()}
-    server, total = run_local(encoded, min_clients, drop, tamper)
+    server, total = run_local(encoded, Rule(min_clients), drop, tamper)
     return server, decode(total, PRECISION)
 
 
@@ -103,9 +104,51 @@ def test_a_round_that_fails_names_its_dropped_workers_grouped_by_why_in_one_shor
 
 
 def test_threshold_is_min_clients_and_a_majority():
-    assert threshold(2, 7) == 4 and threshold(5, 7) == 5 and threshold(2, 3) == 2
+    assert Rule(2).threshold(7) == 4 and Rule(5).threshold(7) == 5 and Rule(2).threshold(3) == 2
     with pytest.raises(ValueError):
-        threshold(4, 3)
+        Rule(4).threshold(3)
+
+
+def test_a_threshold_fraction_of_one_half_gives_the_majority_thresholds_of_before():
+    for n in range(2, 80):
+        for min_clients in range(2, n + 1, 3):
+            assert Rule(min_clients).threshold(n) == max(min_clients, n // 2 + 1)
+        assert Rule(2, plus_above=1).threshold(n) == graph.degree(n) // 2 + 1  # SecAgg+
+    assert Rule(2, 0, 0.9).threshold(10) == 10 and Rule(9, 0, 0.6).threshold(10) == 9
+
+
+@pytest.mark.parametrize("fraction, colluders, rebuilt", [
+    (0.5, 1, (True, True)),  # t = 5 of 9: 2t - n = 1 colluder gives the coordinator both
+    (0.5, 2, (True, True)),
+    (2 / 3, 2, (True, False)),  # t = 7 of 9: 2t - n = 5 colluders needed
+    (2 / 3, 4, (True, False)),
+    (2 / 3, 5, (True, True)),
+])
+def test_a_coordinator_lying_about_who_dropped_needs_2t_minus_n_colluders(fraction, colluders,
+                                                                          rebuilt):
+    """It tells some workers that worker 0 survived and the others that it dropped: with
+    enough colluders it rebuilds both worker 0's self-mask seed and its mask key, hence its
+    input from its masked vector. Raising secagg_threshold raises the colluders it needs."""
+    rule = Rule(2, 0, fraction)
+    assert split_survivors(rule, 9, colluders) == rebuilt
+    assert rule.colluders(9) == (1 if fraction == 0.5 else 5)
+
+
+@pytest.mark.parametrize("phase", ["mask", "unmask"])
+def test_a_two_thirds_threshold_sums_with_n_minus_t_dropouts_and_fails_clearly_past_them(phase):
+    xs = inputs(9)
+    encoded = {u: encode(x, PRECISION, 9) for u, x in xs.items()}
+    rule = Rule(2, 0, 2 / 3)  # t = 7 of 9: 2 may drop
+    server, total = run_local(encoded, rule, {phase: {1, 2}})
+    included = set(range(9)) - ({1, 2} if phase == "mask" else set())
+    np.testing.assert_allclose(decode(total, PRECISION), expected(xs, included), rtol=0,
+                               atol=9 * 10**-PRECISION)
+    assert server.threshold == 7 and server.u3 == included
+    at = "masked input" if phase == "mask" else "unmasking"
+    with pytest.raises(SecAggError, match=f"failed at {at}: 6 of 9 selected workers remain, at "
+                       r"least 7 needed \(min_clients, and more than secagg_threshold 0.666667 "
+                       "of those selected"):
+        run_local(encoded, rule, {phase: {1, 2, 3}})
 
 
 def test_a_million_values_sum_exactly():
@@ -280,8 +323,8 @@ def test_32_bit_words_sum_exactly_what_64_bit_words_sum(drop):
     bound = 2.0**31 / n / 10**PRECISION  # the largest |x| that 32-bit words take from n workers
     xs = {u: rng.uniform(-bound, bound, length) for u in range(n)}
     xs[0][:3] = [bound * 0.999999, -bound * 0.999999, 0.0]
-    _, wide = run_local({u: encode(x, PRECISION, n) for u, x in xs.items()}, 4, drop)
-    server, narrow = run_local({u: encode32(x, PRECISION, n) for u, x in xs.items()}, 4, drop)
+    _, wide = run_local({u: encode(x, PRECISION, n) for u, x in xs.items()}, Rule(4), drop)
+    server, narrow = run_local({u: encode32(x, PRECISION, n) for u, x in xs.items()}, Rule(4), drop)
     assert narrow.dtype == np.uint32 and server.dropped.keys() == set().union(*drop.values())
     np.testing.assert_array_equal(narrow.view(np.int32).astype(np.int64), wide.view(np.int64))
     summed = sorted(server.u3)
@@ -328,14 +371,14 @@ def test_a_worker_shares_once_with_at_most_the_workers_selected_under_its_own_th
     clients, _ = make_round(3, 2)
     assert clients[0].threshold == 2
     keys = {u: c.advertise() for u, c in clients.items()}
-    extra = SecAggClient(3, 2, 4)
+    extra = SecAggClient(3, Rule(2), 4)
     with pytest.raises(SecAggError, match="4 workers advertised keys in a round of 3"):
         clients[0].share_keys({**keys, 3: extra.advertise()})
     clients[0].share_keys(keys)
     with pytest.raises(SecAggError, match="already sent"):
         clients[0].share_keys(keys)
     with pytest.raises(SecAggError, match="worker number 3 of 3"):
-        SecAggClient(3, 2, 3)
+        SecAggClient(3, Rule(2), 3)
 
 
 def test_false_claims_and_wrong_shares_are_caught():

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lying_unmask import split_survivors
 
 from sdk.privacy.accounting import fewest_honest
-from sdk.secagg import SecAggClient, SecAggError, SecAggServer, graph, threshold
+from sdk.secagg import Rule, SecAggClient, SecAggError, SecAggServer, graph
 from sdk.secagg.fixedpoint import decode, encode
 from sdk.secagg.local import run_local
 
 PRECISION = 6
 PLUS = 32
+RULE = Rule(2, PLUS)
 
 
 def inputs(n: int, length: int = 8) -> dict[int, np.ndarray]:
@@ -38,11 +40,11 @@ class Spy:
         return self.drop.get(phase, default)
 
 
-def plus_round(n: int, drop: dict | None = None, pick=None, min_clients: int = 2):
+def plus_round(n: int, drop: dict | None = None, pick=None, rule: Rule = RULE):
     xs = inputs(n)
     spy = Spy(n, drop or {}, pick)
     encoded = {u: encode(x, PRECISION, n) for u, x in xs.items()}
-    server, total = run_local(encoded, min_clients, spy, spy.tamper, plus_above=PLUS)
+    server, total = run_local(encoded, rule, spy, spy.tamper)
     return xs, server, decode(total, PRECISION), spy
 
 
@@ -58,9 +60,9 @@ def test_k_is_about_twice_log2_n_and_the_graph_is_a_symmetric_random_ring():
 
 
 def test_the_threshold_and_the_dp_honest_count_are_a_neighbourhood_majority():
-    assert threshold(2, 100, PLUS) == 8 and threshold(2, 32, PLUS) == 17
-    assert fewest_honest(2, 100, PLUS) == 8 and fewest_honest(2, 100) == 51
-    assert threshold(2, 3, 2) == 2 and not graph.uses_plus(100, 0)
+    assert RULE.threshold(100) == 8 and RULE.threshold(32) == 17
+    assert fewest_honest(RULE, 100) == 8 and fewest_honest(Rule(2), 100) == 51
+    assert Rule(2, 2).threshold(3) == 2 and not graph.uses_plus(100, 0)
 
 
 @pytest.mark.parametrize("n, drop", [
@@ -103,6 +105,33 @@ def test_a_neighbourhood_that_loses_its_majority_at_unmasking_fails_the_round_cl
         plus_round(50, pick=("unmask", neighbours_of_worker_0))
 
 
+@pytest.mark.parametrize("fraction, colluders, rebuilt", [
+    (0.5, 2, (True, True)),  # t = 7 of a neighbourhood of 13: 2t - (k + 1) = 1 colluder
+    (2 / 3, 2, (True, False)),  # t = 9: 5 colluding neighbours needed
+    (2 / 3, 5, (True, True)),
+])
+def test_a_lying_coordinator_needs_2t_minus_k_plus_1_colluding_neighbours(fraction, colluders,
+                                                                          rebuilt):
+    """Worker 0's neighbours told different survivor lists (tests/lying_unmask.py), with
+    `colluders` of its neighbours handing over both shares they hold of its secrets."""
+    rule = Rule(2, PLUS, fraction)
+    assert rule.size(40) == 13 and rule.colluders(40) == (1 if fraction == 0.5 else 5)
+    assert split_survivors(rule, 40, colluders) == rebuilt
+
+
+def test_a_two_thirds_threshold_keeps_a_neighbourhood_through_k_plus_1_minus_t_dropouts():
+    rule = Rule(2, PLUS, 2 / 3)  # 50 workers: k = 12, t = floor(2/3 x 13) + 1 = 9
+
+    def neighbours_of_worker_0(count):
+        return lambda hoods: set(sorted(hoods[0] - {0})[:count])
+
+    xs, server, total, _ = plus_round(50, pick=("unmask", neighbours_of_worker_0(4)), rule=rule)
+    np.testing.assert_allclose(total, sum(xs.values()), rtol=0, atol=50 * 10**-PRECISION)
+    assert server.threshold == 9 and len(server.dropped) == 4
+    with pytest.raises(SecAggError, match="8 shares of worker 0's self mask, at least 9 needed"):
+        plus_round(50, pick=("unmask", neighbours_of_worker_0(5)), rule=rule)
+
+
 def test_a_worker_that_keeps_its_ring_nonce_fails_the_round_by_name():
     """Leaving out a nonce would let the coordinator choose among rings: it fails the round."""
     with pytest.raises(SecAggError, match="failed at ring: worker 4 did not reveal the ring nonce"):
@@ -110,8 +139,8 @@ def test_a_worker_that_keeps_its_ring_nonce_fails_the_round_by_name():
 
 
 def keyed(n: int):
-    clients = {u: SecAggClient(u, 2, n, PLUS) for u in range(n)}
-    server = SecAggServer(n, 2, 8, plus_above=PLUS)
+    clients = {u: SecAggClient(u, RULE, n) for u in range(n)}
+    server = SecAggServer(n, RULE, 8)
     for u, c in clients.items():
         server.receive_keys(u, *c.advertise(), c.commitment, c.ring_commitment)
     server.public_keys()
@@ -148,7 +177,7 @@ def test_a_coordinator_cannot_hand_a_worker_another_ring():
     keys of workers other than its ring neighbours (every worker's, or a stranger's)."""
     n = 40
     clients, server, commitments, nonces = keyed(n)
-    fresh = SecAggClient(0, 2, n, PLUS)
+    fresh = SecAggClient(0, RULE, n)
     with pytest.raises(SecAggError, match="lack this worker's own"):
         fresh.reveal(commitments)  # the list a coordinator kept from another round
     own = {**commitments, 0: fresh.ring_commitment}
@@ -173,7 +202,7 @@ def test_a_coordinator_cannot_hand_a_worker_another_ring():
     swapped = {**{u: k for u, k in mine.items() if u != neighbour}, stranger: everyone[stranger]}
     with pytest.raises(SecAggError, match="where its neighbourhood on the ring is"):
         clients[0].share_keys(swapped, nonces)
-    lying = SecAggServer(n, 2, 8, plus_above=PLUS)
+    lying = SecAggServer(n, RULE, 8)
     for u, c in clients.items():
         lying.receive_keys(u, *c.advertise(), c.commitment, c.ring_commitment)
     lying.public_keys()

@@ -13,6 +13,7 @@ from test_pandas import FAMILIES, SETTINGS, assert_same, plan_of, split_frames
 from sdk import values
 from sdk.analytics import secure
 from sdk.analytics.plan import Aggregation, Plan, worker_parts
+from sdk.secagg import Rule
 from sdk.secagg.fixedpoint import FixedPointOverflow, decode_wide, encode_wide
 from sdk.secagg.local import run_local
 
@@ -29,7 +30,7 @@ def secure_in_process(plan: Plan, holders: list[dict], drop: dict | None = None)
         union = secure.union(layouts)
         vectors = {u: secure.encode(p, union, PRECISION, len(holders)) for u, p in enumerate(parts)}
         assert {v.size for v in vectors.values()} == {secure.vector_length(union)}
-        server, total = run_local(vectors, min_clients=2, drop=drop)
+        server, total = run_local(vectors, Rule(2), drop=drop)
         summed_union = secure.union([layouts[u] for u in sorted(server.u3)])
         summed = secure.restrict(secure.decode(total, union, PRECISION), summed_union)
         aggregation.add_stage(stage, [summed])

@@ -5,6 +5,7 @@ workers whose masked input arrived, and the log names who was dropped and why.""
 from __future__ import annotations
 
 
+import grpc
 import pandas as pd
 import pytest
 from cluster import log_text, wages
@@ -13,8 +14,9 @@ from lying_coordinator import LyingCoordinator, serve
 from tasks import WageAvg
 
 from sdk import dataset, values
+from sdk.client import ClientError
 from sdk.proto import services_pb2 as pb
-from sdk.task import HorizontalAnalytics
+from sdk.task import BuiltTask, HorizontalAnalytics
 from sdk.trust import Kit, sign_task
 from worker.analytics import AnalyticsJob
 from worker.datasets import DataDir
@@ -159,9 +161,10 @@ def test_a_worker_dropping_between_steps_fails_the_task_instead_of_a_revealing_r
     assert f"round 1: worker ghost dropped in compute: no answer within {SILENT}s" in log
 
 
-def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
-    spec = WageAvg().build().serialize()
-    liar = LyingCoordinator(spec, sign_task(Kit.load(cluster.kit("alice")), spec),
+def answer_to_liar(cluster, spec: bytes, phase: str) -> str:
+    """The error a real worker answers with to a coordinator that hands it `spec`, signed by
+    alice, and asks it for `phase`."""
+    liar = LyingCoordinator(spec, sign_task(Kit.load(cluster.kit("alice")), spec), phase,
                             crl=cluster.crl())
     server = serve(liar, cluster)
     try:
@@ -169,25 +172,53 @@ def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
         assert liar.answered.wait(30), "the worker never answered"
     finally:
         server.stop(0)
+    return liar.error
+
+
+def test_a_worker_refuses_to_send_a_secure_tasks_parts_in_the_clear(cluster):
+    error = answer_to_liar(cluster, WageAvg().build().serialize(), "compute")
     assert "task 1 asks for secure aggregation, and the coordinator asked for its compute in " \
-           "the clear: refused" in liar.error
+           "the clear: refused" in error
 
 
-def test_a_round_above_secagg_plus_above_runs_secagg_plus_and_sums_exactly(cluster):
-    """Four real workers, SecAgg+ from three: each masks with k = 2 of the other three (a
-    ring), shares with those two only, and the mean is pandas' own."""
+def test_secagg_plus_and_a_raised_threshold_sum_exactly_over_four_real_workers(cluster):
+    """Four real workers. SecAgg+ from three: each masks with k = 2 of the other three (a
+    ring), shares with those two only. Then secagg_threshold 0.75: all 4 must unmask, and a
+    lying coordinator would need 4 colluders. Both means are pandas' own."""
     cluster.start_coordinator()
     tables = {f"w{i}": wages(10 + 5 * i, i) for i in range(1, 5)}
     for name, table in tables.items():
         cluster.start_worker(name, {"wages.csv": table})
-    task = WageAvg(max_clients=4)
-    task.secagg_plus_above = 2
-    client = cluster.client()
-    task_id = client.create_task(task.build())
-    assert client.wait(task_id), client.get_task(task_id).error
-    log = log_text(client, task_id)
-    assert ("round 1: SecAgg+ over 4 workers (more than the task's secagg_plus_above 2): each "
-            "masks with k = 2 neighbours") in log
-    assert "step 1/1: aggregated 4 worker(s)" in log
     expected = pd.concat(tables.values(), ignore_index=True).mean()
-    pd.testing.assert_series_equal(client.get_result(task_id), expected, rtol=1e-9)
+    plus, raised = WageAvg(max_clients=4), WageAvg(max_clients=4)
+    plus.secagg_plus_above = 2
+    raised.secagg_threshold = 0.75
+    client = cluster.client()
+    for task, line in (
+            (plus, "round 1: SecAgg+ over 4 workers (more than the task's secagg_plus_above 2): "
+                   "each masks with k = 2 neighbours"),
+            (raised, "round 1: secure aggregation over 4 workers; threshold t = max(min_clients, "
+                     "floor(0.75 x selected) + 1) = 4 of 4 selected (secagg_threshold 0.75): 0 "
+                     "may drop out, and a coordinator lying about who dropped needs 2t - n = 4 "
+                     "colluding worker(s) to unmask one worker's input")):
+        task_id = client.create_task(task.build())
+        assert client.wait(task_id), client.get_task(task_id).error
+        log = log_text(client, task_id)
+        assert line in log
+        assert "step 1/1: aggregated 4 worker(s)" in log
+        pd.testing.assert_series_equal(client.get_result(task_id), expected, rtol=1e-9)
+    below = WageAvg().build().spec
+    below.secagg_threshold = 0.3  # built by hand: the coordinator refuses it too
+    with pytest.raises(ClientError, match="secagg_threshold is the fraction f") as refused:
+        client.create_task(BuiltTask(below))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_worker_refuses_a_signed_task_whose_threshold_is_below_a_majority(cluster):
+    """A submitter (with the coordinator) cannot sign away the threshold: at secagg_threshold
+    0.3 two disjoint groups of survivors could each rebuild one secret of a worker."""
+    spec = WageAvg().build().spec
+    spec.secagg_threshold = 0.3
+    error = answer_to_liar(cluster, spec.SerializeToString(), "join")
+    assert "refused task 1: secagg_threshold is the fraction f" in error
+    assert "0.5 <= f < 1" in error and "not 0.3" in error

@@ -27,6 +27,7 @@ from sdk.privacy import DifferentialPrivacy, PrivacyRefused
 from sdk.privacy.accounting import Cost
 from sdk.privacy.analytics import PrivacyPlan
 from sdk.proto import task_pb2
+from sdk.secagg import Rule
 from worker.chunks import stage_parts
 from worker.order import DEFAULT_MAX_ORDER_PROBES, SearchGuard
 from worker.sources import DEFAULT_CHUNK_ROWS, Catalog
@@ -46,8 +47,7 @@ class AnalyticsJob:
         self.chunk_rows = chunk_rows
         self.precision = spec.precision
         self.max_clients = spec.rules.max_clients
-        self.min_clients = spec.rules.min_clients
-        self.plus_above = spec.secagg_plus_above  # rounds of more workers run SecAgg+
+        self.secagg = Rule.of(spec)  # the signed threshold and SecAgg+ size
         self.secure = spec.secure_aggregation
         self.privacy = _privacy_plan(spec, self.plan)
         self.min_rows = 1 if self.privacy else min_rows

@@ -30,7 +30,7 @@ from sdk.prometheus import add_metrics_argument
 from sdk.privacy import PrivacyRefused
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
-from sdk.secagg import SecAggError
+from sdk.secagg import Rule, SecAggError
 from sdk.secagg.fixedpoint import FixedPointOverflow
 from sdk.trust import ANONYMOUS, Identity, Kit, TrustError, Verifier
 from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
@@ -220,7 +220,6 @@ class Admission:
     signer: str
     sources: dict[str, str]
     delta: float  # the delta the task states its privacy at (0 without DP)
-    secagg_plus_above: int = 0  # the signed task's: rounds above it run SecAgg+
 
 
 class Worker:
@@ -536,14 +535,13 @@ class Worker:
         whatever the coordinator calls its round, a learning round by its number (which only
         goes forward, up to the signed max_rounds)."""
         key = self._admissions[assignment.task_id].key
-        plus_above = self._admissions[assignment.task_id].secagg_plus_above
         if isinstance(job, LearningJob):
             try:
                 self.secure.ledger.advance(key.hex(), assignment.round, job.max_rounds)
             except RerunRefused as error:
                 raise TaskRefused(str(error), "rerun") from None
-            return Contribution(key, f"round {assignment.round}", job.min_clients, plus_above)
-        return Contribution(key, f"step {assignment.stage + 1}", job.min_clients, plus_above)
+            return Contribution(key, f"round {assignment.round}", job.secagg)
+        return Contribution(key, f"step {assignment.stage + 1}", job.secagg)
 
     async def _load(self, channel: grpc.aio.Channel, stub: services_pb2_grpc.WorkerServiceStub,
                     session_id: str, task_id: int, round_number: int) -> Job:
@@ -564,10 +562,14 @@ class Worker:
             self.policy.current.check(spec, signer)
         except PolicyRefusal as refusal:
             raise TaskRefused(str(refusal), "policy") from None
+        try:
+            Rule.of(spec)  # the signed threshold, which its jobs' rounds run at
+        except ValueError as error:
+            raise TaskRefused(str(error), "threshold") from None
         sources = {self.catalog.key(ref.file): ref.file for ref in spec.datasets}
         self._admissions[task_id] = Admission(claims.nonce if claims else hashlib.sha256(
             data + task_id.to_bytes(8, "big")).digest(), signer.name, sources,
-            spec.privacy.delta, spec.secagg_plus_above)
+            spec.privacy.delta)
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
             job: Job = await asyncio.to_thread(AnalyticsJob, spec, self.catalog, self.min_rows,
                                                self.chunk_rows,

@@ -35,7 +35,7 @@ from sdk.privacy.accounting import Cost, fewest_honest
 from sdk.privacy.fedavg import DPFedAvg
 from sdk.proto import services_pb2 as pb
 from sdk.proto import task_pb2
-from sdk.secagg import accumulate, fixedpoint
+from sdk.secagg import Rule, accumulate, fixedpoint
 from sdk.weights import (
     FLOATS,
     METRIC_SLOTS,
@@ -272,7 +272,7 @@ class LearningJob:
         self.task_id = task_id
         self.spec = spec
         self.data_path = data_path
-        self.min_clients = spec.rules.min_clients
+        self.secagg = Rule.of(spec)  # the signed threshold and SecAgg+ size
         self.max_rounds = spec.learning.max_rounds
         self.max_clients = spec.rules.max_clients
         self.precision = spec.precision
@@ -386,7 +386,7 @@ class LearningJob:
                 raise
             release = None
             if self.dp is not None:
-                shares = (fewest_honest(self.min_clients, selected, self.spec.secagg_plus_above)
+                shares = (fewest_honest(self.secagg, selected)
                           if mask_seeds else 1)
                 release = await asyncio.to_thread(self._dp_release, shares)
                 result = {"samples": 1, "validate_samples": 0, "metrics": {}}

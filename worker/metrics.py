@@ -26,7 +26,7 @@ ROUNDS = Counter("deltaflow_worker_rounds_trained", "learning rounds trained and
 STEPS = Counter("deltaflow_worker_steps_computed", "analytics steps computed and sent",
                 registry=REGISTRY)
 REFUSALS = Counter("deltaflow_worker_refusals",
-                   "tasks refused, by reason (policy, signature, rerun, weights)", ["reason"],
+                   "tasks refused, by reason (policy, signature, rerun, weights, threshold)", ["reason"],
                    registry=REGISTRY)
 FAILURES = Counter("deltaflow_worker_failures", "assignments that failed, by phase", ["phase"],
                    registry=REGISTRY)

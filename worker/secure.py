@@ -17,7 +17,7 @@ from sdk.analytics.plan import Parts
 from sdk.privacy.accounting import fewest_honest
 from sdk.proto import services_pb2 as pb
 from sdk.proto import values_pb2
-from sdk.secagg import SecAggClient, SecAggError, accumulate
+from sdk.secagg import Rule, SecAggClient, SecAggError, accumulate
 from sdk.secagg.binding import keys_payload, round_context
 from sdk.secagg.shamir import SHARE_BYTES
 from sdk.trust import Kit, TrustError, Verifier
@@ -27,13 +27,12 @@ from worker.contributions import ContributionLedger, RerunRefused
 @dataclass(frozen=True)
 class Contribution:
     """Which input of which task a round's protocol carries: the task's key (its signature's
-    nonce, or its spec's digest), the step ("step 2", "round 3"), the task's min_clients and
-    the round size above which it runs SecAgg+ (both from the signed task)."""
+    nonce, or its spec's digest), the step ("step 2", "round 3"), and the signed task's
+    secure-aggregation rule (min_clients, secagg_plus_above, secagg_threshold)."""
 
     task_key: bytes
     step: str
-    min_clients: int
-    plus_above: int = 0
+    rule: Rule
 
 
 @dataclass
@@ -62,10 +61,9 @@ class SecureRounds:
              parts: Parts | None = None) -> bytes:
         """Starts the round's protocol: this worker's public keys, and the layout of `parts`
         (analytics) for the coordinator to lay every worker's parts on. The threshold comes
-        from the task's own `min_clients` and `secagg_plus_above`, never from the coordinator."""
+        from the signed task's rule (`Contribution.rule`), never from the coordinator."""
         request = assignment.secagg
-        client = SecAggClient(request.index, contribution.min_clients, request.selected,
-                              contribution.plus_above)
+        client = SecAggClient(request.index, contribution.rule, request.selected)
         self._rounds[assignment.task_id] = _Round(_number(assignment), client, contribution,
                                                   parts, assignment.inputs)
         c_pk, s_pk = client.advertise()
@@ -135,8 +133,7 @@ class SecureRounds:
         state = self._current(assignment)
         if state.parts is None:
             raise SecAggError(f"task {assignment.task_id}: no parts were computed this round")
-        shares = fewest_honest(state.contribution.min_clients, state.client.selected,
-                               state.contribution.plus_above)
+        shares = fewest_honest(state.contribution.rule, state.client.selected)
         hook = noise(shares) if noise is not None else None
         union = values.decode(assignment.secagg.layout)
         if hook is not None and not secure.same_layout(union, secure.layout(state.parts)):

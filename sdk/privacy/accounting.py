@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sdk.secagg.client import threshold
+from sdk.secagg.rule import Rule
 
 # The Renyi orders epsilon is sought at: integers, where the Skellam bound holds.
 ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -76,12 +76,12 @@ def describe(cost: Cost, delta: float) -> str:
     return f"epsilon {epsilon(cost, delta):.4g} at delta {delta:g} (zCDP rho {cost.rho:.4g})"
 
 
-def fewest_honest(min_clients: int, selected: int, plus_above: int = 0) -> int:
-    """How many workers' noise shares a sum under secure aggregation always holds: its
-    threshold, max(min_clients, selected // 2 + 1), or under SecAgg+ (more than `plus_above`
-    selected) a neighbourhood's, k/2 + 1: a coordinator that claims a ring's arc dropped can
-    sum as few workers as that (docs/secure-aggregation.md). Each worker adds 1/this of the
-    noise, so the sum carries all of it as long as that many of the summed workers are
-    honest."""
-    return threshold(min_clients, selected, plus_above)
+def fewest_honest(rule: Rule, selected: int) -> int:
+    """How many workers' noise shares a sum under secure aggregation always holds: the task's
+    threshold t (`Rule.threshold`: max(min_clients, floor(f x selected) + 1), or under SecAgg+
+    a neighbourhood's floor(f x (k + 1)) + 1, f the task's secagg_threshold): every worker
+    unmasks only with t survivors, and a coordinator that claims a ring's arc dropped can sum
+    as few workers as that (docs/secure-aggregation.md). Each worker adds 1/this of the noise,
+    so the sum carries all of it as long as that many of the summed workers are honest."""
+    return rule.threshold(selected)
 

@@ -133,7 +133,7 @@ class DifferentialPrivacy(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics", "learning", "secure_aggregation", "precision", "privacy", "secagg_plus_above")
+    __slots__ = ("format_version", "name", "kind", "rules", "datasets", "analytics", "learning", "secure_aggregation", "precision", "privacy", "secagg_plus_above", "secagg_threshold")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class TaskSpec(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
     SECAGG_PLUS_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     name: str
     kind: TaskKind
@@ -156,7 +157,8 @@ class TaskSpec(_message.Message):
     precision: int
     privacy: DifferentialPrivacy
     secagg_plus_above: int
-    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ..., learning: _Optional[_Union[LearningSpec, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., precision: _Optional[int] = ..., privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., secagg_plus_above: _Optional[int] = ...) -> None: ...
+    secagg_threshold: float
+    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., rules: _Optional[_Union[RoundRules, _Mapping]] = ..., datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., analytics: _Optional[_Union[AnalyticsPlan, _Mapping]] = ..., learning: _Optional[_Union[LearningSpec, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., precision: _Optional[int] = ..., privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., secagg_plus_above: _Optional[int] = ..., secagg_threshold: _Optional[float] = ...) -> None: ...
 
 class TaskClaims(_message.Message):
     __slots__ = ("spec_sha256", "weights_sha256", "nonce", "expires_at", "signer")

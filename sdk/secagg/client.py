@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import graph, shamir
 from .masks import MASK_LABEL, SHARE_LABEL, agree, pairwise_sign
+from .rule import Rule
 
 NONCE_BYTES = 12
 SHARE_HEADER = struct.Struct(">II")  # sender, recipient
@@ -29,40 +30,20 @@ class Revealed(NamedTuple):
     mask_key: dict[int, int]  # worker -> this worker's share of its masking private key
 
 
-def threshold(min_clients: int, n_selected: int, plus_above: int = 0) -> int:
-    """Shares needed: at least `min_clients` and more than half of the selected workers; under
-    SecAgg+ (more than `plus_above` selected, see graph.py) a majority of a neighbourhood."""
-    if not 1 <= min_clients <= n_selected:
-        raise ValueError(f"min_clients {min_clients} must be between 1 and {n_selected}")
-    if graph.uses_plus(n_selected, plus_above):
-        return graph.neighbourhood_threshold(n_selected)
-    return max(min_clients, n_selected // 2 + 1)
-
-
-def threshold_rule(min_clients: int, n_selected: int, plus_above: int = 0) -> str:
-    """The threshold and the rule it comes from, for the task's log."""
-    t = threshold(min_clients, n_selected, plus_above)
-    if graph.uses_plus(n_selected, plus_above):
-        k = graph.degree(n_selected)
-        return (f"k/2 + 1 = {t}, a majority of each SecAgg+ neighbourhood of k + 1 = {k + 1} "
-                f"workers (k = {k} for {n_selected} selected)")
-    return f"max(min_clients, selected // 2 + 1) = {t}"
-
-
 class SecAggClient:
     """Worker `index` of the `selected` workers of a round; its secrets need
-    threshold(min_clients, selected, plus_above) shares to recover, which the worker works out
-    itself. Above `plus_above` selected (0: never) it runs SecAgg+: it shares and masks only
-    within its neighbourhood, which it derives itself from the relayed keys (graph.py)."""
+    rule.threshold(selected) shares to recover, which the worker works out itself from the
+    task's `rule`. Above the rule's `plus_above` selected it runs SecAgg+: it shares and masks
+    only within its neighbourhood, which it derives itself from the relayed keys (graph.py)."""
 
-    def __init__(self, index: int, min_clients: int, selected: int, plus_above: int = 0):
+    def __init__(self, index: int, rule: Rule, selected: int):
         if not 0 <= index < selected:
             raise SecAggError(f"worker number {index} of {selected} selected is not in the round")
         self.index = index
         self.selected = selected
-        self.plus = graph.uses_plus(selected, plus_above)
-        self.threshold = threshold(min_clients, selected, plus_above)
-        self.floor = max(min_clients, self.threshold)  # fewest workers a round may sum
+        self.plus = rule.uses_plus(selected)
+        self.threshold = rule.threshold(selected)
+        self.floor = max(rule.min_clients, self.threshold)  # fewest workers a round may sum
         self.neighbours: frozenset[int] = frozenset()  # with itself; all of U1 in Bonawitz's
         self.members: frozenset[int] = frozenset()  # U1, the workers whose keys were relayed
         self._c_sk = X25519PrivateKey.generate()  # encrypts shares

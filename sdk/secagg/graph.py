@@ -5,7 +5,8 @@ Bonawitz's protocol has every worker mask with, and secret-share to, every other
 the round. Above `secagg_plus_above` selected workers, each worker's *neighbourhood* is itself
 and its k/2 nearest workers on either side of a ring (a random Harary graph, k = 2 ceil(log2 n),
 even, n the workers selected); it masks pairwise only with its neighbours and splits its secrets
-among its neighbourhood only, any k/2 + 1 shares (a majority) recovering them.
+among its neighbourhood only, any t of them recovering them (a majority, k/2 + 1, by default:
+rule.py).
 
 The ring's order comes from a commit-reveal among the workers: each signs, with its keys, the
 SHA-256 of a fresh nonce; once every key (and commitment) is relayed, each reveals its nonce, and
@@ -36,12 +37,6 @@ def degree(selected: int) -> int:
     """k, the neighbours each worker has: 2 ceil(log2 n), at most n - 1, even, at least 2."""
     k = 2 * math.ceil(math.log2(selected))
     return max(2, min(k, (selected - 1) // 2 * 2))
-
-
-def neighbourhood_threshold(selected: int) -> int:
-    """Shares of a worker's secrets that recover them: a majority, k/2 + 1, of its
-    neighbourhood of k + 1."""
-    return degree(selected) // 2 + 1
 
 
 def commit(nonce: bytes) -> bytes:

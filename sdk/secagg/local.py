@@ -9,6 +9,7 @@ import numpy as np
 
 from .client import SecAggClient
 from .masks import accumulate
+from .rule import Rule
 from .server import SecAggServer
 
 Tamper = Callable[[str, int, Any], Any]  # (phase, worker, message) -> the message sent
@@ -18,21 +19,21 @@ def _untimed(role: str, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-def run_local(vectors: dict[int, np.ndarray], min_clients: int,
+def run_local(vectors: dict[int, np.ndarray], rule: Rule,
               drop: dict[str, set[int]] | None = None, tamper: Tamper | None = None,
-              timed: Callable[..., Any] = _untimed,
-              plus_above: int = 0) -> tuple[SecAggServer, np.ndarray]:
+              timed: Callable[..., Any] = _untimed) -> tuple[SecAggServer, np.ndarray]:
     """Sums the encoded `vectors` (uint64 or uint32 words) of workers 0..n-1 through every
     phase of the protocol.
 
     `drop[phase]` go silent from that phase on ("advertise", "ring" (SecAgg+ only), "share",
     "check", "mask", "unmask"); `tamper` may rewrite what a worker sends; `timed(role, phase, fn, *args)` runs
-    each step ("worker" or "coordinator"); above `plus_above` workers the round is SecAgg+.
+    each step ("worker" or "coordinator"); `rule` is the task's (threshold, SecAgg+ above its
+    `plus_above` workers).
     Returns the server and the unmasked total.
     """
     n = len(vectors)
-    clients = {u: SecAggClient(u, min_clients, n, plus_above) for u in range(n)}
-    server = SecAggServer(n, min_clients, len(vectors[0]), plus_above=plus_above,
+    clients = {u: SecAggClient(u, rule, n) for u in range(n)}
+    server = SecAggServer(n, rule, len(vectors[0]),
                           total=np.zeros(len(vectors[0]), vectors[0].dtype))
     tamper = tamper or (lambda phase, u, message: message)
     drop = drop or {}

@@ -9,8 +9,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import graph, shamir
-from .client import CIPHERTEXT_BYTES, Revealed, SecAggError, threshold
+from .client import CIPHERTEXT_BYTES, Revealed, SecAggError
 from .masks import MASK_LABEL, accumulate, agree, pairwise_sign
+from .rule import Rule
 
 KEY_BYTES = 32
 
@@ -22,17 +23,18 @@ class SecAggServer:
     Each phase's messages go to `receive_*`; the method that hands out the next phase's request
     closes the phase. Masked inputs are added into one running total as they come, so memory
     holds one vector whatever the number of workers. `dropped` names every worker that left and
-    why; `names` (index -> name) is how messages call the workers. Above `plus_above` selected
-    (0: never) the round is SecAgg+: shares and masks only within neighbourhoods (graph.py).
+    why; `names` (index -> name) is how messages call the workers. The task's `rule` gives the
+    threshold; above its `plus_above` selected the round is SecAgg+: shares and masks only
+    within neighbourhoods (graph.py).
     """
 
-    def __init__(self, n_selected: int, min_clients: int, vector_length: int,
-                 names: list[str] | None = None, total: np.ndarray | None = None,
-                 plus_above: int = 0):
+    def __init__(self, n_selected: int, rule: Rule, vector_length: int,
+                 names: list[str] | None = None, total: np.ndarray | None = None):
         self.n_selected = n_selected
-        self.plus = graph.uses_plus(n_selected, plus_above)
-        self.threshold = threshold(min_clients, n_selected, plus_above)
-        self.floor = max(min_clients, self.threshold)  # fewest workers a round may sum
+        self.rule = rule
+        self.plus = rule.uses_plus(n_selected)
+        self.threshold = rule.threshold(n_selected)
+        self.floor = max(rule.min_clients, self.threshold)  # fewest workers a round may sum
         self.vector_length = vector_length
         self.names = names or [f"worker {u}" for u in range(n_selected)]
         if total is None:
@@ -266,8 +268,9 @@ class SecAggServer:
                 self.dropped[u] = f"{missing} (left at {phase})"
         survivors = {u for u in received if u not in self.dropped}
         if len(survivors) < self.floor:
-            rule = ("min_clients, and a neighbourhood's threshold" if self.plus
-                    else "min_clients and more than half of those selected")
+            rule = (f"min_clients, and a neighbourhood's threshold t = {self.threshold}"
+                    if self.plus else f"min_clients, and more than secagg_threshold "
+                    f"{self.rule.fraction:g} of those selected")
             raise SecAggError(
                 f"secure aggregation failed at {phase}: {len(survivors)} of {self.n_selected} "
                 f"selected workers remain, at least {self.floor} needed ({rule}); dropped: "
