@@ -27,7 +27,7 @@ from sdk import values
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.plan import PrivacyError
 from sdk.prometheus import add_metrics_argument
-from sdk.privacy import PrivacyRefused
+from sdk.privacy import PrivacyRefused, asks_for_privacy
 from sdk.proto import services_pb2 as pb
 from sdk.proto import services_pb2_grpc, task_pb2
 from sdk.secagg import Rule, SecAggError
@@ -220,6 +220,7 @@ class Admission:
     signer: str
     sources: dict[str, str]
     delta: float  # the delta the task states its privacy at (0 without DP)
+    dp_learning: bool = False  # DP-FedAvg: its code's errors stay on this holder
 
 
 class Worker:
@@ -251,7 +252,6 @@ class Worker:
                                    self.verifier)
         self.ledger = PrivacyLedger(state_dir / "privacy.sqlite3") if state_dir else None
         self._admissions: dict[int, Admission] = {}
-        self._dp_learning: set[int] = set()  # DP-FedAvg tasks: their code's errors stay here
         self._crl_file = work_dir / "revoked.crl"  # the newest revocation list seen
         if self.verifier is not None and self._crl_file.exists():
             self._take_crl(self._crl_file.read_bytes(), keep=False)
@@ -569,7 +569,8 @@ class Worker:
         sources = {self.catalog.key(ref.file): ref.file for ref in spec.datasets}
         self._admissions[task_id] = Admission(claims.nonce if claims else hashlib.sha256(
             data + task_id.to_bytes(8, "big")).digest(), signer.name, sources,
-            spec.privacy.delta)
+            spec.privacy.delta, spec.kind == task_pb2.TASK_KIND_LEARNING
+            and asks_for_privacy(spec))
         if spec.kind != task_pb2.TASK_KIND_LEARNING:
             job: Job = await asyncio.to_thread(AnalyticsJob, spec, self.catalog, self.min_rows,
                                                self.chunk_rows,
@@ -583,8 +584,6 @@ class Worker:
         except PrivacyRefused as error:
             raise TaskRefused(str(error), "policy") from None
         self._check_budget(task_id, spec, job.total_privacy_cost())
-        if job.dp is not None:
-            self._dp_learning.add(task_id)
         # The global weights are the initial ones, which the submitter signed, in round 1; in
         # a later round (a task resumed after a coordinator restart) they are the checkpoint of
         # the round before, the coordinator's average, trusted as in every round after the first.
@@ -672,7 +671,8 @@ class Worker:
         put rows in its message, or in its exception's name). The whole of it stays in this
         worker's log."""
         text = str(failure)
-        if failure.task_id in self._dp_learning:
+        admission = self._admissions.get(failure.task_id)
+        if admission is not None and admission.dp_learning:
             return (f"task {failure.task_id} failed in {failure.stage}: the task's code raised "
                     "an error; under differential privacy nothing of it leaves this holder "
                     "(its own log has it)")
@@ -699,7 +699,6 @@ class Worker:
         self.secure.release(task_id)
         self._admissions.pop(task_id, None)
         self.outcomes.released(task_id)
-        self._dp_learning.discard(task_id)
         job = self._jobs.pop(task_id, None)
         if job is None:
             return
