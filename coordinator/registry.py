@@ -21,6 +21,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,17 +41,56 @@ class AlreadyConnected(Exception):
     """A worker of this name is connected and alive: a second one is refused, not swapped in."""
 
 
+class Outbox:
+    """The messages waiting for a session's live channel, in order; None closes it.
+
+    Ten thousand idle sessions each hold one, so it holds nothing while empty but the future
+    its reader waits on (an asyncio.Queue holds four deques and an Event: 3 KB a session)."""
+
+    __slots__ = ("_messages", "_waiter")
+
+    def __init__(self) -> None:
+        self._messages: deque[pb.CoordinatorMessage | None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._messages) if self._messages is not None else 0
+
+    def put(self, message: pb.CoordinatorMessage | None) -> None:
+        if self._messages is None:
+            self._messages = deque()
+        self._messages.append(message)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> pb.CoordinatorMessage | None:
+        """The next message, once there is one (one reader at a time)."""
+        while not self._messages:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = self._messages.popleft()
+        if not self._messages:
+            self._messages = None
+        return message
+
+
 @dataclass(eq=False)  # a session is itself: kept in sets, found by identity
 class WorkerSession:
     name: str
     session_id: str
     datasets: frozenset[str]
-    outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=Outbox)
     last_seen: float = field(default_factory=time.monotonic)
     attached: bool = False
     connected_at: float = 0.0  # unix seconds its live channel attached
     closed_reason: str = ""
     tasks: set[int] = field(default_factory=set)  # selected for, and not dropped from
+    # Tasks still running whose job it said it held when it registered (it came back while
+    # they ran): their end releases it, though it may be in no round of theirs now.
+    held: frozenset[int] = frozenset()
     timer: asyncio.TimerHandle | None = None  # its next heartbeat, or its expiry
 
     @property
@@ -59,7 +99,7 @@ class WorkerSession:
 
     def send(self, message: pb.CoordinatorMessage) -> None:
         if not self.closed_reason:
-            self.outbox.put_nowait(message)
+            self.outbox.put(message)
 
 
 class Receiver(Protocol):
@@ -182,7 +222,7 @@ class WorkerRegistry:
         session.closed_reason = reason
         if session.timer is not None:
             session.timer.cancel()
-        session.outbox.put_nowait(None)
+        session.outbox.put(None)
         if self._by_name.get(session.name) is session:
             del self._by_name[session.name]
         self._by_id.pop(session.session_id, None)
@@ -241,6 +281,12 @@ class WorkerRegistry:
                 holders.discard(session)
                 if not holders:
                     del self._holders[dataset]
+
+    def involved(self, task_id: int) -> list[WorkerSession]:
+        """The connected workers a task's end concerns: those selected for it and not dropped
+        from it, and those that came back holding its job while it ran."""
+        return [session for session in self._connected.values()
+                if task_id in session.tasks or task_id in session.held]
 
     def broadcast(self, message: pb.CoordinatorMessage) -> None:
         """Sends `message` to every connected worker."""
@@ -321,6 +367,10 @@ class WorkerRegistry:
     # Heartbeats ------------------------------------------------------------------------------
 
     def _arm(self, session: WorkerSession, delay: float) -> None:
+        """Sets the session's one timer to fire after `delay` (the one it had is cancelled:
+        the expiry of its registration, once it attaches)."""
+        if session.timer is not None:
+            session.timer.cancel()
         session.timer = asyncio.get_running_loop().call_later(delay, self._beat, session)
 
     def _beat(self, session: WorkerSession) -> None:
