@@ -56,6 +56,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         else:
             release = [task_id for task_id in request.held_tasks
                        if (task := self.store.get_task(task_id)) is None or task.ended]
+            session.held = frozenset(request.held_tasks).difference(release)  # released at end
         crl = (self.verifier.crl_der or b"") if self.verifier is not None else b""
         return pb.RegisterResponse(session_id=session.session_id,
                                    heartbeat_interval=self.registry.heartbeat_interval,
