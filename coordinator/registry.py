@@ -63,14 +63,18 @@ class Outbox:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def get(self) -> pb.CoordinatorMessage | None:
-        """The next message, once there is one (one reader at a time)."""
-        while not self._messages:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+    def ready(self) -> asyncio.Future[None]:
+        """A future done once there is a message to `take` (one reader at a time)."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self._messages:
+            waiter.set_result(None)
+        else:
+            self._waiter = waiter
+        return waiter
+
+    def take(self) -> pb.CoordinatorMessage | None:
+        """The next message, which `ready` said is there."""
+        self._waiter = None
         message = self._messages.popleft()
         if not self._messages:
             self._messages = None
@@ -182,7 +186,7 @@ class WorkerRegistry:
         session = WorkerSession(name, secrets.token_hex(16), frozenset(datasets))
         self._by_name[name] = session
         self._by_id[session.session_id] = session
-        self._arm(session, self.heartbeat_timeout)
+        self._arm(session, min(self.heartbeat_interval, self.heartbeat_timeout))
         return session
 
     def session(self, session_id: str) -> WorkerSession | None:
@@ -195,7 +199,6 @@ class WorkerRegistry:
         session.connected_at = time.time()
         self._connected[session.name] = session
         self._index(session, add=True)
-        self._arm(session, self.heartbeat_interval)
         log.info("worker %s connected, holding %d datasets", session.name, len(session.datasets))
         self._notify()
 
@@ -367,16 +370,12 @@ class WorkerRegistry:
     # Heartbeats ------------------------------------------------------------------------------
 
     def _arm(self, session: WorkerSession, delay: float) -> None:
-        """Sets the session's one timer to fire after `delay` (the one it had is cancelled:
-        the expiry of its registration, once it attaches)."""
-        if session.timer is not None:
-            session.timer.cancel()
         session.timer = asyncio.get_running_loop().call_later(delay, self._beat, session)
 
     def _beat(self, session: WorkerSession) -> None:
-        """A session's timer: drops it once silent past the timeout (or never attached within
-        it); else sends it a heartbeat and fires again after the interval, or at its expiry if
-        that comes first."""
+        """A session's one timer, from its registration on: drops it once silent past the
+        timeout (or never attached within it); else sends it a heartbeat if it is attached,
+        and fires again after the interval, or at its expiry if that comes first."""
         silent = time.monotonic() - session.last_seen
         if silent >= self.heartbeat_timeout:
             if session.attached:
@@ -386,7 +385,8 @@ class WorkerRegistry:
                          session.name, self.heartbeat_timeout)
                 self.drop(session, "it registered but did not connect")
             return
-        session.send(HEARTBEAT)
+        if session.attached:
+            session.send(HEARTBEAT)
         self._arm(session, min(self.heartbeat_interval, self.heartbeat_timeout - silent))
 
 

@@ -77,7 +77,10 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         self.registry.attach(session)
         reader = asyncio.create_task(self._read(request_iterator, session))
         try:  # the registry's timer puts the session's heartbeats in its outbox
-            while (message := await session.outbox.get()) is not None:
+            while True:
+                await session.outbox.ready()
+                if (message := session.outbox.take()) is None:
+                    break
                 yield message
         finally:
             reader.cancel()
