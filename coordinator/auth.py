@@ -13,10 +13,9 @@ counts every call, its status code, time and bytes (`metrics`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -92,36 +91,31 @@ STOPPING = "the coordinator is stopping; call again once it is back"
 
 
 class Call:
-    """One admitted call: who makes it, and a future set to an Ended to end it."""
+    """One admitted call: who makes it, and the task handling it, which `end` cancels, keeping
+    why. No task or future of its own: ten thousand workers' live channels are calls."""
 
     def __init__(self, who: Identity) -> None:
         self.who = who
-        self.ended: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
+        self.ended: Ended | None = None
+        self._task: asyncio.Task[Any] | None = asyncio.current_task()
 
     def end(self, reason: Ended) -> None:
-        if not self.ended.done():
-            self.ended.set_result(reason)
+        """Ends the call with `reason`, unless it has ended or its handler has returned."""
+        if self.ended is None and self._task is not None:
+            self.ended = reason
+            self._task.cancel()
 
     async def until_ended(self, step: Any) -> Any:
-        """Awaits `step` (a part of the call: a response, a request); raises the Ended if the
-        call is ended first."""
-        running = asyncio.ensure_future(step)
-        running.add_done_callback(_retrieved)  # its failure is ours to raise, or moot
+        """Awaits `step` (the handler); raises the Ended if the call is ended first."""
         try:
-            await asyncio.wait((running, self.ended), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the call was cancelled (its caller went away)
-            running.cancel()
-            raise
-        if running.done():
-            return running.result()
-        running.cancel()
-        raise self.ended.result()
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """Marks a finished step's exception as seen: asyncio logs those never looked at."""
-    if not task.cancelled():
-        task.exception()
+            return await step
+        except asyncio.CancelledError:
+            if self.ended is None:  # the call was cancelled (its caller went away)
+                raise
+            asyncio.current_task().uncancel()
+            raise self.ended from None
+        finally:
+            self._task = None
 
 
 class Gate(grpc.aio.ServerInterceptor):
@@ -132,19 +126,20 @@ class Gate(grpc.aio.ServerInterceptor):
         self.record = record
         self._calls: set[Call] = set()
         self._closed = False
+        self._wrappers = Wrappers(lambda handler, method: _wrap(handler, self, method))
 
     async def intercept_service(self, continuation: Callable[..., Any],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None:
             return None
-        return _wrap(handler, self, details.method)
+        return self._wrappers(handler, details.method)
 
     def end_revoked(self) -> int:
         """Ends the calls of callers whose certificate is now revoked; how many it ended."""
         if self.verifier is None:
             return 0
-        ended = [call for call in self._calls if not call.ended.done()
+        ended = [call for call in self._calls if call.ended is None
                  and self.verifier.is_revoked(call.who.serial)]
         for call in ended:
             call.end(Ended(grpc.StatusCode.UNAUTHENTICATED,
@@ -249,6 +244,23 @@ def _target(request: Any, response: Any) -> str:
     return ""
 
 
+class Wrappers:
+    """Each method's handler wrapped once by `wrap(handler, method)`, not at every call: ten
+    thousand workers' live channels then share one wrapper's closures instead of holding their
+    own. Kept per method (a bounded set: those the server serves) for the handler it wraps."""
+
+    def __init__(self, wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
+                 ) -> None:
+        self._wrap = wrap
+        self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def __call__(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        known = self._by_method.get(method)
+        if known is None or known[0] is not handler:
+            known = self._by_method[method] = (handler, self._wrap(handler, method))
+        return known[1]
+
+
 def behavior_of(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The handler's behavior, and the function that makes a handler of the same kind."""
     if handler.request_streaming and handler.response_streaming:
@@ -273,35 +285,28 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Gate, method: str) -> grpc.RpcMe
         return await calls.checked(request, context)
 
     async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        with _measured(method, context):
+        started, error = time.perf_counter(), None  # the call's time, its code, and its method
+        try:
             call = await gate.admit(method, context)
             try:
                 response = await call.until_ended(
                     behavior(await requests(request, context), context))
-            except BaseException as error:
-                await gate.end(call, method, context, request, None, error)
-                if _answered(error, context):
+            except BaseException as failure:
+                await gate.end(call, method, context, request, None, failure)
+                if _answered(failure, context):
                     return None
                 raise
             await gate.end(call, method, context, request, response, None)
             return response
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            metrics.rpc_handled(method, _code(context, error), time.perf_counter() - started)
 
     deserialize = _counted(calls.tolerant(handler.request_deserializer), method)
     return make(gated, request_deserializer=deserialize,
                 response_serializer=_counting(handler.response_serializer, method))
-
-
-@contextlib.contextmanager
-def _measured(method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
-    """Counts the call it wraps: its method, status code and time."""
-    started, error = time.perf_counter(), None
-    try:
-        yield
-    except BaseException as raised:
-        error = raised
-        raise
-    finally:
-        metrics.rpc_handled(method, _code(context, error), time.perf_counter() - started)
 
 
 def _counted(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:

@@ -17,13 +17,13 @@ import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from coordinator.auth import behavior_of, caller
+from coordinator.auth import Wrappers, behavior_of, caller
 from sdk.proto import services_pb2 as pb
 from sdk.sizes import GiB, MiB, parse_size, show_size
 
@@ -168,21 +168,18 @@ class StreamGuard(grpc.aio.ServerInterceptor):
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._open = PerUser()  # streams open
+        self._wrappers = Wrappers(lambda handler, method: _guard(handler, self, method))
 
     async def intercept_service(self, continuation: Callable[..., Any],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None:
             return None
-        return _guard(handler, self, details.method)
+        return self._wrappers(handler, details.method)
 
     @contextmanager
-    def stream(self, method: str) -> Iterator[None]:
-        """Holds one of the caller's streams open; workers' streams are bounded by their
-        sessions and are not counted."""
-        if method.startswith(f"/{_WORKER_SERVICE}/"):
-            yield
-            return
+    def stream(self) -> Iterator[None]:
+        """Holds one of the caller's streams open."""
         user = caller().name
         most = self.limits.max_streams_per_user
         if self._open[user] >= most:
@@ -231,12 +228,14 @@ def _guard(handler: grpc.RpcMethodHandler, guard: StreamGuard,
     behavior, make = behavior_of(handler)
     streaming = handler.request_streaming or handler.response_streaming
     responses_streamed = inspect.isasyncgenfunction(behavior)
+    # Workers' streams are bounded by their sessions, and not counted.
+    counted = not method.startswith(f"/{_WORKER_SERVICE}/")
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             if not streaming:
                 return await behavior(request, context)
-            with guard.stream(method):
+            with guard.stream() if counted else nullcontext():
                 if handler.request_streaming and method != _LIVE_CHANNEL:
                     request = guard.requests(request, method)
                 if not responses_streamed:

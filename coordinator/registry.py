@@ -21,6 +21,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,17 +41,60 @@ class AlreadyConnected(Exception):
     """A worker of this name is connected and alive: a second one is refused, not swapped in."""
 
 
+class Outbox:
+    """The messages waiting for a session's live channel, in order; None closes it.
+
+    Ten thousand idle sessions each hold one, so it holds nothing while empty but the future
+    its reader waits on (an asyncio.Queue holds four deques and an Event: 3 KB a session)."""
+
+    __slots__ = ("_messages", "_waiter")
+
+    def __init__(self) -> None:
+        self._messages: deque[pb.CoordinatorMessage | None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._messages) if self._messages is not None else 0
+
+    def put(self, message: pb.CoordinatorMessage | None) -> None:
+        if self._messages is None:
+            self._messages = deque()
+        self._messages.append(message)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def ready(self) -> asyncio.Future[None]:
+        """A future done once there is a message to `take` (one reader at a time)."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self._messages:
+            waiter.set_result(None)
+        else:
+            self._waiter = waiter
+        return waiter
+
+    def take(self) -> pb.CoordinatorMessage | None:
+        """The next message, which `ready` said is there."""
+        self._waiter = None
+        message = self._messages.popleft()
+        if not self._messages:
+            self._messages = None
+        return message
+
+
 @dataclass(eq=False)  # a session is itself: kept in sets, found by identity
 class WorkerSession:
     name: str
     session_id: str
     datasets: frozenset[str]
-    outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=Outbox)
     last_seen: float = field(default_factory=time.monotonic)
     attached: bool = False
     connected_at: float = 0.0  # unix seconds its live channel attached
     closed_reason: str = ""
     tasks: set[int] = field(default_factory=set)  # selected for, and not dropped from
+    # Tasks still running whose job it said it held when it registered (it came back while
+    # they ran): their end releases it, though it may be in no round of theirs now.
+    held: frozenset[int] = frozenset()
     timer: asyncio.TimerHandle | None = None  # its next heartbeat, or its expiry
 
     @property
@@ -59,7 +103,7 @@ class WorkerSession:
 
     def send(self, message: pb.CoordinatorMessage) -> None:
         if not self.closed_reason:
-            self.outbox.put_nowait(message)
+            self.outbox.put(message)
 
 
 class Receiver(Protocol):
@@ -142,7 +186,7 @@ class WorkerRegistry:
         session = WorkerSession(name, secrets.token_hex(16), frozenset(datasets))
         self._by_name[name] = session
         self._by_id[session.session_id] = session
-        self._arm(session, self.heartbeat_timeout)
+        self._arm(session, min(self.heartbeat_interval, self.heartbeat_timeout))
         return session
 
     def session(self, session_id: str) -> WorkerSession | None:
@@ -155,7 +199,6 @@ class WorkerRegistry:
         session.connected_at = time.time()
         self._connected[session.name] = session
         self._index(session, add=True)
-        self._arm(session, self.heartbeat_interval)
         log.info("worker %s connected, holding %d datasets", session.name, len(session.datasets))
         self._notify()
 
@@ -182,7 +225,7 @@ class WorkerRegistry:
         session.closed_reason = reason
         if session.timer is not None:
             session.timer.cancel()
-        session.outbox.put_nowait(None)
+        session.outbox.put(None)
         if self._by_name.get(session.name) is session:
             del self._by_name[session.name]
         self._by_id.pop(session.session_id, None)
@@ -241,6 +284,12 @@ class WorkerRegistry:
                 holders.discard(session)
                 if not holders:
                     del self._holders[dataset]
+
+    def involved(self, task_id: int) -> list[WorkerSession]:
+        """The connected workers a task's end concerns: those selected for it and not dropped
+        from it, and those that came back holding its job while it ran."""
+        return [session for session in self._connected.values()
+                if task_id in session.tasks or task_id in session.held]
 
     def broadcast(self, message: pb.CoordinatorMessage) -> None:
         """Sends `message` to every connected worker."""
@@ -324,9 +373,9 @@ class WorkerRegistry:
         session.timer = asyncio.get_running_loop().call_later(delay, self._beat, session)
 
     def _beat(self, session: WorkerSession) -> None:
-        """A session's timer: drops it once silent past the timeout (or never attached within
-        it); else sends it a heartbeat and fires again after the interval, or at its expiry if
-        that comes first."""
+        """A session's one timer, from its registration on: drops it once silent past the
+        timeout (or never attached within it); else sends it a heartbeat if it is attached,
+        and fires again after the interval, or at its expiry if that comes first."""
         silent = time.monotonic() - session.last_seen
         if silent >= self.heartbeat_timeout:
             if session.attached:
@@ -336,7 +385,8 @@ class WorkerRegistry:
                          session.name, self.heartbeat_timeout)
                 self.drop(session, "it registered but did not connect")
             return
-        session.send(HEARTBEAT)
+        if session.attached:
+            session.send(HEARTBEAT)
         self._arm(session, min(self.heartbeat_interval, self.heartbeat_timeout - silent))
 
 

@@ -161,14 +161,15 @@ class TaskManager:
 
     def _release(self, task_id: int) -> None:
         """Records the task's workers (an analytics result's: those its rows cover; else those
-        that stayed to the end) and lets every worker go."""
+        that stayed to the end) and lets go the workers it concerns: a release to each of those
+        (not to every connected worker: ten thousand writes a task)."""
         workers = self._covered.pop(task_id, None) or self.workers(task_id)
         try:
             if workers:
                 self.store.set_workers(task_id, workers)
         except WriteFailed as error:
             log.error("%s", error)
-        for worker in self.registry.connected():
+        for worker in self.registry.involved(task_id):
             worker.tasks.discard(task_id)
             worker.send(pb.CoordinatorMessage(release_task_id=task_id))
 

@@ -56,6 +56,7 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         else:
             release = [task_id for task_id in request.held_tasks
                        if (task := self.store.get_task(task_id)) is None or task.ended]
+            session.held = frozenset(request.held_tasks).difference(release)  # released at end
         crl = (self.verifier.crl_der or b"") if self.verifier is not None else b""
         return pb.RegisterResponse(session_id=session.session_id,
                                    heartbeat_interval=self.registry.heartbeat_interval,
@@ -76,7 +77,10 @@ class WorkerService(services_pb2_grpc.WorkerServiceServicer):
         self.registry.attach(session)
         reader = asyncio.create_task(self._read(request_iterator, session))
         try:  # the registry's timer puts the session's heartbeats in its outbox
-            while (message := await session.outbox.get()) is not None:
+            while True:
+                await session.outbox.ready()
+                if (message := session.outbox.take()) is None:
+                    break
                 yield message
         finally:
             reader.cancel()

@@ -23,9 +23,14 @@ class HandWorker(threading.Thread):
     returns (None: no answer at all), until `answer` sets `self.done`. `self.secure` runs its
     side of secure aggregation, as the daemon's."""
 
-    def __init__(self, cluster, name: str, datasets: list[str]) -> None:
+    def __init__(self, cluster, name: str, datasets: list[str], held_tasks: list[int] = (),
+                 coordinator_id: str = "") -> None:
         super().__init__(daemon=True)
         self.name, self.datasets = name, datasets
+        # What it says it holds when it registers, as a worker back from a broken connection.
+        self.held_tasks, self.coordinator_id = list(held_tasks), coordinator_id
+        self.release_tasks: list[int] = []  # what registration released of held_tasks
+        self.heartbeats = 0  # received from the coordinator
         self.done = threading.Event()
         self.channel = cluster.channel(name)
         self.stub = services_pb2_grpc.WorkerServiceStub(self.channel)
@@ -66,8 +71,11 @@ class HandWorker(threading.Thread):
                             Rule.of(spec))
 
     def run(self) -> None:
-        reply = self.stub.Register(pb.RegisterRequest(name=self.name, datasets=self.datasets))
-        self.session = reply.session_id
+        reply = self.stub.Register(pb.RegisterRequest(
+            name=self.name, datasets=self.datasets, held_tasks=self.held_tasks,
+            coordinator_id=self.coordinator_id))
+        self.session, self.coordinator_id = reply.session_id, reply.coordinator_id
+        self.release_tasks = list(reply.release_tasks)
         if self.verifier is not None and reply.crl:
             self.verifier.set_crl(reply.crl)
         outgoing: queue.Queue = queue.Queue()
@@ -88,6 +96,8 @@ class HandWorker(threading.Thread):
                         self.stub.Upload(iter(requests))
                 elif message.HasField("release_task_id"):
                     self.released(message.release_task_id)
+                elif message.HasField("heartbeat"):
+                    self.heartbeats += 1
                 if self.done.is_set():
                     break
         except grpc.RpcError:

@@ -81,7 +81,7 @@ def test_a_silent_worker_among_thousands_is_dropped_in_time_and_the_others_stay(
         assert registry.count() == WORKERS - 1
         assert silent not in registry.eligible(["data.csv"])
         assert {w.name for w in registry.eligible(["data.csv"])} == scan(registry, ["data.csv"])
-        beats = [s.outbox.qsize() for s in sessions if s is not silent]
+        beats = [len(s.outbox) for s in sessions if s is not silent]
         assert min(beats) >= 1, min(beats)  # each got heartbeats from its own timer
         for session in sessions:
             registry.drop(session, "done")
@@ -100,5 +100,22 @@ def test_a_round_of_thousands_names_five_workers_in_its_log_lines():
         round_.drop(sessions[0], "compute", "test")
         assert lines == ["round 1: worker w0000 dropped in compute: test"]
         assert Round(registry, 2, 1, sessions[:3], 2, lines.append).names == "w0000, w0001, w0002"
+
+    asyncio.run(run())
+
+
+def test_an_attached_session_gets_one_heartbeat_an_interval_once_its_registration_expires():
+    interval, timeout = 0.05, 0.2
+
+    async def run() -> None:
+        registry = WorkerRegistry(heartbeat_interval=interval, heartbeat_timeout=timeout)
+        session = connect(registry, "w", ["data.csv"])
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:  # five times its registration's expiry
+            registry.saw(session)
+            await asyncio.sleep(interval / 5)
+        # The timer its registration set is gone once it attached: it does not beat as well.
+        assert len(session.outbox) <= 1.0 / interval + 2, len(session.outbox)
+        registry.drop(session, "done")
 
     asyncio.run(run())
