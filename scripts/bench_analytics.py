@@ -148,16 +148,18 @@ def frame(rows: int, seed: int) -> Any:
     return pd.DataFrame({c: random.normal(100, 15, rows).round(4) for c in COLUMNS})
 
 
-def write_sources(folder: Path, rows: int, seed: int) -> tuple[Path, Path]:
-    """The same `rows` as a CSV and a Parquet file in `folder` (pyarrow writes both)."""
+def write_sources(folder: Path, rows: int, seed: int) -> tuple[Path, Path, Path]:
+    """The same `rows` as a CSV file, a Parquet file (pyarrow's defaults: snappy) and an
+    uncompressed Parquet file in `folder`."""
     import pyarrow as pa
     import pyarrow.csv
     import pyarrow.parquet
     table = pa.Table.from_pandas(frame(rows, seed), preserve_index=False)
-    csv, parquet = folder / "t.csv", folder / "t.parquet"
+    csv, parquet, plain = folder / "t.csv", folder / "t.parquet", folder / "u.parquet"
     pyarrow.csv.write_csv(table, csv)
     pyarrow.parquet.write_table(table, parquet)
-    return csv, parquet
+    pyarrow.parquet.write_table(table, plain, compression="none")
+    return csv, parquet, plain
 
 
 def load_postgres(server, csv: Path, table: str) -> None:
@@ -216,36 +218,41 @@ def sources_table(rows: int) -> None:
           "RSS under 500 MB whatever the table's size.")
 
 
-def _measure_sources(root: Path, server, big: tuple[Path, Path],
-                     small: tuple[Path, Path]) -> dict[str, tuple[float, float]]:
+def _measure_sources(root: Path, server, big: tuple[Path, ...],
+                     small: tuple[Path, ...]) -> dict[str, tuple[float, float]]:
     """Seconds of each kind's task and its big holder's peak RSS (MiB)."""
     measured = {}
     with LocalCluster(root) as cluster:
         cluster.start_coordinator()
-        for size, (csv, parquet) in (("big", big), ("small", small)):
+        for size, (csv, parquet, plain) in (("big", big), ("small", small)):
             entries = {"csv": f'path = "{csv.name}"', "parquet": f'path = "{parquet.name}"',
+                       "parquet-uncompressed": f'path = "{plain.name}"',
                        "postgresql": (f'url = "{server.url("reader")}"\npassword_env = '
                                       f'"READER_PW"\ntable = "t_{size}"')}
             for kind, entry in entries.items():
                 name = f"{kind}-{size}"
                 data = cluster.data_dir(name)
-                for path in (csv, parquet):
+                for path in (csv, parquet, plain):
                     os.link(path, data / path.name)
                 sources = cluster.root / f"sources-{name}.toml"
-                sources.write_text(f"[sources.t_{kind}]\n{entry}\n")
+                sources.write_text(f"[sources.{_source(kind)}]\n{entry}\n")
                 cluster.start_worker(name, None, False, "--sources", str(sources),
                                      env={"READER_PW": READER_PASSWORD})
         for name in list(cluster.workers):
             cluster.wait_connected(name)
         client = cluster.client()
-        for kind in ("csv", "parquet", "postgresql"):
+        for kind in ("csv", "parquet", "parquet-uncompressed", "postgresql"):
             started = time.perf_counter()
-            result = client.get_result(_run(client, FiveColumnMean(f"t_{kind}").build()))
+            result = client.get_result(_run(client, FiveColumnMean(_source(kind)).build()))
             seconds = time.perf_counter() - started
             if not np.isfinite(np.asarray(result, dtype=float)).all():
                 raise SystemExit(f"the {kind} mean is not a number: {result}")
             measured[kind] = seconds, _peak_rss(cluster.workers[f"{kind}-big"].process.pid)
     return measured
+
+
+def _source(kind: str) -> str:
+    return "t_" + kind.replace("-", "_")
 
 
 def _peak_rss(pid: int) -> float:
