@@ -22,7 +22,7 @@ from sdk.analytics.plan import Aggregation
 from test_pandas import FAMILIES, assert_same, frame, plan_of
 from worker.chunks import stage_parts, used_columns
 from worker.datasets import DataDir
-from worker.sources import AUTO_CHUNK_ROWS, Catalog, Table, rows_per_chunk
+from worker.sources import Catalog, Table
 
 WHOLE = 10**9  # a chunk size that reads any test table at once
 
@@ -114,10 +114,3 @@ def test_a_file_is_read_with_only_those_columns(tmp_path):
         assert [list(c.columns) for c in chunks] == [["x", "y"], ["x", "y"]]
         with pytest.raises(EvaluationError, match="no column named 'absent'"):
             run_over(lambda d: d.absent.sum(), table, 1, 1)
-
-
-def test_automatic_chunks_hold_16_mib_of_the_columns_read():
-    assert rows_per_chunk(AUTO_CHUNK_ROWS, 5) == 419_430
-    assert rows_per_chunk(AUTO_CHUNK_ROWS, 80) == 26_214
-    assert rows_per_chunk(AUTO_CHUNK_ROWS, 100_000) == 1024  # never fewer
-    assert rows_per_chunk(7, 5) == 7  # --chunk-rows given

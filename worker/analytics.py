@@ -30,14 +30,14 @@ from sdk.proto import task_pb2
 from sdk.secagg import Rule
 from worker.chunks import stage_parts
 from worker.order import DEFAULT_MAX_ORDER_PROBES, SearchGuard
-from worker.sources import AUTO_CHUNK_ROWS, Catalog
+from worker.sources import DEFAULT_CHUNK_ROWS, Catalog
 
 
 class AnalyticsJob:
     """A joined analytics task: its plan, its privacy plan under DP, and this worker's tables."""
 
     def __init__(self, spec: task_pb2.TaskSpec, catalog: Catalog, min_rows: int,
-                 chunk_rows: int = AUTO_CHUNK_ROWS,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  max_order_probes: int = DEFAULT_MAX_ORDER_PROBES) -> None:
         try:
             self.plan = Plan(*Graph.from_proto(spec.analytics))

@@ -20,7 +20,7 @@ import pandas as pd
 from sdk.analytics.ops import add_parts, by, key_sizes, per_row
 from sdk.analytics.plan import Parts, Plan, SmallSets, empty_pairs, worker_parts
 from worker.pushdown import pushed_parts
-from worker.sources import SqlTable, Table, rows_per_chunk
+from worker.sources import SqlTable, Table
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -46,13 +46,10 @@ def used_columns(plan: Plan, argument: str) -> list[Any] | None:
 def stage_parts(plan: Plan, stage: int, tables: dict[str, Table], inputs: dict[int, Any],
                 min_rows: int, chunk_rows: int, pushdown: bool = True) -> Parts:
     """This worker's parts of `stage` over its tables: pushed down to a database where the step
-    maps to SQL (and `pushdown` is on), else read in chunks of `chunk_rows` rows (or as many as
-    `rows_per_chunk` gives for the columns read)."""
+    maps to SQL (and `pushdown` is on), else read in chunks of `chunk_rows` rows."""
     columns = {argument: used_columns(plan, argument) for argument in tables}
-    rows = {argument: rows_per_chunk(chunk_rows, len(columns[argument] or table.columns()))
-            for argument, table in tables.items()}
     if len(tables) != 1:  # rows of one table at a time would leave the others' out
-        frames = {argument: pd.concat(list(table.chunks(columns[argument], rows[argument])),
+        frames = {argument: pd.concat(list(table.chunks(columns[argument], chunk_rows)),
                                       ignore_index=True) for argument, table in tables.items()}
         return worker_parts(plan, stage, frames, inputs, min_rows)
     (argument, table), = tables.items()
@@ -62,7 +59,7 @@ def stage_parts(plan: Plan, stage: int, tables: dict[str, Table], inputs: dict[i
             log.info("step %d over %r: pushed down to its database", stage + 1, table.name)
             return parts
     return parts_in_chunks(plan, stage, argument, table, columns[argument], inputs, min_rows,
-                           rows[argument])
+                           chunk_rows)
 
 
 def parts_in_chunks(plan: Plan, stage: int, argument: str, table: Table,

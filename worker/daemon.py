@@ -52,7 +52,7 @@ from worker.engine import (
 from worker.learning_job import LearningJob, WeightsMismatch, warm_engine
 from worker.policy import TEMPLATE, PolicyError, PolicyFile, PolicyRefusal
 from worker.secure import Contribution, SecureRounds
-from worker.sources import AUTO_CHUNK_ROWS, CHUNK_BYTES, Catalog, SourcesError, read_sources
+from worker.sources import DEFAULT_CHUNK_ROWS, Catalog, SourcesError, read_sources
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -92,10 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a sources file (TOML): logical dataset names mapped to tables or "
                              "queries of SQL databases, or to files of the data dir (see "
                              "docs/sources.md)")
-    parser.add_argument("--chunk-rows", type=int, default=AUTO_CHUNK_ROWS,
-                        help="rows read at a time from a table: a worker's memory grows with "
-                             f"it, not with the table (default 0: as many as take "
-                             f"{CHUNK_BYTES >> 20} MiB at 8 bytes a value of the columns read)")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                        help="rows read at a time from a table (default %(default)s): a "
+                             "worker's memory grows with it, not with the table")
     parser.add_argument("--write-policy", type=Path, default=None, metavar="FILE",
                         help="write a policy template, every key commented, to FILE and exit")
     parser.add_argument("--work-dir", type=Path, default=None,
@@ -178,9 +177,8 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder" if args.data_dir
                          else "give --data-dir DIR, the folder of files this worker offers")
     policy = _policy(args, kit)
-    if args.chunk_rows < 0:
-        raise SystemExit("--chunk-rows must be at least 1, or 0 for chunks of "
-                         f"{CHUNK_BYTES >> 20} MiB")
+    if args.chunk_rows < 1:
+        raise SystemExit("--chunk-rows must be at least 1")
     try:
         sources = read_sources(args.sources) if args.sources is not None else {}
     except SourcesError as error:
@@ -229,7 +227,7 @@ class Worker:
     def __init__(self, address: str, name: str, catalog: Catalog, max_backoff: float,
                  work_dir: Path, limits: EngineLimits, policy: PolicyFile,
                  min_rows: int | None, kit: Kit | None,
-                 chunk_rows: int = AUTO_CHUNK_ROWS, state_dir: Path | None = None) -> None:
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, state_dir: Path | None = None) -> None:
         self.address = address
         self.name = name
         self.kit = kit

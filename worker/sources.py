@@ -26,18 +26,8 @@ from worker.datasets import DataDir, DatasetError
 
 log = logging.getLogger("deltaflow.worker")
 
-AUTO_CHUNK_ROWS = 0  # --chunk-rows' default: rows_per_chunk decides from the columns read
-CHUNK_BYTES = 16 << 20  # what an automatic chunk's columns take, at 8 bytes a value
+DEFAULT_CHUNK_ROWS = 65_536
 SNIFF_ROWS = 10_000  # the rows of a CSV file that tell which of its columns hold text
-
-
-def rows_per_chunk(chunk_rows: int, columns: int) -> int:
-    """`chunk_rows`, or for AUTO_CHUNK_ROWS the rows in which `columns` columns take about
-    CHUNK_BYTES at 8 bytes a value (at least 1,024): 419,430 rows of 5 columns. Larger chunks
-    cost fewer passes through pandas for each table; memory follows the chunk either way."""
-    if chunk_rows != AUTO_CHUNK_ROWS:
-        return chunk_rows
-    return max(1024, CHUNK_BYTES // (8 * max(1, columns)))
 
 
 class SourcesError(ValueError):
