@@ -125,6 +125,7 @@ def test_pushed_down_steps_equal_pandas_over_the_rows_read_in_chunks(visits, fam
     lambda d: (d.i // 3).sum(), lambda d: (d.i % 3).sum(), lambda d: (d.f ** 2).sum(),
     lambda d: d.f.sum(skipna=False), lambda d: d.f.skew(), lambda d: d.n.value_counts(),
     lambda d: d.groupby(["g", "f"]).i.sum(),  # a float key among several
+    lambda d: ((d.i > 3) + d.b).sum(),  # pandas adds masks as `|`
     lambda d: d[d.k == "rare"].i.sum(),  # two rows: under min_rows 3, the chunks leave it out
     lambda d: (d.f * np.nan).sum(), lambda d: d.groupby("f").i.sum(),
 ])
@@ -228,3 +229,24 @@ def test_a_value_sent_for_a_column_is_refused_before_anything_is_pushed_down(vis
     column = next(n.id for n in plan.graph.nodes if n.op == "getitem" and n.params["key"] == "i")
     with pytest.raises(PrivacyError, match="which it does not need: refused"):
         stage_parts(plan, 0, {"d": visits}, {column: 0}, 1, 7)
+
+
+@pytest.mark.parametrize("params", [{"declared_keys": [1]}, {"bins": [2.0, 0.0, 1.0]},
+                                    {"bins": [0.0, float("inf"), 2.0]}])
+def test_a_histogram_the_sdk_would_not_build_is_read_in_chunks(visits, params):
+    """A hand-made graph's histogram (some bins declared, edges out of order or infinite) is
+    not pushed down: the chunked reader's answer is the one numpy's rule gives."""
+    plan = plan_of(lambda d: histogram(d.f, [0, 1, 2]))
+    node = next(n for n in plan.graph.nodes if n.op == "reduce")
+    node.params.update(params)
+    assert pushed_parts(plan, 0, "d", visits, {}, 1) is None
+
+
+@pytest.mark.parametrize("means", [pd.Series(["x"], index=[0]), pd.Series([1.5], index=[0.5]),
+                                   pd.Series([np.inf], index=[0])])
+def test_means_per_key_that_are_not_numbers_by_key_are_not_pushed_down(visits, means):
+    """The previous step's means come from the coordinator: text, a key of another type or an
+    infinite mean is left to the chunked reader (and never reaches SQL)."""
+    plan = plan_of(lambda d: d.groupby("g").f.var())
+    (mean,) = plan.inputs_of(1)
+    assert pushed_parts(plan, 1, "d", visits, {mean: means.rename("f")}, 1) is None

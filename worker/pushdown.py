@@ -198,6 +198,8 @@ class Pushdown:
             return Column((sa.and_ if op == "and" else sa.or_)(left.expr, right.expr), "bool")
         a, b = _number(left), _number(right)
         if op in _ARITHMETIC:
+            if left.kind == right.kind == "bool":  # pandas adds and multiplies masks as | and &
+                raise NotMapped(f"{op} of two masks")
             expression = {"add": a + b, "sub": a - b, "mul": a * b}[op]
             return Column(expression, "int" if left.kind == right.kind == "int" else "float")
         if op in _COMPARISONS:
@@ -266,7 +268,7 @@ class Pushdown:
         if kind == "value_counts" and not node.params.get("frame"):
             return self._per_key("groupby_size", rows, self._keys(rows, rows))
         if kind == "histogram":
-            return self._histogram(rows, node.params["bins"])
+            return self._histogram(rows, node.params["bins"], node.params.get("declared_keys"))
         raise NotMapped(f"the reduction {kind}")
 
     def _over_rows(self, kind: str, rows: Rows, mean: Any) -> dict[str, Any]:
@@ -279,10 +281,10 @@ class Pushdown:
                 x = _number(c, count_only=False)
                 if spread:
                     centre = mean if rows.series else _at(mean, label)
-                    if pd.isna(centre):  # no values: every deviation is missing
+                    if _centre(centre) is None:  # no values: every deviation is missing
                         selected += [sa.null(), sa.null()]
                         continue
-                    deviation = x - sa.literal(float(centre), sa.Double)
+                    deviation = x - sa.literal(_centre(centre), sa.Double)
                     selected += [sa.func.sum(deviation * deviation), sa.func.sum(deviation)]
                 else:
                     selected.append(sa.func.sum(x))
@@ -298,7 +300,7 @@ class Pushdown:
         if spread:
             squares = [0.0 if h else s for s, h in zip(sums[0::2], hidden)]
             deviations = [0.0 if h else s for s, h in zip(sums[1::2], hidden)]
-            counts = [0 if pd.isna(mean if rows.series else _at(mean, label)) else n
+            counts = [0 if _centre(mean if rows.series else _at(mean, label)) is None else n
                       for n, label in zip(counts, labels)]
             return {"squares": _shaped(rows, labels, squares, kinds),
                     "deviations": _shaped(rows, labels, deviations, kinds),
@@ -389,7 +391,7 @@ class Pushdown:
             raise NotMapped("too many groups to send their means as parameters")
         rows = [tuple(_key_value(v, key.kind) for v, (_, key) in
                       zip(k if isinstance(k, tuple) else (k,), keys)) +
-                tuple(None if pd.isna(m) else float(m) for m in values)
+                tuple(_centre(m) for m in values)
                 for k, values in zip(means.index, means.itertuples(index=False))]
         names = [f"k{i}" for i in range(len(keys))] + [f"m{i}" for i in range(len(labels))]
         table = sa.values(*[sa.column(name) for name in names], name="centres").data(rows)
@@ -399,9 +401,13 @@ class Pushdown:
             for i, (_, key) in enumerate(keys)]))
         return joined, [sa.cast(table.c[f"m{i}"], sa.Double) for i in range(len(labels))]
 
-    def _histogram(self, rows: Rows, bins: list[float]) -> dict[str, Any]:
-        """numpy.histogram's counts per bin [e_i, e_i+1), the last closed, as a CASE."""
+    def _histogram(self, rows: Rows, bins: list[float], declared: Any) -> dict[str, Any]:
+        """numpy.histogram's counts per bin [e_i, e_i+1), the last closed, as a CASE: for
+        finite edges in order, every bin declared (as the SDK builds a histogram)."""
         sa = self.sa
+        if not (len(bins) >= 2 and all(isinstance(_constant(e), (int, float)) for e in bins)
+                and list(bins) == sorted(bins) and declared == list(range(len(bins) - 1))):
+            raise NotMapped("a histogram of other edges or bins than the SDK builds")
         x = sa.cast(_number(rows.only()), sa.Double)
         edges = [sa.literal(float(e), sa.Double) for e in bins]
         last = len(bins) - 2
@@ -417,6 +423,16 @@ def _key_index(values: list[tuple[Any, ...]], keys: list[tuple[Any, Column]]) ->
     levels = [pd.Index([v[i] for v in values], dtype=_KEY_DTYPES[key.kind], name=label)
               for i, (label, key) in enumerate(keys)]
     return levels[0] if len(levels) == 1 else pd.MultiIndex.from_arrays(levels)
+
+
+def _centre(mean: Any) -> float | None:
+    """A mean of the previous step as a bind parameter: None where it is missing."""
+    if isinstance(mean, (float, np.floating)) and math.isnan(mean):
+        return None
+    number = _constant(mean)
+    if not isinstance(number, (int, float)) or isinstance(number, bool):
+        raise NotMapped("a mean that is not a number")
+    return float(number)
 
 
 def _key_value(value: Any, kind: str) -> Any:
