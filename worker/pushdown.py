@@ -2,15 +2,27 @@
 stay in the database and its own engine does the scan.
 
 A step is pushed down only where every operation it uses maps to SQL whose meaning is pandas'
-own, and the parts come back exactly as pandas would give them (dtypes, labels, the `min_rows`
-rule): column selection, filters by comparisons with numbers (two-valued, as pandas compares
-NaN), `& | ~`, `+ - *`, division by a number, `isna`/`notna`, `abs` and negation, and the sums,
-counts, means, sums of squared deviations and per-key sums, counts, means and sizes of a group
-by an integer or text column. Floor division, modulo, powers, NaN constants, real (float4) and
-numeric columns do not map; nor does a step where a filter keeps fewer than `min_rows` rows
-(the chunked reader leaves those out). Values of the task travel as bind parameters, never as
-SQL text. Only PostgreSQL tables are pushed down: its types are strict, so a column's SQL type
-says which dtype pandas reads it as.
+own, and the parts come back exactly as the chunked reader makes them (dtypes, labels and their
+order, the `min_rows` rule per set, group and cell): column selection (integer, double, text,
+and boolean columns without a NULL), filters by comparisons with numbers (two-valued, as pandas
+compares NaN), `& | ~`, `+ - *` (not between two masks, which pandas adds as | and &), division
+by a number, `isna`/`notna`, `abs` and negation; the sums, counts, means and sums of squared
+deviations (var, std, sem) over rows, and the same per key of a group by one or several
+integer, text or bool columns (each key's mean of the previous step joined as a VALUES list of
+bind parameters) with the groups' sizes; `value_counts` of an integer, text or bool Series; and
+histograms with explicit edges (a CASE with numpy's rule: [e_i, e_i+1), the last bin closed).
+Floor division, modulo, powers, NaN constants, real (float4) and numeric columns, boolean
+columns with a NULL (pandas reads objects), keys of a float column (an integer column with a
+NULL is one), declared keys (but a histogram's bins), a frame's value_counts, crosstab, skew,
+kurt, cov, corr and order statistics do not map; nor does a step where a filter keeps fewer than
+`min_rows` rows (the chunked reader leaves those out). Values of the task travel as bind
+parameters, never as SQL text.
+
+Only PostgreSQL tables are pushed down: its types are strict, so a column's SQL type says which
+dtype pandas reads it as, and an integer overflow is an error (the step is then read in chunks).
+SQLite is left out: its columns are typed per value (an INTEGER column may hold text or reals,
+so every step would first scan each column's typeof()), and where int64 arithmetic wraps in
+pandas, SQLite's `+ - *` turn an overflowing integer into a real without an error.
 """
 
 from __future__ import annotations
