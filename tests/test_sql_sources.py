@@ -95,7 +95,8 @@ MAPPED = {
                                d[d.i > 100].groupby(["g", "k"]).f.sum()),
     "value counts": lambda d: (value_counts(d.g), value_counts(d.k, normalize=True),
                                value_counts(d.b), value_counts(d.i > 4),
-                               value_counts(d[d.f > 0].i)),
+                               value_counts(d[d.f > 0].i), value_counts(d[["k", "g"]]),
+                               value_counts(d[["b"]], normalize=True)),
     "histograms": lambda d: (histogram(d.f, [-10, -2.5, 0, 0.125, 10]),
                              histogram(d.i, [0, 3, 3, 9]), histogram(d.n, [-50.5, 0, 49]),
                              histogram(d[d.i > 2].f, [-1, 1])),
@@ -250,3 +251,19 @@ def test_means_per_key_that_are_not_numbers_by_key_are_not_pushed_down(visits, m
     plan = plan_of(lambda d: d.groupby("g").f.var())
     (mean,) = plan.inputs_of(1)
     assert pushed_parts(plan, 1, "d", visits, {mean: means.rename("f")}, 1) is None
+
+
+def test_an_integer_sum_beyond_int64_is_read_in_chunks_as_pandas_wraps_it(postgres, monkeypatch,
+                                                                          tmp_path):
+    """PostgreSQL sums BIGINTs exactly (as numeric); pandas' int64 sum wraps around."""
+    import sqlalchemy as sa
+    postgres.load("huge", pd.DataFrame({"x": [2**62] * 3, "g": [1] * 3}),
+                  {"x": sa.BigInteger, "g": sa.BigInteger})
+    monkeypatch.setenv("VISITS_PW", READER_PASSWORD)
+    sources = parse_sources(f'[sources.huge]\nurl = "{postgres.url("reader")}"\n'
+                            'password_env = "VISITS_PW"\ntable = "huge"\n')
+    huge = Catalog(DataDir(tmp_path), sources).open("huge")
+    for body in (lambda d: d.x.sum(), lambda d: d.groupby("g").x.sum()):
+        plan = plan_of(body)
+        assert pushed_parts(plan, 0, "d", huge, {}, 1) is None
+        assert_same(run_over(body, huge, 1, 7), run_over(body, huge, 1, 7, chunked))

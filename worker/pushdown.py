@@ -9,14 +9,14 @@ compares NaN), `& | ~`, `+ - *` (not between two masks, which pandas adds as | a
 by a number, `isna`/`notna`, `abs` and negation; the sums, counts, means and sums of squared
 deviations (var, std, sem) over rows, and the same per key of a group by one or several
 integer, text or bool columns (each key's mean of the previous step joined as a VALUES list of
-bind parameters) with the groups' sizes; `value_counts` of an integer, text or bool Series; and
+bind parameters) with the groups' sizes; `value_counts` of integer, text or bool columns; and
 histograms with explicit edges (a CASE with numpy's rule: [e_i, e_i+1), the last bin closed).
 Floor division, modulo, powers, NaN constants, real (float4) and numeric columns, boolean
 columns with a NULL (pandas reads objects), keys of a float column (an integer column with a
-NULL is one), declared keys (but a histogram's bins), a frame's value_counts, crosstab, skew,
-kurt, cov, corr and order statistics do not map; nor does a step where a filter keeps fewer than
-`min_rows` rows (the chunked reader leaves those out). Values of the task travel as bind
-parameters, never as SQL text.
+NULL is one), declared keys (but a histogram's bins), crosstab, skew, kurt, cov, corr and order
+statistics do not map; nor does a step where a filter keeps fewer than `min_rows` rows (the
+chunked reader leaves those out), or whose integer sum leaves int64 (pandas wraps it). Values of
+the task travel as bind parameters, never as SQL text.
 
 Only PostgreSQL tables are pushed down: its types are strict, so a column's SQL type says which
 dtype pandas reads it as, and an integer overflow is an error (the step is then read in chunks).
@@ -91,7 +91,7 @@ def pushed_parts(plan: Plan, stage: int, argument: str, table: SqlTable, inputs:
         with table.connect() as connection:
             return Pushdown(plan, stage, argument, table.selectable(connection), connection,
                             inputs, min_rows).parts()
-    except NotMapped as reason:
+    except (NotMapped, OverflowError) as reason:  # an integer sum beyond int64, which wraps
         log.info("step %d over %r is read in chunks: %s", stage + 1, table.name, reason)
     except DatasetError as error:
         log.info("step %d over %r is read in chunks: %s", stage + 1, table.name, error)
@@ -277,7 +277,7 @@ class Pushdown:
         if kind in _GROUPED:
             return self._per_key(kind, rows, self._keys(rows, args[1]),
                                  args[2] if len(args) > 2 else None)
-        if kind == "value_counts" and not node.params.get("frame"):
+        if kind == "value_counts":
             return self._per_key("groupby_size", rows, self._keys(rows, rows))
         if kind == "histogram":
             return self._histogram(rows, node.params["bins"], node.params.get("declared_keys"))
