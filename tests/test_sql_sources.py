@@ -100,7 +100,13 @@ MAPPED = {
     "histograms": lambda d: (histogram(d.f, [-10, -2.5, 0, 0.125, 10]),
                              histogram(d.i, [0, 3, 3, 9]), histogram(d.n, [-50.5, 0, 49]),
                              histogram(d[d.i > 2].f, [-1, 1])),
+    "declared keys": lambda d: (
+        value_counts(d.k, ["a", "b", "z"]), value_counts(d.g, [3, 0, 9]),
+        d.groupby("k", keys=["c", "a", "zz"]).f.sum(), d.groupby("g", keys=[4, 1, 7]).i.var(),
+        d.groupby(["g", "k"], keys=[(1, "a"), (9, "b"), (0, "rare")]).size(),
+        d.groupby("b", keys=[True]).n.mean()),
 }
+NOT_PANDAS = {"declared keys"}  # pandas' groupby has no keys=: test_pandas covers them
 
 
 @pytest.mark.parametrize("min_rows", [1, 3])
@@ -116,7 +122,7 @@ def test_pushed_down_steps_equal_pandas_over_the_rows_read_in_chunks(visits, fam
 
     expected = run_over(body, visits, min_rows, 7, chunked)
     assert_same(run_over(body, visits, min_rows, 7, pushed_as_chunked), expected)
-    if min_rows == 1:  # and pandas on the table read at once
+    if min_rows == 1 and family not in NOT_PANDAS:  # and pandas on the table read at once
         rows = table_rows().assign(f=lambda t: t.f.where(t.i != 9))
         rows = rows.astype({"n": "float64"})
         assert_same(expected, body(rows))
@@ -232,11 +238,10 @@ def test_a_value_sent_for_a_column_is_refused_before_anything_is_pushed_down(vis
         stage_parts(plan, 0, {"d": visits}, {column: 0}, 1, 7)
 
 
-@pytest.mark.parametrize("params", [{"declared_keys": [1]}, {"bins": [2.0, 0.0, 1.0]},
-                                    {"bins": [0.0, float("inf"), 2.0]}])
+@pytest.mark.parametrize("params", [{"bins": [2.0, 0.0, 1.0]}, {"bins": [0.0, np.inf, 2.0]}])
 def test_a_histogram_the_sdk_would_not_build_is_read_in_chunks(visits, params):
-    """A hand-made graph's histogram (some bins declared, edges out of order or infinite) is
-    not pushed down: the chunked reader's answer is the one numpy's rule gives."""
+    """A hand-made graph's histogram (edges out of order or infinite) is not pushed down: the
+    chunked reader's answer is the one numpy's rule gives."""
     plan = plan_of(lambda d: histogram(d.f, [0, 1, 2]))
     node = next(n for n in plan.graph.nodes if n.op == "reduce")
     node.params.update(params)

@@ -9,14 +9,15 @@ compares NaN), `& | ~`, `+ - *` (not between two masks, which pandas adds as | a
 by a number, `isna`/`notna`, `abs` and negation; the sums, counts, means and sums of squared
 deviations (var, std, sem) over rows, and the same per key of a group by one or several
 integer, text or bool columns (each key's mean of the previous step joined as a VALUES list of
-bind parameters) with the groups' sizes; `value_counts` of integer, text or bool columns; and
-histograms with explicit edges (a CASE with numpy's rule: [e_i, e_i+1), the last bin closed).
-Floor division, modulo, powers, NaN constants, real (float4) and numeric columns, boolean
-columns with a NULL (pandas reads objects), keys of a float column (an integer column with a
-NULL is one), declared keys (but a histogram's bins), crosstab, skew, kurt, cov, corr and order
-statistics do not map; nor does a step where a filter keeps fewer than `min_rows` rows (the
-chunked reader leaves those out), or whose integer sum leaves int64 (pandas wraps it). Values of
-the task travel as bind parameters, never as SQL text.
+bind parameters) with the groups' sizes; `value_counts` of integer, text or bool columns;
+histograms with explicit edges (a CASE with numpy's rule: [e_i, e_i+1), the last bin closed);
+and declared keys (an IN list) of those. Floor division, modulo, powers, NaN constants, real
+(float4) and numeric columns, boolean columns with a NULL (pandas reads objects), keys of a
+float column (an integer column with a NULL is one), declared keys of other types than their
+column's, crosstab, skew, kurt, cov, corr and order statistics do not map; nor does a step where
+a filter keeps fewer than `min_rows` rows (the chunked reader leaves those out), or whose
+integer sum leaves int64 (pandas wraps it). Values of the task travel as bind parameters, never
+as SQL text.
 
 Only PostgreSQL tables are pushed down: its types are strict, so a column's SQL type says which
 dtype pandas reads it as, and an integer overflow is an error (the step is then read in chunks).
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from sdk.analytics.graph import Node
-from sdk.analytics.plan import Parts, Plan, check_inputs
+from sdk.analytics.plan import Parts, Plan, check_inputs, declared_index
 from worker.datasets import DatasetError
 from worker.sources import SqlTable
 
@@ -267,20 +268,19 @@ class Pushdown:
             raise NotMapped("a reduction of aggregates")
         if node.params.get("skipna", True) is not True:
             raise NotMapped("skipna=False")
-        if "declared_keys" in node.params and kind != "histogram":
-            raise NotMapped("declared keys")
         if node.params.get("numeric_only") and any(
                 c.kind in ("text", "other") for _, c in rows.columns):
             raise NotMapped("numeric_only over columns of other types")
         if kind in _UNGROUPED:
             return self._over_rows(kind, rows, args[1] if len(args) > 1 else None)
+        declared = node.params.get("declared_keys")
         if kind in _GROUPED:
-            return self._per_key(kind, rows, self._keys(rows, args[1]),
+            return self._per_key(kind, rows, self._keys(rows, args[1]), declared,
                                  args[2] if len(args) > 2 else None)
         if kind == "value_counts":
-            return self._per_key("groupby_size", rows, self._keys(rows, rows))
+            return self._per_key("groupby_size", rows, self._keys(rows, rows), declared)
         if kind == "histogram":
-            return self._histogram(rows, node.params["bins"], node.params.get("declared_keys"))
+            return self._histogram(rows, node.params["bins"], declared)
         raise NotMapped(f"the reduction {kind}")
 
     def _over_rows(self, kind: str, rows: Rows, mean: Any) -> dict[str, Any]:
@@ -331,10 +331,36 @@ class Pushdown:
             raise NotMapped("keys that are not integer, text or bool columns")
         return list(keys.columns)
 
-    def _per_key(self, kind: str, rows: Rows, keys: list[tuple[Any, Column]], mean: Any = None,
-                 where: tuple[Any, ...] = ()) -> dict[str, Any]:
+    def _per_key(self, kind: str, rows: Rows, keys: list[tuple[Any, Column]], declared: Any,
+                 mean: Any = None) -> dict[str, Any]:
         """Parts per key: groups of fewer than min_rows rows left out, and a cell (a column in
-        a group) of fewer than min_rows values counted as empty, as the chunked reader does."""
+        a group) of fewer than min_rows values counted as empty, as the chunked reader does;
+        with `declared` keys, over their rows only, and on exactly those keys."""
+        parts = self._per_key_found(kind, rows, keys, mean, self._declared(keys, declared))
+        if declared is None:
+            return parts
+        return {name: value.reindex(declared_index(declared, value.index), fill_value=0)
+                for name, value in parts.items()}
+
+    def _declared(self, keys: list[tuple[Any, Column]], declared: Any) -> tuple[Any, ...]:
+        """The condition that a row's key is one of `declared` (none for None): each declared
+        key of the key columns' own types (a tuple of them for several keys), as pandas'
+        isin matches them."""
+        if declared is None:
+            return ()
+        if len(declared) * len(keys) > _MOST_PARAMETERS:
+            raise NotMapped("too many declared keys to send as parameters")
+        if len(keys) == 1:
+            (_, key), = keys
+            return (key.expr.in_([_key_value(k, key.kind) for k in declared]),)
+        if any(not isinstance(k, tuple) or len(k) != len(keys) for k in declared):
+            raise NotMapped("declared keys that are not tuples of every key")
+        return (self.sa.tuple_(*[key.expr for _, key in keys]).in_(
+            [tuple(_key_value(v, key.kind) for v, (_, key) in zip(k, keys)) for k in declared]),)
+
+    def _per_key_found(self, kind: str, rows: Rows, keys: list[tuple[Any, Column]], mean: Any,
+                       where: tuple[Any, ...]) -> dict[str, Any]:
+        """Parts per key of the groups found in the rows `where` keeps."""
         sa = self.sa
         labels = [label for label, _ in rows.columns]
         width, n = len(labels), len(keys)
@@ -414,20 +440,18 @@ class Pushdown:
         return joined, [sa.cast(table.c[f"m{i}"], sa.Double) for i in range(len(labels))]
 
     def _histogram(self, rows: Rows, bins: list[float], declared: Any) -> dict[str, Any]:
-        """numpy.histogram's counts per bin [e_i, e_i+1), the last closed, as a CASE: for
-        finite edges in order, every bin declared (as the SDK builds a histogram)."""
+        """numpy.histogram's counts per bin [e_i, e_i+1), the last closed, as a CASE (for
+        finite edges in order); the SDK declares every bin."""
         sa = self.sa
         if not (len(bins) >= 2 and all(isinstance(_constant(e), (int, float)) for e in bins)
-                and list(bins) == sorted(bins) and declared == list(range(len(bins) - 1))):
-            raise NotMapped("a histogram of other edges or bins than the SDK builds")
+                and list(bins) == sorted(bins)):
+            raise NotMapped("a histogram of edges that are not finite numbers in order")
         x = sa.cast(_number(rows.only()), sa.Double)
         edges = [sa.literal(float(e), sa.Double) for e in bins]
         last = len(bins) - 2
         code = sa.case(*[(sa.and_(x >= edges[i], x < edges[i + 1]), i) for i in range(last + 1)],
                        (x == edges[-1], last), else_=-1)
-        keys = [(rows.columns[0][0], Column(code, "int"))]
-        size = self._per_key("groupby_size", rows, keys, where=(code >= 0,))["size"]
-        return {"size": size.reindex(pd.Index(list(range(last + 1)), dtype="int64"), fill_value=0)}
+        return self._per_key("groupby_size", rows, [(None, Column(code, "int"))], declared)
 
 
 def _key_index(values: list[tuple[Any, ...]], keys: list[tuple[Any, Column]]) -> pd.Index:
@@ -448,8 +472,8 @@ def _centre(mean: Any) -> float | None:
 
 
 def _key_value(value: Any, kind: str) -> Any:
-    """A key of the previous step's means as a bind parameter of the key column's type; other
-    types (a float key of another holder's) do not map."""
+    """A key (of the previous step's means, or declared) as a bind parameter of the key
+    column's type; other types (a float key of another holder's) do not map."""
     if kind == "bool" and isinstance(value, (bool, np.bool_)):
         return bool(value)
     if kind == "int" and isinstance(value, (int, np.integer)) and not isinstance(
@@ -457,7 +481,7 @@ def _key_value(value: Any, kind: str) -> Any:
         return int(value)
     if kind == "text" and isinstance(value, str):
         return value
-    raise NotMapped("a key of the means of another type than the key column")
+    raise NotMapped("a key of another type than the key column's")
 
 
 def _constant(value: Any) -> Any:

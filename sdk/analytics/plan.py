@@ -183,11 +183,11 @@ def _parts(node: Node, arguments: list[Any], sets: SmallSets) -> dict[str, Any]:
     parts = reduction.partial(rows, keys, *aggregates, **params)
     if declared is None:
         return parts
-    return {name: value.reindex(_declared_index(declared, value.index), fill_value=0)
+    return {name: value.reindex(declared_index(declared, value.index), fill_value=0)
             for name, value in parts.items()}
 
 
-def _declared_index(declared: list[Any], like: pd.Index) -> pd.Index:
+def declared_index(declared: list[Any], like: pd.Index) -> pd.Index:
     """The declared keys as an index named as `like`: a MultiIndex for tuples of keys."""
     if isinstance(like, pd.MultiIndex):
         return pd.MultiIndex.from_tuples(declared, names=like.names)
