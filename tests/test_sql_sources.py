@@ -15,6 +15,7 @@ from test_chunks import run_over
 from test_pandas import assert_same, plan_of
 from test_pandas_stats import histogram, value_counts
 
+from sdk import pandas as lazy
 from sdk.analytics.errors import EvaluationError
 from sdk.analytics.plan import PrivacyError
 from worker.chunks import stage_parts
@@ -60,6 +61,12 @@ def visits(postgres, monkeypatch, tmp_path):
     return Catalog(DataDir(tmp_path), sources).open("visits")
 
 
+def crosstab(index: Any, columns: Any, **declared: Any) -> Any:
+    if isinstance(index, pd.Series):
+        return pd.crosstab(index, columns)
+    return lazy.crosstab(index, columns, **declared)
+
+
 def pushed(plan, stage, tables, inputs, min_rows, chunk_rows):
     (argument, table), = tables.items()
     parts = pushed_parts(plan, stage, argument, table, inputs, min_rows)
@@ -100,11 +107,14 @@ MAPPED = {
     "histograms": lambda d: (histogram(d.f, [-10, -2.5, 0, 0.125, 10]),
                              histogram(d.i, [0, 3, 3, 9]), histogram(d.n, [-50.5, 0, 49]),
                              histogram(d[d.i > 2].f, [-1, 1])),
+    "crosstabs": lambda d: (crosstab(d.k, d.g), crosstab(d.b, d.i > 4),
+                            (lambda e: crosstab(e.g, e.k))(d[d.f > 0])),
     "declared keys": lambda d: (
         value_counts(d.k, ["a", "b", "z"]), value_counts(d.g, [3, 0, 9]),
         d.groupby("k", keys=["c", "a", "zz"]).f.sum(), d.groupby("g", keys=[4, 1, 7]).i.var(),
         d.groupby(["g", "k"], keys=[(1, "a"), (9, "b"), (0, "rare")]).size(),
-        d.groupby("b", keys=[True]).n.mean()),
+        d.groupby("b", keys=[True]).n.mean(),
+        crosstab(d.b, d.g, row_values=[True, False], column_values=[0, 1, 7])),
 }
 NOT_PANDAS = {"declared keys"}  # pandas' groupby has no keys=: test_pandas covers them
 
@@ -133,6 +143,8 @@ def test_pushed_down_steps_equal_pandas_over_the_rows_read_in_chunks(visits, fam
     lambda d: d.f.sum(skipna=False), lambda d: d.f.skew(), lambda d: d.n.value_counts(),
     lambda d: d.groupby(["g", "f"]).i.sum(),  # a float key among several
     lambda d: ((d.i > 3) + d.b).sum(),  # pandas adds masks as `|`
+    lambda d: lazy.crosstab(d[d.i > 2].k, d.g),  # pandas lines up the rows by their index
+    lambda d: lazy.crosstab(d.f > d.i, d.g),  # an unnamed Series
     lambda d: d[d.k == "rare"].i.sum(),  # two rows: under min_rows 3, the chunks leave it out
     lambda d: (d.f * np.nan).sum(), lambda d: d.groupby("f").i.sum(),
 ])

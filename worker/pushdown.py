@@ -9,12 +9,12 @@ compares NaN), `& | ~`, `+ - *` (not between two masks, which pandas adds as | a
 by a number, `isna`/`notna`, `abs` and negation; the sums, counts, means and sums of squared
 deviations (var, std, sem) over rows, and the same per key of a group by one or several
 integer, text or bool columns (each key's mean of the previous step joined as a VALUES list of
-bind parameters) with the groups' sizes; `value_counts` of integer, text or bool columns;
-histograms with explicit edges (a CASE with numpy's rule: [e_i, e_i+1), the last bin closed);
-and declared keys (an IN list) of those. Floor division, modulo, powers, NaN constants, real
+bind parameters) with the groups' sizes; `value_counts` and `crosstab` of integer, text or bool
+columns; histograms with explicit edges (a CASE with numpy's rule: [e_i, e_i+1), the last bin
+closed); and declared keys (an IN list) of those. Floor division, modulo, powers, NaN constants, real
 (float4) and numeric columns, boolean columns with a NULL (pandas reads objects), keys of a
 float column (an integer column with a NULL is one), declared keys of other types than their
-column's, crosstab, skew, kurt, cov, corr and order statistics do not map; nor does a step where
+column's, skew, kurt, cov, corr and order statistics do not map; nor does a step where
 a filter keeps fewer than `min_rows` rows (the chunked reader leaves those out), or whose
 integer sum leaves int64 (pandas wraps it). Values of the task travel as bind parameters, never
 as SQL text.
@@ -172,6 +172,8 @@ class Pushdown:
             return self._binary(node.params["op"], *args)
         if node.op == "unary":
             return _per_column(args[0], lambda c: self._unary(node.params["op"], c))
+        if node.op == "columns":
+            return _side_by_side(args, node.params.get("names"))
         if node.op == "method" and node.params["name"] == "drop" and isinstance(args[0], Rows):
             keywords = dict(zip(node.params["keywords"], args[1:]))
             dropped = keywords.get("columns")
@@ -277,7 +279,7 @@ class Pushdown:
         if kind in _GROUPED:
             return self._per_key(kind, rows, self._keys(rows, args[1]), declared,
                                  args[2] if len(args) > 2 else None)
-        if kind == "value_counts":
+        if kind in ("value_counts", "crosstab"):  # rows per distinct row of their own
             return self._per_key("groupby_size", rows, self._keys(rows, rows), declared)
         if kind == "histogram":
             return self._histogram(rows, node.params["bins"], declared)
@@ -507,6 +509,17 @@ def _select(rows: Any, key: Any) -> Rows:
         raise NotMapped("a column the table does not have")  # pandas' path says which
     return replace(rows, columns=tuple((k, columns[k]) for k in wanted),
                    series=not isinstance(key, (list, tuple)))
+
+
+def _side_by_side(args: list[Any], names: list[Any] | None) -> Rows:
+    """Series of the same rows as the columns of a frame, named after them (or `names`)."""
+    if not all(isinstance(a, Rows) and a.series and a.filters == args[0].filters for a in args):
+        raise NotMapped("columns of rows that do not line up")
+    labels = list(names) if names is not None else [a.columns[0][0] for a in args]
+    if None in labels or len(set(labels)) != len(labels):
+        raise NotMapped("columns without a name, or with the same one")  # pandas numbers them
+    return Rows(tuple((label, a.only()) for label, a in zip(labels, args)), series=False,
+                filters=args[0].filters)
 
 
 def _per_column(rows: Any, apply: Any) -> Rows:
