@@ -423,7 +423,7 @@ class Pushdown:
         sa = self.sa
         means = mean.to_frame() if series and isinstance(mean, pd.Series) else mean
         if not isinstance(means, pd.DataFrame) or means.index.nlevels != len(keys) or \
-                (not series and list(means.columns) != labels):
+                means.shape[1] != len(labels) or (not series and list(means.columns) != labels):
             raise NotMapped("means per key that do not match the groups")
         if means.empty:
             return self.source, [sa.cast(sa.null(), sa.Double)] * len(labels)
