@@ -262,11 +262,12 @@ def test_a_histogram_the_sdk_would_not_build_is_read_in_chunks(visits, params):
 
 @pytest.mark.parametrize("means", [
     pd.Series(["x"], index=[0], name="f"), pd.Series([1.5], index=[0.5], name="f"),
-    pd.Series([np.inf], index=[0], name="f"), pd.DataFrame({"f": [1.0], "x": [2.0]}, index=[0])])
+    pd.Series([np.inf], index=[0], name="f"), pd.DataFrame({"f": [1.0], "x": [2.0]}, index=[0]),
+    pd.Series(0.5, index=range(20_000), name="f")])
 def test_means_per_key_that_are_not_numbers_by_key_are_not_pushed_down(visits, means):
     """The previous step's means come from the coordinator: text, a key of another type, an
-    infinite mean or more columns than the step's is left to the chunked reader (and never
-    reaches SQL)."""
+    infinite mean, more columns than the step's or more keys than a statement's parameters
+    hold are left to the chunked reader (and never reach SQL)."""
     plan = plan_of(lambda d: d.groupby("g").f.var())
     (mean,) = plan.inputs_of(1)
     assert pushed_parts(plan, 1, "d", visits, {mean: means}, 1) is None
