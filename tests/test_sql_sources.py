@@ -287,3 +287,15 @@ def test_an_integer_sum_beyond_int64_is_read_in_chunks_as_pandas_wraps_it(postgr
         plan = plan_of(body)
         assert pushed_parts(plan, 0, "d", huge, {}, 1) is None
         assert_same(run_over(body, huge, 1, 7), run_over(body, huge, 1, 7, chunked))
+
+
+def test_means_declared_keys_and_edges_travel_as_bind_parameters(visits, postgres):
+    before = len(postgres.log())
+    markers = ("marker-key-77", "4242.375", "4242.625")
+    run_over(lambda d: (d.groupby("k", keys=["a", markers[0]]).f.var(),
+                        histogram(d.f, [-4242.375, 0, 4242.625])), visits, 1, 7, pushed)
+    statements = postgres.log()[before:]
+    assert "VALUES" in statements and "CASE WHEN" in statements and " IN (" in statements
+    sql = [line for line in statements.splitlines() if "parameters:" not in line]
+    assert not [line for line in sql if any(marker in line for marker in markers)]
+    assert all(marker in statements for marker in markers)  # in the parameters
