@@ -67,6 +67,11 @@ def crosstab(index: Any, columns: Any, **declared: Any) -> Any:
     return lazy.crosstab(index, columns, **declared)
 
 
+def kept(rows: Any, *columns: str) -> list[Any]:
+    """Columns of the same filtered rows (one filter node, as pandas' rows line up)."""
+    return [rows[c] for c in columns]
+
+
 def pushed(plan, stage, tables, inputs, min_rows, chunk_rows):
     (argument, table), = tables.items()
     parts = pushed_parts(plan, stage, argument, table, inputs, min_rows)
@@ -108,7 +113,7 @@ MAPPED = {
                              histogram(d.i, [0, 3, 3, 9]), histogram(d.n, [-50.5, 0, 49]),
                              histogram(d[d.i > 2].f, [-1, 1])),
     "crosstabs": lambda d: (crosstab(d.k, d.g), crosstab(d.b, d.i > 4),
-                            (lambda e: crosstab(e.g, e.k))(d[d.f > 0])),
+                            crosstab(*kept(d[d.f > 0], "g", "k"))),
     "declared keys": lambda d: (
         value_counts(d.k, ["a", "b", "z"]), value_counts(d.g, [3, 0, 9]),
         d.groupby("k", keys=["c", "a", "zz"]).f.sum(), d.groupby("g", keys=[4, 1, 7]).i.var(),
