@@ -22,8 +22,10 @@ as SQL text.
 Only PostgreSQL tables are pushed down: its types are strict, so a column's SQL type says which
 dtype pandas reads it as, and an integer overflow is an error (the step is then read in chunks).
 SQLite is left out: its columns are typed per value (an INTEGER column may hold text or reals,
-so every step would first scan each column's typeof()), and where int64 arithmetic wraps in
-pandas, SQLite's `+ - *` turn an overflowing integer into a real without an error.
+so every step would first scan each column's typeof()); where int64 arithmetic wraps in pandas,
+SQLite's `+ - *` turn an overflowing integer into a real without an error; and it compares an
+integer with a real exactly, where pandas first rounds the integer to a float64 (2**53 + 1 >
+2.0**53 in SQLite, not in pandas).
 """
 
 from __future__ import annotations
