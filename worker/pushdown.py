@@ -2,15 +2,30 @@
 stay in the database and its own engine does the scan.
 
 A step is pushed down only where every operation it uses maps to SQL whose meaning is pandas'
-own, and the parts come back exactly as pandas would give them (dtypes, labels, the `min_rows`
-rule): column selection, filters by comparisons with numbers (two-valued, as pandas compares
-NaN), `& | ~`, `+ - *`, division by a number, `isna`/`notna`, `abs` and negation, and the sums,
-counts, means, sums of squared deviations and per-key sums, counts, means and sizes of a group
-by an integer or text column. Floor division, modulo, powers, NaN constants, real (float4) and
-numeric columns do not map; nor does a step where a filter keeps fewer than `min_rows` rows
-(the chunked reader leaves those out). Values of the task travel as bind parameters, never as
-SQL text. Only PostgreSQL tables are pushed down: its types are strict, so a column's SQL type
-says which dtype pandas reads it as.
+own, and the parts come back exactly as the chunked reader makes them (dtypes, labels and their
+order, the `min_rows` rule per set, group and cell): column selection (integer, double, text,
+and boolean columns without a NULL), filters by comparisons with numbers (two-valued, as pandas
+compares NaN), `& | ~`, `+ - *` (not between two masks, which pandas adds as | and &), division
+by a number, `isna`/`notna`, `abs` and negation; the sums, counts, means and sums of squared
+deviations (var, std, sem) over rows, and the same per key of a group by one or several
+integer, text or bool columns (each key's mean of the previous step joined as a VALUES list of
+bind parameters) with the groups' sizes; `value_counts` and `crosstab` of integer, text or bool
+columns; histograms with explicit edges (a CASE with numpy's rule: [e_i, e_i+1), the last bin
+closed); and declared keys (an IN list) of those. Floor division, modulo, powers, NaN constants, real
+(float4) and numeric columns, boolean columns with a NULL (pandas reads objects), keys of a
+float column (an integer column with a NULL is one), declared keys of other types than their
+column's, skew, kurt, cov, corr and order statistics do not map; nor does a step where
+a filter keeps fewer than `min_rows` rows (the chunked reader leaves those out), or whose
+integer sum leaves int64 (pandas wraps it). Values of the task travel as bind parameters, never
+as SQL text.
+
+Only PostgreSQL tables are pushed down: its types are strict, so a column's SQL type says which
+dtype pandas reads it as, and an integer overflow is an error (the step is then read in chunks).
+SQLite is left out: its columns are typed per value (an INTEGER column may hold text or reals,
+so every step would first scan each column's typeof()); where int64 arithmetic wraps in pandas,
+SQLite's `+ - *` turn an overflowing integer into a real without an error; and it compares an
+integer with a real exactly, where pandas first rounds the integer to a float64 (2**53 + 1 >
+2.0**53 in SQLite, not in pandas).
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from sdk.analytics.graph import Node
-from sdk.analytics.plan import Parts, Plan
+from sdk.analytics.plan import Parts, Plan, check_inputs, declared_index
 from worker.datasets import DatasetError
 from worker.sources import SqlTable
 
@@ -33,8 +48,11 @@ log = logging.getLogger("deltaflow.worker")
 DIALECTS = {"postgresql"}
 _ARITHMETIC = {"add", "sub", "mul"}
 _COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
-_GROUPED = {"groupby_sum", "groupby_count", "groupby_mean", "groupby_size"}
+_GROUPED = {"groupby_sum", "groupby_count", "groupby_mean", "groupby_size", "groupby_var",
+            "groupby_std", "groupby_sem"}
 _UNGROUPED = {"sum", "count", "mean", "var", "std", "sem"}
+_KEY_DTYPES = {"int": "int64", "text": "str", "bool": "bool"}  # key kinds, as pandas reads them
+_MOST_PARAMETERS = 30_000  # of one statement (PostgreSQL takes 65,535)
 
 
 class NotMapped(Exception):
@@ -68,14 +86,15 @@ def pushed_parts(plan: Plan, stage: int, argument: str, table: SqlTable, inputs:
                  min_rows: int) -> Parts | None:
     """The parts of `stage` computed by `table`'s database; None where the step does not map
     (or the database refuses a query: the chunked reader then gives pandas' answer, or the
-    error)."""
+    error); PrivacyError where `inputs` hold a value the step does not need."""
+    check_inputs(plan, stage, inputs)
     if table.dialect not in DIALECTS or table.spec.table is None:
         return None
     try:
         with table.connect() as connection:
             return Pushdown(plan, stage, argument, table.selectable(connection), connection,
                             inputs, min_rows).parts()
-    except NotMapped as reason:
+    except (NotMapped, OverflowError) as reason:  # an integer sum beyond int64, which wraps
         log.info("step %d over %r is read in chunks: %s", stage + 1, table.name, reason)
     except DatasetError as error:
         log.info("step %d over %r is read in chunks: %s", stage + 1, table.name, error)
@@ -103,16 +122,18 @@ class Pushdown:
         """Every column of the table, typed as pandas reads it: an integer column with a NULL
         is float64, a double's NaN is missing."""
         sa = self.sa
-        integers = [c for c in self.source.columns if isinstance(c.type, sa.Integer)]
+        typed = [c for c in self.source.columns if isinstance(c.type, (sa.Integer, sa.Boolean))]
         counts = self.connection.execute(sa.select(
-            sa.func.count(), *[sa.func.count(c) for c in integers]).select_from(self.source)).one()
+            sa.func.count(), *[sa.func.count(c) for c in typed]).select_from(self.source)).one()
         self.rows = counts[0]
         if 0 < self.rows < self.min_rows:
             raise NotMapped("the table has fewer rows than min_rows")
-        complete = {c.name for c, n in zip(integers, counts[1:]) if n == counts[0]}
+        complete = {c.name for c, n in zip(typed, counts[1:]) if n == counts[0]}
         columns = []
         for c in self.source.columns:
-            if isinstance(c.type, sa.Integer):
+            if isinstance(c.type, sa.Boolean):  # with a NULL, pandas reads objects
+                column = Column(c, "bool" if c.name in complete else "other")
+            elif isinstance(c.type, sa.Integer):
                 column = (Column(sa.cast(c, sa.BigInteger), "int") if c.name in complete
                           else Column(sa.cast(c, sa.Double), "float"))
             elif isinstance(c.type, sa.Double):
@@ -153,6 +174,8 @@ class Pushdown:
             return self._binary(node.params["op"], *args)
         if node.op == "unary":
             return _per_column(args[0], lambda c: self._unary(node.params["op"], c))
+        if node.op == "columns":
+            return _side_by_side(args, node.params.get("names"))
         if node.op == "method" and node.params["name"] == "drop" and isinstance(args[0], Rows):
             keywords = dict(zip(node.params["keywords"], args[1:]))
             dropped = keywords.get("columns")
@@ -192,6 +215,8 @@ class Pushdown:
             return Column((sa.and_ if op == "and" else sa.or_)(left.expr, right.expr), "bool")
         a, b = _number(left), _number(right)
         if op in _ARITHMETIC:
+            if left.kind == right.kind == "bool":  # pandas adds and multiplies masks as | and &
+                raise NotMapped(f"{op} of two masks")
             expression = {"add": a + b, "sub": a - b, "mul": a * b}[op]
             return Column(expression, "int" if left.kind == right.kind == "int" else "float")
         if op in _COMPARISONS:
@@ -247,15 +272,19 @@ class Pushdown:
             raise NotMapped("a reduction of aggregates")
         if node.params.get("skipna", True) is not True:
             raise NotMapped("skipna=False")
-        if "declared_keys" in node.params:
-            raise NotMapped("declared keys")
         if node.params.get("numeric_only") and any(
                 c.kind in ("text", "other") for _, c in rows.columns):
             raise NotMapped("numeric_only over columns of other types")
         if kind in _UNGROUPED:
             return self._over_rows(kind, rows, args[1] if len(args) > 1 else None)
+        declared = node.params.get("declared_keys")
         if kind in _GROUPED:
-            return self._per_key(kind, rows, args[1])
+            return self._per_key(kind, rows, self._keys(rows, args[1]), declared,
+                                 args[2] if len(args) > 2 else None)
+        if kind in ("value_counts", "crosstab"):  # rows per distinct row of their own
+            return self._per_key("groupby_size", rows, self._keys(rows, rows), declared)
+        if kind == "histogram":
+            return self._histogram(rows, node.params["bins"], declared)
         raise NotMapped(f"the reduction {kind}")
 
     def _over_rows(self, kind: str, rows: Rows, mean: Any) -> dict[str, Any]:
@@ -268,10 +297,10 @@ class Pushdown:
                 x = _number(c, count_only=False)
                 if spread:
                     centre = mean if rows.series else _at(mean, label)
-                    if pd.isna(centre):  # no values: every deviation is missing
+                    if _centre(centre) is None:  # no values: every deviation is missing
                         selected += [sa.null(), sa.null()]
                         continue
-                    deviation = x - sa.literal(float(centre), sa.Double)
+                    deviation = x - sa.literal(_centre(centre), sa.Double)
                     selected += [sa.func.sum(deviation * deviation), sa.func.sum(deviation)]
                 else:
                     selected.append(sa.func.sum(x))
@@ -287,7 +316,7 @@ class Pushdown:
         if spread:
             squares = [0.0 if h else s for s, h in zip(sums[0::2], hidden)]
             deviations = [0.0 if h else s for s, h in zip(sums[1::2], hidden)]
-            counts = [0 if pd.isna(mean if rows.series else _at(mean, label)) else n
+            counts = [0 if _centre(mean if rows.series else _at(mean, label)) is None else n
                       for n, label in zip(counts, labels)]
             return {"squares": _shaped(rows, labels, squares, kinds),
                     "deviations": _shaped(rows, labels, deviations, kinds),
@@ -297,30 +326,68 @@ class Pushdown:
             return {"sum": total}
         return {"sum": total, "count": _shaped(rows, labels, counts, ["int"] * len(labels))}
 
-    def _per_key(self, kind: str, rows: Rows, keys: Any) -> dict[str, Any]:
-        sa = self.sa
+    def _keys(self, rows: Rows, keys: Any) -> list[tuple[Any, Column]]:
+        """The key columns of a group by (or of a value count): integer, text or bool columns
+        of the same rows, each with a label."""
         if not isinstance(keys, Rows) or keys.filters != rows.filters:
             raise NotMapped("keys of other rows")
-        if len(keys.columns) != 1:
-            raise NotMapped("several keys")
-        (key_label, key), = keys.columns
-        if key.kind not in ("int", "text") or key_label is None:
-            raise NotMapped("keys that are not an integer or text column")
+        if any(key.kind not in _KEY_DTYPES or label is None for label, key in keys.columns):
+            raise NotMapped("keys that are not integer, text or bool columns")
+        return list(keys.columns)
+
+    def _per_key(self, kind: str, rows: Rows, keys: list[tuple[Any, Column]], declared: Any,
+                 mean: Any = None) -> dict[str, Any]:
+        """Parts per key: groups of fewer than min_rows rows left out, and a cell (a column in
+        a group) of fewer than min_rows values counted as empty, as the chunked reader does;
+        with `declared` keys, over their rows only, and on exactly those keys."""
+        parts = self._per_key_found(kind, rows, keys, mean, self._declared(keys, declared))
+        if declared is None:
+            return parts
+        return {name: value.reindex(declared_index(declared, value.index), fill_value=0)
+                for name, value in parts.items()}
+
+    def _declared(self, keys: list[tuple[Any, Column]], declared: Any) -> tuple[Any, ...]:
+        """The condition that a row's key is one of `declared` (none for None): each declared
+        key of the key columns' own types (a tuple of them for several keys), as pandas'
+        isin matches them."""
+        if declared is None:
+            return ()
+        if len(declared) * len(keys) > _MOST_PARAMETERS:
+            raise NotMapped("too many declared keys to send as parameters")
+        if len(keys) == 1:
+            (_, key), = keys
+            return (key.expr.in_([_key_value(k, key.kind) for k in declared]),)
+        if any(not isinstance(k, tuple) or len(k) != len(keys) for k in declared):
+            raise NotMapped("declared keys that are not tuples of every key")
+        return (self.sa.tuple_(*[key.expr for _, key in keys]).in_(
+            [tuple(_key_value(v, key.kind) for v, (_, key) in zip(k, keys)) for k in declared]),)
+
+    def _per_key_found(self, kind: str, rows: Rows, keys: list[tuple[Any, Column]], mean: Any,
+                       where: tuple[Any, ...]) -> dict[str, Any]:
+        """Parts per key of the groups found in the rows `where` keeps."""
+        sa = self.sa
         labels = [label for label, _ in rows.columns]
-        selected = [key.expr, sa.func.count()] + [sa.func.count(c.expr) for _, c in rows.columns]
+        width, n = len(labels), len(keys)
+        spread = kind in ("groupby_var", "groupby_std", "groupby_sem")
+        source, centres = self._centred(keys, labels, rows.series, mean) if spread else \
+            (self.source, [])
+        selected = [key.expr for _, key in keys] + [sa.func.count()] + \
+            [sa.func.count(c.expr) for _, c in rows.columns]
         if kind in ("groupby_sum", "groupby_mean"):
-            selected += [sa.func.sum(_number(c, count_only=False)) for _, c in rows.columns]
+            selected += [sa.func.sum(_number(c)) for _, c in rows.columns]
+        for (_, c), centre in zip(rows.columns, centres):
+            deviation = _number(c) - centre
+            selected += [sa.func.sum(deviation * deviation), sa.func.sum(deviation),
+                         sa.func.count(deviation)]
         answer = self.connection.execute(
-            sa.select(*selected).select_from(self.source)
-            .where(*rows.filters, key.expr.is_not(None)).group_by(key.expr)).all()
-        answer = [r for r in answer if r[1] >= self.min_rows]  # groups counted as empty
-        index = pd.Index([r[0] for r in answer], dtype="int64" if key.kind == "int" else "str",
-                         name=key_label)
-        width = len(labels)
-        counts = [[r[2 + i] for r in answer] for i in range(width)]
-        hidden = [[0 < n < self.min_rows for n in column] for column in counts]
-        counts = [[0 if h else n for n, h in zip(column, hide)]
-                  for column, hide in zip(counts, hidden)]
+            sa.select(*selected).select_from(source)
+            .where(*rows.filters, *where, *[key.expr.is_not(None) for _, key in keys])
+            .group_by(*[key.expr for _, key in keys])).all()
+        answer = [r for r in answer if r[n] >= self.min_rows]  # groups counted as empty
+        index = _key_index([r[:n] for r in answer], keys)
+        counts = [[r[n + 1 + i] for r in answer] for i in range(width)]
+        hidden = [[0 < c < self.min_rows for c in column] for column in counts]
+        extra = [[r[i] for r in answer] for i in range(n + 1 + width, len(selected))]
 
         def table(columns: list[list[Any]], kinds: list[str]) -> Any:
             frame = pd.DataFrame({i: pd.Series(values, index=index, dtype=_dtype(k))
@@ -330,18 +397,95 @@ class Pushdown:
             frame = frame.sort_index()
             return frame.iloc[:, 0].rename(labels[0]) if rows.series else frame
 
+        def shown(column: list[Any], i: int, empty: Any) -> list[Any]:
+            return [empty if h else (v or empty) for v, h in zip(column, hidden[i])]
+
         if kind == "groupby_size":
-            size = pd.Series([r[1] for r in answer], index=index, dtype="int64").sort_index()
+            size = pd.Series([r[n] for r in answer], index=index, dtype="int64").sort_index()
             return {"size": size.rename(labels[0]) if rows.series else size}
-        count = table(counts, ["int"] * width)
+        count = table([shown(c, i, 0) for i, c in enumerate(counts)], ["int"] * width)
         if kind == "groupby_count":
             return {"count": count}
-        sums = [[0.0 if h else (s or 0) for s, h in zip([r[2 + width + i] for r in answer],
-                                                       hidden[i])] for i in range(width)]
+        if spread:
+            return {"squares": table([shown(extra[3 * i], i, 0.0) for i in range(width)],
+                                     ["float"] * width),
+                    "deviations": table([shown(extra[3 * i + 1], i, 0.0) for i in range(width)],
+                                        ["float"] * width),
+                    "count": table([shown(extra[3 * i + 2], i, 0) for i in range(width)],
+                                   ["int"] * width)}
         kinds = ["float" if any(hidden[i]) else _sum_kind(c)
                  for i, (_, c) in enumerate(rows.columns)]
-        total = table(sums, kinds)
+        total = table([shown(extra[i], i, 0) for i in range(width)], kinds)
         return {"sum": total} if kind == "groupby_sum" else {"sum": total, "count": count}
+
+    def _centred(self, keys: list[tuple[Any, Column]], labels: list[Any], series: bool,
+                 mean: Any) -> tuple[Any, list[Any]]:
+        """The table joined to each key's mean of the previous step (bound as a VALUES list),
+        and each column's mean per row: NULL where the key has none, as pandas' NaN."""
+        sa = self.sa
+        means = mean.to_frame() if series and isinstance(mean, pd.Series) else mean
+        if not isinstance(means, pd.DataFrame) or means.index.nlevels != len(keys) or \
+                means.shape[1] != len(labels) or (not series and list(means.columns) != labels):
+            raise NotMapped("means per key that do not match the groups")
+        if means.empty:
+            return self.source, [sa.cast(sa.null(), sa.Double)] * len(labels)
+        if means.size + means.shape[0] * len(keys) > _MOST_PARAMETERS:
+            raise NotMapped("too many groups to send their means as parameters")
+        rows = [tuple(_key_value(v, key.kind) for v, (_, key) in
+                      zip(k if isinstance(k, tuple) else (k,), keys)) +
+                tuple(_centre(m) for m in values)
+                for k, values in zip(means.index, means.itertuples(index=False))]
+        names = [f"k{i}" for i in range(len(keys))] + [f"m{i}" for i in range(len(labels))]
+        table = sa.values(*[sa.column(name) for name in names], name="centres").data(rows)
+        types = {"int": sa.BigInteger, "text": sa.Text, "bool": sa.Boolean}
+        joined = self.source.outerjoin(table, sa.and_(*[
+            key.expr == sa.cast(table.c[f"k{i}"], types[key.kind])
+            for i, (_, key) in enumerate(keys)]))
+        return joined, [sa.cast(table.c[f"m{i}"], sa.Double) for i in range(len(labels))]
+
+    def _histogram(self, rows: Rows, bins: list[float], declared: Any) -> dict[str, Any]:
+        """numpy.histogram's counts per bin [e_i, e_i+1), the last closed, as a CASE (for
+        finite edges in order); the SDK declares every bin."""
+        sa = self.sa
+        if not (len(bins) >= 2 and all(isinstance(_constant(e), (int, float)) for e in bins)
+                and list(bins) == sorted(bins)):
+            raise NotMapped("a histogram of edges that are not finite numbers in order")
+        x = sa.cast(_number(rows.only()), sa.Double)
+        edges = [sa.literal(float(e), sa.Double) for e in bins]
+        last = len(bins) - 2
+        code = sa.case(*[(sa.and_(x >= edges[i], x < edges[i + 1]), i) for i in range(last + 1)],
+                       (x == edges[-1], last), else_=-1)
+        return self._per_key("groupby_size", rows, [(None, Column(code, "int"))], declared)
+
+
+def _key_index(values: list[tuple[Any, ...]], keys: list[tuple[Any, Column]]) -> pd.Index:
+    """The groups' keys as pandas labels them: an Index, or a MultiIndex for several keys."""
+    levels = [pd.Index([v[i] for v in values], dtype=_KEY_DTYPES[key.kind], name=label)
+              for i, (label, key) in enumerate(keys)]
+    return levels[0] if len(levels) == 1 else pd.MultiIndex.from_arrays(levels)
+
+
+def _centre(mean: Any) -> float | None:
+    """A mean of the previous step as a bind parameter: None where it is missing."""
+    if isinstance(mean, (float, np.floating)) and math.isnan(mean):
+        return None
+    number = _constant(mean)
+    if not isinstance(number, (int, float)) or isinstance(number, bool):
+        raise NotMapped("a mean that is not a number")
+    return float(number)
+
+
+def _key_value(value: Any, kind: str) -> Any:
+    """A key (of the previous step's means, or declared) as a bind parameter of the key
+    column's type; other types (a float key of another holder's) do not map."""
+    if kind == "bool" and isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if kind == "int" and isinstance(value, (int, np.integer)) and not isinstance(
+            value, (bool, np.bool_)):
+        return int(value)
+    if kind == "text" and isinstance(value, str):
+        return value
+    raise NotMapped("a key of another type than the key column's")
 
 
 def _constant(value: Any) -> Any:
@@ -367,6 +511,17 @@ def _select(rows: Any, key: Any) -> Rows:
         raise NotMapped("a column the table does not have")  # pandas' path says which
     return replace(rows, columns=tuple((k, columns[k]) for k in wanted),
                    series=not isinstance(key, (list, tuple)))
+
+
+def _side_by_side(args: list[Any], names: list[Any] | None) -> Rows:
+    """Series of the same rows as the columns of a frame, named after them (or `names`)."""
+    if not all(isinstance(a, Rows) and a.series and a.filters == args[0].filters for a in args):
+        raise NotMapped("columns of rows that do not line up")
+    labels = list(names) if names is not None else [a.columns[0][0] for a in args]
+    if None in labels or len(set(labels)) != len(labels):
+        raise NotMapped("columns without a name, or with the same one")  # pandas numbers them
+    return Rows(tuple((label, a.only()) for label, a in zip(labels, args)), series=False,
+                filters=args[0].filters)
 
 
 def _per_column(rows: Any, apply: Any) -> Rows:

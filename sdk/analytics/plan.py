@@ -114,6 +114,14 @@ class SmallSets:
         return empty_pairs(parts, parts["count"], self.min_rows)
 
 
+def check_inputs(plan: Plan, stage: int, inputs: dict[int, Any]) -> None:
+    """PrivacyError where `inputs` give a value for a node that `stage` does not need."""
+    unexpected = set(inputs) - set(plan.inputs_of(stage))
+    if unexpected:
+        raise PrivacyError(f"step {stage + 1} was sent values for nodes {sorted(unexpected)}, "
+                           "which it does not need: refused")
+
+
 def worker_parts(
     plan: Plan, stage: int, frames: dict[str, Any], inputs: dict[int, Any], min_rows: int = 1,
     sets: SmallSets | None = None,
@@ -129,10 +137,7 @@ def worker_parts(
     `EvaluationError` composed from the graph, which names no value of a row.
     """
     sets = sets or SmallSets(min_rows)
-    unexpected = set(inputs) - set(plan.inputs_of(stage))
-    if unexpected:
-        raise PrivacyError(f"step {stage + 1} was sent values for nodes {sorted(unexpected)}, "
-                           "which it does not need: refused")
+    check_inputs(plan, stage, inputs)
     memo: dict[int, Any] = dict(inputs)
 
     def value(node_id: int) -> Any:
@@ -178,11 +183,11 @@ def _parts(node: Node, arguments: list[Any], sets: SmallSets) -> dict[str, Any]:
     parts = reduction.partial(rows, keys, *aggregates, **params)
     if declared is None:
         return parts
-    return {name: value.reindex(_declared_index(declared, value.index), fill_value=0)
+    return {name: value.reindex(declared_index(declared, value.index), fill_value=0)
             for name, value in parts.items()}
 
 
-def _declared_index(declared: list[Any], like: pd.Index) -> pd.Index:
+def declared_index(declared: list[Any], like: pd.Index) -> pd.Index:
     """The declared keys as an index named as `like`: a MultiIndex for tuples of keys."""
     if isinstance(like, pd.MultiIndex):
         return pd.MultiIndex.from_tuples(declared, names=like.names)
