@@ -177,7 +177,7 @@ def test_a_worker_without_the_file_is_not_eligible_and_the_log_says_so(cluster):
     cluster.start_worker("w2", {"wages.csv": wages(12, 2)})
     cluster.start_worker("w3", {"other.csv": wages(5, 3)})
     client = cluster.client()
-    task_id = client.create_task(WageAvg().build())
+    task_id = client.create_task(WageAvg(connection_timeout=5).build())  # all are connected
     assert client.wait(task_id)
     log = log_text(client, task_id)
     assert "not eligible: 1 worker lacks wages.csv: w3" in log

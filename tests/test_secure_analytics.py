@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from test_pandas import FAMILIES, SETTINGS, assert_same, plan_of, split_frames
 
 from sdk import values
@@ -38,7 +38,7 @@ def secure_in_process(plan: Plan, holders: list[dict], drop: dict | None = None)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@SETTINGS
+@settings(SETTINGS, max_examples=25)  # test_pandas covers the arithmetic over 60 splits a family
 @given(split=split_frames())
 def test_secure_federated_equals_pandas_on_the_stacked_rows(family, split):
     holders, threshold = split

@@ -115,7 +115,7 @@ def _peak_rss(pid: int) -> int:
 
 
 def test_a_workers_peak_memory_is_the_chunks_not_the_tables(cluster):
-    """Two workers read a CSV in chunks of 5,000 rows, one the other's four times over: their
+    """Two workers read a CSV in chunks of 20,000 rows, one the other's four times over: their
     peaks differ by less than half the 32 MB of floats w4's three extra copies hold (read
     whole, w4 peaked 94 MB above w1; in chunks, 2 MB)."""
     random = np.random.default_rng(0)
@@ -128,7 +128,7 @@ def test_a_workers_peak_memory_is_the_chunks_not_the_tables(cluster):
         (cluster.data_dir(name) / "big.csv").write_text(header + "\n" + body * copies)
     cluster.start_coordinator()
     for name in ("w1", "w4"):
-        cluster.start_worker(name, None, True, "--chunk-rows", "5000")
+        cluster.start_worker(name, None, True, "--chunk-rows", "20000")
     client = cluster.client()
     task_id = client.create_task(ColumnMeans().build())
     assert client.wait(task_id), client.get_task(task_id).error
