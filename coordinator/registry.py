@@ -298,9 +298,10 @@ class WorkerRegistry:
 
     async def wait_for_change(self, timeout: float) -> None:
         """Returns when a worker connects, drops or changes its datasets, or after `timeout`."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        try:  # not wait_for, which in 3.11 can lose a cancellation that comes with a change
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
             pass
 
     def _notify(self) -> None:

@@ -348,9 +348,10 @@ class Worker:
         handlers: set[asyncio.Task[None]] = set()
         try:
             while True:
-                try:
-                    message = await asyncio.wait_for(call.read(), silence_limit)
-                except asyncio.TimeoutError:
+                try:  # asyncio.timeout: 3.11's wait_for loses a cancellation (a stop) that
+                    async with asyncio.timeout(silence_limit):  # comes as a message does
+                        message = await call.read()
+                except TimeoutError:
                     log.warning("coordinator silent for %.0f s; reconnecting", silence_limit)
                     return
                 if message is grpc.aio.EOF:
