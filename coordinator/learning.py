@@ -195,11 +195,14 @@ class _SecureAggregate:
         bits = weights.secure_bits(spec)
         self.length = weights.secure_length(self.infos, bits)
         self.sum = WordSum(np.zeros(self.length, dtype=WORDS[bits]))  # reused: faulted in once
+        self.described = 0  # workers of the last round whose protocol the log stated
 
     async def train(self, inputs: dict[str, Any], average: Path) -> Outcome:
         protocol = SecureRound(self.round, self.rules, self.secagg)
+        selected = len(self.round.workers)  # the log restates the protocol when this changes
         answers = await self.round.phase("secagg_keys", self.rules.connection_timeout,
-                                         secagg=protocol.opening())
+                                         secagg=protocol.opening(selected != self.described))
+        self.described = selected
         # In a thread: it zeroes the sum, seconds for a large model, while heartbeats go on.
         await asyncio.to_thread(protocol.start, protocol.parse(answers, "secagg_keys"),
                                 self.length, self.sum.words)

@@ -58,21 +58,24 @@ class SecureRound:
     def names(self) -> list[str]:
         return [w.name for w in self.workers]
 
-    def opening(self) -> SecAggRequests:
-        """The first phase's requests: each worker's number, and how many were selected. The
-        task's log states the round's protocol and threshold at its first step."""
-        n = len(self.workers)
-        if self.stage == 0 and self.rule.uses_plus(n):
-            self.round.log(
-                f"round {self.round.number}: SecAgg+ over {n} workers (more than the task's "
-                f"secagg_plus_above {self.rule.plus_above}): each masks with k = "
-                f"{graph.degree(n)} neighbours on a ring drawn from nonces every worker "
-                f"committed to; threshold {self.rule.describe(n)}")
-        elif self.stage == 0:
-            self.round.log(f"round {self.round.number}: secure aggregation over {n} workers; "
-                           f"threshold {self.rule.describe(n)}")
+    def opening(self, describe: bool = True) -> SecAggRequests:
+        """The first phase's requests: each worker's number, and how many were selected. With
+        `describe`, the task's log states the round's protocol and threshold at its first
+        step."""
+        if describe and self.stage == 0:
+            self.round.log(f"round {self.round.number}: {self._protocol()}")
         return {w.name: pb.SecAggRequest(index=u, selected=len(self.workers))
                 for u, w in enumerate(self.workers)}
+
+    def _protocol(self) -> str:
+        """The round's protocol and threshold, in words."""
+        n = len(self.workers)
+        if self.rule.uses_plus(n):
+            return (f"SecAgg+ over {n} workers (more than the task's secagg_plus_above "
+                    f"{self.rule.plus_above}): each masks with k = {graph.degree(n)} neighbours "
+                    f"on a ring drawn from nonces every worker committed to; threshold "
+                    f"{self.rule.describe(n)}")
+        return f"secure aggregation over {n} workers; threshold {self.rule.describe(n)}"
 
     def start(self, responses: dict[str, pb.SecAggResponse], vector_length: int,
               total: np.ndarray | None = None) -> None:

@@ -120,6 +120,9 @@ def test_fedavg_over_three_workers_equals_fedavg_in_process(cluster, secure):
     log = log_text(client, task_id)
     assert "round 3/3: mse=" in log and "from 3 workers" in log
     assert f"secure aggregation: {'on' if secure else 'off'}" in log
+    # The protocol and threshold are stated once, the three rounds keeping their three workers.
+    stated = log.count("secure aggregation over 3 workers; threshold")
+    assert stated == (1 if secure else 0), log
 
 
 def test_the_engine_task_holds_no_network_and_never_imports_grpc(cluster):
