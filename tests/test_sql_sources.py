@@ -16,7 +16,6 @@ from test_pandas import assert_same, plan_of
 from test_pandas_stats import histogram, value_counts
 
 from sdk import pandas as lazy
-from sdk.analytics.errors import EvaluationError
 from sdk.analytics.plan import PrivacyError
 from worker.chunks import stage_parts
 from worker.datasets import DataDir, DatasetError

@@ -34,7 +34,6 @@ from sdk.secagg import Rule, SecAggError
 from sdk.secagg.fixedpoint import FixedPointOverflow
 from sdk.trust import ANONYMOUS, Identity, Kit, TrustError, Verifier
 from sdk.wire import CHANNEL_OPTIONS, is_loopback, normalize_address, split_chunks
-from sdk.privacy import asks_for_privacy
 from sdk.privacy.accounting import Cost, describe
 from worker.analytics import AnalyticsJob
 from worker import metrics
