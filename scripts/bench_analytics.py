@@ -12,7 +12,8 @@
    policies reveal order statistics, through secure aggregation.
 
 Usage: python scripts/bench_analytics.py [--runs 30] [--rows 10000] [--tls both|on|off]
-                                         [--source-rows 10000000] [--median-rows 1000000]
+                                         [--source-rows 10000000] [--source-repeats 5]
+                                         [--median-rows 1000000]
 (a value of 0 skips that table)
 """
 
@@ -81,13 +82,15 @@ def main() -> None:
                         help="mutual TLS with a throw-away federation, --insecure, or both")
     parser.add_argument("--source-rows", type=int, default=10_000_000,
                         help="rows of the table each kind of source holds (0: skip)")
+    parser.add_argument("--source-repeats", type=int, default=5,
+                        help="runs of each source's task and of pandas, their median shown")
     parser.add_argument("--median-rows", type=int, default=1_000_000,
                         help="rows of each of the median's 3 holders (0: skip)")
     args = parser.parse_args()
     if args.runs:
         small_tasks(args)
     if args.source_rows:
-        sources_table(args.source_rows)
+        sources_table(args.source_rows, args.source_repeats)
     if args.median_rows:
         median_table(args.median_rows)
 
@@ -178,7 +181,7 @@ def load_postgres(server, csv: Path, table: str) -> None:
     server.admin(f"GRANT SELECT ON {table} TO PUBLIC", f"ANALYZE {table}")
 
 
-def sources_table(rows: int) -> None:
+def sources_table(rows: int, repeats: int) -> None:
     from postgres import Postgres
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -196,15 +199,16 @@ def sources_table(rows: int) -> None:
                   f"{big[0].stat().st_size / 2**20:,.0f} MiB, Parquet "
                   f"{big[1].stat().st_size / 2**20:,.0f} MiB, and a PostgreSQL table (made in "
                   f"{time.perf_counter() - made:.0f} s)")
-            measured = _measure_sources(root / "cluster", server, big, small)
+            measured = _measure_sources(root / "cluster", server, big, small, repeats)
         finally:
             server.stop()
-        baselines = {kind: _pandas_baseline(path, kind)
+        baselines = {kind: _pandas_baseline(path, kind, repeats)
                      for kind, path in (("csv", big[0]), ("parquet", big[1]))}
     reference = rows / baselines["csv"][0]
-    print("One run each; a task's time is create_task to result over mutual TLS, its rows "
-          f"those of the holder of {rows:,} (beside one of {SMALL_ROWS:,}); pandas reads the "
-          "whole file in this process's child and takes the same mean.\n")
+    print(f"Medians of {repeats} runs each (the machine's speed varies by 2x from run to run); a "
+          "task's time is create_task to result over mutual TLS, its rows those of the holder "
+          f"of {rows:,} (beside one of {SMALL_ROWS:,}); pandas reads the whole file in a fresh "
+          "child of this process and takes the same mean.\n")
     print("| source | how | s | rows/s | rows/s / pandas read_csv + mean | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|")
     for kind, (seconds, rss) in measured.items():
@@ -218,9 +222,9 @@ def sources_table(rows: int) -> None:
           "RSS under 500 MB whatever the table's size.")
 
 
-def _measure_sources(root: Path, server, big: tuple[Path, ...],
-                     small: tuple[Path, ...]) -> dict[str, tuple[float, float]]:
-    """Seconds of each kind's task and its big holder's peak RSS (MiB)."""
+def _measure_sources(root: Path, server, big: tuple[Path, ...], small: tuple[Path, ...],
+                     repeats: int) -> dict[str, tuple[float, float]]:
+    """Median seconds of each kind's task and its big holder's peak RSS (MiB)."""
     measured = {}
     with LocalCluster(root) as cluster:
         cluster.start_coordinator()
@@ -241,13 +245,17 @@ def _measure_sources(root: Path, server, big: tuple[Path, ...],
         for name in list(cluster.workers):
             cluster.wait_connected(name)
         client = cluster.client()
-        for kind in ("csv", "parquet", "parquet-uncompressed", "postgresql"):
-            started = time.perf_counter()
-            result = client.get_result(_run(client, FiveColumnMean(_source(kind)).build()))
-            seconds = time.perf_counter() - started
-            if not np.isfinite(np.asarray(result, dtype=float)).all():
-                raise SystemExit(f"the {kind} mean is not a number: {result}")
-            measured[kind] = seconds, _peak_rss(cluster.workers[f"{kind}-big"].process.pid)
+        times: dict[str, list[float]] = {}
+        for _ in range(repeats):  # each kind in turn, so that a slow spell hits all of them
+            for kind in ("csv", "parquet", "parquet-uncompressed", "postgresql"):
+                started = time.perf_counter()
+                result = client.get_result(_run(client, FiveColumnMean(_source(kind)).build()))
+                times.setdefault(kind, []).append(time.perf_counter() - started)
+                if not np.isfinite(np.asarray(result, dtype=float)).all():
+                    raise SystemExit(f"the {kind} mean is not a number: {result}")
+        for kind, seconds in times.items():
+            measured[kind] = (statistics.median(seconds),
+                              _peak_rss(cluster.workers[f"{kind}-big"].process.pid))
     return measured
 
 
@@ -260,9 +268,9 @@ def _peak_rss(pid: int) -> float:
         return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
 
 
-def _pandas_baseline(path: Path, kind: str) -> tuple[float, float]:
-    """Seconds for pandas to read `path` whole and take the mean, in a fresh process, and its
-    peak RSS (MiB)."""
+def _pandas_baseline(path: Path, kind: str, repeats: int) -> tuple[float, float]:
+    """Median seconds for pandas to read `path` whole and take the mean, each run in a fresh
+    process, and its peak RSS (MiB)."""
     code = (
         "import json, sys, time, pandas as pd\n"
         "start = time.perf_counter()\n"
@@ -271,10 +279,10 @@ def _pandas_baseline(path: Path, kind: str) -> tuple[float, float]:
         "seconds = time.perf_counter() - start\n"
         "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
         "print(json.dumps([seconds, int(hwm.split()[1]) / 1024]))\n")
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                          text=True, check=True)
-    seconds, rss = json.loads(done.stdout)
-    return seconds, rss
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code, str(path)], check=True,
+                                      capture_output=True, text=True).stdout)
+            for _ in range(repeats)]
+    return statistics.median(s for s, _ in runs), max(rss for _, rss in runs)
 
 
 def median_table(rows: int) -> None:

@@ -19,8 +19,9 @@ import pandas as pd
 
 from sdk.analytics.ops import add_parts, by, key_sizes, per_row
 from sdk.analytics.plan import Parts, Plan, SmallSets, empty_pairs, worker_parts
+from worker.arrow_parts import arrow_parts
 from worker.pushdown import pushed_parts
-from worker.sources import SqlTable, Table
+from worker.sources import FileTable, SqlTable, Table
 
 log = logging.getLogger("deltaflow.worker")
 
@@ -45,8 +46,9 @@ def used_columns(plan: Plan, argument: str) -> list[Any] | None:
 
 def stage_parts(plan: Plan, stage: int, tables: dict[str, Table], inputs: dict[int, Any],
                 min_rows: int, chunk_rows: int, pushdown: bool = True) -> Parts:
-    """This worker's parts of `stage` over its tables: pushed down to a database where the step
-    maps to SQL (and `pushdown` is on), else read in chunks of `chunk_rows` rows."""
+    """This worker's parts of `stage` over its tables: where `pushdown` is on, pushed down to a
+    database where the step maps to SQL, or reduced in Arrow over a Parquet file where it maps
+    there; else read in chunks of `chunk_rows` rows."""
     columns = {argument: used_columns(plan, argument) for argument in tables}
     if len(tables) != 1:  # rows of one table at a time would leave the others' out
         frames = {argument: pd.concat(list(table.chunks(columns[argument], chunk_rows)),
@@ -57,6 +59,11 @@ def stage_parts(plan: Plan, stage: int, tables: dict[str, Table], inputs: dict[i
         parts = pushed_parts(plan, stage, argument, table, inputs, min_rows)
         if parts is not None:
             log.info("step %d over %r: pushed down to its database", stage + 1, table.name)
+            return parts
+    if pushdown and isinstance(table, FileTable) and table.parquet:
+        parts = arrow_parts(plan, stage, argument, table, inputs, min_rows, chunk_rows)
+        if parts is not None:
+            log.info("step %d over %r: reduced in Arrow", stage + 1, table.name)
             return parts
     return parts_in_chunks(plan, stage, argument, table, columns[argument], inputs, min_rows,
                            chunk_rows)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sdk.dataset import TABULAR_SUFFIXES, check_relative_name
@@ -70,10 +71,11 @@ class FileTable(Table):
         if suffix not in TABULAR_SUFFIXES:
             raise DatasetError(f"dataset {name!r} is not a {', '.join(TABULAR_SUFFIXES)} file")
         self.separator = TABULAR_SUFFIXES[suffix]
+        self.parquet = self.separator is None
 
     def columns(self) -> list[str]:
         with self._reading():
-            if self.separator is None:
+            if self.parquet:
                 import pyarrow.parquet as pq
                 return list(pq.ParquetFile(self.path).schema_arrow.names)
             return list(pd.read_csv(self.path, sep=self.separator, nrows=0).columns)
@@ -81,7 +83,7 @@ class FileTable(Table):
     def chunks(self, columns: list[str] | None, rows: int) -> Iterator[pd.DataFrame]:
         usecols = self._present(columns)
         with self._reading():
-            if self.separator is None:
+            if self.parquet:
                 yield from self._parquet_chunks(usecols, rows)
                 return
             # Text columns stay text in a chunk where every value is missing, as in the whole
@@ -101,15 +103,53 @@ class FileTable(Table):
                 yield sample
 
     def _parquet_chunks(self, columns: list[str] | None, rows: int) -> Iterator[pd.DataFrame]:
-        import pyarrow.parquet as pq
-        parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
         empty = True
-        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
+        for batch in self._parquet().iter_batches(batch_size=rows, columns=columns):
             empty = False
             yield batch.to_pandas()
         if empty:
-            yield parquet.schema_arrow.empty_table().select(
-                columns if columns is not None else parquet.schema_arrow.names).to_pandas()
+            schema = self._parquet().schema_arrow
+            yield schema.empty_table().select(
+                columns if columns is not None else schema.names).to_pandas()
+
+    def row_groups(self) -> int:
+        """How many row groups a Parquet file has."""
+        with self._reading():
+            return self._parquet().metadata.num_row_groups
+
+    def batches(self, columns: list[str], rows: int, row_groups: list[int],
+                threads: bool) -> Iterator[Any]:
+        """A Parquet file's `columns` in `row_groups`, as Arrow record batches of `rows` rows,
+        decoded on this thread alone or on Arrow's threads too."""
+        with self._reading():
+            yield from self._parquet().iter_batches(batch_size=rows, columns=columns,
+                                                    row_groups=row_groups, use_threads=threads)
+
+    def pandas_dtypes(self) -> dict[Any, Any]:
+        """A Parquet file's columns and the dtype pandas reads each as over the whole file: an
+        int64 column with a null is float64, and a bool column with one object (known from the
+        row groups' statistics; object where they do not say)."""
+        with self._reading():
+            parquet = self._parquet()
+            dtypes = dict(parquet.schema_arrow.empty_table().to_pandas().dtypes.items())
+            metadata = parquet.metadata
+            if metadata.num_columns != len(parquet.schema_arrow):  # nested columns
+                return dict.fromkeys(dtypes, np.dtype(object))
+            for j, name in enumerate(parquet.schema_arrow.names):
+                if dtypes.get(name) not in ("int64", "bool"):
+                    continue
+                statistics = [metadata.row_group(g).column(j).statistics
+                              for g in range(metadata.num_row_groups)
+                              if metadata.row_group(g).num_rows]
+                if not all(s is not None and s.has_null_count for s in statistics):
+                    dtypes[name] = np.dtype(object)  # unknown: not reduced in Arrow
+                elif any(s.null_count for s in statistics):
+                    dtypes[name] = np.dtype("float64" if dtypes[name] == "int64" else object)
+            return dtypes
+
+    def _parquet(self) -> Any:
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
