@@ -46,8 +46,11 @@ def test_learning_code_runs_only_where_the_policy_admits_its_sender(cluster, tmp
 
 
 def test_a_site_that_requires_secure_aggregation_refuses_a_plain_task(cluster):
+    """w1 requires secure aggregation at a threshold of 0.6 or more: a plain task, and a secure
+    one at the default 0.5, are refused; one at 0.75 runs."""
     cluster.start_coordinator()
-    cluster.start_worker("w1", {"wages.csv": wages(10, 1)}, policy=policy(secure="true"))
+    strict = policy(secure="true").replace("[learning]", "min_secagg_threshold = 0.6\n[learning]")
+    cluster.start_worker("w1", {"wages.csv": wages(10, 1)}, policy=strict)
     cluster.start_worker("w2", {"wages.csv": wages(10, 2)})
     client = cluster.client()
     plain = WageAvg().build()
@@ -56,7 +59,14 @@ def test_a_site_that_requires_secure_aggregation_refuses_a_plain_task(cluster):
     assert client.wait(task_id) is False
     assert ("worker w1 refused task 1: the task switches secure aggregation off, which its "
             "policy requires ([analytics] require_secure_aggregation)") in log_text(client, 1)
-    assert client.wait(client.create_task(WageAvg().build()))  # a secure one runs
+    assert client.wait(client.create_task(WageAvg().build())) is False
+    assert ("worker w1 refused task 2: the task's secagg_threshold 0.5 is below its policy's "
+            "0.6 ([analytics] min_secagg_threshold): fewer colluding share holders would unmask "
+            "this holder's input; submit it with secagg_threshold=0.6 or more"
+            ) in log_text(client, 2)
+    strong = WageAvg().build()
+    strong.spec.secagg_threshold = 0.75
+    assert client.wait(client.create_task(strong))  # a secure one, at 0.75, runs
 
 
 def test_only_offered_files_are_advertised_and_the_policy_reloads(cluster):
@@ -126,6 +136,9 @@ def test_policy_files_that_cannot_be_used_say_why():
         ("[analytics]\nmin_rows = true\n", "[analytics] min_rows must be a int"),
         ("[analytics]\nmin_rows = 0\n", "min_rows must be at least 1"),
         ("[learning]\nusers = [1]\n", "[learning] users must be a list of strings"),
+        ("[analytics]\nmin_secagg_threshold = 0.4\n",
+         "[analytics] min_secagg_threshold: secagg_threshold is the fraction f"),
+        ("[analytics]\nmin_secagg_threshold = 1\n", "a number with 0.5 <= f < 1"),
     ):
         with pytest.raises(PolicyError, match=message.replace("[", r"\[").replace("]", r"\]")):
             Policy.parse(text)

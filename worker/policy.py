@@ -18,6 +18,7 @@ from typing import Any
 from sdk.config import file_stamp
 from sdk.privacy import asks_for_privacy
 from sdk.proto import task_pb2
+from sdk.secagg.rule import DEFAULT_FRACTION, check_fraction
 from sdk.trust import Identity
 from worker.budget import Budgets
 from worker.order import DEFAULT_MAX_ORDER_PROBES, probes_of
@@ -39,6 +40,10 @@ users = ["role:analyst"]
 min_rows = 3
 # Refuse tasks that switch secure aggregation off (the coordinator would see this holder's sums).
 require_secure_aggregation = true
+# Refuse secure tasks (analytics and learning) whose secagg_threshold f is lower: t = floor(f x n)
+# + 1 of a round's n share holders rebuild a worker's masks, so a coordinator lying about who
+# dropped needs 2t - n of them colluding to unmask this holder's input (0.5: a majority, 1 or 2).
+min_secagg_threshold = 0.5
 # Min, max, median and quantiles are single rows' values: released only if this is true (or
 # under differential privacy, by a noisy search). Each is found by bisection on counts of this
 # holder's values below thresholds the coordinator picks, one path down a tree per statistic.
@@ -73,7 +78,8 @@ offer = ["*"]
 
 _KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "analytics": {"users": list, "min_rows": int, "require_secure_aggregation": bool,
-                  "reveal_order_statistics": bool, "max_order_probes": int},
+                  "min_secagg_threshold": (int, float), "reveal_order_statistics": bool,
+                  "max_order_probes": int},
     "learning": {"users": list, "share_errors": bool},
     "privacy": {"require_differential_privacy": bool, "epsilon_per_user": (int, float),
                 "delta_per_user": (int, float), "epsilon_total": (int, float),
@@ -98,6 +104,7 @@ class Policy:
     analytics_users: tuple[str, ...] = ("*",)
     min_rows: int | None = None  # None: not set by the file (--min-rows, else 3, decides)
     require_secure_aggregation: bool = False
+    min_secagg_threshold: float = DEFAULT_FRACTION
     reveal_order_statistics: bool = False
     max_order_probes: int = DEFAULT_MAX_ORDER_PROBES
     learning_users: tuple[str, ...] = ()
@@ -132,11 +139,17 @@ class Policy:
         for key in ("min_rows", "max_order_probes"):
             if values.get(f"analytics.{key}", 1) < 1:
                 raise PolicyError(f"[analytics] {key} must be at least 1")
+        least = values.get("analytics.min_secagg_threshold", DEFAULT_FRACTION)
+        try:
+            check_fraction(least)
+        except ValueError as error:
+            raise PolicyError(f"[analytics] min_secagg_threshold: {error}") from None
         budgets = _budgets(values) if "privacy" in tables else None
         return cls(
             analytics_users=values.get("analytics.users", ("role:analyst",)),
             min_rows=values.get("analytics.min_rows"),
             require_secure_aggregation=values.get("analytics.require_secure_aggregation", True),
+            min_secagg_threshold=float(least),
             reveal_order_statistics=values.get("analytics.reveal_order_statistics", False),
             max_order_probes=values.get("analytics.max_order_probes", DEFAULT_MAX_ORDER_PROBES),
             learning_users=values.get("learning.users", ()),
@@ -161,6 +174,13 @@ class Policy:
         if self.require_secure_aggregation and not spec.secure_aggregation:
             raise PolicyRefusal("the task switches secure aggregation off, which its policy "
                                 "requires ([analytics] require_secure_aggregation)")
+        fraction = spec.secagg_threshold or DEFAULT_FRACTION
+        if spec.secure_aggregation and fraction < self.min_secagg_threshold:
+            raise PolicyRefusal(f"the task's secagg_threshold {fraction:g} is below its "
+                                f"policy's {self.min_secagg_threshold:g} ([analytics] "
+                                "min_secagg_threshold): fewer colluding share holders would "
+                                "unmask this holder's input; submit it with secagg_threshold="
+                                f"{self.min_secagg_threshold:g} or more")
         self._check_order_statistics(spec)
         for ref in spec.datasets:
             if not self.offers(ref.file):
