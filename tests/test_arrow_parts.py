@@ -169,3 +169,57 @@ def test_no_error_quotes_a_value_of_the_file(tmp_path):
         for ours, theirs in steps(body, table, 1, 2):
             assert ours is not None
             assert_same(ours, theirs)
+
+
+def test_columns_pandas_cannot_name_as_the_file_does_do_not_map(tmp_path):
+    """Two fields of one name (pandas reads two columns "a"; added up as one, a cell of one
+    value that min_rows hides would come out as the difference of two answers), and labels
+    pandas restores from its metadata as numbers or tuples, which name no field."""
+    rows = 10
+    hidden = pa.array([1234.5] + [None] * (rows - 1))
+    pq.write_table(pa.Table.from_arrays([hidden, pa.array(np.arange(rows, dtype=float)),
+                                         pa.array(range(rows))], names=["a", "a", "i"]),
+                   tmp_path / "d.parquet")
+    table = Catalog(DataDir(tmp_path)).open("d.parquet")
+    assert arrow_parts(plan_of(lambda d: d.a.sum()), 0, "d", table, {}, 5, 4) is None
+    assert arrow_parts(plan_of(lambda d: d.i.sum()), 0, "d", table, {}, 5, 4) is None
+    for columns in ([0, 1], [("x", "y"), ("x", "z")]):
+        pd.DataFrame(np.ones((3, 2)), columns=pd.Index(columns) if columns[0] == 0 else
+                     pd.MultiIndex.from_tuples(columns)).to_parquet(tmp_path / "d.parquet")
+        assert arrow_parts(plan_of(lambda d: d.sum()), 0, "d", table, {}, 1, 2) is None
+
+
+def test_numeric_only_over_columns_of_unknown_dtype_does_not_map(tmp_path):
+    """An int64 column without statistics may hold a null (float64 in pandas) or not: whether
+    it is numeric is sure, which dtype it is is not; a frame's numeric_only reduction over it
+    is read in chunks, not reduced without it."""
+    pq.write_table(pa.table({"i": pa.array([1, 2, 3, 4]), "f": pa.array([1.0, 2.0, 2.5, 2.5])}),
+                   tmp_path / "d.parquet", write_statistics=False)
+    table = Catalog(DataDir(tmp_path)).open("d.parquet")
+    assert arrow_parts(plan_of(lambda d: d.sum(numeric_only=True)), 0, "d", table, {}, 1, 2) \
+        is None
+    (ours, theirs), = steps(lambda d: d.f.sum(), table, 1, 2)
+    assert_same(ours, theirs)
+
+
+def test_the_columns_name_pandas_restores_is_kept(tmp_path):
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3, 4]})
+    frame.columns.name = "measures"
+    frame.to_parquet(tmp_path / "d.parquet")
+    table = Catalog(DataDir(tmp_path)).open("d.parquet")
+    (ours, theirs), = steps(lambda d: d.mean(), table, 1, 2)
+    assert_same(ours, theirs)
+    assert ours[1]["sum"].index.name == "measures"
+
+
+@pytest.mark.parametrize("mean", [
+    pd.Series({("a",): 1.0, ("b",): 2.0}),  # a MultiIndex, which pandas does not line up
+    pd.Series({"a": 1 + 2j, "b": 2.0}),  # complex: the imaginary part would be dropped
+    pd.Series({"a": 10**400, "b": 2.0}, dtype=object),  # no float64 holds it
+])
+def test_means_pandas_would_not_centre_on_are_read_in_chunks(tmp_path, mean):
+    table = write(tmp_path, {"a": pa.array([1.0, 2.0, 4.0]), "b": pa.array([1, 5, 9])})
+    plan = plan_of(lambda d: d[["a", "b"]].var())
+    spread = max(plan.stage_of, key=plan.stage_of.get)
+    inputs = {plan.graph[spread].inputs[1]: mean}
+    assert arrow_parts(plan, 1, "d", table, inputs, 1, 2) is None

@@ -6,7 +6,10 @@ sem), over every row of the whole frame, one column or a list of columns, of the
 reads as float64, int64 or bool (an int64 column with a null is float64, as pandas reads it; a
 bool column with a null, objects in pandas, does not map), and counts of text columns. NaN and
 nulls are missing, as in pandas; an int64 sum wraps, as pandas' does. Filters, row-wise
-arithmetic, groups, other reductions and other types do not map, and are read in chunks.
+arithmetic, groups, other reductions and other types do not map, and are read in chunks; so
+does a file whose columns pandas does not name as the file does, once each (a field name twice,
+labels its metadata restores as numbers or tuples), and a mean sent for a spread that is not a
+real number per column.
 
 The parts are pandas' own: their labels and dtypes come from the same step evaluated by the
 chunked reader over one row of the same dtypes, with the `min_rows` rule decided by the whole
@@ -22,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sdk.analytics.graph import Node
@@ -35,6 +39,7 @@ log = logging.getLogger("deltaflow.worker")
 KINDS = {"sum", "count", "mean", "var", "std", "sem"}
 _SPREAD = {"var", "std", "sem"}
 _PARAMS = {"kind", "skipna", "numeric_only", "ddof"}
+MOST_THREADS = 4  # each decodes a row group's pages: about 30 MiB apiece at 1M rows of 5 columns
 
 
 @dataclass
@@ -121,11 +126,11 @@ def arrow_parts(plan: Plan, stage: int, argument: str, table: FileTable, inputs:
     check_inputs(plan, stage, inputs)
     try:
         dtypes = table.pandas_dtypes()
+        if not dtypes.index.is_unique or not all(isinstance(label, str) for label in dtypes.index) \
+                or not set(dtypes.index) <= set(table.columns()):
+            raise NotMapped("columns that pandas does not name as the file does, once each")
         kinds = {label: _kind(dtype) for label, dtype in dtypes.items()}
-        numeric = set(pd.DataFrame({label: pd.Series([], dtype=dtype)
-                                    for label, dtype in dtypes.items()})
-                      .select_dtypes(include=["number", "bool"]).columns)  # as numeric_only
-        mapped = [_mapped(plan.graph[n], plan, argument, kinds, numeric, inputs)
+        mapped = [_mapped(plan.graph[n], plan, argument, kinds, inputs)
                   for n in plan.reductions_in(stage)]
     except NotMapped as reason:
         log.info("step %d over %r is read in chunks: %s", stage + 1, table.name, reason)
@@ -144,9 +149,8 @@ def arrow_parts(plan: Plan, stage: int, argument: str, table: FileTable, inputs:
 def _scan(table: FileTable, kinds: dict[str, str], mapped: list[Mapped],
           batch_rows: int) -> tuple[int, dict[str, ColumnTotals]]:
     """The file's rows, and the totals of the columns `mapped` covers. Row groups are decoded a
-    run of them per core (a file of one row group on every core), and the runs' totals added
-    in the file's order."""
-    import numpy as np
+    run of them per core, up to MOST_THREADS (a file of one row group on Arrow's threads), and
+    the runs' totals added in the file's order."""
     import pyarrow as pa
     centres: dict[str, set[float]] = {label: set() for m in mapped for label in m.labels}
     for m in mapped:
@@ -165,7 +169,8 @@ def _scan(table: FileTable, kinds: dict[str, str], mapped: list[Mapped],
                 totals[label].add(column)
         return rows, totals
 
-    runs = [list(r) for r in np.array_split(range(table.row_groups()), pa.cpu_count()) if len(r)]
+    threads = min(pa.cpu_count(), MOST_THREADS)
+    runs = [list(r) for r in np.array_split(range(table.row_groups()), threads) if len(r)]
     with ThreadPoolExecutor(len(runs) or 1, thread_name_prefix="parquet") as pool:
         done = list(pool.map(lambda run: reduce(run, len(runs) == 1), runs))
     totals, rows = fresh(), sum(n for n, _ in done)
@@ -183,7 +188,7 @@ def _kind(dtype: Any) -> str:
     return str(dtype) if str(dtype) in ("float64", "int64", "bool") else "other"
 
 
-def _mapped(node: Node, plan: Plan, argument: str, kinds: dict[str, str], numeric: set[Any],
+def _mapped(node: Node, plan: Plan, argument: str, kinds: dict[str, str],
             inputs: dict[int, Any]) -> Mapped:
     kind = node.params["kind"]
     if kind not in KINDS or set(node.params) - _PARAMS or \
@@ -195,8 +200,12 @@ def _mapped(node: Node, plan: Plan, argument: str, kinds: dict[str, str], numeri
     if source is None or source.op != "source" or source.params["argument"] != argument:
         raise NotMapped("a reduction of rows other than the file's own columns")
     if rows.op == "source":
-        numeric_only = node.params.get("numeric_only", False)
-        labels = tuple(label for label in kinds if not numeric_only or label in numeric)
+        if node.params.get("numeric_only", False):  # without its text; what is "other" may
+            if "other" in kinds.values():             # or may not be numeric in pandas
+                raise NotMapped("numeric_only over columns of types that do not map")
+            labels = tuple(label for label, kind in kinds.items() if kind != "text")
+        else:
+            labels = tuple(kinds)
         series = False
     else:
         key = rows.params["key"]
@@ -215,17 +224,20 @@ def _mapped(node: Node, plan: Plan, argument: str, kinds: dict[str, str], numeri
 
 def _centres(mean: Any, labels: tuple[str, ...], series: bool) -> dict[str, float]:
     """The mean each column's deviations are taken from (NaN where none is sent for it; one
-    NaN object, as totals are keyed by their centre)."""
+    NaN object, as totals are keyed by their centre). The coordinator sends it: anything but
+    real numbers, one per label of a flat index, is left to pandas in chunks."""
+    if isinstance(mean, pd.Series) and not series:
+        if isinstance(mean.index, pd.MultiIndex) or not mean.index.is_unique:
+            raise NotMapped("a mean whose labels are not one per column")
+        centres = {label: mean[label] if label in mean.index else math.nan for label in labels}
+    else:
+        centres = dict.fromkeys(labels, mean)
     try:
-        if series or not isinstance(mean, pd.Series):
-            centres = dict.fromkeys(labels, float(mean))
-        elif not mean.index.is_unique:
-            raise NotMapped("a mean with a label twice")
-        else:
-            centres = {label: float(mean[label]) if label in mean.index else math.nan
-                       for label in labels}
-    except (TypeError, ValueError):
-        raise NotMapped("a mean that is not a number") from None
+        if any(isinstance(c, (complex, np.complexfloating)) for c in centres.values()):
+            raise TypeError
+        centres = {label: float(c) for label, c in centres.items()}
+    except (TypeError, ValueError, OverflowError):
+        raise NotMapped("a mean that is not a real number") from None
     return {label: math.nan if math.isnan(c) else c for label, c in centres.items()}
 
 
@@ -245,6 +257,7 @@ def _shaped(plan: Plan, stage: int, argument: str, mapped: list[Mapped],
         decided[("cells", m.node.id)] = counts.iloc[0] if m.series else counts
     one_row = pd.DataFrame({label: pd.Series([_ONE[totals[label].kind]], dtype=dtype)
                             for label, dtype in dtypes.items() if label in totals})
+    one_row.columns.name = dtypes.index.name
     template = worker_parts(plan, stage, {argument: one_row}, dict(inputs),
                             sets=TableSets(min_rows, decided))
     if 0 < rows < min_rows:  # the parts of no rows, as the chunked reader gives them

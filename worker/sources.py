@@ -125,18 +125,18 @@ class FileTable(Table):
             yield from self._parquet().iter_batches(batch_size=rows, columns=columns,
                                                     row_groups=row_groups, use_threads=threads)
 
-    def pandas_dtypes(self) -> dict[Any, Any]:
-        """A Parquet file's columns and the dtype pandas reads each as over the whole file: an
-        int64 column with a null is float64, and a bool column with one object (known from the
-        row groups' statistics; object where they do not say)."""
+    def pandas_dtypes(self) -> pd.Series:
+        """A Parquet file's columns as pandas reads them (the index, with its name) and the dtype
+        of each over the whole file: an int64 column with a null is float64, and a bool column
+        with one object (known from the row groups' statistics; object where they do not say)."""
         with self._reading():
             parquet = self._parquet()
-            dtypes = dict(parquet.schema_arrow.empty_table().to_pandas().dtypes.items())
+            dtypes = parquet.schema_arrow.empty_table().to_pandas().dtypes
             metadata = parquet.metadata
-            if metadata.num_columns != len(parquet.schema_arrow):  # nested columns
-                return dict.fromkeys(dtypes, np.dtype(object))
+            if metadata.num_columns != len(parquet.schema_arrow) or not dtypes.index.is_unique:
+                return dtypes.map(lambda _: np.dtype(object))  # nested, or a name twice
             for j, name in enumerate(parquet.schema_arrow.names):
-                if dtypes.get(name) not in ("int64", "bool"):
+                if name not in dtypes.index or str(dtypes[name]) not in ("int64", "bool"):
                     continue
                 statistics = [metadata.row_group(g).column(j).statistics
                               for g in range(metadata.num_row_groups)
