@@ -559,13 +559,13 @@ class Worker:
         spec = task_pb2.TaskSpec()
         spec.ParseFromString(data)
         try:
-            self.policy.current.check(spec, signer)
-        except PolicyRefusal as refusal:
-            raise TaskRefused(str(refusal), "policy") from None
-        try:
             Rule.of(spec)  # the signed threshold, which its jobs' rounds run at
         except ValueError as error:
             raise TaskRefused(str(error), "threshold") from None
+        try:
+            self.policy.current.check(spec, signer)
+        except PolicyRefusal as refusal:
+            raise TaskRefused(str(refusal), "policy") from None
         sources = {self.catalog.key(ref.file): ref.file for ref in spec.datasets}
         self._admissions[task_id] = Admission(claims.nonce if claims else hashlib.sha256(
             data + task_id.to_bytes(8, "big")).digest(), signer.name, sources,
