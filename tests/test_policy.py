@@ -10,8 +10,10 @@ from tasks import WageAvg
 
 from deltaflow.localcluster import Daemon, LocalCluster
 from sdk.proto import services_pb2 as pb
+from sdk.proto import task_pb2
+from sdk.trust import Identity
 from worker.budget import Budgets
-from worker.policy import TEMPLATE, Policy, PolicyError
+from worker.policy import TEMPLATE, Policy, PolicyError, PolicyRefusal
 
 
 def policy(analytics='["*"]', learning='["*"]', secure="false", offer='["*"]') -> str:
@@ -67,6 +69,25 @@ def test_a_site_that_requires_secure_aggregation_refuses_a_plain_task(cluster):
     strong = WageAvg().build()
     strong.spec.secagg_threshold = 0.75
     assert client.wait(client.create_task(strong))  # a secure one, at 0.75, runs
+
+
+@pytest.mark.parametrize("kind", [task_pb2.TASK_KIND_ANALYTICS, task_pb2.TASK_KIND_LEARNING])
+def test_the_minimum_secagg_threshold_is_checked_on_the_signed_fraction(kind):
+    """Learning and analytics alike; 0 is the default 0.5; NaN is below any minimum; the
+    message gives the values whole (rounding could suggest a value that is still refused)."""
+    holder = Policy(analytics_users=("*",), learning_users=("*",), min_secagg_threshold=0.6666667)
+    signer = Identity("alice", "analyst", 1, 0.0)
+    for fraction, admitted in ((0, False), (0.5, False), (0.6666666, False),
+                               (float("nan"), False), (0.6666667, True), (0.9, True)):
+        spec = task_pb2.TaskSpec(kind=kind, secure_aggregation=True, secagg_threshold=fraction)
+        if admitted:
+            holder.check(spec, signer)
+            continue
+        with pytest.raises(PolicyRefusal, match=r"policy's 0.6666667 \(\[analytics\] "
+                                                r".*secagg_threshold=0.6666667 or more"):
+            holder.check(spec, signer)
+    holder.check(task_pb2.TaskSpec(kind=kind, secure_aggregation=False, secagg_threshold=0.5),
+                 signer)  # plain tasks: refused only by require_secure_aggregation
 
 
 def test_only_offered_files_are_advertised_and_the_policy_reloads(cluster):

@@ -381,6 +381,19 @@ def test_a_worker_shares_once_with_at_most_the_workers_selected_under_its_own_th
         SecAggClient(3, Rule(2), 3)
 
 
+def test_a_worker_refuses_a_round_larger_than_its_tasks_max_clients():
+    """A coordinator claiming more workers than the signed task allows would move the round
+    to SecAgg+ (t within a neighbourhood of k + 1, not of all selected): 11 colluders instead
+    of 16 unmask one input of a 30-worker task at secagg_threshold 0.75."""
+    rule = Rule(2, 32, 0.75, max_clients=30)
+    assert SecAggClient(0, rule, 30).threshold == 23 and rule.colluders(30) == 16
+    assert rule.colluders(1000) == 11
+    with pytest.raises(SecAggError, match="put 1000 workers in a round of a task whose "
+                                          "max_clients is 30"):
+        SecAggClient(0, rule, 1000)
+    assert SecAggClient(0, Rule(2, 32, 0.75), 1000).plus  # max_clients 0: no bound
+
+
 def test_false_claims_and_wrong_shares_are_caught():
     xs = inputs(5)
     accuse_everyone = lambda phase, u, msg: [1, 2, 3] if phase == "check" and u == 0 else msg  # noqa: E731

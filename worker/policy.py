@@ -41,8 +41,10 @@ min_rows = 3
 # Refuse tasks that switch secure aggregation off (the coordinator would see this holder's sums).
 require_secure_aggregation = true
 # Refuse secure tasks (analytics and learning) whose secagg_threshold f is lower: t = floor(f x n)
-# + 1 of a round's n share holders rebuild a worker's masks, so a coordinator lying about who
-# dropped needs 2t - n of them colluding to unmask this holder's input (0.5: a majority, 1 or 2).
+# + 1 of a round's n share holders (under SecAgg+, of a neighbourhood of k + 1) rebuild a
+# worker's masks, so a coordinator lying about who dropped needs 2t - n of them colluding to
+# unmask this holder's input (0.5: a majority, 1 or 2). Plain tasks are refused only by
+# require_secure_aggregation above.
 min_secagg_threshold = 0.5
 # Min, max, median and quantiles are single rows' values: released only if this is true (or
 # under differential privacy, by a noisy search). Each is found by bisection on counts of this
@@ -175,12 +177,12 @@ class Policy:
             raise PolicyRefusal("the task switches secure aggregation off, which its policy "
                                 "requires ([analytics] require_secure_aggregation)")
         fraction = spec.secagg_threshold or DEFAULT_FRACTION
-        if spec.secure_aggregation and fraction < self.min_secagg_threshold:
-            raise PolicyRefusal(f"the task's secagg_threshold {fraction:g} is below its "
-                                f"policy's {self.min_secagg_threshold:g} ([analytics] "
+        if spec.secure_aggregation and not fraction >= self.min_secagg_threshold:  # NaN too
+            raise PolicyRefusal(f"the task's secagg_threshold {fraction} is below its "
+                                f"policy's {self.min_secagg_threshold} ([analytics] "
                                 "min_secagg_threshold): fewer colluding share holders would "
                                 "unmask this holder's input; submit it with secagg_threshold="
-                                f"{self.min_secagg_threshold:g} or more")
+                                f"{self.min_secagg_threshold} or more")
         self._check_order_statistics(spec)
         for ref in spec.datasets:
             if not self.offers(ref.file):

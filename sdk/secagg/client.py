@@ -39,6 +39,10 @@ class SecAggClient:
     def __init__(self, index: int, rule: Rule, selected: int):
         if not 0 <= index < selected:
             raise SecAggError(f"worker number {index} of {selected} selected is not in the round")
+        if rule.max_clients and selected > rule.max_clients:  # a bigger round: SecAgg+
+            raise SecAggError(f"the coordinator put {selected} workers in a round of a task "
+                              f"whose max_clients is {rule.max_clients}: refused, since the "
+                              "round's size decides its threshold and protocol")
         self.index = index
         self.selected = selected
         self.plus = rule.uses_plus(selected)

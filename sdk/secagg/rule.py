@@ -36,11 +36,12 @@ def check_fraction(fraction: float) -> float:
 @dataclass(frozen=True)
 class Rule:
     """The task's `min_clients`, `secagg_plus_above` (rounds of more selected workers run
-    SecAgg+; 0: never) and `secagg_threshold` fraction."""
+    SecAgg+; 0: never), `secagg_threshold` fraction and `max_clients` (0: no bound)."""
 
     min_clients: int
     plus_above: int = 0
     fraction: float = DEFAULT_FRACTION
+    max_clients: int = 0
 
     def __post_init__(self) -> None:
         check_fraction(self.fraction)
@@ -50,7 +51,7 @@ class Rule:
         """The signed task's rule (a spec without `secagg_threshold` has 0.5); ValueError for
         a fraction below a majority."""
         return cls(spec.rules.min_clients, spec.secagg_plus_above,
-                   spec.secagg_threshold or DEFAULT_FRACTION)
+                   spec.secagg_threshold or DEFAULT_FRACTION, spec.rules.max_clients)
 
     def uses_plus(self, selected: int) -> bool:
         return graph.uses_plus(selected, self.plus_above)
