@@ -32,6 +32,11 @@ class VisitStats(HorizontalAnalytics):
                 "spread": d[d.age > 30].cost.var(), "people": d.groupby("city").size()}
 
 
+class VisitMeans(VisitStats):
+    def execute(self, d):
+        return d[["age", "cost"]].mean(), d.cost.sum()
+
+
 def visits(rows: int, seed: int) -> pd.DataFrame:
     random = np.random.default_rng(seed)
     return pd.DataFrame({"age": random.integers(18, 90, rows),
@@ -79,6 +84,13 @@ def test_a_postgresql_table_a_parquet_file_and_a_csv_file_under_one_name(cluster
         sent = server.log()[statements:]
         assert "GROUP BY" in sent and "sum(" in sent  # aggregates, pushed down
         assert "pushed down to its database" in cluster.workers["w1"].log()
+        assert "reduced in Arrow" not in cluster.workers["w2"].log()  # groups and a filter
+
+        task = VisitMeans()  # sums and counts only: the Parquet holder reduces them in Arrow
+        task_id = client.create_task(task.build())
+        assert client.trace(task_id, out=log), log.getvalue()
+        assert_same(client.get_result(task_id), task.execute(stacked))
+        assert "step 1 over 'visits': reduced in Arrow" in cluster.workers["w2"].log()
 
         # A holder whose database refuses its password: a sentence, never the password.
         cluster.workers["w1"].stop()
