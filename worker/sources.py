@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from sdk.dataset import TABULAR_SUFFIXES, check_relative_name
+from worker.csv_blocks import csv_chunks
 from worker.datasets import DataDir, DatasetError
 
 log = logging.getLogger("deltaflow.worker")
@@ -44,8 +45,9 @@ class Table:
         raise NotImplementedError
 
     def chunks(self, columns: list[str] | None, rows: int) -> Iterator[pd.DataFrame]:
-        """The table's rows, `rows` at a time (the last chunk may be shorter; a table without
-        rows gives one empty chunk), with only `columns` (None: all) of those it has."""
+        """The table's rows, `rows` at a time (a CSV file's about `rows`; the last chunk may be
+        shorter; a table without rows gives one empty chunk), with only `columns` (None: all)
+        of those it has."""
         raise NotImplementedError
 
     def key(self) -> str:
@@ -92,13 +94,11 @@ class FileTable(Table):
                                  nrows=SNIFF_ROWS)
             text = {c: "str" for c, dtype in sample.dtypes.items()
                     if pd.api.types.is_string_dtype(dtype) or dtype == object}
-            reader = pd.read_csv(self.path, sep=self.separator, usecols=usecols, chunksize=rows,
-                                 dtype=text)
-            with reader:
-                empty = True
-                for chunk in reader:
-                    empty = False
-                    yield chunk
+            empty = True
+            for chunk in csv_chunks(self.path, {"sep": self.separator, "usecols": usecols,
+                                                "dtype": text}, rows):
+                empty = False
+                yield chunk
             if empty:  # a header without rows gives no chunk at all
                 yield sample
 

@@ -1,0 +1,122 @@
+"""A CSV file parsed in blocks of lines on several threads gives the rows pandas' own chunked
+reader gives: every value, dtype, row number and error, whatever the quotes, line ends, blank
+lines, text, missing values and ragged rows; where blocks cannot go on, pandas' reader reads the
+file again and gives the rows not given yet."""
+
+from __future__ import annotations
+
+import logging
+from io import BufferedReader
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from worker.csv_blocks import csv_chunks
+from worker.datasets import DataDir, DatasetError
+from worker.sources import Catalog
+
+NUMBER = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(-1e6, 1e6).map(repr),
+                   st.sampled_from(["", "nan", "1e308", "-0.0", "inf"]))
+PLAIN = st.text("abc xyzé", min_size=1, max_size=6).map(lambda t: "t" + t)
+QUOTED = st.sampled_from(['"quoted, with a comma"', '"two\nlines"', '"a ""quote"""', 't5"'])
+
+
+@st.composite
+def files(draw: Any) -> tuple[bytes, list[str] | None, dict[str, str]]:
+    """A CSV file's bytes, the columns to read and the text ones' dtype: a header (maybe
+    quoted), rows of numbers and text (from some row on maybe quoted, a quote inside a field, a
+    newline inside quotes), blank lines, rows with a field too many, LF or CRLF line ends, a
+    last line with or without its end."""
+    kinds = draw(st.lists(st.sampled_from(["number", "text"]), min_size=1, max_size=4))
+    names = [f'"c{i}"' if draw(st.booleans()) else f"c{i}" for i in range(len(kinds))]
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    quotes_from = draw(st.integers(0, 60))
+    lines = [",".join(names)]
+    for row in range(draw(st.integers(0, 40))):
+        line = ",".join(draw(NUMBER) if kind == "number" else
+                        draw(st.one_of(PLAIN, QUOTED) if row >= quotes_from else PLAIN)
+                        for kind in kinds)
+        shape = draw(st.integers(0, 19))
+        lines.append("" if shape == 0 else " " if shape == 1 else
+                     line + ",7" if shape == 2 else line)
+    text = end.join(lines) + (end if draw(st.booleans()) else "")
+    columns = draw(st.sampled_from([None, ["c0"], ["c1", "c0"]]))
+    usecols = [c for c in columns or [] if int(c[1]) < len(kinds)] or None
+    texts = {f"c{i}": "str" for i, kind in enumerate(kinds) if kind == "text"}
+    return text.encode(), usecols, {c: t for c, t in texts.items() if c in (usecols or texts)}
+
+
+def pandas_chunks(path: Path, options: dict[str, Any], rows: int) -> list[pd.DataFrame]:
+    with pd.read_csv(path, chunksize=rows, **options) as reader:
+        return list(reader)
+
+
+def outcome(read: Any, nonempty: bool = False) -> Any:
+    """The rows `read` gives, or its error's type; `nonempty`: asserts it gives no empty chunk
+    (pandas' own gives one for a file without rows)."""
+    try:
+        chunks = list(read())
+    except (ValueError, pd.errors.ParserError) as error:
+        return type(error).__name__
+    assert not nonempty or all(len(chunk) for chunk in chunks)
+    chunks = [chunk for chunk in chunks if len(chunk)]
+    return pd.concat(chunks) if chunks else None
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(drawn=files(), rows=st.integers(1, 9), threads=st.integers(1, 3))
+def test_blocks_give_what_pandas_chunked_reader_gives(tmp_path, drawn, rows, threads):
+    data, usecols, dtype = drawn
+    path = tmp_path / "d.csv"
+    path.write_bytes(data)
+    options = {"sep": ",", "usecols": usecols, "dtype": dtype}
+    ours = outcome(lambda: csv_chunks(path, options, rows, threads), nonempty=True)
+    theirs = outcome(lambda: pandas_chunks(path, options, rows))
+    if isinstance(theirs, pd.DataFrame) and isinstance(ours, pd.DataFrame):
+        pd.testing.assert_frame_equal(ours, theirs)
+    else:
+        assert type(ours) is type(theirs) and (ours is None or ours == theirs)
+
+
+def test_a_quote_hands_the_file_to_pandas_reader_for_the_rows_not_given(tmp_path, monkeypatch):
+    rows = [f"{i},t{i}" for i in range(200)]
+    rows[150] = '150,"a quoted\nnewline"'
+    path = tmp_path / "d.csv"
+    path.write_text("n,t\n" + "\n".join(rows) + "\n")
+    calls: list[str] = []
+    read_csv = pd.read_csv
+
+    def recording(source, *args, **kwargs):
+        calls.append("block" if isinstance(source, BufferedReader) else
+                     "file" if kwargs.get("chunksize") else "header")
+        return read_csv(source, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", recording)
+    chunks = list(csv_chunks(path, {"sep": ",", "usecols": None, "dtype": {"t": "str"}}, 10, 2))
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(pd.concat(chunks), pd.read_csv(path, dtype={"t": "str"}))
+    assert calls.count("block") >= 10 and calls.count("file") == 1, calls
+
+
+def test_a_line_of_many_blocks_or_a_header_of_two_lines_is_read_by_pandas(tmp_path):
+    long = "x" * 10_000
+    for text in (f"n,t\n1,a\n2,{long}\n3,c\n", '"n\nm",t\n1,a\n2,b\n', "n,t\r1,a\r2,b\r"):
+        path = tmp_path / "d.csv"
+        path.write_text(text, newline="")
+        chunks = list(csv_chunks(path, {"sep": ",", "usecols": None, "dtype": {}}, 1, 2))
+        pd.testing.assert_frame_equal(pd.concat(chunks), pd.read_csv(path))
+
+
+def test_a_bad_row_fails_as_a_dataset_error_that_quotes_nothing(tmp_path, caplog):
+    rows = "\n".join(f"{i},{i}" for i in range(100))
+    (tmp_path / "d.csv").write_text(f"a,b\n{rows}\n7,8,secret-value,9\n")
+    table = Catalog(DataDir(tmp_path)).open("d.csv")
+    with caplog.at_level(logging.WARNING), pytest.raises(DatasetError) as failure:
+        list(table.chunks(None, 5))
+    assert "cannot be read as a table (ParserError" in str(failure.value)
+    assert "secret-value" not in str(failure.value)
