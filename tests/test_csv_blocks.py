@@ -29,7 +29,7 @@ QUOTED = st.sampled_from(['"quoted, with a comma"', '"two\nlines"', '"a ""quote"
 def files(draw: Any) -> tuple[bytes, list[str] | None, dict[str, str]]:
     """A CSV file's bytes, the columns to read and the text ones' dtype: a header (maybe
     quoted), rows of numbers and text (from some row on maybe quoted, a quote inside a field, a
-    newline inside quotes), blank lines, rows with a field too many, LF or CRLF line ends, a
+    newline inside quotes), blank lines, rows with a field too many or too few, LF or CRLF line ends, a
     last line with or without its end."""
     kinds = draw(st.lists(st.sampled_from(["number", "text"]), min_size=1, max_size=4))
     names = [f'"c{i}"' if draw(st.booleans()) else f"c{i}" for i in range(len(kinds))]
@@ -41,8 +41,8 @@ def files(draw: Any) -> tuple[bytes, list[str] | None, dict[str, str]]:
                         draw(st.one_of(PLAIN, QUOTED) if row >= quotes_from else PLAIN)
                         for kind in kinds)
         shape = draw(st.integers(0, 19))
-        lines.append("" if shape == 0 else " " if shape == 1 else
-                     line + ",7" if shape == 2 else line)
+        lines.append("" if shape == 0 else " " if shape == 1 else line + ",7" if shape == 2
+                     else line.rsplit(",", 1)[0] if shape == 3 else line)
     text = end.join(lines) + (end if draw(st.booleans()) else "")
     columns = draw(st.sampled_from([None, ["c0"], ["c1", "c0"]]))
     usecols = [c for c in columns or [] if int(c[1]) < len(kinds)] or None
@@ -120,3 +120,23 @@ def test_a_bad_row_fails_as_a_dataset_error_that_quotes_nothing(tmp_path, caplog
         list(table.chunks(None, 5))
     assert "cannot be read as a table (ParserError" in str(failure.value)
     assert "secret-value" not in str(failure.value)
+
+
+def test_a_block_holds_about_rows_rows_whatever_the_first_lines_length(tmp_path):
+    """A first row of 70 KB and 200,000 short ones: the sample's lines would make a block of
+    the whole file; chunks stay near 1,000 rows, so memory follows `rows`."""
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n" + "x" * 70_000 + ",1\n" + "1,2\n" * 200_000)
+    chunks = list(csv_chunks(path, {"sep": ",", "usecols": None, "dtype": {"a": "str"}}, 1000, 2))
+    assert sum(map(len, chunks)) == 200_001 and max(map(len, chunks[1:])) <= 2000
+
+
+def test_rows_appended_while_a_file_is_read_are_not_read(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(100)))
+    expected = pd.read_csv(path)
+    chunks = csv_chunks(path, {"sep": ",", "usecols": None, "dtype": {}}, 10, 1)
+    first = next(chunks)
+    with open(path, "a") as file:
+        file.write("7,")  # a half-written row, and more
+    pd.testing.assert_frame_equal(pd.concat([first, *chunks]), expected)

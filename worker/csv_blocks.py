@@ -8,8 +8,9 @@ A newline ends a row except inside a quoted field, and only a tokenizer knows wh
 only while the rows hold no quote character. Where one comes (or a line too long to be a block),
 pandas' own chunked reader reads the whole file again, from its start, and gives the rows not
 given yet. So does a file whose first line alone is not its header, and a block whose first row
-has more fields than the header: pandas reads such a row in a file's first row as an index or
-not (by `usecols`), and later as an error or not; within a block, as in the file.
+has other than as many fields as the header: pandas reads a row of more as an index or an error
+(by where it is and `usecols`), and a row of fewer that starts a block, with `usecols`, as an
+error; within a block, as in the whole file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pandas as pd
 MOST_THREADS = 4
 SAMPLE_BYTES = 1 << 16  # the rows' first bytes, whose lines' length sizes a block
 LONGEST_LINE = 64  # a line longer than this many blocks is pandas' own reader's
+MOST_BLOCK_BYTES = 1 << 25
 PARSER_BUFFER = 1 << 18  # what pandas' parser reads of a block at a time
 QUOTE = b'"'
 LINE = re.compile(rb"[^\r\n]*")  # pandas ends a line at \n, \r\n or \r
@@ -119,35 +121,38 @@ class _Range(RawIOBase):
 
 
 class _Blocks:
-    """(start, end) offsets of blocks of whole lines of about `rows` rows from `file`'s
-    position, each starting with a row of at most as many fields as `names`; `_Handover`
-    where they cannot go on, and `whole` once they have reached the file's end."""
+    """(start, end) offsets of blocks of whole lines, of about `rows` rows and at most
+    MOST_BLOCK_BYTES, from `file`'s position up to its size when opened, each starting with a
+    row of as many fields as `names`; `_Handover` where they cannot go on, and `whole` once
+    they have reached the end."""
 
     def __init__(self, file: BinaryIO, names: list[str], separator: str, rows: int) -> None:
         self.file = file
+        self.rows = rows
         self.fields = len(names)
         self.separator = separator.encode()
         self.blank = b" \t".replace(self.separator, b"") + b"\r\n"
+        self.end = os.fstat(file.fileno()).st_size  # rows appended later are not read
         sample = file.read(SAMPLE_BYTES)
         file.seek(-len(sample), os.SEEK_CUR)
         self.size = max(1, min(rows * len(sample) // max(1, sample.count(b"\n")),
-                               os.fstat(file.fileno()).st_size))
-        self.whole = False  # the blocks reached the file's end
+                               MOST_BLOCK_BYTES, self.end))
+        self.whole = False  # the blocks reached the end
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         buffer = bytearray(self.size)
-        while True:
-            start = self.file.tell()
-            read = self.file.readinto(buffer)
-            if not read:
-                break
-            cut = buffer.rfind(b"\n", 0, read) + 1 if read == len(buffer) else read
+        while (start := self.file.tell()) < self.end:
+            read = self.file.readinto(memoryview(buffer)[:self.end - start])
+            cut = read if start + read == self.end else buffer.rfind(b"\n", 0, read) + 1
             if not cut:  # a line longer than the buffer
                 if len(buffer) >= LONGEST_LINE * self.size:
                     raise _Handover
                 buffer = bytearray(2 * len(buffer))
                 self.file.seek(start)
                 continue
+            lines = buffer.count(b"\n", 0, cut)
+            if lines > 2 * self.rows:  # shorter lines than the sample's
+                cut = buffer.find(b"\n", cut * self.rows // lines) + 1
             if buffer.find(QUOTE, 0, cut) >= 0:
                 raise _Handover
             self._check(buffer, cut)
@@ -156,14 +161,15 @@ class _Blocks:
         self.whole = True
 
     def _check(self, block: bytearray, end: int) -> None:
-        """`_Handover` where the block's first row has more fields than the header: pandas
-        reads such a row as the whole file's first row as an index or not (by `usecols`), and
-        later as an error or not, and so within a block's rows but not at their start."""
+        """`_Handover` where the block's first row has other than as many fields as the
+        header: pandas reads a row of more as the whole file's first row as an index or not
+        (by `usecols`), and later as an error or not; with `usecols`, rows of fewer that start
+        a block as an error. Within a block's rows, as in the whole file."""
         position = 0
         while position < end:
             line = LINE.match(block, position, end).group()
             if line.strip(self.blank):
-                if line.count(self.separator) >= self.fields:
+                if line.count(self.separator) != self.fields - 1:
                     raise _Handover
                 return
             position += len(line) + 1
