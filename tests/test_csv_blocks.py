@@ -29,8 +29,8 @@ QUOTED = st.sampled_from(['"quoted, with a comma"', '"two\nlines"', '"a ""quote"
 def files(draw: Any) -> tuple[bytes, list[str] | None, dict[str, str]]:
     """A CSV file's bytes, the columns to read and the text ones' dtype: a header (maybe
     quoted), rows of numbers and text (from some row on maybe quoted, a quote inside a field, a
-    newline inside quotes), blank lines, rows with a field too many or too few, LF or CRLF line ends, a
-    last line with or without its end."""
+    newline inside quotes), blank lines, rows with a field too many or too few, LF or CRLF line
+    ends, a last line with or without its end."""
     kinds = draw(st.lists(st.sampled_from(["number", "text"]), min_size=1, max_size=4))
     names = [f'"c{i}"' if draw(st.booleans()) else f"c{i}" for i in range(len(kinds))]
     end = draw(st.sampled_from(["\n", "\r\n"]))
@@ -83,11 +83,9 @@ def test_blocks_give_what_pandas_chunked_reader_gives(tmp_path, drawn, rows, thr
         assert type(ours) is type(theirs) and (ours is None or ours == theirs)
 
 
-def test_a_quote_hands_the_file_to_pandas_reader_for_the_rows_not_given(tmp_path, monkeypatch):
-    rows = [f"{i},t{i}" for i in range(200)]
-    rows[150] = '150,"a quoted\nnewline"'
-    path = tmp_path / "d.csv"
-    path.write_text("n,t\n" + "\n".join(rows) + "\n")
+def reads(path: Path, monkeypatch, rows: int = 10) -> tuple[list[pd.DataFrame], list[str]]:
+    """csv_chunks' chunks of `path`, and what pandas' parser read for them: blocks, the whole
+    file, or a header."""
     calls: list[str] = []
     read_csv = pd.read_csv
 
@@ -97,10 +95,34 @@ def test_a_quote_hands_the_file_to_pandas_reader_for_the_rows_not_given(tmp_path
         return read_csv(source, *args, **kwargs)
 
     monkeypatch.setattr(pd, "read_csv", recording)
-    chunks = list(csv_chunks(path, {"sep": ",", "usecols": None, "dtype": {"t": "str"}}, 10, 2))
-    monkeypatch.undo()
+    try:
+        return list(csv_chunks(path, {"sep": ",", "usecols": None, "dtype": {"t": "str"}},
+                               rows, 2)), calls
+    finally:
+        monkeypatch.undo()
+
+
+def test_quoted_fields_with_newlines_are_read_in_blocks(tmp_path, monkeypatch):
+    rows = [f'{i},"t{i}, with a comma"' for i in range(200)]
+    rows[150] = '150,"a quoted\nnewline and ""a quote"""'
+    path = tmp_path / "d.csv"
+    path.write_text("n,t\n" + "\n".join(rows) + "\n")
+    chunks, calls = reads(path, monkeypatch)
     pd.testing.assert_frame_equal(pd.concat(chunks), pd.read_csv(path, dtype={"t": "str"}))
-    assert calls.count("block") >= 10 and calls.count("file") == 1, calls
+    assert calls.count("block") >= 10 and "file" not in calls, calls
+
+
+def test_a_quote_in_a_fields_middle_hands_the_file_to_pandas_reader(tmp_path, monkeypatch):
+    """After 't5"' the count of quotes is odd, so the newline inside the next quoted field
+    looks like a row's end: the block cut there fails to parse, and pandas' reader reads the
+    file again, giving the rows not given yet."""
+    rows = [f"{i},t{i}" for i in range(200)]
+    rows[100], rows[105] = '100,t5"', '105,"a quoted\nnewline"'
+    path = tmp_path / "d.csv"
+    path.write_text("n,t\n" + "\n".join(rows) + "\n")
+    chunks, calls = reads(path, monkeypatch)
+    pd.testing.assert_frame_equal(pd.concat(chunks), pd.read_csv(path, dtype={"t": "str"}))
+    assert calls.count("block") >= 5 and calls.count("file") == 1, calls
 
 
 def test_a_line_of_many_blocks_or_a_header_of_two_lines_is_read_by_pandas(tmp_path):
@@ -140,3 +162,21 @@ def test_rows_appended_while_a_file_is_read_are_not_read(tmp_path):
     with open(path, "a") as file:
         file.write("7,")  # a half-written row, and more
     pd.testing.assert_frame_equal(pd.concat([first, *chunks]), expected)
+
+
+@pytest.mark.parametrize("ragged", [0, 50])
+@pytest.mark.parametrize("usecols", [None, ["n"]])
+def test_a_quoted_row_of_more_fields_is_read_as_pandas_reads_it(tmp_path, ragged, usecols):
+    """The file's first row of more fields makes an index, a later one an error (or, with
+    `usecols`, is read): a block starting with one is pandas' own reader's, even quoted."""
+    rows = [f'{i},"t{i}, quoted"' for i in range(100)]
+    rows[ragged] += ',"7"'
+    path = tmp_path / "d.csv"
+    path.write_text("n,t\n" + "\n".join(rows) + "\n")
+    options = {"sep": ",", "usecols": usecols, "dtype": {"t": "str"} if usecols is None else {}}
+    ours = outcome(lambda: csv_chunks(path, options, 1, 2), nonempty=True)
+    theirs = outcome(lambda: pandas_chunks(path, options, 1))
+    if isinstance(theirs, str):
+        assert ours == theirs
+    else:
+        pd.testing.assert_frame_equal(ours, theirs)
