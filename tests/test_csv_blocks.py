@@ -180,3 +180,37 @@ def test_a_quoted_row_of_more_fields_is_read_as_pandas_reads_it(tmp_path, ragged
         assert ours == theirs
     else:
         pd.testing.assert_frame_equal(ours, theirs)
+
+
+READ = 262_144  # pandas' parser reads its source this many bytes at a time
+
+
+def blank_led_quote_at(offset: int, tail: bytes) -> bytes:
+    """A file whose line starting with two spaces has its quote at byte `offset`: where one
+    of pandas' reads ends right before it, the quote opens a field; elsewhere it is text."""
+    body = bytearray(b"a,b\n")
+    while len(body) + 4 <= offset - 2 - 8:
+        body += b"1,2\n"
+    body += b"9" * (offset - 2 - len(body) - 3) + b",2\n"
+    body += b"  " + tail + b"5,6\n" * 100
+    assert body.index(b'"') == offset
+    return bytes(body)
+
+
+@pytest.mark.parametrize("data, rows", [
+    (blank_led_quote_at(4 + READ, b'"x,1\n2,y"\n3,4\n'), 10**5),  # the block's read ends there
+    (blank_led_quote_at(READ, b'"x\ny",1\n3,4\n'), 1000),  # the file's read ends there
+    (b"a,b\n1,2\n\xef\xbb\xbf3,3\n4,5\n", 1),  # a BOM where a block starts: pandas skips it
+    (b"a,b\n" + b"x" * READ + b"\xef\xbb\xbf" + b"x" * 40_000 + b",1\n2,3\n", 9),
+], ids=["quote after blanks, block's read", "quote after blanks, file's read", "BOM at a block",
+        "BOM at a read"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_where_pandas_reads_a_block_otherwise_than_the_file_it_reads_the_file(
+        tmp_path, data, rows, threads):
+    """pandas' parser drops a line's leading blanks before the end of one of its reads, and
+    skips a BOM at the start of a parse: a block holding either is pandas' own reader's."""
+    path = tmp_path / "d.csv"
+    path.write_bytes(data)
+    options = {"sep": ",", "usecols": None, "dtype": {}}
+    ours = outcome(lambda: csv_chunks(path, options, rows, threads), nonempty=True)
+    pd.testing.assert_frame_equal(ours, outcome(lambda: pandas_chunks(path, options, rows)))

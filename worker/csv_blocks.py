@@ -11,7 +11,10 @@ block fails, or a line is too long for one, or a block's first row has other tha
 fields as the header (pandas reads a row of more as an index or an error, by where it is and
 `usecols`, and with `usecols` a block starting with a row of fewer as an error), pandas' own
 chunked reader reads the whole file again, from its start, and gives the rows not given yet,
-or the error the file has. So does a file whose first line alone is not its header.
+or the error the file has. So does a file whose first line alone is not its header, and a
+block that pandas' parser could read otherwise than within the file: one holding a BOM (skipped
+where a parse starts) or a line starting with blanks across the end of one of its 256 KiB reads
+of the file or of the block (whose blanks it drops, so that a quote after them opens a field).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ SAMPLE_BYTES = 1 << 16  # the rows' first bytes, whose lines' length sizes a blo
 LONGEST_ROW = 64  # a row longer than this many blocks is pandas' own reader's
 MOST_BLOCK_BYTES = 1 << 23
 WINDOW_BYTES = 1 << 18  # a block's first bytes, whose lines tell if they are short
-PARSER_BUFFER = 1 << 18  # what pandas' parser reads of a block at a time
+PANDAS_READ_BYTES = 1 << 18  # what pandas' parser reads of its source at a time
+PARSER_BUFFER = PANDAS_READ_BYTES
+BOM = b"\xef\xbb\xbf"
 QUOTE = b'"'
 LINE = re.compile(rb"[^\r\n]*")  # pandas ends a line at \n, \r\n or \r
 
@@ -166,7 +171,8 @@ class _Blocks:
         self.rows = rows
         self.fields = len(names)
         self.separator = separator
-        self.blank = b" \t".replace(separator.encode(), b"") + b"\r\n"
+        self.leading = b" \t".replace(separator.encode(), b"")  # blanks a line may start with
+        self.blank = self.leading + b"\r\n"
         self.end = os.fstat(file.fileno()).st_size  # rows appended later are not read
         sample = file.read(SAMPLE_BYTES)
         file.seek(-len(sample), os.SEEK_CUR)
@@ -184,6 +190,8 @@ class _Blocks:
                 buffer = bytearray(2 * len(buffer))
                 self.file.seek(start)
                 continue
+            if self._read_otherwise(buffer, start, cut):
+                raise _Handover
             self._check(buffer, cut)
             self.file.seek(start + cut)
             yield start, start + cut
@@ -199,6 +207,21 @@ class _Blocks:
             if lines > 2 * self.rows:
                 cut = _row_end(buffer, buffer.find(b"\n", cut * self.rows // lines) + 1) or cut
         return cut
+
+    def _read_otherwise(self, block: bytearray, start: int, end: int) -> bool:
+        """Whether pandas' parser could read the block at file offset `start` otherwise than
+        within the whole file: it skips a BOM where a parse starts, and drops the leading
+        blanks of a line before the end of one of its reads (of the file or of the block), so
+        a quote after them opens a field in one and not in the other."""
+        if block.find(BOM[:1], 0, end) >= 0 and block.find(BOM, 0, end) >= 0:  # memchr first
+            return True
+        for read_end in {*range(-start % PANDAS_READ_BYTES, end, PANDAS_READ_BYTES),
+                         *range(PANDAS_READ_BYTES, end, PANDAS_READ_BYTES)}:
+            line = block.rfind(b"\n", 0, read_end) + 1
+            line = block.rfind(b"\r", line, read_end) + 1 or line
+            if line < end and block[line] in self.leading:
+                return True
+        return False
 
     def _check(self, block: bytearray, end: int) -> None:
         """`_Handover` where the block's first row has other than as many fields as the
