@@ -6,6 +6,7 @@ file again and gives the rows not given yet."""
 from __future__ import annotations
 
 import logging
+import os
 from io import BufferedReader
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def test_blocks_give_what_pandas_chunked_reader_gives(tmp_path, drawn, rows, thr
         assert type(ours) is type(theirs) and (ours is None or ours == theirs)
 
 
-def reads(path: Path, monkeypatch, rows: int = 10) -> tuple[list[pd.DataFrame], list[str]]:
+def reads(path: Path, monkeypatch, rows: int = 10, threads: int | None = 2
+          ) -> tuple[list[pd.DataFrame], list[str]]:
     """csv_chunks' chunks of `path`, and what pandas' parser read for them: blocks, the whole
     file, or a header."""
     calls: list[str] = []
@@ -97,7 +99,7 @@ def reads(path: Path, monkeypatch, rows: int = 10) -> tuple[list[pd.DataFrame], 
     monkeypatch.setattr(pd, "read_csv", recording)
     try:
         return list(csv_chunks(path, {"sep": ",", "usecols": None, "dtype": {"t": "str"}},
-                               rows, 2)), calls
+                               rows, threads)), calls
     finally:
         monkeypatch.undo()
 
@@ -214,3 +216,13 @@ def test_where_pandas_reads_a_block_otherwise_than_the_file_it_reads_the_file(
     options = {"sep": ",", "usecols": None, "dtype": {}}
     ours = outcome(lambda: csv_chunks(path, options, rows, threads), nonempty=True)
     pd.testing.assert_frame_equal(ours, outcome(lambda: pandas_chunks(path, options, rows)))
+
+
+def test_on_one_core_the_file_is_pandas_readers(tmp_path, monkeypatch):
+    """Blocks cost more CPU than pandas' reader (each block's parser starts afresh): they pay
+    only on two cores or more."""
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n" + "1,2\n" * 1000)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    chunks, calls = reads(path, pytest.MonkeyPatch(), rows=300, threads=None)
+    assert [len(chunk) for chunk in chunks] == [300, 300, 300, 100] and "block" not in calls

@@ -55,11 +55,14 @@ def csv_chunks(path: Path, options: dict[str, Any], rows: int,
     """The data rows of the CSV file at `path`, about `rows` at a time, as
     `pd.read_csv(path, chunksize=rows, **options)` gives them (`options`: `sep`, `usecols`,
     `dtype`), parsed on `threads` threads (None: the cores, at most MOST_THREADS); no chunk
-    is empty."""
-    threads = threads or min(MOST_THREADS, os.cpu_count() or 1)
+    is empty. On one core (`threads` None), pandas' own reader: blocks would only add their
+    cost."""
+    if threads is None:
+        threads = min(MOST_THREADS, os.cpu_count() or 1)
+        threads = threads if threads > 1 else 0
     given = 0
     with open(path, "rb") as file:
-        names = _names(file.readline(SAMPLE_BYTES), path, options["sep"])
+        names = _names(file.readline(SAMPLE_BYTES), path, options["sep"]) if threads else None
         if names is not None:
             blocks = _Blocks(file, names, options["sep"], rows)
             try:
