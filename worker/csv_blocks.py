@@ -37,7 +37,7 @@ import pandas as pd
 MOST_THREADS = 4
 SAMPLE_BYTES = 1 << 16  # the rows' first bytes, whose lines' length sizes a block
 LONGEST_ROW = 64  # a row longer than this many blocks is pandas' own reader's
-MOST_BLOCK_BYTES = 1 << 23
+MOST_BLOCK_BYTES = 1 << 23  # a block's most bytes, however short its lines
 WINDOW_BYTES = 1 << 18  # a block's first bytes, whose lines tell if they are short
 PANDAS_READ_BYTES = 1 << 18  # what pandas' parser reads of its source at a time
 PARSER_BUFFER = PANDAS_READ_BYTES
