@@ -159,6 +159,17 @@ def test_under_secure_aggregation_too(family, split):
     assert_same(ours, expected_of(family, holders, threshold), atol=1e-6)
 
 
+def test_one_row_has_no_spread_whatever_the_rounding_of_its_mean():
+    """Securely summed, 1e9 + 1/8's mean comes back one ulp off, so its deviation is 1e-7 and
+    its square rounds to 0 in fixed point: the centred cross product came out negative, and a
+    one-row covariance -inf where pandas' is NaN (found by hypothesis in CI)."""
+    one = pd.DataFrame({"i": [0], "f": [0.0], "big": [1e9 + 0.125], "b": [False]})
+    for body in (lambda d: d.cov(), lambda d: d.corr(), lambda d: d.cov(ddof=0),
+                 lambda d: d.big.cov(d.i), lambda d: d.big.corr(d.f)):
+        ours = secure_in_process(plan_of(body), [{"d": one.iloc[:0]}, {"d": one}])
+        assert_same(ours, body(one), atol=1e-6)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(split=split_frames(), edges=st.lists(st.integers(-1200, 1200), min_size=2, max_size=6,
                                             unique=True).map(sorted))

@@ -160,13 +160,16 @@ def _pairwise_parts(data: Any, means: pd.DataFrame, numeric_only: bool = False,
 
 
 def _centred(parts: dict[str, Any]) -> tuple[np.ndarray, ...]:
-    """n, sum(a_i * a_j) and sum(a_i ** 2) per pair, with a_i = x_i - the pair's exact mean."""
+    """n, sum(a_i * a_j) and sum(a_i ** 2) per pair, with a_i = x_i - the pair's exact mean: 0
+    over one row, its own mean, whatever the rounding of the mean it was centred on (summed in
+    fixed point, the correction for it would not cancel exactly)."""
     n = parts["count"].to_numpy(dtype=np.float64)
     d = parts["deviations"].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         cross = parts["products"].to_numpy() - d * d.T / n
         own = np.maximum(parts["squares"].to_numpy() - d * d / n, 0)
-    return n, cross, own
+    spread = n > 1
+    return n, np.where(spread, cross, 0.0), np.where(spread, own, 0.0)
 
 
 def _cov(parts: dict[str, Any], ddof: int = 1, min_periods: int | None = None,
