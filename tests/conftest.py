@@ -1,10 +1,17 @@
+import os
 import random
 from types import SimpleNamespace
 
 import pytest
 from cluster import LocalCluster, served_cluster
+from hypothesis import settings
 
 from sdk.privacy import noise
+
+# CI draws the same examples on every run (a submission lands or not on its code, not on the
+# draw); elsewhere each run draws new ones, and what fails is kept in .hypothesis to replay.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture
