@@ -247,3 +247,20 @@ def test_learning_rounds_only_go_forward_up_to_the_signed_max_rounds(tmp_path):
     with pytest.raises(RerunRefused, match="rounds only go forward"):
         restarted.advance("task", 1, max_rounds=3)
     restarted.advance("another task", 1, max_rounds=3)
+
+
+def test_a_coordinator_claiming_more_workers_than_the_task_allows_gets_no_keys(federation,
+                                                                             tmp_path):
+    """Claiming 1,000 selected in a task of at most 3 would run SecAgg+ (plus_above 2) and its
+    neighbourhood threshold: the worker answers with nothing, not even its public keys."""
+    a = worker(federation, "a", tmp_path)
+    lying = pb.Assignment(task_id=1, round=1, phase="compute",
+                          secagg=pb.SecAggRequest(index=0, selected=1000))
+    rule = Rule(2, plus_above=2, max_clients=3)
+    with pytest.raises(SecAggError, match="put 1000 workers in a round of a task whose "
+                                          "max_clients is 3"):
+        a.open(lying, Contribution(TASK_KEY, "step 1", rule))
+    honest = pb.Assignment(task_id=1, round=1, phase="compute",
+                           secagg=pb.SecAggRequest(index=0, selected=3))
+    assert pb.SecAggResponse.FromString(
+        a.open(honest, Contribution(TASK_KEY, "step 1", rule))).keys.signature
