@@ -30,8 +30,8 @@ import pandas as pd
 
 from sdk.analytics.graph import Node
 from sdk.analytics.plan import Parts, Plan, check_inputs, worker_parts
-from worker.pushdown import NotMapped
 from worker.datasets import DatasetError
+from worker.pushdown import NotMapped
 from worker.sources import FileTable
 
 log = logging.getLogger("deltaflow.worker")

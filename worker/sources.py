@@ -103,12 +103,12 @@ class FileTable(Table):
                 yield sample
 
     def _parquet_chunks(self, columns: list[str] | None, rows: int) -> Iterator[pd.DataFrame]:
-        empty = True
-        for batch in self._parquet().iter_batches(batch_size=rows, columns=columns):
+        parquet, empty = self._parquet(), True
+        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
             empty = False
             yield batch.to_pandas()
         if empty:
-            schema = self._parquet().schema_arrow
+            schema = parquet.schema_arrow
             yield schema.empty_table().select(
                 columns if columns is not None else schema.names).to_pandas()
 
